@@ -1,0 +1,64 @@
+"""tollmesh: agents that pay each other per call, through escrow.
+
+The public API, including the seed-compatible one of nano-empire-tollbooth 0.3.0
+(switch with one import line: ``from mesh import Tollbooth, monetize, ...``).
+
+>>> import asyncio, tempfile, pathlib
+>>> from mesh import Tollbooth, TollboothConfig
+>>> booth = Tollbooth(TollboothConfig(paper_mode=False,
+...     ledger_path=pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl"))
+>>> asyncio.run(booth.charge("t1", "alice", "bob")).status.value
+'escrow_locked'
+"""
+
+from mesh.clock import Clock, ManualClock, SystemClock
+from mesh.config import TollboothConfig, TollboothMode
+from mesh.errors import (
+    ConfigError,
+    InvalidAmountError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    LedgerError,
+    PaymentRequiredError,
+    TollmeshError,
+    TollRejectedError,
+)
+from mesh.money import MAX_AMOUNT_MICROS, format_usd, usd_to_micros
+from mesh.monetize import RAILS, get_usage, monetize, reset_usage
+from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.settlement import SettlementResult, settle
+from mesh.tollbooth import Tollbooth, create_tollbooth, get_tollbooth, reset_tollbooth
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_AMOUNT_MICROS",
+    "RAILS",
+    "Clock",
+    "ConfigError",
+    "InvalidAmountError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "LedgerError",
+    "ManualClock",
+    "PaymentRequiredError",
+    "Reason",
+    "SettlementResult",
+    "SettlementStatus",
+    "SystemClock",
+    "TollRecord",
+    "TollRejectedError",
+    "Tollbooth",
+    "TollboothConfig",
+    "TollboothMode",
+    "TollmeshError",
+    "create_tollbooth",
+    "format_usd",
+    "get_tollbooth",
+    "get_usage",
+    "monetize",
+    "reset_tollbooth",
+    "reset_usage",
+    "settle",
+    "usd_to_micros",
+]

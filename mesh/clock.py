@@ -1,0 +1,85 @@
+"""Injectable clocks: real UTC time for production, a manual clock for simulations and tests.
+
+The core works in integer microseconds since the Unix epoch (``ts_us``), so a
+replay computes exactly the same days and deadlines as the live run. A *day* is
+the number of whole days since the epoch, so caps roll over at UTC midnight on
+the system clock and at simulated midnight on a :class:`ManualClock`.
+
+>>> clock = ManualClock(start_s=86_400 * 3 - 1)
+>>> day_of(now_us(clock))
+2
+>>> clock.advance(1)
+>>> day_of(now_us(clock))
+3
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from mesh.errors import InvalidArgumentError
+
+SECONDS_PER_DAY = 86_400
+US_PER_SECOND = 1_000_000
+US_PER_DAY = SECONDS_PER_DAY * US_PER_SECOND
+
+
+class Clock(Protocol):
+    """Anything with ``now_s()``: seconds since the Unix epoch, UTC."""
+
+    def now_s(self) -> float: ...
+
+
+class SystemClock:
+    """The machine's UTC wall clock."""
+
+    def now_s(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock that moves only when told to; thread-safe; never moves backwards."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._now_s = float(start_s)
+        self._lock = threading.Lock()
+
+    def now_s(self) -> float:
+        return self._now_s
+
+    def advance(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise InvalidArgumentError("seconds", seconds, "a clock only moves forward")
+        with self._lock:
+            self._now_s += seconds
+
+    def set(self, now_s: float) -> None:
+        with self._lock:
+            if not now_s >= self._now_s:
+                raise InvalidArgumentError("now_s", now_s, "a clock only moves forward")
+            self._now_s = float(now_s)
+
+
+def now_us(clock: Clock) -> int:
+    """The clock's time as integer microseconds since the epoch."""
+    return round(clock.now_s() * US_PER_SECOND)
+
+
+def day_of(ts_us: int) -> int:
+    """The day number (days since 1970-01-01 UTC) that ``ts_us`` falls in."""
+    return ts_us // US_PER_DAY
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def iso_utc(ts_us: int, timespec: str = "microseconds") -> str:
+    """ISO-8601 UTC text for ``ts_us``.
+
+    >>> iso_utc(1_500_000, "seconds")
+    '1970-01-01T00:00:01+00:00'
+    """
+    return (_EPOCH + timedelta(microseconds=ts_us)).isoformat(timespec=timespec)

@@ -1,0 +1,64 @@
+"""One exception hierarchy for every public boundary of tollmesh.
+
+Every error names the field and the value it refuses, so a caller can fix the
+call without reading our code. Errors subclass ``ValueError`` or ``TypeError``
+where that is the natural Python category, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mesh.records import TollRecord
+
+
+class TollmeshError(Exception):
+    """Base class of every error tollmesh raises on purpose."""
+
+
+class InvalidArgumentError(TollmeshError, ValueError):
+    """An argument has the right type but a value we refuse."""
+
+    def __init__(self, field: str, value: Any, problem: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{field}={value!r}: {problem}")
+
+
+class InvalidAmountError(InvalidArgumentError):
+    """A money amount that is negative, NaN, infinite, too large or finer than 10^-6 USD."""
+
+
+class InvalidTypeError(TollmeshError, TypeError):
+    """An argument of a type we do not accept."""
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}={value!r}: expected {expected}, got {type(value).__name__}")
+
+
+class ConfigError(TollmeshError, ValueError):
+    """A configuration that does not validate; the message lists every bad field."""
+
+
+class LedgerError(TollmeshError):
+    """The ledger could not be read or written; nothing was half-written."""
+
+
+class TollRejectedError(TollmeshError):
+    """A call was refused before it ran (over cap, x402 rejected...); ``record`` says why."""
+
+    def __init__(self, record: TollRecord) -> None:
+        self.record = record
+        super().__init__(
+            f"toll for task_id={record.task_id!r} was {record.status.value}"
+            f" (reason: {record.reason or 'none'})"
+        )
+
+
+class PaymentRequiredError(TollRejectedError):
+    """A live booth requires payment before routing and the call carried none."""

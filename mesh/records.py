@@ -1,0 +1,111 @@
+"""The seed-compatible toll record, its statuses and the reasons a toll fails or is refunded.
+
+A :class:`TollRecord` is an immutable snapshot: each state change makes a new one.
+Money is stored as integer micros; ``amount_usd`` is derived for display and for
+the seed's field of that name.
+
+>>> r = TollRecord("t1", "alice", "bob", amount_micros=10_000)
+>>> r.amount_usd, r.status.value
+(0.01, 'pending')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional
+
+from mesh.money import check_micros, micros_to_usd, usd_to_micros
+
+
+class SettlementStatus(str, Enum):
+    """Where a toll stands. Only ESCROW_LOCKED moves, and only to RELEASED or REFUNDED."""
+
+    PENDING = "pending"
+    ESCROW_LOCKED = "escrow_locked"
+    RELEASED = "released"
+    REFUNDED = "refunded"
+    FAILED = "failed"
+
+
+class Reason(str, Enum):
+    """Why a toll is FAILED, PENDING or REFUNDED."""
+
+    OVER_DAILY_CAP = "over_daily_cap"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_AGENT = "unknown_agent"
+    X402_REJECTED = "x402_rejected"
+    X402_ERROR = "x402_error"
+    X402_TIMEOUT = "x402_timeout"
+    PAYMENT_REQUIRED = "payment_required"
+    ESCROW_TIMEOUT = "escrow_timeout"
+    HANDLER_ERROR = "handler_error"
+    REFUNDED_BY_CALLER = "refunded_by_caller"
+
+
+@dataclass(frozen=True, slots=True)
+class TollRecord:
+    """One toll: the seed's fields plus the exact amount and a reason."""
+
+    task_id: str
+    source_agent: str
+    target_agent: str
+    amount_micros: int = 0
+    amount_tokens: float = 0.0
+    status: SettlementStatus = SettlementStatus.PENDING
+    tx_signature: Optional[str] = None
+    payer_wallet: Optional[str] = None
+    nonce: str = ""
+    settled_at: Optional[str] = None
+    created_at: str = ""
+    reason: Optional[str] = None
+
+    @property
+    def amount_usd(self) -> float:
+        """The amount as a float of USD (display only; the truth is ``amount_micros``)."""
+        return micros_to_usd(self.amount_micros)
+
+    @property
+    def settlement_hash(self) -> str:
+        """The seed's short digest of the record's identity."""
+        raw = f"{self.task_id}:{self.nonce}:{self.tx_signature}:{self.created_at}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def evolve(self, **changes: Any) -> TollRecord:
+        """A copy of this record with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seed's dict of the record, plus ``amount_micros`` and ``reason``."""
+        return {
+            "task_id": self.task_id,
+            "source_agent": self.source_agent,
+            "target_agent": self.target_agent,
+            "amount_usd": self.amount_usd,
+            "amount_micros": self.amount_micros,
+            "amount_tokens": self.amount_tokens,
+            "status": self.status.value,
+            "tx_signature": self.tx_signature,
+            "payer_wallet": self.payer_wallet,
+            "nonce": self.nonce,
+            "settled_at": self.settled_at,
+            "created_at": self.created_at,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TollRecord:
+        """Build a record from :meth:`to_dict` output or a seed ledger line.
+
+        ``amount_micros`` wins when present; otherwise ``amount_usd`` is converted exactly.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["status"] = SettlementStatus(data.get("status", "pending"))
+        if "amount_micros" in data:
+            kwargs["amount_micros"] = check_micros(data["amount_micros"])
+        else:
+            kwargs["amount_micros"] = usd_to_micros(data.get("amount_usd", 0))
+        return cls(**kwargs)

@@ -1,0 +1,384 @@
+"""The in-process :class:`Tollbooth`: the seed's API over the exact escrow core.
+
+Every state change is appended to the JSONL ledger before the call returns;
+concurrent threads and asyncio tasks may share one booth (a lock guards the
+books; x402 verification runs outside it, so a slow verifier never blocks others).
+
+>>> import asyncio, tempfile, pathlib
+>>> config = TollboothConfig(paper_mode=False, toll_per_message_usd=0.01,
+...                          ledger_path=pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl")
+>>> booth = Tollbooth(config)
+>>> record = asyncio.run(booth.charge("task-1", "alice", "bob"))
+>>> record.status.value, record.amount_micros
+('escrow_locked', 10000)
+>>> asyncio.run(booth.release("task-1")).status.value
+'released'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any, Optional, Union
+
+from ledger.events import EventKind, record_event
+from ledger.jsonl import JsonlWriter
+from ledger.replay import replay_file, snapshot
+from mesh.budget import BudgetBook
+from mesh.clock import Clock, SystemClock, iso_utc, now_us
+from mesh.config import TollboothConfig
+from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.escrow import EscrowBook
+from mesh.money import UsdLike, micros_to_usd, usd_to_micros
+from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.verifier import Verifier, verify_async, verify_sync
+
+logger = logging.getLogger("tollmesh")
+
+MAX_ID_CHARS = 256
+MAX_PAYMENT_FIELD_CHARS = 8192
+
+
+class Tollbooth:
+    """Charge, release and refund tolls between agents, with caps, x402 and a ledger.
+
+    The seed's methods ``charge``, ``release`` and ``refund`` are coroutines; each has
+    a ``*_sync`` twin for code without an event loop.
+    """
+
+    def __init__(self, config: Optional[TollboothConfig] = None, *, clock: Optional[Clock] = None) -> None:
+        if config is not None and not isinstance(config, TollboothConfig):
+            raise InvalidTypeError("config", config, "a TollboothConfig")
+        self.config = config or TollboothConfig()
+        self.clock: Clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._verifier: Optional[Verifier] = None
+        self._stats = _new_stats()
+        self._toll_cache: tuple[Any, int] = (None, 0)
+        self._book = EscrowBook(
+            BudgetBook(default_cap_micros=None, track_balances=self.config.track_balances),
+            escrow_timeout_s=self.config.escrow_timeout_s,
+            max_settled_records=self.config.max_settled_records,
+        )
+        self._writer: Optional[JsonlWriter] = None
+        if self.config.ledger_enabled:
+            self._open_ledger()
+        self._apply_caps()
+        self._book.journal = self._journal
+
+    # -- the seed's API ---------------------------------------------------------
+
+    async def charge(
+        self,
+        task_id: str,
+        source_agent: str,
+        target_agent: str,
+        payer_wallet: Optional[str] = None,
+        tx_signature: Optional[str] = None,
+        *,
+        amount_usd: Optional[UsdLike] = None,
+        escrow: Optional[bool] = None,
+    ) -> TollRecord:
+        """Charge the toll for one message from ``source_agent`` to ``target_agent``.
+
+        Paper mode releases at once (RELEASED); live mode locks (ESCROW_LOCKED), or
+        answers PENDING when payment is required and missing. Over the cap, short of
+        funds, or a payment the verifier refuses gives FAILED with a ``reason``.
+        ``amount_usd`` overrides the configured toll; ``escrow=True`` locks even in
+        paper mode (what ``@monetize`` does), ``escrow=False`` releases at once.
+        A ``task_id`` already charged returns its first record.
+        """
+        draft, instant = self._draft(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+        early = self._before_payment(draft)
+        if early is not None:
+            return early
+        reason = None
+        if self._verifier is not None and payer_wallet and tx_signature:
+            reason = await verify_async(
+                self._verifier, payer_wallet, tx_signature, draft.amount_usd,
+                timeout_s=self.config.x402_verify_timeout_s,
+            )
+        return self._finish_charge(draft, instant, reason)
+
+    def charge_sync(
+        self,
+        task_id: str,
+        source_agent: str,
+        target_agent: str,
+        payer_wallet: Optional[str] = None,
+        tx_signature: Optional[str] = None,
+        *,
+        amount_usd: Optional[UsdLike] = None,
+        escrow: Optional[bool] = None,
+    ) -> TollRecord:
+        """:meth:`charge` for synchronous code."""
+        draft, instant = self._draft(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+        early = self._before_payment(draft)
+        if early is not None:
+            return early
+        reason = None
+        if self._verifier is not None and payer_wallet and tx_signature:
+            reason = verify_sync(
+                self._verifier, payer_wallet, tx_signature, draft.amount_usd,
+                timeout_s=self.config.x402_verify_timeout_s,
+            )
+        return self._finish_charge(draft, instant, reason)
+
+    async def release(self, task_id: str) -> Optional[TollRecord]:
+        """Pay a locked toll to its target; a settled toll comes back unchanged; unknown gives None."""
+        return self.release_sync(task_id)
+
+    def release_sync(self, task_id: str) -> Optional[TollRecord]:
+        """:meth:`release` for synchronous code."""
+        _check_id("task_id", task_id)
+        with self._lock:
+            record = self._book.release(task_id, now_us(self.clock))
+        if record is None:
+            logger.warning("release: no toll record for task_id=%r", task_id)
+        return record
+
+    async def refund(
+        self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER
+    ) -> Optional[TollRecord]:
+        """Give a locked toll back to its source; a settled toll comes back unchanged; unknown gives None."""
+        return self.refund_sync(task_id, reason)
+
+    def refund_sync(
+        self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER
+    ) -> Optional[TollRecord]:
+        """:meth:`refund` for synchronous code."""
+        _check_id("task_id", task_id)
+        why = _check_reason(reason)
+        with self._lock:
+            record = self._book.refund(task_id, now_us(self.clock), why)
+        if record is None:
+            logger.warning("refund: no toll record for task_id=%r", task_id)
+        return record
+
+    def get_record(self, task_id: str) -> Optional[TollRecord]:
+        """The current record of ``task_id``, or None (also once it left the settled window)."""
+        _check_id("task_id", task_id)
+        with self._lock:
+            self._book.expire_due(now_us(self.clock))
+            return self._book.get(task_id)
+
+    def get_stats(self) -> dict[str, Any]:
+        """The seed's counters (``messages_charged``, ``total_usd``, ...) plus exact ones."""
+        with self._lock:
+            self._book.expire_due(now_us(self.clock))
+            stats = dict(self._stats)
+            stats["rejected_by_reason"] = dict(self._stats["rejected_by_reason"])
+            stats["active_escrows"] = self._book.open_count
+            stats["total_records"] = self._book.record_count
+            stats["locked_micros"] = self._book.budget.locked_total_micros
+        stats["total_usd"] = micros_to_usd(stats["total_micros"])
+        stats["paper_mode"] = self.config.paper_mode
+        return stats
+
+    def reset_daily(self) -> None:
+        """Forget every agent's usage today (the seed's manual midnight reset; days also roll over by themselves)."""
+        with self._lock:
+            self._book.reset_usage(now_us(self.clock))
+
+    def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:
+        """Verify payments with ``verifier(wallet, signature, amount_usd) -> bool`` (sync or async); None removes it.
+
+        It is called when a charge carries both ``payer_wallet`` and ``tx_signature``;
+        it fails closed on an exception, a non-bool or a run past ``x402_verify_timeout_s``.
+        """
+        if verifier is not None and not callable(verifier):
+            raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
+        self._verifier = verifier
+
+    # -- beyond the seed --------------------------------------------------------
+
+    def deposit(self, agent: str, amount_usd: UsdLike) -> int:
+        """Add funds to ``agent``'s balance (used when ``track_balances``); returns the new balance in micros."""
+        _check_id("agent", agent)
+        amount_micros = usd_to_micros(amount_usd)
+        with self._lock:
+            self._book.deposit(agent, amount_micros, now_us(self.clock))
+            return self._book.budget.balance_micros(agent)
+
+    def balance_micros(self, agent: str) -> int:
+        with self._lock:
+            return self._book.budget.balance_micros(agent)
+
+    def expire_stale(self) -> list[TollRecord]:
+        """Refund every escrow past ``escrow_timeout_s`` now (the booth also does it on every call)."""
+        with self._lock:
+            return self._book.expire_due(now_us(self.clock))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Balances, locked amounts, today's caps used and open escrows, as replay rebuilds them."""
+        with self._lock:
+            return snapshot(self._book, now_us(self.clock))
+
+    def close(self) -> None:
+        """Close the ledger file; the booth refuses further state changes."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+
+    def __enter__(self) -> Tollbooth:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------
+
+    def _draft(
+        self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str],
+        tx_signature: Optional[str], amount_usd: Optional[UsdLike], escrow: Optional[bool],
+    ) -> tuple[TollRecord, bool]:
+        _check_id("task_id", task_id)
+        _check_id("source_agent", source_agent)
+        _check_id("target_agent", target_agent)
+        _check_payment_field("payer_wallet", payer_wallet)
+        _check_payment_field("tx_signature", tx_signature)
+        if escrow is not None and not isinstance(escrow, bool):
+            raise InvalidTypeError("escrow", escrow, "a bool or None")
+        amount_micros = self._toll_micros() if amount_usd is None else usd_to_micros(amount_usd)
+        draft = TollRecord(
+            task_id=task_id, source_agent=source_agent, target_agent=target_agent,
+            amount_micros=amount_micros, amount_tokens=self.config.toll_per_message_tokens,
+            payer_wallet=payer_wallet, tx_signature=tx_signature,
+            nonce=hashlib.blake2b(task_id.encode(), digest_size=16).hexdigest(),
+            created_at=iso_utc(now_us(self.clock), "seconds"),
+        )
+        instant = (not escrow) if escrow is not None else self.config.paper_mode
+        return draft, instant
+
+    def _before_payment(self, draft: TollRecord) -> Optional[TollRecord]:
+        """The answer that needs no payment check: a known task id, or PENDING."""
+        with self._lock:
+            ts_us = now_us(self.clock)
+            self._book.expire_due(ts_us)
+            existing = self._book.get(draft.task_id)
+            if existing is not None and existing.status is not SettlementStatus.PENDING:
+                return existing
+            paid = draft.payer_wallet and draft.tx_signature
+            if not self.config.paper_mode and self.config.require_payment_before_route and not paid:
+                return self._book.pend(draft, ts_us)
+        return None
+
+    def _finish_charge(self, draft: TollRecord, instant: bool, reason: Optional[Reason]) -> TollRecord:
+        with self._lock:
+            ts_us = now_us(self.clock)
+            if reason is not None:
+                return self._book.reject(draft, reason, ts_us)
+            return self._book.charge(draft, ts_us, instant_release=instant)
+
+    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
+        """Append one event (under the booth's lock), then count it."""
+        if self._writer is not None:
+            self._writer.append([record_event(kind, record, ts_us=ts_us, mode=self.config.mode.value)])
+        _count(self._stats, kind, record)
+
+    def _toll_micros(self) -> int:
+        value = self.config.toll_per_message_usd
+        cached_value, micros = self._toll_cache
+        if value is not cached_value:
+            micros = usd_to_micros(value, field="toll_per_message_usd")
+            self._toll_cache = (value, micros)
+        return micros
+
+    def _open_ledger(self) -> None:
+        path = self.config.ledger_path
+        if self.config.restore_from_ledger and path.exists() and path.stat().st_size > 0:
+            replay_file(self._book, path)  # caps are applied after: history is not re-judged
+        self._writer = JsonlWriter(path, fsync=self.config.ledger_fsync)
+
+    def _apply_caps(self) -> None:
+        budget = self._book.budget
+        budget.default_cap_micros = self.config.max_daily_toll_micros
+        for agent, cap in self.config.agent_daily_caps_micros().items():
+            budget.set_cap(agent, cap)
+
+
+def _new_stats() -> dict[str, Any]:
+    return {
+        "messages_charged": 0, "total_micros": 0, "total_usd": 0.0, "total_tokens": 0.0,
+        "escrow_locked": 0, "escrow_released": 0, "escrow_refunded": 0, "escrow_expired": 0,
+        "released_micros": 0, "refunded_micros": 0, "rejected": 0, "pending": 0,
+        "rejected_by_reason": {},
+    }
+
+
+def _count(stats: dict[str, Any], kind: str, record: TollRecord) -> None:
+    if kind in (EventKind.LOCK, EventKind.PAPER_RELEASE):
+        stats["messages_charged"] += 1
+        stats["total_micros"] += record.amount_micros
+        stats["total_tokens"] += record.amount_tokens
+        if kind == EventKind.LOCK:
+            stats["escrow_locked"] += 1
+        else:
+            stats["released_micros"] += record.amount_micros
+    elif kind == EventKind.RELEASE:
+        stats["escrow_released"] += 1
+        stats["released_micros"] += record.amount_micros
+    elif kind in (EventKind.REFUND, EventKind.EXPIRE):
+        stats["escrow_refunded"] += 1
+        stats["refunded_micros"] += record.amount_micros
+        stats["escrow_expired"] += kind == EventKind.EXPIRE
+    elif kind == EventKind.REJECT:
+        stats["rejected"] += 1
+        by_reason = stats["rejected_by_reason"]
+        by_reason[record.reason] = by_reason.get(record.reason, 0) + 1
+    elif kind == EventKind.PENDING:
+        stats["pending"] += 1
+
+
+def _check_id(field: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidTypeError(field, value, "a str")
+    if not value or len(value) > MAX_ID_CHARS:
+        raise InvalidArgumentError(field, value, f"must be 1 to {MAX_ID_CHARS} characters")
+
+
+def _check_payment_field(field: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidTypeError(field, value, "a str or None")
+    if len(value) > MAX_PAYMENT_FIELD_CHARS:
+        raise InvalidArgumentError(field, value[:32] + "...", f"must be at most {MAX_PAYMENT_FIELD_CHARS} characters")
+
+
+def _check_reason(reason: Union[Reason, str]) -> Reason:
+    try:
+        return Reason(reason)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Reason)
+        raise InvalidArgumentError("reason", reason, f"must be one of: {allowed}") from None
+
+
+# -- the seed's process-wide booth ------------------------------------------------
+
+_tollbooth: Optional[Tollbooth] = None
+_tollbooth_lock = threading.Lock()
+
+
+def create_tollbooth(config: Optional[TollboothConfig] = None) -> Tollbooth:
+    """A new, independent :class:`Tollbooth`."""
+    return Tollbooth(config=config)
+
+
+def get_tollbooth(config: Optional[TollboothConfig] = None) -> Tollbooth:
+    """The process-wide booth, created from ``config`` on first use (``config`` is ignored after)."""
+    global _tollbooth
+    with _tollbooth_lock:
+        if _tollbooth is None:
+            _tollbooth = Tollbooth(config=config)
+        return _tollbooth
+
+
+def reset_tollbooth() -> None:
+    """Close and forget the process-wide booth (for tests)."""
+    global _tollbooth
+    with _tollbooth_lock:
+        if _tollbooth is not None:
+            _tollbooth.close()
+        _tollbooth = None
