@@ -1,0 +1,56 @@
+"""Shared fixtures: a ledger in a temp dir, a manual clock, booth factories, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from mesh import ManualClock, Tollbooth, TollboothConfig, reset_tollbooth, reset_usage
+
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile(
+    "ci", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+START_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+@pytest.fixture(autouse=True)
+def _clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.delenv("TOLLBOOTH_PAPER_MODE", raising=False)
+    reset_tollbooth()
+    reset_usage()
+    yield
+    reset_tollbooth()
+    reset_usage()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START_S)
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path) -> Path:
+    return tmp_path / "toll_ledger.jsonl"
+
+
+@pytest.fixture
+def make_booth(ledger_path: Path, clock: ManualClock) -> Callable[..., Tollbooth]:
+    booths: list[Tollbooth] = []
+
+    def make(**overrides: Any) -> Tollbooth:
+        options: dict[str, Any] = {"ledger_path": ledger_path, "paper_mode": False}
+        options.update(overrides)
+        booth = Tollbooth(TollboothConfig(**options), clock=clock)
+        booths.append(booth)
+        return booth
+
+    yield make
+    for booth in booths:
+        booth.close()
