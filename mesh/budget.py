@@ -11,7 +11,7 @@ every source must hold the funds it locks, and at every step::
 >>> book.deposit("alice", 8)
 >>> book.room_check("alice", 9, day=0)
 <Reason.INSUFFICIENT_FUNDS: 'insufficient_funds'>
->>> book.reserve("alice", 5, day=0); book.commit("alice", "bob", 5)
+>>> period = book.reserve("alice", 5, day=0); book.commit("alice", "bob", 5)
 >>> book.balance_micros("bob"), book.used_micros("alice", day=0)
 (5, 5)
 """
@@ -30,7 +30,8 @@ class BudgetBook:
         self.default_cap_micros = default_cap_micros
         self.track_balances = track_balances
         self._caps: dict[str, Optional[int]] = {}
-        self._usage: dict[str, list[int]] = {}  # agent -> [day, used_micros]
+        self._usage: dict[str, list] = {}  # agent -> [period, used_micros]
+        self._epoch = 0  # bumped by reset_usage, so refunds of older locks give no room back
         self._balances: dict[str, int] = {}
         self._locked: dict[str, int] = {}
         self.deposits_total_micros = 0
@@ -46,18 +47,24 @@ class BudgetBook:
     def set_cap(self, agent: str, cap_micros: Optional[int]) -> None:
         self._caps[agent] = cap_micros
 
+    def period(self, day: int) -> tuple[int, int]:
+        """The cap period of ``day``: the day, and how many manual resets came before."""
+        return (day, self._epoch)
+
     def used_micros(self, agent: str, day: int) -> int:
-        """Released + locked by ``agent`` on ``day``."""
+        """Released + locked by ``agent`` on ``day`` (since the last reset)."""
         usage = self._usage.get(agent)
-        return usage[1] if usage is not None and usage[0] == day else 0
+        return usage[1] if usage is not None and usage[0] == (day, self._epoch) else 0
 
     def usage_on(self, day: int) -> dict[str, int]:
-        """Every agent with room used on ``day``."""
-        return {a: u[1] for a, u in self._usage.items() if u[0] == day and u[1]}
+        """Every agent with room used on ``day`` (since the last reset)."""
+        period = (day, self._epoch)
+        return {a: u[1] for a, u in self._usage.items() if u[0] == period and u[1]}
 
     def reset_usage(self) -> None:
         """Forget all daily usage (the seed's manual ``reset_daily``)."""
         self._usage.clear()
+        self._epoch += 1
 
     # -- balances -------------------------------------------------------------
 
@@ -94,21 +101,24 @@ class BudgetBook:
             return Reason.OVER_DAILY_CAP
         return None
 
-    def reserve(self, agent: str, amount_micros: int, day: int) -> None:
-        """Lock ``amount_micros`` of ``agent``'s room (and funds) on ``day``."""
+    def reserve(self, agent: str, amount_micros: int, day: int) -> tuple[int, int]:
+        """Lock ``amount_micros`` of ``agent``'s room (and funds) on ``day``; return the cap period."""
+        period = (day, self._epoch)
         usage = self._usage.get(agent)
-        if usage is None or usage[0] != day:
-            self._usage[agent] = usage = [day, 0]
+        if usage is None or usage[0] != period:
+            self._usage[agent] = usage = [period, 0]
         usage[1] += amount_micros
         cap = self.cap_micros(agent)
         assert cap is None or usage[1] <= cap, f"cap exceeded for {agent!r}"
-        self._locked[agent] = self._locked.get(agent, 0) + amount_micros
-        self.locked_total_micros += amount_micros
+        if amount_micros:
+            self._locked[agent] = self._locked.get(agent, 0) + amount_micros
+            self.locked_total_micros += amount_micros
         if self.track_balances:
             self._balances[agent] -= amount_micros
             self.balances_total_micros -= amount_micros
             assert self._balances[agent] >= 0, f"negative balance for {agent!r}"
         self._assert_conserved()
+        return period
 
     def commit(self, source: str, target: str, amount_micros: int) -> None:
         """Move a locked amount from ``source`` to ``target`` (a release)."""
@@ -118,11 +128,11 @@ class BudgetBook:
             self.balances_total_micros += amount_micros
         self._assert_conserved()
 
-    def rollback(self, source: str, amount_micros: int, day: int) -> None:
-        """Give a locked amount back to ``source`` and its room back to ``day`` (a refund)."""
+    def rollback(self, source: str, amount_micros: int, period: tuple[int, int]) -> None:
+        """Give a locked amount back to ``source`` and its room back to the cap ``period`` it was taken in."""
         self._unlock(source, amount_micros)
         usage = self._usage.get(source)
-        if usage is not None and usage[0] == day:
+        if usage is not None and usage[0] == period:
             usage[1] -= amount_micros
             assert usage[1] >= 0, f"negative usage for {source!r}"
         if self.track_balances:
@@ -131,6 +141,8 @@ class BudgetBook:
         self._assert_conserved()
 
     def _unlock(self, agent: str, amount_micros: int) -> None:
+        if not amount_micros:
+            return
         left = self._locked[agent] - amount_micros
         assert left >= 0, f"negative locked amount for {agent!r}"
         if left:

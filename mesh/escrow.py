@@ -40,7 +40,7 @@ def _no_journal(kind: str, record: TollRecord, ts_us: float) -> None:
 @dataclass(slots=True)
 class _OpenEscrow:
     record: TollRecord
-    day: int
+    period: tuple[int, int]  # the cap period the lock took room in
     deadline_us: int
 
 
@@ -115,10 +115,10 @@ class EscrowBook:
             return record
         record = draft.evolve(status=SettlementStatus.ESCROW_LOCKED)
         self.journal("lock", record, now_us)
-        self.budget.reserve(record.source_agent, record.amount_micros, day)
+        period = self.budget.reserve(record.source_agent, record.amount_micros, day)
         deadline_us = now_us + self._timeout_us if self._timeout_us is not None else _NEVER_US
         self._settled.pop(record.task_id, None)  # a PENDING record it replaces
-        self._open[record.task_id] = _OpenEscrow(record, day, deadline_us)
+        self._open[record.task_id] = _OpenEscrow(record, period, deadline_us)
         return record
 
     def reject(self, draft: TollRecord, reason: Reason, now_us: float) -> TollRecord:
@@ -194,7 +194,7 @@ class EscrowBook:
             status=SettlementStatus.REFUNDED, settled_at=iso_utc(now_us, "seconds"), reason=reason.value
         )
         self.journal(kind, record, now_us)
-        self.budget.rollback(record.source_agent, record.amount_micros, entry.day)
+        self.budget.rollback(record.source_agent, record.amount_micros, entry.period)
         self._settle(record)
         return record
 
