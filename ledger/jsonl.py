@@ -30,7 +30,6 @@ from typing import Any, Optional
 import orjson
 
 from ledger.events import SCHEMA_VERSION, EventKind
-from mesh.clock import iso_utc
 from mesh.errors import LedgerError
 
 _TAIL_BYTES = 1 << 16  # how far back we look for the last whole line when reopening
@@ -73,6 +72,12 @@ class JsonlWriter:
         self._write(b"\n".join(lines))
         self.next_seq = seq
 
+    def append_one(self, event: dict[str, Any]) -> None:
+        """:meth:`append` for a single event (the in-process booth's hot path)."""
+        event["seq"] = self.next_seq
+        self._write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        self.next_seq += 1
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -82,10 +87,11 @@ class JsonlWriter:
         if self._fd is None:
             raise LedgerError(f"ledger {self.path} is closed")
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            written = os.write(self._fd, data)
+            if written < len(data):  # rare (a full disk, a signal): finish the line
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(self._fd, view):]
             if self.fsync is not FsyncPolicy.NEVER:
                 os.fsync(self._fd)
         except OSError as exc:
@@ -119,6 +125,6 @@ def _scan_tail(path: Path) -> tuple[int, int]:
 def _recover_event(torn_bytes: int) -> dict[str, Any]:
     ts_us = time.time_ns() // 1000
     return {
-        "v": SCHEMA_VERSION, "seq": None, "ts": iso_utc(ts_us), "ts_us": ts_us,
+        "v": SCHEMA_VERSION, "seq": None, "ts_us": ts_us,
         "kind": EventKind.RECOVER.value, "torn_bytes": torn_bytes,
     }

@@ -76,10 +76,21 @@ def day_of(ts_us: int) -> int:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def iso_utc(ts_us: int, timespec: str = "microseconds") -> str:
-    """ISO-8601 UTC text for ``ts_us``.
+_last_second: list = [None, ""]  # a one-entry cache: [whole second, its ISO text]
 
-    >>> iso_utc(1_500_000, "seconds")
-    '1970-01-01T00:00:01+00:00'
+
+def iso_utc(ts_us: int, timespec: str = "microseconds") -> str:
+    """ISO-8601 UTC text for ``ts_us``, to the second or to the microsecond.
+
+    >>> iso_utc(1_500_000, "seconds"), iso_utc(1_500_000)
+    ('1970-01-01T00:00:01+00:00', '1970-01-01T00:00:01.500000+00:00')
     """
-    return (_EPOCH + timedelta(microseconds=ts_us)).isoformat(timespec=timespec)
+    second, micros = divmod(ts_us, US_PER_SECOND)
+    cached = _last_second
+    if cached[0] != second:
+        text = (_EPOCH + timedelta(seconds=second)).isoformat(timespec="seconds")[:-6]
+        cached[0], cached[1] = second, text  # a racing thread writes the same pair
+    text = cached[1]
+    if timespec == "seconds":
+        return text + "+00:00"
+    return f"{text}.{micros:06d}+00:00"

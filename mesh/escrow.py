@@ -107,13 +107,13 @@ class EscrowBook:
         if reason is not None:
             return self.reject(draft, reason, now_us)
         if instant_release:
-            record = draft.evolve(status=SettlementStatus.RELEASED, settled_at=iso_utc(now_us, "seconds"))
+            record = draft.moved_to(SettlementStatus.RELEASED, settled_at=iso_utc(now_us, "seconds"))
             self.journal("paper_release", record, now_us)
             self.budget.reserve(record.source_agent, record.amount_micros, day)
             self.budget.commit(record.source_agent, record.target_agent, record.amount_micros)
             self._retain(record)
             return record
-        record = draft.evolve(status=SettlementStatus.ESCROW_LOCKED)
+        record = draft.moved_to(SettlementStatus.ESCROW_LOCKED)
         self.journal("lock", record, now_us)
         period = self.budget.reserve(record.source_agent, record.amount_micros, day)
         deadline_us = now_us + self._timeout_us if self._timeout_us is not None else _NEVER_US
@@ -137,9 +137,7 @@ class EscrowBook:
         entry = self._open.get(task_id)
         if entry is None:
             return self._settled.get(task_id)
-        record = entry.record.evolve(
-            status=SettlementStatus.RELEASED, settled_at=iso_utc(now_us, "seconds")
-        )
+        record = entry.record.moved_to(SettlementStatus.RELEASED, settled_at=iso_utc(now_us, "seconds"))
         self.journal("release", record, now_us)
         self.budget.commit(record.source_agent, record.target_agent, record.amount_micros)
         self._settle(record)
@@ -184,14 +182,14 @@ class EscrowBook:
         existing = self._existing(draft.task_id)
         if existing is not None:
             return existing
-        record = draft.evolve(status=status, reason=reason.value)
+        record = draft.moved_to(status, reason=reason.value)
         self.journal(kind, record, now_us)
         self._retain(record)
         return record
 
     def _refund(self, entry: _OpenEscrow, now_us: float, reason: Reason, kind: str) -> TollRecord:
-        record = entry.record.evolve(
-            status=SettlementStatus.REFUNDED, settled_at=iso_utc(now_us, "seconds"), reason=reason.value
+        record = entry.record.moved_to(
+            SettlementStatus.REFUNDED, settled_at=iso_utc(now_us, "seconds"), reason=reason.value
         )
         self.journal(kind, record, now_us)
         self.budget.rollback(record.source_agent, record.amount_micros, entry.period)

@@ -1,6 +1,7 @@
 """The seed-compatible toll record, its statuses and the reasons a toll fails or is refunded.
 
-A :class:`TollRecord` is an immutable snapshot: each state change makes a new one.
+A :class:`TollRecord` is an immutable snapshot (a named tuple, cheap to make on the
+hot path): each state change makes a new one.
 Money is stored as integer micros; ``amount_usd`` is derived for display and for
 the seed's field of that name.
 
@@ -11,11 +12,9 @@ the seed's field of that name.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from mesh.money import check_micros, micros_to_usd, usd_to_micros
 
@@ -45,9 +44,8 @@ class Reason(str, Enum):
     REFUNDED_BY_CALLER = "refunded_by_caller"
 
 
-@dataclass(frozen=True, slots=True)
-class TollRecord:
-    """One toll: the seed's fields plus the exact amount and a reason."""
+class TollRecord(NamedTuple):
+    """One toll: the seed's fields plus the exact amount and a reason. Immutable."""
 
     task_id: str
     source_agent: str
@@ -75,7 +73,16 @@ class TollRecord:
 
     def evolve(self, **changes: Any) -> TollRecord:
         """A copy of this record with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
+        return self._replace(**changes)
+
+    def moved_to(
+        self, status: SettlementStatus, *, settled_at: Optional[str] = None, reason: Optional[str] = None
+    ) -> TollRecord:
+        """A copy in ``status`` (the hot path's faster :meth:`evolve`)."""
+        return TollRecord(
+            self.task_id, self.source_agent, self.target_agent, self.amount_micros, self.amount_tokens,
+            status, self.tx_signature, self.payer_wallet, self.nonce, settled_at, self.created_at, reason,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's dict of the record, plus ``amount_micros`` and ``reason``."""
@@ -101,8 +108,7 @@ class TollRecord:
 
         ``amount_micros`` wins when present; otherwise ``amount_usd`` is converted exactly.
         """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs = {k: v for k, v in data.items() if k in cls._fields}
         kwargs["status"] = SettlementStatus(data.get("status", "pending"))
         if "amount_micros" in data:
             kwargs["amount_micros"] = check_micros(data["amount_micros"])

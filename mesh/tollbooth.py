@@ -90,16 +90,16 @@ class Tollbooth:
         A ``task_id`` already charged returns its first record.
         """
         draft, instant = self._draft(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
-        early = self._before_payment(draft)
-        if early is not None:
-            return early
         reason = None
         if self._verifier is not None and payer_wallet and tx_signature:
+            early = self._answer_before_payment(draft)
+            if early is not None:
+                return early
             reason = await verify_async(
                 self._verifier, payer_wallet, tx_signature, draft.amount_usd,
                 timeout_s=self.config.x402_verify_timeout_s,
             )
-        return self._finish_charge(draft, instant, reason)
+        return self._charge_now(draft, instant, reason)
 
     def charge_sync(
         self,
@@ -114,16 +114,16 @@ class Tollbooth:
     ) -> TollRecord:
         """:meth:`charge` for synchronous code."""
         draft, instant = self._draft(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
-        early = self._before_payment(draft)
-        if early is not None:
-            return early
         reason = None
         if self._verifier is not None and payer_wallet and tx_signature:
+            early = self._answer_before_payment(draft)
+            if early is not None:
+                return early
             reason = verify_sync(
                 self._verifier, payer_wallet, tx_signature, draft.amount_usd,
                 timeout_s=self.config.x402_verify_timeout_s,
             )
-        return self._finish_charge(draft, instant, reason)
+        return self._charge_now(draft, instant, reason)
 
     async def release(self, task_id: str) -> Optional[TollRecord]:
         """Pay a locked toll to its target; a settled toll comes back unchanged; unknown gives None."""
@@ -131,7 +131,8 @@ class Tollbooth:
 
     def release_sync(self, task_id: str) -> Optional[TollRecord]:
         """:meth:`release` for synchronous code."""
-        _check_id("task_id", task_id)
+        if not _is_id(task_id):
+            _check_id("task_id", task_id)
         with self._lock:
             record = self._book.release(task_id, now_us(self.clock))
         if record is None:
@@ -233,11 +234,13 @@ class Tollbooth:
         self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str],
         tx_signature: Optional[str], amount_usd: Optional[UsdLike], escrow: Optional[bool],
     ) -> tuple[TollRecord, bool]:
-        _check_id("task_id", task_id)
-        _check_id("source_agent", source_agent)
-        _check_id("target_agent", target_agent)
-        _check_payment_field("payer_wallet", payer_wallet)
-        _check_payment_field("tx_signature", tx_signature)
+        if not (_is_id(task_id) and _is_id(source_agent) and _is_id(target_agent)):
+            _check_id("task_id", task_id)
+            _check_id("source_agent", source_agent)
+            _check_id("target_agent", target_agent)
+        if payer_wallet is not None or tx_signature is not None:
+            _check_payment_field("payer_wallet", payer_wallet)
+            _check_payment_field("tx_signature", tx_signature)
         if escrow is not None and not isinstance(escrow, bool):
             raise InvalidTypeError("escrow", escrow, "a bool or None")
         amount_micros = self._toll_micros() if amount_usd is None else usd_to_micros(amount_usd)
@@ -251,22 +254,28 @@ class Tollbooth:
         instant = (not escrow) if escrow is not None else self.config.paper_mode
         return draft, instant
 
-    def _before_payment(self, draft: TollRecord) -> Optional[TollRecord]:
-        """The answer that needs no payment check: a known task id, or PENDING."""
+    def _answer_before_payment(self, draft: TollRecord) -> Optional[TollRecord]:
         with self._lock:
-            ts_us = now_us(self.clock)
-            self._book.expire_due(ts_us)
-            existing = self._book.get(draft.task_id)
-            if existing is not None and existing.status is not SettlementStatus.PENDING:
-                return existing
-            paid = draft.payer_wallet and draft.tx_signature
-            if not self.config.paper_mode and self.config.require_payment_before_route and not paid:
-                return self._book.pend(draft, ts_us)
+            return self._early_answer(draft, now_us(self.clock))
+
+    def _early_answer(self, draft: TollRecord, ts_us: int) -> Optional[TollRecord]:
+        """The answer that needs no payment check (a known task id, or PENDING), else None."""
+        self._book.expire_due(ts_us)
+        existing = self._book.get(draft.task_id)
+        if existing is not None and existing.status is not SettlementStatus.PENDING:
+            return existing
+        paid = draft.payer_wallet and draft.tx_signature
+        if not self.config.paper_mode and self.config.require_payment_before_route and not paid:
+            return self._book.pend(draft, ts_us)
         return None
 
-    def _finish_charge(self, draft: TollRecord, instant: bool, reason: Optional[Reason]) -> TollRecord:
+    def _charge_now(self, draft: TollRecord, instant: bool, reason: Optional[Reason]) -> TollRecord:
+        """Decide the charge under the lock: early answer, rejection for ``reason``, or the lock itself."""
         with self._lock:
             ts_us = now_us(self.clock)
+            early = self._early_answer(draft, ts_us)
+            if early is not None:
+                return early
             if reason is not None:
                 return self._book.reject(draft, reason, ts_us)
             return self._book.charge(draft, ts_us, instant_release=instant)
@@ -274,7 +283,7 @@ class Tollbooth:
     def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
         """Append one event (under the booth's lock), then count it."""
         if self._writer is not None:
-            self._writer.append([record_event(kind, record, ts_us=ts_us, mode=self.config.mode.value)])
+            self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=self.config.mode.value))
         _count(self._stats, kind, record)
 
     def _toll_micros(self) -> int:
@@ -308,27 +317,41 @@ def _new_stats() -> dict[str, Any]:
 
 
 def _count(stats: dict[str, Any], kind: str, record: TollRecord) -> None:
-    if kind in (EventKind.LOCK, EventKind.PAPER_RELEASE):
+    """Update the booth's counters for one journaled event."""
+    amount = record.amount_micros
+    if kind == _LOCK or kind == _PAPER_RELEASE:
         stats["messages_charged"] += 1
-        stats["total_micros"] += record.amount_micros
+        stats["total_micros"] += amount
         stats["total_tokens"] += record.amount_tokens
-        if kind == EventKind.LOCK:
+        if kind == _LOCK:
             stats["escrow_locked"] += 1
         else:
-            stats["released_micros"] += record.amount_micros
-    elif kind == EventKind.RELEASE:
+            stats["released_micros"] += amount
+    elif kind == _RELEASE:
         stats["escrow_released"] += 1
-        stats["released_micros"] += record.amount_micros
-    elif kind in (EventKind.REFUND, EventKind.EXPIRE):
+        stats["released_micros"] += amount
+    elif kind == _REFUND or kind == _EXPIRE:
         stats["escrow_refunded"] += 1
-        stats["refunded_micros"] += record.amount_micros
-        stats["escrow_expired"] += kind == EventKind.EXPIRE
-    elif kind == EventKind.REJECT:
+        stats["refunded_micros"] += amount
+        stats["escrow_expired"] += kind == _EXPIRE
+    elif kind == _REJECT:
         stats["rejected"] += 1
         by_reason = stats["rejected_by_reason"]
         by_reason[record.reason] = by_reason.get(record.reason, 0) + 1
-    elif kind == EventKind.PENDING:
+    elif kind == _PENDING:
         stats["pending"] += 1
+
+
+# Plain strings: comparing with these is cheaper than reading enum members on the hot path.
+_LOCK, _PAPER_RELEASE, _RELEASE = EventKind.LOCK.value, EventKind.PAPER_RELEASE.value, EventKind.RELEASE.value
+_REFUND, _EXPIRE, _REJECT, _PENDING = (
+    EventKind.REFUND.value, EventKind.EXPIRE.value, EventKind.REJECT.value, EventKind.PENDING.value,
+)
+
+
+def _is_id(value: Any) -> bool:
+    """The hot path's check: a str of 1 to MAX_ID_CHARS characters."""
+    return type(value) is str and 0 < len(value) <= MAX_ID_CHARS
 
 
 def _check_id(field: str, value: Any) -> None:
