@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, settings
 
 from mesh import ManualClock, Tollbooth, TollboothConfig, reset_tollbooth, reset_usage
 
-settings.register_profile("default", max_examples=200, deadline=None)
 settings.register_profile(
-    "ci", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "default", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+settings.register_profile("quick", max_examples=30, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 START_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -8,6 +8,7 @@ ledger rebuilds exactly the live balances, caps used and open escrows.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -223,5 +224,8 @@ class EscrowMachine(RuleBasedStateMachine):
         assert opened == {t for t, toll in self.tolls.items() if toll.status == "escrow_locked"}
 
 
-EscrowMachine.TestCase.settings = settings(settings(), stateful_step_count=40)
+# A few thousand random programs of up to 40 steps each, whatever the profile (about 25 s).
+EscrowMachine.TestCase.settings = settings(
+    settings(), max_examples=int(os.environ.get("TOLLMESH_STATEFUL_EXAMPLES", "2000")), stateful_step_count=40
+)
 TestEscrowMachine = EscrowMachine.TestCase
