@@ -1,5 +1,6 @@
-"""Property tests: random sequences of charge, release, refund, deposit, expiry, day rollover
-and manual resets, over several agents, checked step by step against an independent model.
+"""Property tests: random sequences of charge, release, refund, deposit, expiry, day rollover,
+manual resets, x402 payments and failing ledger writes, over several agents, checked step by
+step against an independent model.
 
 Invariants: every outcome (status, reason) matches the model; a cap is never exceeded;
 conservation holds; charging a task id again returns its first record; replaying the
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ledger import replay_file, snapshot
-from mesh import ManualClock, SettlementStatus, Tollbooth, TollboothConfig
+from mesh import LedgerError, ManualClock, SettlementStatus, Tollbooth, TollboothConfig
 from mesh.budget import BudgetBook
 from mesh.clock import day_of, now_us
 from mesh.escrow import EscrowBook
@@ -180,6 +181,38 @@ class EscrowMachine(RuleBasedStateMachine):
     def reset_daily(self):
         self.booth.reset_daily()
         self.epoch += 1
+
+    @precondition(lambda self: hasattr(self, "booth"))
+    @rule(
+        op=st.sampled_from(["charge", "release", "refund", "deposit", "reset_daily"]),
+        task=st.sampled_from(TASKS), source=st.sampled_from(AGENTS), amount=st.integers(0, 1_500),
+    )
+    def disk_fails(self, op, task, source, amount):
+        """A ledger write fails mid-operation: the call raises or needed no write; nothing changes."""
+        self.booth.expire_stale()
+        self.model_expire()
+        before, size = self.booth.snapshot(), self.config.ledger_path.stat().st_size
+        writer = self.booth._writer
+
+        def broken_disk(data):
+            raise LedgerError("injected: no space left on device")
+
+        writer._write = broken_disk
+        try:
+            if op == "charge":
+                self.booth.charge_sync(task, source, "a", amount_usd=f"0.{amount:06d}")
+            elif op in ("release", "refund"):
+                getattr(self.booth, f"{op}_sync")(task)
+            elif op == "deposit":
+                self.booth.deposit(source, f"0.{amount:06d}")
+            else:
+                self.booth.reset_daily()
+        except LedgerError:
+            pass
+        finally:
+            del writer._write
+        assert self.booth.snapshot() == before
+        assert self.config.ledger_path.stat().st_size == size
 
     @precondition(lambda self: hasattr(self, "booth"))
     @rule()
