@@ -5,7 +5,9 @@
 'lock'
 """
 
-from ledger.events import SCHEMA_VERSION, EventKind, record_event
+import mesh  # noqa: F401  (mesh first: its Tollbooth imports ledger modules, which import mesh's core)
+from ledger.events import record_event
+from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind, LedgerEvent
 from ledger.jsonl import FsyncPolicy, JsonlWriter
 from ledger.reader import LedgerRead, read_events
 from ledger.replay import apply_event, replay_events, replay_file, snapshot

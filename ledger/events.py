@@ -1,48 +1,34 @@
-"""The ledger event: one JSON object per state change.
-
-An event is the seed's record fields (task_id, source_agent, target_agent,
-amount_usd, status, ...) plus the exact ``amount_micros``, the schema version
-``v``, the sequence number ``seq`` (assigned by the writer), the UTC time as integer
-microseconds since the epoch ``ts_us`` (exact, so replay computes the same days and
-deadlines; ``created_at``/``settled_at`` carry ISO text), the event ``kind``, the booth
-``mode`` and the ``reason``.
+"""Build ledger events from toll records (the field order is the schema's, see :mod:`ledger.schema`).
 
 >>> from mesh.records import TollRecord
 >>> e = record_event("lock", TollRecord("t1", "a", "b", amount_micros=5), ts_us=0, mode="live")
->>> e["kind"], e["amount_micros"], e["ts_us"]
-('lock', 5, 0)
+>>> e["kind"], e["amount_micros"], e["ts_us"], "hash" in e
+('lock', 5, 0, False)
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Any
+import hashlib
+from typing import Any, Optional
 
+from ledger.schema import SCHEMA_VERSION, EventKind
 from mesh.money import MICROS_PER_USD
 from mesh.records import TollRecord
 
-SCHEMA_VERSION = 1
+__all__ = ["EventKind", "SCHEMA_VERSION", "proof_digest", "record_event"]
 
 
-class EventKind(str, Enum):
-    """What happened. Each kind has exactly one meaning for replay."""
-
-    DEPOSIT = "deposit"  # funds added to target_agent
-    LOCK = "lock"  # toll locked in escrow (ESCROW_LOCKED)
-    PAPER_RELEASE = "paper_release"  # paper-mode charge: locked and released at once
-    RELEASE = "release"  # escrow paid to the target (RELEASED)
-    REFUND = "refund"  # escrow given back to the source (REFUNDED)
-    EXPIRE = "expire"  # escrow refunded by the system after its timeout
-    REJECT = "reject"  # refused before anything was locked (FAILED)
-    PENDING = "pending"  # payment required before routing (PENDING)
-    RESET_DAILY = "reset_daily"  # the seed's manual reset of every agent's daily usage
-    RECOVER = "recover"  # the writer found a torn last line after a crash and moved past it
-
-
-def record_event(kind: str, record: TollRecord, *, ts_us: int, mode: str) -> dict[str, Any]:
-    """The ledger event for ``record`` entering state ``kind`` at ``ts_us`` (no ``seq`` yet)."""
+def record_event(
+    kind: str, record: TollRecord, *, ts_us: int, mode: Optional[str], shard: Optional[int] = None
+) -> dict[str, Any]:
+    """The event for ``record`` entering state ``kind`` at ``ts_us``; the writer adds ``seq`` and ``hash``."""
     return {
-        "v": SCHEMA_VERSION, "seq": None, "ts_us": ts_us, "kind": kind, "mode": mode,
+        "v": SCHEMA_VERSION,
+        "seq": None,
+        "ts_us": ts_us,
+        "kind": kind,
+        "mode": mode,
+        "shard": shard,
         "task_id": record.task_id,
         "source_agent": record.source_agent,
         "target_agent": record.target_agent,
@@ -56,4 +42,10 @@ def record_event(kind: str, record: TollRecord, *, ts_us: int, mode: str) -> dic
         "settled_at": record.settled_at,
         "created_at": record.created_at,
         "reason": record.reason,
+        "proof_digest": None if record.tx_signature is None else proof_digest(record.tx_signature),
     }
+
+
+def proof_digest(tx_signature: str) -> str:
+    """The first 32 hex digits of the SHA-256 of a payment proof."""
+    return hashlib.sha256(tx_signature.encode()).hexdigest()[:32]

@@ -1,22 +1,27 @@
-"""Append-only JSONL: one orjson object per line, one ``write`` per batch, then flush.
+"""The JSONL ledger writer: hash-chained lines, batched appends, group commit, rotation.
 
-The writer assigns each event its sequence number. Every append reaches the OS
-before :meth:`JsonlWriter.append` returns (a process crash loses nothing); the
-fsync policy decides whether it also reaches the disk (a power loss):
+Each event becomes one line: its JSON object (orjson) with a last field ``hash``, the
+SHA-256 (first 128 bits, hex) of the previous line's hash and this line without its hash (see
+:func:`chain_hash`), so a changed, dropped, inserted or reordered line breaks the chain.
+An :meth:`JsonlWriter.append` of a batch is one ``write``; it reaches the OS before
+the call returns (a process crash loses nothing). The fsync policy decides the disk:
 
-* ``always`` and ``batch``: ``fsync`` after every append call (one call is one
-  batch; the in-process Tollbooth appends one event per call, so they coincide);
-* ``never``: leave it to the OS (the default of the in-process Tollbooth, as the seed).
+* ``always``: each event is written and fsynced on its own before the next;
+* ``batch``: one write and one fsync per appended batch (group commit);
+* ``never``: one write per batch, the OS flushes when it likes (a power loss may
+  lose the last events; the default of the in-process Tollbooth, as the seed).
 
-If the file ends in a torn line (a crash mid-write), the writer starts a new line
+Rotation (``max_segment_bytes``, ``rotate_daily``) starts the next segment file of the
+family (see :mod:`ledger.files`); the chain and the numbering run on across files.
+If the last file ends in a torn line (a crash mid-write), the writer starts a new line
 and appends a ``recover`` event naming the torn bytes; it never truncates.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
 >>> w = JsonlWriter(path)
->>> w.append([{"kind": "deposit"}]); w.close()
->>> path.read_bytes()
-b'{"kind":"deposit","seq":0}\\n'
+>>> w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit"}]); w.close()
+>>> path.read_bytes()[:50]
+b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit","hash":"'
 """
 
 from __future__ import annotations
@@ -24,14 +29,18 @@ from __future__ import annotations
 import os
 import time
 from enum import Enum
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, Optional
 
 import orjson
 
-from ledger.events import SCHEMA_VERSION, EventKind
+from ledger.files import segment_path, segments
+from ledger.schema import GENESIS_HASH, SCHEMA_VERSION, EventKind
+from mesh.clock import US_PER_DAY
 from mesh.errors import LedgerError
 
+HASH_SUFFIX_BYTES = len(b',"hash":"') + 32 + len(b'"}')  # 43: the tail every line ends with
 _TAIL_BYTES = 1 << 16  # how far back we look for the last whole line when reopening
 
 
@@ -41,49 +50,128 @@ class FsyncPolicy(str, Enum):
     NEVER = "never"
 
 
-class JsonlWriter:
-    """Appends batches of events to one JSONL file, numbering them from the file's last ``seq``."""
+def chain_hash(previous_hash: str, body: bytes) -> str:
+    """The hash of a line whose JSON without its ``hash`` field is ``body``: SHA-256, first 128 bits."""
+    return sha256(previous_hash.encode() + body).hexdigest()[:32]
 
-    def __init__(self, path: Path, fsync: FsyncPolicy | str = FsyncPolicy.NEVER) -> None:
-        self.path = Path(path)
+
+def line_body(line: bytes) -> tuple[bytes, str]:
+    """Split a written line (without its newline) into (body without ``hash``, hash); ValueError if it has none."""
+    if len(line) < HASH_SUFFIX_BYTES or line[-HASH_SUFFIX_BYTES:-34] != b',"hash":"' or line[-2:] != b'"}':
+        raise ValueError("no hash field at the end of the line")
+    return line[:-HASH_SUFFIX_BYTES] + b"}", line[-34:-2].decode("ascii", "replace")
+
+
+class JsonlWriter:
+    """Appends batches of events to a JSONL ledger family, numbering and chaining them."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        fsync: FsyncPolicy | str = FsyncPolicy.NEVER,
+        *,
+        max_segment_bytes: Optional[int] = None,
+        rotate_daily: bool = False,
+    ) -> None:
+        self.first_path = Path(path)
         self.fsync = FsyncPolicy(fsync)
+        if max_segment_bytes is not None and max_segment_bytes < 1:
+            raise LedgerError(f"max_segment_bytes={max_segment_bytes!r}: must be at least 1")
+        self.max_segment_bytes = max_segment_bytes
+        self.rotate_daily = rotate_daily
+        self._fd: Optional[int] = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.first_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
-        self.next_seq, torn_bytes = _scan_tail(self.path)
-        if torn_bytes:
-            self._write(b"\n")
-            self.append([_recover_event(torn_bytes)])
+            raise LedgerError(f"cannot create the ledger directory {self.first_path.parent}: {exc}") from exc
+        existing = segments(self.first_path) if self.first_path.exists() else [self.first_path]
+        self._segment_number = len(existing) - 1
+        self._open(existing[-1])
+        self.next_seq, self.last_hash, torn_bytes = _scan_tail(existing[-1])
+        self._segment_day = _first_day(existing[-1])
+        if torn_bytes:  # the recover event goes right after the torn line, in the same file
+            self._write_bytes(b"\n")
+            self._append_run([_recover_event(torn_bytes)], rotate=False)
+
+    @property
+    def path(self) -> Path:
+        """The segment file being written now."""
+        return segment_path(self.first_path, self._segment_number)
 
     def append(self, events: list[dict[str, Any]]) -> None:
-        """Number ``events`` in place and append them in one write; raises LedgerError on failure.
+        """Number, chain and append ``events`` (dicts without ``hash``); raises LedgerError on failure.
 
-        On failure the sequence numbers are not consumed.
+        On failure nothing of the batch counts: the sequence and the chain are not advanced
+        (a partial write is a torn line, recovered on reopening).
         """
-        seq = self.next_seq
-        lines = []
-        for event in events:
-            event["seq"] = seq
-            seq += 1
-            lines.append(orjson.dumps(event))
-        lines.append(b"")
-        self._write(b"\n".join(lines))
-        self.next_seq = seq
+        if not events:
+            return
+        if self.rotate_daily:
+            start = 0
+            for i in range(1, len(events) + 1):
+                if i == len(events) or _day(events[i]) != _day(events[start]):
+                    self._append_run(events[start:i])
+                    start = i
+        else:
+            self._append_run(events)
 
     def append_one(self, event: dict[str, Any]) -> None:
         """:meth:`append` for a single event (the in-process booth's hot path)."""
+        self._rotate_if_due(event)
         event["seq"] = self.next_seq
-        self._write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        body = orjson.dumps(event)
+        digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
+        self._write_bytes(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         self.next_seq += 1
+        self.last_hash = digest
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def _write(self, data: bytes) -> None:
+    # -- internals --------------------------------------------------------------
+
+    def _append_run(self, events: list[dict[str, Any]], rotate: bool = True) -> None:
+        if rotate:
+            self._rotate_if_due(events[0])
+        seq, previous = self.next_seq, self.last_hash
+        lines = []
+        for event in events:
+            event["seq"] = seq
+            body = orjson.dumps(event)
+            previous = sha256(previous.encode() + body).hexdigest()[:32]
+            lines.append(body[:-1] + b',"hash":"' + previous.encode() + b'"}\n')
+            seq += 1
+        if self.fsync is FsyncPolicy.ALWAYS:
+            for line in lines:
+                self._write_bytes(line)
+        else:
+            self._write_bytes(b"".join(lines))
+        self.next_seq, self.last_hash = seq, previous
+
+    def _rotate_if_due(self, event: dict[str, Any]) -> None:
+        if self._segment_bytes == 0:
+            self._segment_day = _day(event)
+            return
+        full = self.max_segment_bytes is not None and self._segment_bytes >= self.max_segment_bytes
+        new_day = self.rotate_daily and _day(event) != self._segment_day
+        if full or new_day:
+            self.close()
+            self._segment_number += 1
+            self._open(self.path)
+            self._segment_day = _day(event)
+            if self.fsync is not FsyncPolicy.NEVER:
+                _fsync_directory(self.path.parent)
+
+    def _open(self, path: Path) -> None:
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._segment_bytes = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+
+    def _write_bytes(self, data: bytes) -> None:
         if self._fd is None:
             raise LedgerError(f"ledger {self.path} is closed")
         try:
@@ -96,13 +184,19 @@ class JsonlWriter:
                 os.fsync(self._fd)
         except OSError as exc:
             raise LedgerError(f"cannot append to ledger {self.path}: {exc}") from exc
+        self._segment_bytes += len(data)
 
 
-def _scan_tail(path: Path) -> tuple[int, int]:
-    """(next sequence number, length of a torn last line or 0) of an existing ledger file."""
-    size = path.stat().st_size
+def _day(event: dict[str, Any]) -> int:
+    return event["ts_us"] // US_PER_DAY
+
+
+def _scan_tail(path: Path) -> tuple[int, str, int]:
+    """(next seq, last hash, length of a torn last line or 0) of a segment; earlier segments if it is empty."""
+    size = path.stat().st_size if path.exists() else 0
     if size == 0:
-        return 0, 0
+        earlier = _previous_segment(path)
+        return _scan_tail(earlier)[:2] + (0,) if earlier is not None else (0, GENESIS_HASH, 0)
     with open(path, "rb") as f:
         f.seek(max(0, size - _TAIL_BYTES))
         tail = f.read()
@@ -113,18 +207,42 @@ def _scan_tail(path: Path) -> tuple[int, int]:
     for line in reversed(tail.splitlines()):
         try:
             seq = orjson.loads(line).get("seq")
-        except (orjson.JSONDecodeError, AttributeError):
+            _, digest = line_body(line)
+        except (orjson.JSONDecodeError, AttributeError, ValueError):
             continue
         if isinstance(seq, int):
-            return seq + 1, torn_bytes
+            return seq + 1, digest, torn_bytes
     if size > _TAIL_BYTES:
-        raise LedgerError(f"{path}: no whole event in its last {_TAIL_BYTES} bytes")
-    return 0, torn_bytes
+        raise LedgerError(f"{path}: no whole hash-chained event in its last {_TAIL_BYTES} bytes")
+    earlier = _previous_segment(path)  # the segment holds nothing whole: continue the one before
+    return _scan_tail(earlier)[:2] + (torn_bytes,) if earlier is not None else (0, GENESIS_HASH, torn_bytes)
+
+
+def _previous_segment(path: Path) -> Optional[Path]:
+    family = segments(path) if path.exists() else []
+    index = family.index(path) if path in family else -1
+    return family[index - 1] if index > 0 else None
+
+
+def _first_day(path: Path) -> Optional[int]:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+        return _day(orjson.loads(first)) if first.endswith(b"\n") else None
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _recover_event(torn_bytes: int) -> dict[str, Any]:
-    ts_us = time.time_ns() // 1000
     return {
-        "v": SCHEMA_VERSION, "seq": None, "ts_us": ts_us,
+        "v": SCHEMA_VERSION, "seq": None, "ts_us": time.time_ns() // 1000,
         "kind": EventKind.RECOVER.value, "torn_bytes": torn_bytes,
     }
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,26 +1,29 @@
-"""Read a JSONL ledger back, tolerating only what a crash can leave behind.
+"""Read a JSONL ledger back (all its segment files, in order), tolerating only what a crash leaves.
 
 A line that is not a valid event is an error naming the file and line, except a
-*torn* line: the unfinished last line of the file, or a line the writer marked
-as torn by appending a ``recover`` event right after it on reopening.
+*torn* line: the unfinished last line of the last file, or a line the writer marked
+as torn by appending a ``recover`` event right after it when it reopened the file.
+Readers check the JSON and the schema version here; ``ledger verify`` checks
+everything else (schema, hash chain, sequence, transitions, conservation).
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
 >>> _ = path.write_bytes(b'{"v":1,"seq":0,"kind":"deposit"}\\n{"v":1,"se')
 >>> read = read_events(path)
->>> len(read.events), read.torn_lines
-(1, [2])
+>>> len(read.events), [(p.name, line) for p, line in read.torn_lines]
+(1, [('l.jsonl', 2)])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
-from ledger.events import SCHEMA_VERSION, EventKind
+from ledger.files import segments
+from ledger.schema import SCHEMA_VERSION, EventKind
 from mesh.errors import LedgerError
 
 _KINDS = frozenset(kind.value for kind in EventKind)
@@ -28,16 +31,42 @@ _KINDS = frozenset(kind.value for kind in EventKind)
 
 @dataclass
 class LedgerRead:
-    """The events of one file, in order, and the line numbers of torn lines skipped."""
+    """The events of a ledger, in order, and the (file, line) of each torn line skipped."""
+
+    paths: list[Path]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    torn_lines: list[tuple[Path, int]] = field(default_factory=list)
+
+
+@dataclass
+class RawLine:
+    """One line as stored: where it is, its bytes, and its event (None if torn)."""
 
     path: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-    torn_lines: list[int] = field(default_factory=list)
+    line_no: int
+    raw: bytes
+    event: dict[str, Any] | None
 
 
-def read_events(path: Path | str) -> LedgerRead:
-    """Parse every event of the JSONL ledger at ``path``; raise LedgerError on corruption."""
-    path = Path(path)
+def read_events(ledger: Path | str) -> LedgerRead:
+    """Every event of the ledger named by ``ledger`` (a file or its directory); LedgerError on corruption."""
+    paths = segments(ledger)
+    read = LedgerRead(paths)
+    for line in iter_lines(paths):
+        if line.event is None:
+            read.torn_lines.append((line.path, line.line_no))
+        else:
+            read.events.append(line.event)
+    return read
+
+
+def iter_lines(paths: list[Path]) -> Iterator[RawLine]:
+    """Every line of ``paths`` with its parsed event; torn lines come with ``event=None``."""
+    for index, path in enumerate(paths):
+        yield from _file_lines(path, is_last=index == len(paths) - 1)
+
+
+def _file_lines(path: Path, *, is_last: bool) -> Iterator[RawLine]:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -46,38 +75,37 @@ def read_events(path: Path | str) -> LedgerRead:
     unfinished_tail = lines.pop()  # b"" when the file ends with a newline
     if unfinished_tail:
         lines.append(unfinished_tail)
-    read = LedgerRead(path)
-    bad_line: int | None = None
-    for line_no, line in enumerate(lines, start=1):
+    pending_bad: tuple[int, bytes, str] | None = None
+    for line_no, raw in enumerate(lines, start=1):
         try:
-            event = _parse(line)
+            event = parse_line(raw)
         except ValueError as exc:
-            if bad_line is not None:
-                raise LedgerError(f"{path}:{bad_line}: not a valid ledger event") from None
-            bad_line, problem = line_no, exc
+            if pending_bad is not None:
+                raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}") from None
+            pending_bad = (line_no, raw, str(exc))
             continue
-        if bad_line is not None:
+        if pending_bad is not None:
             if event["kind"] != EventKind.RECOVER.value:
-                raise LedgerError(f"{path}:{bad_line}: {problem}")
-            read.torn_lines.append(bad_line)
-            bad_line = None
-        read.events.append(event)
-    if bad_line is not None:
-        if not (unfinished_tail and bad_line == len(lines)):
-            raise LedgerError(f"{path}:{bad_line}: {problem}")
-        read.torn_lines.append(bad_line)
-    return read
+                raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}")
+            yield RawLine(path, pending_bad[0], pending_bad[1], None)
+            pending_bad = None
+        yield RawLine(path, line_no, raw, event)
+    if pending_bad is not None:
+        if not (is_last and unfinished_tail and pending_bad[0] == len(lines)):
+            raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}")
+        yield RawLine(path, pending_bad[0], pending_bad[1], None)
 
 
-def _parse(line: bytes) -> dict[str, Any]:
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """The event on one line; ValueError saying what is wrong with it."""
     try:
-        event = orjson.loads(line)
+        event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"malformed JSON ({exc})") from None
     if not isinstance(event, dict):
         raise ValueError("not a JSON object")
     if event.get("v") != SCHEMA_VERSION:
-        raise ValueError(f"schema version v={event.get('v')!r}, expected {SCHEMA_VERSION}")
+        raise ValueError(f"schema version v={event.get('v')!r}, this tollmesh reads v={SCHEMA_VERSION}")
     if event.get("kind") not in _KINDS:
         raise ValueError(f"unknown event kind {event.get('kind')!r}")
     return event

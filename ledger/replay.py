@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from ledger.events import EventKind
+from ledger.schema import EventKind
 from ledger.reader import read_events
 from mesh.clock import day_of
 from mesh.errors import LedgerError

@@ -22,7 +22,8 @@ import logging
 import threading
 from typing import Any, Optional, Union
 
-from ledger.events import EventKind, record_event
+from ledger.events import record_event
+from ledger.schema import EventKind
 from ledger.jsonl import JsonlWriter
 from ledger.replay import replay_file, snapshot
 from mesh.budget import BudgetBook

@@ -49,12 +49,12 @@ def test_invalid_events_are_named(tmp_path, line, problem):
 
 
 def test_missing_file_is_a_ledger_error(tmp_path):
-    with pytest.raises(LedgerError, match="cannot read"):
+    with pytest.raises(LedgerError, match="ledger not found"):
         read_events(tmp_path / "nope.jsonl")
 
 
 def test_unwritable_directory_is_a_ledger_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(LedgerError, match="cannot open"):
+    with pytest.raises(LedgerError, match="cannot create the ledger directory"):
         JsonlWriter(blocker / "l.jsonl")

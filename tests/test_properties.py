@@ -197,7 +197,7 @@ class EscrowMachine(RuleBasedStateMachine):
         def broken_disk(data):
             raise LedgerError("injected: no space left on device")
 
-        writer._write = broken_disk
+        writer._write_bytes = broken_disk
         try:
             if op == "charge":
                 self.booth.charge_sync(task, source, "a", amount_usd=f"0.{amount:06d}")
@@ -210,7 +210,7 @@ class EscrowMachine(RuleBasedStateMachine):
         except LedgerError:
             pass
         finally:
-            del writer._write
+            del writer._write_bytes
         assert self.booth.snapshot() == before
         assert self.config.ledger_path.stat().st_size == size
 

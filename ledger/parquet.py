@@ -1,0 +1,229 @@
+"""The Parquet ledger: the same events as a hive-partitioned dataset, ``day=YYYY-MM-DD/``.
+
+Typed columns (see :data:`ledger.schema.ARROW_SCHEMA`): int64 micros and decimal(18,6)
+USD amounts, UTC timestamps, dictionary-encoded agents, kinds, statuses and reasons.
+Rows come from the very JSONL bytes the ledger wrote, parsed by Arrow's C++ JSON reader
+(the JSONL is the source; the Parquet is derived from it). A row group is written per
+``row_group_events``; a file is ``day=<day>/part-<first seq>.parquet``, written as
+``.parquet.tmp`` and renamed when closed (at ``max_file_rows``, on a new day, on
+:meth:`ParquetLedgerWriter.close`), so readers only ever see whole files. With
+``background=True`` the conversion and writing run on a thread with at most
+``MAX_QUEUED_BATCHES`` waiting (backpressure), overlapping the JSONL writer's work.
+
+>>> line = b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit","target_agent":"a","amount_micros":1500000,"hash":"' + b"0" * 32 + b'"}\\n'
+>>> table = jsonl_to_table(line)
+>>> table.column("amount_usd")[0].as_py(), str(table.column("ts")[0].as_py()), table.column("task_id")[0].as_py()
+(Decimal('1.500000'), '1970-01-01 00:00:00+00:00', None)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from ledger.schema import ARROW_SCHEMA
+from mesh.clock import US_PER_DAY
+from mesh.errors import LedgerError
+
+DEFAULT_ROW_GROUP_EVENTS = 10_000
+DEFAULT_MAX_FILE_ROWS = 1_000_000
+MAX_QUEUED_BATCHES = 2
+
+#: A JSONL line as Arrow's JSON reader sees it (any other field is an error).
+JSONL_ARROW_SCHEMA = pa.schema(
+    [
+        ("v", pa.int16()), ("seq", pa.int64()), ("ts_us", pa.int64()), ("kind", pa.string()),
+        ("mode", pa.string()), ("shard", pa.int32()), ("task_id", pa.string()),
+        ("source_agent", pa.string()), ("target_agent", pa.string()), ("amount_usd", pa.float64()),
+        ("amount_micros", pa.int64()), ("amount_tokens", pa.float64()), ("status", pa.string()),
+        ("tx_signature", pa.string()), ("payer_wallet", pa.string()), ("nonce", pa.string()),
+        ("settled_at", pa.string()), ("created_at", pa.string()), ("reason", pa.string()),
+        ("proof_digest", pa.string()), ("torn_bytes", pa.int64()), ("hash", pa.string()),
+    ]
+)
+_PARSE = pajson.ParseOptions(explicit_schema=JSONL_ARROW_SCHEMA, unexpected_field_behavior="error")
+_DICTIONARY_FIELDS = ("kind", "mode", "source_agent", "target_agent", "status", "reason", "payer_wallet")
+_STRING_FIELDS = ("task_id", "tx_signature", "proof_digest", "nonce", "hash")
+
+
+def jsonl_to_table(blob: bytes) -> pa.Table:
+    """Whole ledger lines (bytes) as an Arrow table of :data:`ARROW_SCHEMA` (empty text becomes null)."""
+    options = pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, len(blob) + 1))
+    try:
+        raw = pajson.read_json(io.BytesIO(blob), read_options=options, parse_options=_PARSE)
+    except pa.ArrowInvalid as exc:
+        raise LedgerError(f"ledger lines do not match the event schema: {exc}") from None
+    columns: dict[str, pa.Array] = {
+        "v": raw["v"],
+        "seq": raw["seq"],
+        "ts": raw["ts_us"].cast(pa.timestamp("us", tz="UTC")),
+        "shard": raw["shard"],
+        "amount_tokens": pc.fill_null(raw["amount_tokens"], 0.0),
+        "torn_bytes": raw["torn_bytes"],
+    }
+    micros = pc.fill_null(raw["amount_micros"], 0)
+    columns["amount_micros"] = micros
+    columns["amount_usd"] = micros_to_decimal(micros.to_numpy())
+    for name in _STRING_FIELDS:
+        columns[name] = _empty_to_null(raw[name])
+    for name in _DICTIONARY_FIELDS:
+        columns[name] = _empty_to_null(raw[name]).dictionary_encode()
+    for name in ("created_at", "settled_at"):
+        columns[name] = _empty_to_null(raw[name]).cast(pa.timestamp("s", tz="UTC"))
+    arrays = [pa.chunked_array(columns[f.name]).combine_chunks() for f in ARROW_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def micros_to_decimal(micros: np.ndarray) -> pa.Array:
+    """Exact decimal(18,6) USD from int64 micros (the unscaled value of the decimal is the micros)."""
+    micros = np.ascontiguousarray(micros, dtype=np.int64)
+    words = np.empty(2 * len(micros), dtype=np.int64)
+    words[0::2] = micros
+    words[1::2] = micros >> 63  # sign extension to 128 bits
+    return pa.Array.from_buffers(pa.decimal128(18, 6), len(micros), [None, pa.py_buffer(words)])
+
+
+def _empty_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
+class ParquetLedgerWriter:
+    """Writes ledger lines to the day-partitioned dataset under ``root``."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
+        max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
+        background: bool = False,
+    ) -> None:
+        if not 1 <= row_group_events <= max_file_rows:
+            raise LedgerError(
+                f"row_group_events={row_group_events!r}, max_file_rows={max_file_rows!r}: "
+                "need 1 <= row_group_events <= max_file_rows"
+            )
+        self.root = Path(root)
+        self.row_group_events = row_group_events
+        self.max_file_rows = max_file_rows
+        self.files_written: list[Path] = []
+        self._blobs: list[bytes] = []
+        self._buffered_events = 0
+        self._open: dict[str, _OpenFile] = {}  # day -> the file being written
+        self._queue: Optional[queue.Queue] = None
+        self._error: Optional[BaseException] = None
+        if background:
+            self._queue = queue.Queue(maxsize=MAX_QUEUED_BATCHES)
+            self._thread = threading.Thread(target=self._work, name="tollmesh-parquet", daemon=True)
+            self._thread.start()
+
+    def append_lines(self, blob: bytes, events: int) -> None:
+        """Add ``events`` whole ledger lines; a row group goes out per ``row_group_events``."""
+        self._raise_worker_error()
+        self._blobs.append(blob)
+        self._buffered_events += events
+        if self._buffered_events >= self.row_group_events:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered as one row group (files stay open)."""
+        if not self._blobs:
+            return
+        blob, self._blobs, self._buffered_events = b"".join(self._blobs), [], 0
+        if self._queue is not None:
+            self._queue.put(blob)  # blocks while MAX_QUEUED_BATCHES wait: backpressure
+        else:
+            self._write(blob)
+
+    def close(self) -> None:
+        """Write what is buffered and close every file cleanly."""
+        self.flush()
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+        else:
+            self._close_all()
+        self._raise_worker_error()
+
+    def _work(self) -> None:
+        while True:
+            blob = self._queue.get()
+            if blob is None:
+                break
+            if self._error is None:
+                try:
+                    self._write(blob)
+                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                    self._error = exc
+        try:
+            self._close_all()
+        except BaseException as exc:  # noqa: BLE001
+            self._error = self._error or exc
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise LedgerError(f"the Parquet writer failed: {error}") from error
+
+    def _write(self, blob: bytes) -> None:
+        table = jsonl_to_table(blob)
+        days = table.column("ts").cast(pa.int64()).to_numpy() // US_PER_DAY
+        starts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(days)]
+        for start, end in zip(starts, starts[1:]):
+            self._write_day(str(np.datetime64(int(days[start]), "D")), table.slice(start, end - start))
+        latest = str(np.datetime64(int(days[-1]), "D"))
+        for day in [d for d in self._open if d < latest]:
+            self._close_day(day)  # days only move forward: an earlier day's file is done
+
+    def _write_day(self, day: str, table: pa.Table) -> None:
+        current = self._open.get(day)
+        if current is not None and current.rows + table.num_rows > self.max_file_rows:
+            self._close_day(day)
+            current = None
+        if current is None:
+            first_seq = table.column("seq")[0].as_py()
+            current = self._open[day] = _OpenFile(self.root / f"day={day}" / f"part-{first_seq:012d}.parquet")
+        current.write(table)
+
+    def _close_day(self, day: str) -> None:
+        self.files_written.append(self._open.pop(day).close())
+
+    def _close_all(self) -> None:
+        for day in list(self._open):
+            self._close_day(day)
+
+
+class _OpenFile:
+    """One Parquet file being written under a temporary name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp_path = path.with_name(path.name + ".tmp")
+        if path.exists():
+            raise LedgerError(f"{path} exists already: refusing to overwrite it")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp_path, ARROW_SCHEMA, compression="zstd")
+        except OSError as exc:
+            raise LedgerError(f"cannot write {self.tmp_path}: {exc}") from exc
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table, row_group_size=table.num_rows)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        self.writer.close()
+        os.replace(self.tmp_path, self.path)
+        return self.path
