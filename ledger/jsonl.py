@@ -19,7 +19,7 @@ and appends a ``recover`` event naming the torn bytes; it never truncates.
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
 >>> w = JsonlWriter(path)
->>> w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit"}]); w.close()
+>>> lines = w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit"}]); w.close()
 >>> path.read_bytes()[:50]
 b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit","hash":"'
 """
@@ -98,32 +98,32 @@ class JsonlWriter:
         """The segment file being written now."""
         return segment_path(self.first_path, self._segment_number)
 
-    def append(self, events: list[dict[str, Any]]) -> None:
-        """Number, chain and append ``events`` (dicts without ``hash``); raises LedgerError on failure.
+    def append(self, events: list[dict[str, Any]]) -> bytes:
+        """Number, chain and append ``events`` (dicts without ``hash``); return the lines written.
 
-        On failure nothing of the batch counts: the sequence and the chain are not advanced
-        (a partial write is a torn line, recovered on reopening).
+        Raises LedgerError on failure; then nothing of the batch counts: the sequence and
+        the chain are not advanced (a partial write is a torn line, recovered on reopening).
         """
-        if not events:
-            return
-        if self.rotate_daily:
-            start = 0
-            for i in range(1, len(events) + 1):
-                if i == len(events) or _day(events[i]) != _day(events[start]):
-                    self._append_run(events[start:i])
-                    start = i
-        else:
-            self._append_run(events)
+        if not self.rotate_daily:
+            return self._append_run(events) if events else b""
+        written, start = [], 0
+        for i in range(1, len(events) + 1):
+            if i == len(events) or _day(events[i]) != _day(events[start]):
+                written.append(self._append_run(events[start:i]))
+                start = i
+        return b"".join(written)
 
-    def append_one(self, event: dict[str, Any]) -> None:
+    def append_one(self, event: dict[str, Any]) -> bytes:
         """:meth:`append` for a single event (the in-process booth's hot path)."""
         self._rotate_if_due(event)
         event["seq"] = self.next_seq
         body = orjson.dumps(event)
         digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
-        self._write_bytes(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
+        line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+        self._write_bytes(line)
         self.next_seq += 1
         self.last_hash = digest
+        return line
 
     def close(self) -> None:
         if self._fd is not None:
@@ -132,7 +132,7 @@ class JsonlWriter:
 
     # -- internals --------------------------------------------------------------
 
-    def _append_run(self, events: list[dict[str, Any]], rotate: bool = True) -> None:
+    def _append_run(self, events: list[dict[str, Any]], rotate: bool = True) -> bytes:
         if rotate:
             self._rotate_if_due(events[0])
         seq, previous = self.next_seq, self.last_hash
@@ -143,12 +143,14 @@ class JsonlWriter:
             previous = sha256(previous.encode() + body).hexdigest()[:32]
             lines.append(body[:-1] + b',"hash":"' + previous.encode() + b'"}\n')
             seq += 1
+        data = b"".join(lines)
         if self.fsync is FsyncPolicy.ALWAYS:
             for line in lines:
                 self._write_bytes(line)
         else:
-            self._write_bytes(b"".join(lines))
+            self._write_bytes(data)
         self.next_seq, self.last_hash = seq, previous
+        return data
 
     def _rotate_if_due(self, event: dict[str, Any]) -> None:
         if self._segment_bytes == 0:

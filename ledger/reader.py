@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from ledger.files import segments
-from ledger.schema import SCHEMA_VERSION, EventKind
+from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
 from mesh.errors import LedgerError
 
 _KINDS = frozenset(kind.value for kind in EventKind)
@@ -58,6 +60,26 @@ def read_events(ledger: Path | str) -> LedgerRead:
         else:
             read.events.append(line.event)
     return read
+
+
+def read_table(source: Path | str) -> pa.Table:
+    """The ledger as an Arrow table of :data:`~ledger.schema.ARROW_SCHEMA`, ordered by ``seq``.
+
+    ``source`` is a Parquet dataset directory (``day=.../*.parquet``; a ``day`` column is
+    added) or a JSONL ledger (its first file or its directory).
+    """
+    from ledger.parquet import jsonl_to_table  # numpy and the JSON reader only when asked
+
+    source = Path(source)
+    parquet_files = sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []
+    if parquet_files:
+        dataset = ds.dataset(
+            [str(p) for p in parquet_files], format="parquet",
+            partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(source),
+        )
+        return dataset.to_table().sort_by("seq")
+    lines = [line.raw for line in iter_lines(segments(source)) if line.event is not None]
+    return jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
 
 
 def iter_lines(paths: list[Path]) -> Iterator[RawLine]:

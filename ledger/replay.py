@@ -26,7 +26,7 @@ from mesh.records import Reason, SettlementStatus, TollRecord
 
 
 def replay_file(book: EscrowBook, path: Path | str) -> int:
-    """Apply every event of the JSONL ledger at ``path`` to ``book``; return the next ``seq``."""
+    """Apply every event of the JSONL ledger at ``path`` (all its files) to ``book``; return the next ``seq``."""
     read = read_events(path)
     for event in read.events:
         try:
@@ -68,9 +68,9 @@ def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
         result = book.release(record.task_id, ts_us)
     elif kind is EventKind.REFUND:
         result = book.refund(record.task_id, ts_us, Reason(event["reason"]))
-    else:  # EXPIRE
+    else:  # EXPIRE: the live booth's sweep; a book with another timeout refunds it all the same
         book.expire_due(ts_us)
-        result = book.get(record.task_id)
+        result = book.refund(record.task_id, ts_us, Reason.ESCROW_TIMEOUT)
     if result is None or result.status is not record.status:
         got = None if result is None else result.status.value
         raise LedgerError(f"{kind.value} of task_id={record.task_id!r} gives status {got}, ledger says {record.status.value}")

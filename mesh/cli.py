@@ -1,7 +1,15 @@
 """The ``tollmesh`` command line.
 
     tollmesh demo [--agents N] [--messages N] [--seed S] [--out DIR] [--json]
-    tollmesh settle --ledger PATH [--minimum USD] [--live]
+    tollmesh ledger report  LEDGER [--json] [--top N]
+    tollmesh ledger verify  LEDGER [--json]
+    tollmesh ledger export  LEDGER --format csv|json|parquet --out FILE
+    tollmesh ledger settle  LEDGER [--minimum USD] [--live]
+    tollmesh ledger plot    LEDGER [--out DIR]
+    tollmesh ledger compact LEDGER [--out DIR]
+
+LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report``,
+``export`` and ``plot`` also read a Parquet dataset directory.
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+def _print_json(value: object) -> None:
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = args.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
     if run_dir.exists():
@@ -41,11 +53,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report["elapsed_s"] = round(time.perf_counter() - started, 3)
     (run_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if args.json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        _print_json(report)
     else:
         print(format_report(report))
         print(f"elapsed:           {report['elapsed_s']} s  (report: {run_dir / 'report.json'})")
-    return 0 if report["replay_matches_live"] and report["conservation_holds"] else 1
+    return 0 if report["replay_matches_live"] and report["conservation_holds"] and report["ledger_verifies"] else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ledger.report import build_report, format_report as format_ledger_report, read_table
+
+    report = build_report(read_table(args.ledger), top=args.top)
+    _print_json(report) if args.json else print(format_ledger_report(report))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.verify import verify
+
+    result = verify(args.ledger)
+    if args.json:
+        _print_json({
+            "ok": result.ok, "files": [str(p) for p in result.files], "events": result.events,
+            "open_escrows": result.open_escrows, "problems": [str(p) for p in result.problems],
+            "warnings": [str(w) for w in result.warnings],
+        })
+    else:
+        print(f"files:         {len(result.files)}  events: {result.events}  open escrows: {result.open_escrows}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        for problem in result.problems:
+            print(f"PROBLEM: {problem}")
+        print("INTEGRITY: OK" if result.ok else f"INTEGRITY: {len(result.problems)} PROBLEM(S)")
+    return 0 if result.ok else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ledger.export import export
+
+    count = export(args.ledger, args.out, args.format)
+    print(f"wrote {count} events to {args.out}")
+    return 0
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
@@ -56,6 +104,28 @@ def _cmd_settle(args: argparse.Namespace) -> int:
         return 0
     print(f"no settlement: {result.reason} ({result.call_count} pending call(s), net ${format_usd(result.net_micros)})")
     return 1
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from ledger.plot import plot
+
+    out = args.out or _beside(args.ledger, "plots")
+    for path in plot(args.ledger, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from ledger.export import compact
+
+    out = args.out or _beside(args.ledger, "parquet")
+    files = compact(args.ledger, out)
+    print(f"wrote {len(files)} Parquet file(s) under {out}")
+    return 0
+
+
+def _beside(ledger: Path, name: str) -> Path:
+    return (ledger if ledger.is_dir() else ledger.parent) / name
 
 
 def _positive_int(text: str) -> int:
@@ -75,12 +145,34 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/demo-<time>-seed<S>/")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(func=_cmd_demo)
-    st = sub.add_parser("settle", help="net released tolls into one settlement batch")
-    st.add_argument("--ledger", type=Path, default=DEFAULT_OUT_DIR / "toll_ledger.jsonl")
-    st.add_argument("--minimum", default=DEFAULT_MINIMUM_USD, help="minimum net USD to settle (default 0.50)")
-    st.add_argument("--live", action="store_true", help="live mode (fails closed: wire your own rail)")
-    st.set_defaults(func=_cmd_settle)
+    _ledger_parser(sub.add_parser("ledger", help="tools over a ledger: report, verify, export, settle, plot, compact"))
     return parser
+
+
+def _ledger_parser(ledger: argparse.ArgumentParser) -> None:
+    tools = ledger.add_subparsers(dest="tool", required=True)
+
+    def tool(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = tools.add_parser(name, help=help_text)
+        p.add_argument("ledger", type=Path, help="the JSONL ledger (file or directory)")
+        p.set_defaults(func=func)
+        return p
+
+    report = tool("report", "calls, spend, by status, reason, agent and edge", _cmd_report)
+    report.add_argument("--json", action="store_true")
+    report.add_argument("--top", type=_positive_int, default=10)
+    verify = tool("verify", "schema, hash chain, sequence, transitions, conservation (exit 1 on a problem)", _cmd_verify)
+    verify.add_argument("--json", action="store_true")
+    export = tool("export", "write the events as CSV, JSON or Parquet", _cmd_export)
+    export.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
+    export.add_argument("--out", type=Path, required=True)
+    settle_p = tool("settle", "net released, unsettled tolls into one batch (paper mode)", _cmd_settle)
+    settle_p.add_argument("--minimum", default=DEFAULT_MINIMUM_USD, help="minimum net USD to settle (default 0.50)")
+    settle_p.add_argument("--live", action="store_true", help="live mode (fails closed: wire your own rail)")
+    plot = tool("plot", "PNG charts: spend over time, top payers and earners, status and reason mix", _cmd_plot)
+    plot.add_argument("--out", type=Path, default=None, help="default: plots/ beside the ledger")
+    compact = tool("compact", "rebuild the day-partitioned Parquet dataset from the JSONL", _cmd_compact)
+    compact.add_argument("--out", type=Path, default=None, help="default: parquet/ beside the ledger")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ class TollboothConfig(BaseModel):
     # Ledger
     ledger_enabled: bool = True
     ledger_fsync: FsyncPolicy = FsyncPolicy.NEVER
+    ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
+    ledger_rotate_daily: bool = False
+    ledger_parquet_dir: Optional[Path] = None
     restore_from_ledger: bool = True
     # Observability
     metrics_enabled: bool = True

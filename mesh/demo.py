@@ -2,12 +2,13 @@
 
 Agents with balances and daily caps call each other at random for a price over
 simulated days; some handlers fail and are refunded, some calls are left to expire.
-The ledger is then replayed and checked against the live state.
+The ledger (JSONL rotated by day, and its Parquet dataset) is then replayed and checked
+against the live state, and verified.
 
 >>> import tempfile, pathlib
 >>> report = run_demo(pathlib.Path(tempfile.mkdtemp()), agents=5, messages=200, seed=1)
->>> report["replay_matches_live"], report["conservation_holds"]
-(True, True)
+>>> report["replay_matches_live"], report["conservation_holds"], report["ledger_verifies"]
+(True, True, True)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.replay import replay_file, snapshot
+from ledger.verify import verify
 from mesh.budget import BudgetBook
 from mesh.clock import ManualClock
 from mesh.config import TollboothConfig
@@ -38,6 +40,7 @@ def run_demo(out_dir: Path, *, agents: int = 50, messages: int = 20_000, seed: i
     config = TollboothConfig(
         paper_mode=False, track_balances=True, max_daily_toll_per_agent="2.00",
         escrow_timeout_s=30.0, ledger_path=out_dir / "toll_ledger.jsonl", restore_from_ledger=False,
+        ledger_parquet_dir=out_dir / "parquet", ledger_rotate_daily=True,
     )
     names = [f"agent-{i:04d}" for i in range(agents)]
     prices = {name: f"0.{rng.randint(1, 50):03d}" for name in names}
@@ -90,6 +93,8 @@ def _report(config: TollboothConfig, clock: ManualClock, live: dict, stats: dict
         "top_payers": [(n, format_usd(v)) for v, n in net[::-1][:3]],
         "conservation_holds": sum(balances.values()) + live["locked_total_micros"] == deposits,
         "replay_matches_live": snapshot(replayed, round(clock.now_s() * 1_000_000)) == live,
+        "ledger_verifies": verify(config.ledger_path).ok,
+        "parquet_dir": str(config.ledger_parquet_dir),
     }
 
 
@@ -107,5 +112,6 @@ def format_report(report: dict[str, Any]) -> str:
         "top payers:        " + ", ".join(f"{n} ${v}" for n, v in report["top_payers"]),
         f"conservation:      {'holds' if report['conservation_holds'] else 'BROKEN'}",
         f"replay == live:    {'yes' if report['replay_matches_live'] else 'NO'}",
+        f"ledger verify:     {'OK' if report['ledger_verifies'] else 'PROBLEMS'}  (Parquet: {report['parquet_dir']})",
     ]
     return "\n".join(lines)

@@ -25,11 +25,11 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
-from mesh.errors import InvalidTypeError, LedgerError
+from ledger.files import segments, settlements_path
+from mesh.errors import InvalidTypeError
 from mesh.money import UsdLike, format_usd, micros_to_usd, usd_to_micros
 
 DEFAULT_MINIMUM_USD = "0.50"
-SETTLEMENTS_SUFFIX = ".settlements.jsonl"
 
 
 @dataclass(frozen=True)
@@ -51,24 +51,21 @@ class SettlementResult:
         return micros_to_usd(self.net_micros)
 
 
-def settlements_path_for(ledger_path: Path) -> Path:
-    return ledger_path.with_name(ledger_path.stem + SETTLEMENTS_SUFFIX)
-
-
 def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike = DEFAULT_MINIMUM_USD) -> SettlementResult:
-    """Net every released, not yet settled toll of the ledger into one batch (see the module doc)."""
+    """Net every released, not yet settled toll of the ledger into one batch (see the module doc).
+
+    ``ledger_path`` names a JSONL ledger (its first file, or its directory); all its files are read.
+    """
     if not isinstance(paper, bool):
         raise InvalidTypeError("paper", paper, "a bool")
     minimum_micros = usd_to_micros(minimum_usd, field="minimum_usd")
-    ledger_path = Path(ledger_path)
-    if not ledger_path.is_file():
-        raise LedgerError(f"ledger not found: {ledger_path}")
-    spath = settlements_path_for(ledger_path)
+    files = segments(ledger_path)
+    spath = settlements_path(ledger_path)
     with open(spath, "ab+") as settlements:
         fcntl.flock(settlements, fcntl.LOCK_EX)
         settlements.seek(0)
         done = {tid for batch in _json_lines(settlements.read()) for tid in batch.get("task_ids", ())}
-        pending = _released_unsettled(ledger_path, done)
+        pending = _released_unsettled(files, done)
         net_micros, count = sum(pending.values()), len(pending)
         if count == 0:
             return SettlementResult(False, 0, 0, reason="nothing to settle", settlements_path=spath)
@@ -87,16 +84,17 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
     return SettlementResult(True, net_micros, count, batch_id, "paper", "", task_ids, spath)
 
 
-def _released_unsettled(ledger_path: Path, done: set[str]) -> dict[str, int]:
+def _released_unsettled(files: list[Path], done: set[str]) -> dict[str, int]:
     pending: dict[str, int] = {}
-    for line_no, event in enumerate(_json_lines(ledger_path.read_bytes()), start=1):
-        task_id = event.get("task_id")
-        if event.get("status") != "released" or not task_id or task_id in done or task_id in pending:
-            continue
-        if "amount_micros" in event:
-            pending[task_id] = event["amount_micros"]
-        else:  # a seed ledger line
-            pending[task_id] = usd_to_micros(event.get("amount_usd", 0), field=f"{ledger_path}:{line_no}: amount_usd")
+    for path in files:
+        for event in _json_lines(path.read_bytes()):
+            task_id = event.get("task_id")
+            if event.get("status") != "released" or not task_id or task_id in done or task_id in pending:
+                continue
+            if "amount_micros" in event:
+                pending[task_id] = event["amount_micros"]
+            else:  # a seed ledger line
+                pending[task_id] = usd_to_micros(event.get("amount_usd", 0), field=f"{path}: task_id={task_id}: amount_usd")
     return pending
 
 

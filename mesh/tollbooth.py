@@ -24,12 +24,12 @@ from typing import Any, Optional, Union
 
 from ledger.events import record_event
 from ledger.schema import EventKind
-from ledger.jsonl import JsonlWriter
+from ledger.writer import LedgerWriter
 from ledger.replay import replay_file, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import Clock, SystemClock, iso_utc, now_us
 from mesh.config import TollboothConfig
-from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.errors import InvalidArgumentError, InvalidTypeError, LedgerError
 from mesh.escrow import EscrowBook
 from mesh.money import UsdLike, micros_to_usd, usd_to_micros
 from mesh.records import Reason, SettlementStatus, TollRecord
@@ -62,7 +62,7 @@ class Tollbooth:
             escrow_timeout_s=self.config.escrow_timeout_s,
             max_settled_records=self.config.max_settled_records,
         )
-        self._writer: Optional[JsonlWriter] = None
+        self._writer: Optional[LedgerWriter] = None
         if self.config.ledger_enabled:
             self._open_ledger()
         self._apply_caps()
@@ -218,10 +218,12 @@ class Tollbooth:
             return snapshot(self._book, now_us(self.clock))
 
     def close(self) -> None:
-        """Close the ledger file; the booth refuses further state changes."""
+        """Close the ledger (writing out its Parquet files); the booth refuses further state changes."""
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
+                self._writer = None
+                self._book.journal = _closed_journal
 
     def __enter__(self) -> Tollbooth:
         return self
@@ -299,13 +301,20 @@ class Tollbooth:
         path = self.config.ledger_path
         if self.config.restore_from_ledger and path.exists() and path.stat().st_size > 0:
             replay_file(self._book, path)  # caps are applied after: history is not re-judged
-        self._writer = JsonlWriter(path, fsync=self.config.ledger_fsync)
+        self._writer = LedgerWriter(
+            path, parquet_dir=self.config.ledger_parquet_dir, fsync=self.config.ledger_fsync,
+            max_segment_bytes=self.config.ledger_max_segment_bytes, rotate_daily=self.config.ledger_rotate_daily,
+        )
 
     def _apply_caps(self) -> None:
         budget = self._book.budget
         budget.default_cap_micros = self.config.max_daily_toll_micros
         for agent, cap in self.config.agent_daily_caps_micros().items():
             budget.set_cap(agent, cap)
+
+
+def _closed_journal(kind: str, record: TollRecord, ts_us: int) -> None:
+    raise LedgerError("the booth is closed: its ledger takes no more events")
 
 
 def _new_stats() -> dict[str, Any]:

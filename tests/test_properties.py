@@ -192,7 +192,7 @@ class EscrowMachine(RuleBasedStateMachine):
         self.booth.expire_stale()
         self.model_expire()
         before, size = self.booth.snapshot(), self.config.ledger_path.stat().st_size
-        writer = self.booth._writer
+        writer = self.booth._writer.jsonl
 
         def broken_disk(data):
             raise LedgerError("injected: no space left on device")

@@ -304,7 +304,7 @@ def test_config_must_be_a_config():
 async def test_a_failing_ledger_write_changes_nothing(make_booth, ledger_path):
     booth = make_booth()
     await booth.charge("t1", "a", "b")
-    booth._writer.close()  # the disk goes away
+    booth._writer.jsonl.close()  # the disk goes away
     with pytest.raises(LedgerError):
         await booth.charge("t2", "a", "b")
     with pytest.raises(LedgerError):

@@ -1,0 +1,121 @@
+"""``ledger report``: what happened in a ledger, by status, reason, agent and edge.
+
+Works on the Arrow table of any source (JSONL or the Parquet dataset, see
+:func:`ledger.reader.read_table`). Amounts are exact micros, with USD strings beside.
+
+>>> import tempfile, pathlib
+>>> from mesh import Tollbooth, TollboothConfig
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl"
+>>> with Tollbooth(TollboothConfig(paper_mode=False, ledger_path=path)) as booth:
+...     _ = booth.charge_sync("t1", "alice", "bob"), booth.release_sync("t1")
+>>> report = build_report(read_table(path))
+>>> report["calls"], report["spend_usd"], report["by_status"]["released"]["tasks"]
+(1, '0.001000', 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ledger.reader import read_table
+from mesh.money import format_usd
+
+__all__ = ["build_report", "format_report", "read_table"]
+
+_TOLL_KINDS = ["lock", "paper_release", "release", "refund", "expire", "reject", "pending"]
+
+
+def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
+    """Totals, final statuses, reasons, top payers, earners and edges of the ledger ``table``."""
+    kind = table.column("kind").cast(pa.string())
+    amount = table.column("amount_micros")
+
+    def total(kinds: list[str]) -> int:
+        return pc.sum(pc.filter(amount, pc.is_in(kind, pa.array(kinds)))).as_py() or 0
+
+    def count(kinds: list[str]) -> int:
+        return pc.sum(pc.is_in(kind, pa.array(kinds))).as_py() or 0
+
+    released = pc.is_in(kind, pa.array(["release", "paper_release"]))
+    locks, refunds = count(["lock", "paper_release"]), count(["refund", "expire"])
+    spend = total(["release", "paper_release"])
+    report: dict[str, Any] = {
+        "events": table.num_rows,
+        "first_ts": _iso(pc.min(table.column("ts"))),
+        "last_ts": _iso(pc.max(table.column("ts"))),
+        "calls": locks,
+        "spend_micros": spend,
+        "spend_usd": format_usd(spend),
+        "refunded_micros": total(["refund", "expire"]),
+        "deposits_micros": total(["deposit"]),
+        "refund_rate": round(refunds / locks, 6) if locks else 0.0,
+        "by_kind": _counts(kind),
+        "by_status": _final_statuses(table, kind),
+        "by_reason": _counts(pc.filter(table.column("reason").cast(pa.string()), pc.is_in(kind, pa.array(["reject", "refund", "expire", "pending"])))),
+    }
+    paid = _sum_by(table.filter(released), ["source_agent"], top)
+    earned = _sum_by(table.filter(released), ["target_agent"], top)
+    report["top_payers"] = [{"agent": r["source_agent"], "calls": r["calls"], "paid_micros": r["micros"]} for r in paid]
+    report["top_earners"] = [{"agent": r["target_agent"], "calls": r["calls"], "earned_micros": r["micros"]} for r in earned]
+    report["top_edges"] = [
+        {"source": r["source_agent"], "target": r["target_agent"], "calls": r["calls"], "released_micros": r["micros"]}
+        for r in _sum_by(table.filter(released), ["source_agent", "target_agent"], top)
+    ]
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"events:        {report['events']}  ({report['first_ts']} -> {report['last_ts']})",
+        f"calls:         {report['calls']}",
+        f"spend:         ${report['spend_usd']}",
+        f"refunded:      ${format_usd(report['refunded_micros'])}  (refund rate {report['refund_rate']:.2%})",
+        f"deposits:      ${format_usd(report['deposits_micros'])}",
+        "by status:     " + ", ".join(f"{s} {v['tasks']} (${format_usd(v['amount_micros'])})" for s, v in report["by_status"].items()),
+        "by reason:     " + (", ".join(f"{r} {n}" for r, n in report["by_reason"].items()) or "-"),
+        "top payers:    " + ", ".join(f"{r['agent']} ${format_usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
+        "top earners:   " + ", ".join(f"{r['agent']} ${format_usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
+        "top edges:     " + ", ".join(f"{r['source']}->{r['target']} {r['calls']}" for r in report["top_edges"][:5]),
+    ]
+    return "\n".join(lines)
+
+
+def _final_statuses(table: pa.Table, kind: pa.ChunkedArray) -> dict[str, dict[str, int]]:
+    tolls = table.filter(pc.is_in(kind, pa.array(_TOLL_KINDS))).select(["task_id", "status", "amount_micros"])
+    tolls = tolls.set_column(1, "status", tolls.column("status").cast(pa.string()))
+    final = tolls.group_by("task_id", use_threads=False).aggregate([("status", "last"), ("amount_micros", "last")])
+    by_status = final.group_by("status_last").aggregate([("task_id", "count"), ("amount_micros_last", "sum")])
+    return {
+        row["status_last"]: {"tasks": row["task_id_count"], "amount_micros": row["amount_micros_last_sum"]}
+        for row in sorted(by_status.to_pylist(), key=lambda r: r["status_last"])
+    }
+
+
+def _sum_by(table: pa.Table, keys: list[str], top: int) -> list[dict[str, Any]]:
+    if table.num_rows == 0:
+        return []
+    columns = {k: table.column(k).cast(pa.string()) for k in keys}
+    columns["amount_micros"] = table.column("amount_micros")
+    grouped = pa.table(columns).group_by(keys).aggregate([("amount_micros", "sum"), ("amount_micros", "count")])
+    rows = [
+        {**{k: r[k] for k in keys}, "micros": r["amount_micros_sum"], "calls": r["amount_micros_count"]}
+        for r in grouped.to_pylist()
+    ]
+    rows.sort(key=lambda r: (-r["micros"], -r["calls"], tuple(r[k] for k in keys)))
+    return rows[:top]
+
+
+def _counts(values: pa.ChunkedArray) -> dict[str, int]:
+    values = values.drop_null()
+    if len(values) == 0:
+        return {}
+    return dict(sorted((c["values"], c["counts"]) for c in pc.value_counts(values).to_pylist()))
+
+
+def _iso(scalar: pa.Scalar) -> str | None:
+    value = scalar.as_py()
+    return None if value is None else value.isoformat()

@@ -1,0 +1,211 @@
+"""``ledger verify``: one pass over a JSONL ledger that reports every problem, never crashing.
+
+Checks, line by line across all files: JSON and schema (:class:`~ledger.schema.LedgerEvent`);
+the sequence (a gap or a step back means a dropped, inserted or reordered line); the hash
+chain (a changed line, or one dropped or inserted before it); amounts (``amount_usd``
+agrees with ``amount_micros``); legal transitions (no release without a lock, no second
+settlement, a settlement of the locked amount between the locked agents, the status each
+kind implies); and, replaying through the core, caps and conservation of balances.
+A torn line left by a crash is a warning, not a problem.
+
+>>> import tempfile, pathlib
+>>> from ledger.jsonl import JsonlWriter
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
+>>> w = JsonlWriter(path)
+>>> _ = w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "release", "task_id": "t1", "status": "released"}])
+>>> w.close()
+>>> [p.message for p in verify(path).problems]
+['release of task_id=t1 that is not locked (state: none)']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import ValidationError
+
+from ledger.files import segments
+from ledger.jsonl import chain_hash, line_body
+from ledger.reader import parse_line
+from ledger.replay import apply_event
+from ledger.schema import GENESIS_HASH, EventKind, LedgerEvent
+from mesh.budget import BudgetBook
+from mesh.errors import LedgerError
+from mesh.escrow import EscrowBook
+from mesh.money import MICROS_PER_USD
+
+_STATUS_OF_KIND = {
+    "lock": "escrow_locked", "paper_release": "released", "release": "released", "refund": "refunded",
+    "expire": "refunded", "reject": "failed", "pending": "pending",
+}
+_OPENING_KINDS = {"lock", "paper_release", "reject", "pending"}
+_SETTLING_KINDS = {"release", "refund", "expire"}
+
+
+@dataclass
+class Finding:
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass
+class VerifyResult:
+    files: list[Path]
+    events: int = 0
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    open_escrows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _TaskState:
+    status: str
+    amount_micros: int
+    source_agent: str
+    target_agent: str
+
+
+class _Verifier:
+    def __init__(self, files: list[Path], balances: bool) -> None:
+        self.result = VerifyResult(files)
+        self.expected_seq = 0
+        self.previous_hash = GENESIS_HASH
+        self.tasks: dict[str, _TaskState] = {}
+        self.book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=balances), escrow_timeout_s=None)
+        self.replay_broken = False
+
+    def problem(self, path: Path, line: int, message: str) -> None:
+        self.result.problems.append(Finding(path, line, message))
+
+    def check_line(self, path: Path, line_no: int, raw: bytes, event: dict[str, Any]) -> None:
+        self.result.events += 1
+        problems_before = len(self.result.problems)
+        self._check_schema(path, line_no, event)
+        self._check_sequence(path, line_no, event)
+        self._check_chain(path, line_no, raw)
+        kind = event.get("kind")
+        if kind in _STATUS_OF_KIND:
+            self._check_amount(path, line_no, event)
+            self._check_transition(path, line_no, event)
+        if len(self.result.problems) > problems_before and not self.replay_broken:
+            self.replay_broken = True
+            self.result.warnings.append(Finding(path, line_no, "replay through the core stops at this bad line"))
+        self._replay(path, line_no, event)
+
+    def _check_schema(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        try:
+            LedgerEvent.model_validate(event)
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            self.problem(path, line_no, f"does not match the event schema ({fields})")
+
+    def _check_sequence(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        seq = event.get("seq")
+        if not isinstance(seq, int):
+            return
+        if seq != self.expected_seq:
+            self.problem(path, line_no, f"seq {seq} where {self.expected_seq} was expected: a line was dropped, inserted or reordered")
+        self.expected_seq = seq + 1
+
+    def _check_chain(self, path: Path, line_no: int, raw: bytes) -> None:
+        try:
+            body, stored = line_body(raw)
+        except ValueError as exc:
+            self.problem(path, line_no, str(exc))
+            return
+        if chain_hash(self.previous_hash, body) != stored:
+            self.problem(path, line_no, "hash chain broken: this line was changed, or a line before it dropped or inserted")
+        self.previous_hash = stored
+
+    def _check_amount(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        micros, usd = event.get("amount_micros"), event.get("amount_usd")
+        if isinstance(micros, int) and isinstance(usd, (int, float)) and usd != micros / MICROS_PER_USD:
+            self.problem(path, line_no, f"amount_usd={usd} disagrees with amount_micros={micros}")
+
+    def _check_transition(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        kind, task_id = event["kind"], event.get("task_id")
+        expected_status = _STATUS_OF_KIND[kind]
+        if event.get("status") != expected_status:
+            self.problem(path, line_no, f"{kind} with status {event.get('status')!r}, expected {expected_status!r}")
+        state = self.tasks.get(task_id)
+        if kind in _OPENING_KINDS:
+            if state is not None and state.status != "pending":
+                self.problem(path, line_no, f"{kind} of task_id={task_id} that is already {state.status}: one task id, one escrow")
+                return
+            self.tasks[task_id] = _TaskState(expected_status, event.get("amount_micros"), event.get("source_agent"), event.get("target_agent"))
+            return
+        if state is None or state.status != "escrow_locked":
+            settled = "none" if state is None else state.status
+            self.problem(path, line_no, f"{kind} of task_id={task_id} that is not locked (state: {settled})")
+            return
+        same = (event.get("amount_micros"), event.get("source_agent"), event.get("target_agent"))
+        if same != (state.amount_micros, state.source_agent, state.target_agent):
+            self.problem(path, line_no, f"{kind} of task_id={task_id} changes its amount or agents from the lock")
+        state.status = expected_status
+
+    def _replay(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        if self.replay_broken:
+            return
+        try:
+            apply_event(self.book, event)
+        except (LedgerError, AssertionError, KeyError, ValueError, TypeError) as exc:
+            self.replay_broken = True
+            self.problem(path, line_no, f"replay through the core fails here ({exc or type(exc).__name__}); later lines are not replayed")
+
+
+def verify(ledger: Path | str) -> VerifyResult:
+    """Check the ledger named by ``ledger`` (a JSONL file or its directory); see the module doc."""
+    files = segments(ledger)
+    checker = _Verifier(files, balances=_has_deposits(files))
+    for index, path in enumerate(files):
+        _verify_file(checker, path, is_last=index == len(files) - 1)
+    checker.result.open_escrows = checker.book.open_count
+    return checker.result
+
+
+def _verify_file(checker: _Verifier, path: Path, *, is_last: bool) -> None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        checker.problem(path, 0, f"cannot read: {exc}")
+        return
+    lines = data.split(b"\n")
+    unfinished = lines.pop()
+    if unfinished:
+        lines.append(unfinished)
+    torn: Optional[tuple[int, str]] = None
+    for line_no, raw in enumerate(lines, start=1):
+        try:
+            event = parse_line(raw)
+        except ValueError as exc:
+            if torn is not None:
+                checker.problem(path, torn[0], torn[1])
+            torn = (line_no, str(exc))
+            continue
+        if torn is not None:
+            if event.get("kind") == EventKind.RECOVER.value:
+                checker.result.warnings.append(Finding(path, torn[0], f"torn line after a crash, recovered ({torn[1]})"))
+            else:
+                checker.problem(path, torn[0], torn[1])
+            torn = None
+        checker.check_line(path, line_no, raw, event)
+    if torn is not None:
+        if is_last and unfinished and torn[0] == len(lines):
+            checker.result.warnings.append(Finding(path, torn[0], f"torn last line after a crash ({torn[1]})"))
+        else:
+            checker.problem(path, torn[0], torn[1])
+
+
+def _has_deposits(files: list[Path]) -> bool:
+    needle = b'"kind":"deposit"'
+    return any(needle in path.read_bytes() for path in files if path.exists())
