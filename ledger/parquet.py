@@ -79,7 +79,7 @@ def jsonl_to_table(blob: bytes) -> pa.Table:
     for name in _DICTIONARY_FIELDS:
         columns[name] = _empty_to_null(raw[name]).dictionary_encode()
     for name in ("created_at", "settled_at"):
-        columns[name] = _empty_to_null(raw[name]).cast(pa.timestamp("s", tz="UTC"))
+        columns[name] = _empty_to_null(raw[name]).cast(pa.timestamp("us", tz="UTC"))
     arrays = [pa.chunked_array(columns[f.name]).combine_chunks() for f in ARROW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
