@@ -1,4 +1,4 @@
-"""The ledger: one event per state change, appended to JSONL; readers and replay.
+"""The ledger: one hash-chained event per state change in JSONL, a Parquet dataset, and tools.
 
 >>> from ledger import EventKind
 >>> EventKind.LOCK.value
@@ -7,21 +7,39 @@
 
 import mesh  # noqa: F401  (mesh first: its Tollbooth imports ledger modules, which import mesh's core)
 from ledger.events import record_event
-from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind, LedgerEvent
+from ledger.export import compact, export
+from ledger.files import segments
 from ledger.jsonl import FsyncPolicy, JsonlWriter
-from ledger.reader import LedgerRead, read_events
+from ledger.parquet import ParquetLedgerWriter, jsonl_to_table
+from ledger.reader import LedgerRead, read_events, read_table
 from ledger.replay import apply_event, replay_events, replay_file, snapshot
+from ledger.report import build_report
+from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind, LedgerEvent
+from ledger.verify import VerifyResult, verify
+from ledger.writer import LedgerWriter
 
 __all__ = [
+    "ARROW_SCHEMA",
     "SCHEMA_VERSION",
     "EventKind",
     "FsyncPolicy",
     "JsonlWriter",
+    "LedgerEvent",
     "LedgerRead",
+    "LedgerWriter",
+    "ParquetLedgerWriter",
+    "VerifyResult",
     "apply_event",
+    "build_report",
+    "compact",
+    "export",
+    "jsonl_to_table",
     "read_events",
+    "read_table",
     "record_event",
     "replay_events",
     "replay_file",
+    "segments",
     "snapshot",
+    "verify",
 ]
