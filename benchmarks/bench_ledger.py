@@ -15,7 +15,8 @@ Each timed run writes into a fresh temporary directory, deleted afterwards, and 
 in place, so every run gets fresh copies, made before the clock starts (not timed).
 
     python benchmarks/bench_ledger.py [--events N] [--batch-sizes 100,1000,10000]
-                                      [--repeats R] [--seed-lifecycles N] [--out DIR]
+                                      [--repeats R] [--seed-lifecycles N] [--row-group-events N]
+                                      [--tmp-dir DIR] [--out DIR]
 
 Prints a table (medians of the repeats) and saves the figures as JSON under ``--out``
 (default tollmesh-out/bench/).
