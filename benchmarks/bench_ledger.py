@@ -6,7 +6,7 @@ events over 1,000 agents) to each writer in batches of 100, 1,000 and 10,000 eve
 * JSONL only (``JsonlWriter``, fsync ``never``; and fsync ``batch`` at the largest batch),
 * Parquet only (``ParquetLedgerWriter`` fed the JSONL bytes of each batch, built beforehand;
   a row group per batch, foreground),
-* both (``LedgerWriter``: JSONL, then the same bytes to Parquet, foreground and on a thread),
+* both (``LedgerWriter``: JSONL, then the same bytes to Parquet),
 * for reference, the seed's per-event append: nano-empire-tollbooth 0.3.0's live Tollbooth
   (one line per charge and per release), when installed (``pip install -e '.[bench]'``).
 
@@ -174,12 +174,12 @@ def run_parquet(tmp: Path, blobs: list[tuple[bytes, int]], row_group_events: int
     return RunResult(elapsed_s, 0, files_bytes(writer.files_written))
 
 
-def run_both(tmp: Path, batches: list[list[Event]], row_group_events: int, background: bool) -> RunResult:
+def run_both(tmp: Path, batches: list[list[Event]], row_group_events: int) -> RunResult:
     jsonl_path = tmp / "toll_ledger.jsonl"
     started = time.perf_counter()
     writer = LedgerWriter(
         jsonl_path, parquet_dir=tmp / "parquet", fsync="never",
-        row_group_events=row_group_events, parquet_in_background=background,
+        row_group_events=row_group_events,
     )
     for batch in batches:
         writer.append(batch)
@@ -204,9 +204,8 @@ class Variant(NamedTuple):
 VARIANTS = {
     "jsonl": Variant("JSONL only (fsync never)", "batches", lambda t, b, _: run_jsonl(t, b, "never")),
     "jsonl_fsync_batch": Variant("JSONL only (fsync batch)", "batches", lambda t, b, _: run_jsonl(t, b, "batch")),
-    "parquet": Variant("Parquet only (foreground)", "blobs", run_parquet),
-    "both": Variant("both, LedgerWriter (Parquet foreground)", "batches", lambda t, b, n: run_both(t, b, n, False)),
-    "both_background": Variant("both, LedgerWriter (Parquet on a thread)", "batches", lambda t, b, n: run_both(t, b, n, True)),
+    "parquet": Variant("Parquet only", "blobs", run_parquet),
+    "both": Variant("both, LedgerWriter", "batches", run_both),
 }
 
 
@@ -394,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for batch_size in args.batch_sizes:
-        for key in ("jsonl", "parquet", "both", "both_background"):
+        for key in ("jsonl", "parquet", "both"):
             runs.append(measure(key, events, batch_size, args))
     runs.append(measure("jsonl_fsync_batch", events, max(args.batch_sizes), args))
     if seed_installed():

@@ -119,7 +119,7 @@ class JsonlWriter:
         event["seq"] = self.next_seq
         body = orjson.dumps(event)
         digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
-        line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+        line = b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode())
         self._write_bytes(line)
         self.next_seq += 1
         self.last_hash = digest
@@ -135,13 +135,13 @@ class JsonlWriter:
     def _append_run(self, events: list[dict[str, Any]], rotate: bool = True) -> bytes:
         if rotate:
             self._rotate_if_due(events[0])
-        seq, previous = self.next_seq, self.last_hash
-        lines = []
-        for event in events:
+        seq, previous = self.next_seq, self.last_hash.encode()
+        lines, dumps = [], orjson.dumps
+        for event in events:  # the hot loop: about 2 us an event
             event["seq"] = seq
-            body = orjson.dumps(event)
-            previous = sha256(previous.encode() + body).hexdigest()[:32]
-            lines.append(body[:-1] + b',"hash":"' + previous.encode() + b'"}\n')
+            body = dumps(event)
+            previous = sha256(previous + body).hexdigest()[:32].encode()
+            lines.append(b'%s,"hash":"%s"}\n' % (body[:-1], previous))
             seq += 1
         data = b"".join(lines)
         if self.fsync is FsyncPolicy.ALWAYS:
@@ -149,7 +149,7 @@ class JsonlWriter:
                 self._write_bytes(line)
         else:
             self._write_bytes(data)
-        self.next_seq, self.last_hash = seq, previous
+        self.next_seq, self.last_hash = seq, previous.decode()
         return data
 
     def _rotate_if_due(self, event: dict[str, Any]) -> None:

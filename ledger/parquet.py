@@ -6,9 +6,11 @@ Rows come from the very JSONL bytes the ledger wrote, parsed by Arrow's C++ JSON
 (the JSONL is the source; the Parquet is derived from it). A row group is written per
 ``row_group_events``; a file is ``day=<day>/part-<first seq>.parquet``, written as
 ``.parquet.tmp`` and renamed when closed (at ``max_file_rows``, on a new day, on
-:meth:`ParquetLedgerWriter.close`), so readers only ever see whole files. With
-``background=True`` the conversion and writing run on a thread with at most
-``MAX_QUEUED_BATCHES`` waiting (backpressure), overlapping the JSONL writer's work.
+:meth:`ParquetLedgerWriter.close`), so readers only ever see whole files.
+
+It runs on the caller's thread: on a thread of its own it gains nothing while the
+caller formats JSONL, because every return from Arrow's C++ code waits for the GIL
+(measured: a busy Python thread beside it makes the conversion ~15x slower).
 
 >>> line = b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit","target_agent":"a","amount_micros":1500000,"hash":"' + b"0" * 32 + b'"}\\n'
 >>> table = jsonl_to_table(line)
@@ -20,11 +22,7 @@ from __future__ import annotations
 
 import io
 import os
-import queue
-import threading
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +35,6 @@ from mesh.errors import LedgerError
 
 DEFAULT_ROW_GROUP_EVENTS = 10_000
 DEFAULT_MAX_FILE_ROWS = 1_000_000
-MAX_QUEUED_BATCHES = 2
 
 #: A JSONL line as Arrow's JSON reader sees it (any other field is an error).
 JSONL_ARROW_SCHEMA = pa.schema(
@@ -58,7 +55,7 @@ _STRING_FIELDS = ("task_id", "tx_signature", "proof_digest", "nonce", "hash")
 
 def jsonl_to_table(blob: bytes) -> pa.Table:
     """Whole ledger lines (bytes) as an Arrow table of :data:`ARROW_SCHEMA` (empty text becomes null)."""
-    options = pajson.ReadOptions(use_threads=False, block_size=max(1 << 20, len(blob) + 1))
+    options = pajson.ReadOptions(use_threads=True, block_size=1 << 20)  # blocks parsed on all cores
     try:
         raw = pajson.read_json(io.BytesIO(blob), read_options=options, parse_options=_PARSE)
     except pa.ArrowInvalid as exc:
@@ -106,7 +103,6 @@ class ParquetLedgerWriter:
         *,
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
-        background: bool = False,
     ) -> None:
         if not 1 <= row_group_events <= max_file_rows:
             raise LedgerError(
@@ -120,16 +116,9 @@ class ParquetLedgerWriter:
         self._blobs: list[bytes] = []
         self._buffered_events = 0
         self._open: dict[str, _OpenFile] = {}  # day -> the file being written
-        self._queue: Optional[queue.Queue] = None
-        self._error: Optional[BaseException] = None
-        if background:
-            self._queue = queue.Queue(maxsize=MAX_QUEUED_BATCHES)
-            self._thread = threading.Thread(target=self._work, name="tollmesh-parquet", daemon=True)
-            self._thread.start()
 
     def append_lines(self, blob: bytes, events: int) -> None:
         """Add ``events`` whole ledger lines; a row group goes out per ``row_group_events``."""
-        self._raise_worker_error()
         self._blobs.append(blob)
         self._buffered_events += events
         if self._buffered_events >= self.row_group_events:
@@ -140,41 +129,13 @@ class ParquetLedgerWriter:
         if not self._blobs:
             return
         blob, self._blobs, self._buffered_events = b"".join(self._blobs), [], 0
-        if self._queue is not None:
-            self._queue.put(blob)  # blocks while MAX_QUEUED_BATCHES wait: backpressure
-        else:
-            self._write(blob)
+        self._write(blob)
 
     def close(self) -> None:
         """Write what is buffered and close every file cleanly."""
         self.flush()
-        if self._queue is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._queue = None
-        else:
-            self._close_all()
-        self._raise_worker_error()
-
-    def _work(self) -> None:
-        while True:
-            blob = self._queue.get()
-            if blob is None:
-                break
-            if self._error is None:
-                try:
-                    self._write(blob)
-                except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
-                    self._error = exc
-        try:
-            self._close_all()
-        except BaseException as exc:  # noqa: BLE001
-            self._error = self._error or exc
-
-    def _raise_worker_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise LedgerError(f"the Parquet writer failed: {error}") from error
+        for day in list(self._open):
+            self._close_day(day)
 
     def _write(self, blob: bytes) -> None:
         table = jsonl_to_table(blob)
@@ -198,10 +159,6 @@ class ParquetLedgerWriter:
 
     def _close_day(self, day: str) -> None:
         self.files_written.append(self._open.pop(day).close())
-
-    def _close_all(self) -> None:
-        for day in list(self._open):
-            self._close_day(day)
 
 
 class _OpenFile:

@@ -34,18 +34,14 @@ class LedgerWriter:
         rotate_daily: bool = False,
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
-        parquet_in_background: bool = False,
     ) -> None:
         self.jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
         self.parquet: Optional[ParquetLedgerWriter] = None
         if parquet_dir is not None:
-            self.parquet = ParquetLedgerWriter(
-                parquet_dir, row_group_events=row_group_events, max_file_rows=max_file_rows,
-                background=parquet_in_background,
-            )
+            self.parquet = ParquetLedgerWriter(parquet_dir, row_group_events=row_group_events, max_file_rows=max_file_rows)
 
     def append(self, events: list[dict[str, Any]]) -> None:
-        """Append a batch: durable in JSONL when this returns; queued for Parquet."""
+        """Append a batch: durable in JSONL when this returns; buffered for Parquet."""
         lines = self.jsonl.append(events)
         if self.parquet is not None and lines:
             self.parquet.append_lines(lines, len(events))
