@@ -79,6 +79,7 @@ class JsonlWriter:
             raise LedgerError(f"max_segment_bytes={max_segment_bytes!r}: must be at least 1")
         self.max_segment_bytes = max_segment_bytes
         self.rotate_daily = rotate_daily
+        self._rotates = rotate_daily or max_segment_bytes is not None
         self._fd: Optional[int] = None
         try:
             self.first_path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ class JsonlWriter:
 
     def append_one(self, event: dict[str, Any]) -> bytes:
         """:meth:`append` for a single event (the in-process booth's hot path)."""
-        self._rotate_if_due(event)
+        if self._rotates or self._segment_bytes == 0:
+            self._rotate_if_due(event)
         event["seq"] = self.next_seq
         body = orjson.dumps(event)
         digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]

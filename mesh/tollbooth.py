@@ -286,7 +286,7 @@ class Tollbooth:
     def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
         """Append one event (under the booth's lock), then count it."""
         if self._writer is not None:
-            self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=self.config.mode.value))
+            self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=self.config.mode))
         _count(self._stats, kind, record)
 
     def _toll_micros(self) -> int:
