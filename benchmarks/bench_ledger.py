@@ -25,7 +25,6 @@ Prints a table (medians of the repeats) and saves the figures as JSON under ``--
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import hashlib
 import os
@@ -46,6 +45,7 @@ from ledger.parquet import ParquetLedgerWriter
 from ledger.writer import LedgerWriter
 from mesh.clock import iso_utc
 from mesh.records import Reason, SettlementStatus, TollRecord
+from seed_booth import seed_installed, seed_lifecycles_elapsed_s
 
 AIM_EVENTS_PER_S = 500_000
 AIM_BATCH = 10_000
@@ -249,31 +249,6 @@ def copy_cost_us_per_event(events: list[Event], batch_size: int) -> float:
 
 
 # -- the seed, for reference -------------------------------------------------------
-
-
-def seed_installed() -> bool:
-    try:
-        import nano_empire_tollbooth  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def seed_lifecycles_elapsed_s(ledger: Path, lifecycles: int) -> float:
-    from nano_empire_tollbooth import Tollbooth as SeedTollbooth
-    from nano_empire_tollbooth import TollboothConfig as SeedConfig
-
-    booth = SeedTollbooth(SeedConfig(paper_mode=False, ledger_path=ledger, max_daily_toll_per_agent=1e9))
-
-    async def run() -> float:
-        started = time.perf_counter()
-        for n in range(lifecycles):
-            task_id = f"task-{n}"
-            await booth.charge(task_id, f"agent-{n % AGENTS}", f"agent-{(n + 1) % AGENTS}")
-            await booth.release(task_id)
-        return time.perf_counter() - started
-
-    return asyncio.run(run())
 
 
 def measure_seed(lifecycles: int, repeats: int, tmp_root: Optional[Path]) -> dict[str, Any]:

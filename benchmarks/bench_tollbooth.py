@@ -26,24 +26,13 @@ from typing import Any, Callable
 import orjson
 
 from mesh import Tollbooth, TollboothConfig
-
-AGENTS = 1_000
-
+from seed_booth import AGENTS, seed_installed, seed_lifecycles_elapsed_s, timed_lifecycles
 
 def ours_async(ledger: Path, messages: int) -> float:
     booth = Tollbooth(TollboothConfig(
         paper_mode=False, ledger_path=ledger, max_daily_toll_per_agent=None, restore_from_ledger=False,
     ))
-
-    async def run() -> float:
-        started = time.perf_counter()
-        for n in range(messages):
-            task_id = f"task-{n}"
-            await booth.charge(task_id, f"agent-{n % AGENTS}", f"agent-{(n + 1) % AGENTS}")
-            await booth.release(task_id)
-        return time.perf_counter() - started
-
-    elapsed = asyncio.run(run())
+    elapsed = asyncio.run(timed_lifecycles(booth, messages))
     booth.close()
     return elapsed
 
@@ -60,31 +49,6 @@ def ours_sync(ledger: Path, messages: int) -> float:
     elapsed = time.perf_counter() - started
     booth.close()
     return elapsed
-
-
-def seed_async(ledger: Path, messages: int) -> float:
-    from nano_empire_tollbooth import Tollbooth as SeedTollbooth
-    from nano_empire_tollbooth import TollboothConfig as SeedConfig
-
-    booth = SeedTollbooth(SeedConfig(paper_mode=False, ledger_path=ledger, max_daily_toll_per_agent=1e9))
-
-    async def run() -> float:
-        started = time.perf_counter()
-        for n in range(messages):
-            task_id = f"task-{n}"
-            await booth.charge(task_id, f"agent-{n % AGENTS}", f"agent-{(n + 1) % AGENTS}")
-            await booth.release(task_id)
-        return time.perf_counter() - started
-
-    return asyncio.run(run())
-
-
-def seed_installed() -> bool:
-    try:
-        import nano_empire_tollbooth  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def measure(name: str, fn: Callable[[Path, int], float], messages: int, repeats: int) -> dict[str, Any]:
@@ -116,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         measure("tollmesh Tollbooth (charge_sync/release_sync)", ours_sync, args.messages, args.repeats),
     ]
     if seed_installed():
-        runs.append(measure("nano-empire-tollbooth 0.3.0", seed_async, args.messages, args.repeats))
+        runs.append(measure("nano-empire-tollbooth 0.3.0", seed_lifecycles_elapsed_s, args.messages, args.repeats))
     else:
         print("nano-empire-tollbooth is not installed: pip install -e '.[bench]' to compare", file=sys.stderr)
     seed_rate = runs[-1]["lifecycles_per_s_median"] if len(runs) == 3 else None

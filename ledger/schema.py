@@ -85,8 +85,9 @@ class LedgerEvent(BaseModel):
     hash: str = Field(pattern=r"^[0-9a-f]{32}$")
 
 
-def _dictionary(value_type: pa.DataType = pa.string()) -> pa.DataType:
-    return pa.dictionary(pa.int32(), value_type)
+def _dictionary() -> pa.DataType:
+    """Strings stored once per row group and referenced by int32 codes."""
+    return pa.dictionary(pa.int32(), pa.string())
 
 
 #: The Parquet (and Arrow) schema of the ledger. ``day`` is the hive partition column.
