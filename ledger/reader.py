@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ledger.files import segments
+from ledger.parquet import jsonl_to_table
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
 from mesh.errors import LedgerError
 
@@ -68,8 +69,6 @@ def read_table(source: Path | str) -> pa.Table:
     ``source`` is a Parquet dataset directory (``day=.../*.parquet``; a ``day`` column is
     added) or a JSONL ledger (its first file or its directory).
     """
-    from ledger.parquet import jsonl_to_table  # numpy and the JSON reader only when asked
-
     source = Path(source)
     parquet_files = sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []
     if parquet_files:

@@ -26,14 +26,14 @@ from mesh.budget import BudgetBook
 from mesh.clock import US_PER_SECOND, day_of, iso_utc
 from mesh.records import Reason, SettlementStatus, TollRecord
 
-#: ``journal(kind, record, ts_us)``: persist one state change before it is applied.
-Journal = Callable[[str, TollRecord, float], None]
+#: ``journal(kind, record, ts_us)``: persist one state change before it is applied (ts_us: UTC microseconds).
+Journal = Callable[[str, TollRecord, int], None]
 
 DEFAULT_MAX_SETTLED_RECORDS = 100_000
 _NEVER_US = 2**62
 
 
-def _no_journal(kind: str, record: TollRecord, ts_us: float) -> None:
+def _no_journal(kind: str, record: TollRecord, ts_us: int) -> None:
     """Keep no journal (replay and pure unit tests)."""
 
 
@@ -85,7 +85,7 @@ class EscrowBook:
 
     # -- transitions ----------------------------------------------------------
 
-    def deposit(self, agent: str, amount_micros: int, now_us: float) -> None:
+    def deposit(self, agent: str, amount_micros: int, now_us: int) -> None:
         record = TollRecord(
             task_id="", source_agent="", target_agent=agent, amount_micros=amount_micros,
             status=SettlementStatus.RELEASED, created_at=iso_utc(now_us, "seconds"),
@@ -93,7 +93,7 @@ class EscrowBook:
         self.journal("deposit", record, now_us)
         self.budget.deposit(agent, amount_micros)
 
-    def charge(self, draft: TollRecord, now_us: float, *, instant_release: bool = False) -> TollRecord:
+    def charge(self, draft: TollRecord, now_us: int, *, instant_release: bool = False) -> TollRecord:
         """Lock ``draft``'s amount (or lock and release at once), or refuse it with a reason.
 
         A ``task_id`` already seen returns its record unchanged, unless it is PENDING.
@@ -121,17 +121,17 @@ class EscrowBook:
         self._open[record.task_id] = _OpenEscrow(record, period, deadline_us)
         return record
 
-    def reject(self, draft: TollRecord, reason: Reason, now_us: float) -> TollRecord:
+    def reject(self, draft: TollRecord, reason: Reason, now_us: int) -> TollRecord:
         """Record ``draft`` as FAILED for ``reason`` (idempotent like :meth:`charge`)."""
         return self._close_unlocked(draft, SettlementStatus.FAILED, "reject", reason, now_us)
 
-    def pend(self, draft: TollRecord, now_us: float) -> TollRecord:
+    def pend(self, draft: TollRecord, now_us: int) -> TollRecord:
         """Record ``draft`` as PENDING: payment required, nothing locked."""
         return self._close_unlocked(
             draft, SettlementStatus.PENDING, "pending", Reason.PAYMENT_REQUIRED, now_us
         )
 
-    def release(self, task_id: str, now_us: float) -> Optional[TollRecord]:
+    def release(self, task_id: str, now_us: int) -> Optional[TollRecord]:
         """Pay a locked toll to its target. A settled toll is returned unchanged; unknown gives None."""
         self.expire_due(now_us)
         entry = self._open.get(task_id)
@@ -144,7 +144,7 @@ class EscrowBook:
         return record
 
     def refund(
-        self, task_id: str, now_us: float, reason: Reason = Reason.REFUNDED_BY_CALLER
+        self, task_id: str, now_us: int, reason: Reason = Reason.REFUNDED_BY_CALLER
     ) -> Optional[TollRecord]:
         """Give a locked toll back to its source. A settled toll is returned unchanged."""
         self.expire_due(now_us)
@@ -153,7 +153,7 @@ class EscrowBook:
             return self._settled.get(task_id)
         return self._refund(entry, now_us, reason, "refund")
 
-    def expire_due(self, now_us: float) -> list[TollRecord]:
+    def expire_due(self, now_us: int) -> list[TollRecord]:
         """Refund every lock whose deadline has passed (reason ``escrow_timeout``)."""
         expired: list[TollRecord] = []
         while self._open:
@@ -163,7 +163,7 @@ class EscrowBook:
             expired.append(self._refund(entry, now_us, Reason.ESCROW_TIMEOUT, "expire"))
         return expired
 
-    def reset_usage(self, now_us: float) -> None:
+    def reset_usage(self, now_us: int) -> None:
         """The seed's ``reset_daily``: forget every agent's usage so far (journaled)."""
         self.journal("reset_daily", TollRecord("", "", ""), now_us)
         self.budget.reset_usage()
@@ -177,7 +177,7 @@ class EscrowBook:
         return record
 
     def _close_unlocked(
-        self, draft: TollRecord, status: SettlementStatus, kind: str, reason: Reason, now_us: float
+        self, draft: TollRecord, status: SettlementStatus, kind: str, reason: Reason, now_us: int
     ) -> TollRecord:
         existing = self._existing(draft.task_id)
         if existing is not None:
@@ -187,7 +187,7 @@ class EscrowBook:
         self._retain(record)
         return record
 
-    def _refund(self, entry: _OpenEscrow, now_us: float, reason: Reason, kind: str) -> TollRecord:
+    def _refund(self, entry: _OpenEscrow, now_us: int, reason: Reason, kind: str) -> TollRecord:
         record = entry.record.moved_to(
             SettlementStatus.REFUNDED, settled_at=iso_utc(now_us, "seconds"), reason=reason.value
         )
