@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ledger.files import segments
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
-from ledger.reader import iter_lines, read_table
+from ledger.reader import event_lines, read_table
 from mesh.errors import InvalidArgumentError, LedgerError
 
 FORMATS = ("csv", "json", "parquet")
@@ -60,9 +60,7 @@ def compact(ledger: Path | str, out_dir: Path | str, *, row_group_events: int = 
         raise LedgerError(f"{out_dir} holds a Parquet dataset already: compact into a new directory")
     writer = ParquetLedgerWriter(out_dir, row_group_events=row_group_events)
     batch: list[bytes] = []
-    for line in iter_lines(segments(ledger)):
-        if line.event is None:
-            continue  # a torn line: not an event
+    for line in event_lines(segments(ledger)):
         batch.append(line.raw)
         if len(batch) == row_group_events:
             writer.append_lines(b"\n".join(batch) + b"\n", len(batch))

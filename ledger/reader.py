@@ -43,12 +43,21 @@ class LedgerRead:
 
 @dataclass
 class RawLine:
-    """One line as stored: where it is, its bytes, and its event (None if torn)."""
+    """One line as stored: where it is, its bytes, and its event.
+
+    A line that is not an event has ``event=None`` and ``problem`` saying why; it is
+    ``torn`` when a crash explains it (tolerated), otherwise the ledger is corrupt there.
+    """
 
     path: Path
     line_no: int
     raw: bytes
     event: dict[str, Any] | None
+    problem: str | None = None
+    torn: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_no}: {self.problem}"
 
 
 def read_events(ledger: Path | str) -> LedgerRead:
@@ -56,10 +65,12 @@ def read_events(ledger: Path | str) -> LedgerRead:
     paths = segments(ledger)
     read = LedgerRead(paths)
     for line in iter_lines(paths):
-        if line.event is None:
+        if line.event is not None:
+            read.events.append(line.event)
+        elif line.torn:
             read.torn_lines.append((line.path, line.line_no))
         else:
-            read.events.append(line.event)
+            raise LedgerError(str(line))
     return read
 
 
@@ -77,12 +88,21 @@ def read_table(source: Path | str) -> pa.Table:
             partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(source),
         )
         return dataset.to_table().sort_by("seq")
-    lines = [line.raw for line in iter_lines(segments(source)) if line.event is not None]
+    lines = [line.raw for line in event_lines(segments(source))]
     return jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
 
 
+def event_lines(paths: list[Path]) -> Iterator[RawLine]:
+    """The lines of ``paths`` that are events; torn lines skipped; LedgerError on a corrupt one."""
+    for line in iter_lines(paths):
+        if line.event is not None:
+            yield line
+        elif not line.torn:
+            raise LedgerError(str(line))
+
+
 def iter_lines(paths: list[Path]) -> Iterator[RawLine]:
-    """Every line of ``paths`` with its parsed event; torn lines come with ``event=None``."""
+    """Every line of ``paths``, with its event, or why it is not one (see :class:`RawLine`)."""
     for index, path in enumerate(paths):
         yield from _file_lines(path, is_last=index == len(paths) - 1)
 
@@ -96,25 +116,23 @@ def _file_lines(path: Path, *, is_last: bool) -> Iterator[RawLine]:
     unfinished_tail = lines.pop()  # b"" when the file ends with a newline
     if unfinished_tail:
         lines.append(unfinished_tail)
-    pending_bad: tuple[int, bytes, str] | None = None
+    bad: RawLine | None = None  # a line that is not an event, until we know if it is torn
     for line_no, raw in enumerate(lines, start=1):
         try:
             event = parse_line(raw)
         except ValueError as exc:
-            if pending_bad is not None:
-                raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}") from None
-            pending_bad = (line_no, raw, str(exc))
+            if bad is not None:
+                yield bad
+            bad = RawLine(path, line_no, raw, None, str(exc))
             continue
-        if pending_bad is not None:
-            if event["kind"] != EventKind.RECOVER.value:
-                raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}")
-            yield RawLine(path, pending_bad[0], pending_bad[1], None)
-            pending_bad = None
+        if bad is not None:
+            bad.torn = event["kind"] == EventKind.RECOVER.value  # the writer marked it torn
+            yield bad
+            bad = None
         yield RawLine(path, line_no, raw, event)
-    if pending_bad is not None:
-        if not (is_last and unfinished_tail and pending_bad[0] == len(lines)):
-            raise LedgerError(f"{path}:{pending_bad[0]}: {pending_bad[2]}")
-        yield RawLine(path, pending_bad[0], pending_bad[1], None)
+    if bad is not None:
+        bad.torn = is_last and bool(unfinished_tail) and bad.line_no == len(lines)  # the crash's last line
+        yield bad
 
 
 def parse_line(raw: bytes) -> dict[str, Any]:

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
 from ledger.files import segments
 from ledger.jsonl import chain_hash, line_body
-from ledger.reader import parse_line
+from ledger.reader import iter_lines
 from ledger.replay import apply_event
-from ledger.schema import GENESIS_HASH, EventKind, LedgerEvent
+from ledger.schema import GENESIS_HASH, LedgerEvent
 from mesh.budget import BudgetBook
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
@@ -167,43 +167,15 @@ def verify(ledger: Path | str) -> VerifyResult:
     """Check the ledger named by ``ledger`` (a JSONL file or its directory); see the module doc."""
     files = segments(ledger)
     checker = _Verifier(files, balances=_has_deposits(files))
-    for index, path in enumerate(files):
-        _verify_file(checker, path, is_last=index == len(files) - 1)
+    for line in iter_lines(files):
+        if line.event is not None:
+            checker.check_line(line.path, line.line_no, line.raw, line.event)
+        elif line.torn:
+            checker.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
+        else:
+            checker.problem(line.path, line.line_no, line.problem)
     checker.result.open_escrows = checker.book.open_count
     return checker.result
-
-
-def _verify_file(checker: _Verifier, path: Path, *, is_last: bool) -> None:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        checker.problem(path, 0, f"cannot read: {exc}")
-        return
-    lines = data.split(b"\n")
-    unfinished = lines.pop()
-    if unfinished:
-        lines.append(unfinished)
-    torn: Optional[tuple[int, str]] = None
-    for line_no, raw in enumerate(lines, start=1):
-        try:
-            event = parse_line(raw)
-        except ValueError as exc:
-            if torn is not None:
-                checker.problem(path, torn[0], torn[1])
-            torn = (line_no, str(exc))
-            continue
-        if torn is not None:
-            if event.get("kind") == EventKind.RECOVER.value:
-                checker.result.warnings.append(Finding(path, torn[0], f"torn line after a crash, recovered ({torn[1]})"))
-            else:
-                checker.problem(path, torn[0], torn[1])
-            torn = None
-        checker.check_line(path, line_no, raw, event)
-    if torn is not None:
-        if is_last and unfinished and torn[0] == len(lines):
-            checker.result.warnings.append(Finding(path, torn[0], f"torn last line after a crash ({torn[1]})"))
-        else:
-            checker.problem(path, torn[0], torn[1])
 
 
 def _has_deposits(files: list[Path]) -> bool:

@@ -184,3 +184,16 @@ def test_parquet_refuses_lines_outside_the_schema(tmp_path, line, problem):
     writer = ParquetLedgerWriter(tmp_path / "pq", row_group_events=1)
     with pytest.raises(LedgerError, match=problem):
         writer.append_lines(line + b"\n", 1)
+
+
+def test_readers_refuse_a_corrupt_line_but_skip_a_torn_one(busy_ledger, tmp_path):
+    ledger, _, _ = busy_ledger
+    with open(segments(ledger)[-1], "ab") as f:
+        f.write(b'{"v":1,"seq":')  # torn by a crash: tolerated
+    assert read_table(ledger).num_rows == len(read_events(ledger).events)
+    first = segments(ledger)[0]
+    lines = first.read_bytes().splitlines(keepends=True)
+    first.write_bytes(b"".join(lines[:3] + [b"garbage\n"] + lines[3:]))
+    for reader in (read_table, read_events, lambda path: compact(path, tmp_path / "pq")):
+        with pytest.raises(LedgerError, match=r"toll_ledger\.jsonl:4: malformed JSON"):
+            reader(ledger)
