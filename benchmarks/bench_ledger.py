@@ -41,7 +41,7 @@ import orjson
 
 from ledger.events import record_event
 from ledger.jsonl import JsonlWriter
-from ledger.parquet import ParquetLedgerWriter
+from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.writer import LedgerWriter
 from mesh.clock import iso_utc
 from mesh.records import Reason, SettlementStatus, TollRecord
@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=batch_sizes, default=[100, 1_000, 10_000])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--seed-lifecycles", type=int, default=20_000, help="charge+release lifecycles of the seed")
-    parser.add_argument("--row-group-events", type=int, default=None,
-                        help="Parquet rows per row group (default: the batch size)")
+    parser.add_argument("--row-group-events", type=int, default=DEFAULT_ROW_GROUP_EVENTS,
+                        help=f"Parquet rows per row group (default: the writers' {DEFAULT_ROW_GROUP_EVENTS:,}; 0: the batch size)")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where the ledgers are written (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path("tollmesh-out") / "bench")
     args = parser.parse_args(argv)
