@@ -11,8 +11,8 @@ from ledger.export import compact, export
 from ledger.files import segments
 from ledger.jsonl import FsyncPolicy, JsonlWriter
 from ledger.parquet import ParquetLedgerWriter, jsonl_to_table
-from ledger.reader import LedgerRead, read_events, read_table
-from ledger.replay import apply_event, replay_events, replay_file, snapshot
+from ledger.reader import LedgerRead, read_batches, read_events, read_table
+from ledger.replay import apply_event, reconcile, replay_events, replay_file, snapshot
 from ledger.report import build_report
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind, LedgerEvent
 from ledger.verify import VerifyResult, verify
@@ -34,8 +34,10 @@ __all__ = [
     "compact",
     "export",
     "jsonl_to_table",
+    "read_batches",
     "read_events",
     "read_table",
+    "reconcile",
     "record_event",
     "replay_events",
     "replay_file",

@@ -74,6 +74,27 @@ def read_events(ledger: Path | str) -> LedgerRead:
     return read
 
 
+def read_batches(source: Path | str, *, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """The ledger as a stream of Arrow record batches of at most ``batch_rows`` rows, in ``seq`` order
+    for JSONL (file order for Parquet: by day, then by file), without loading it whole.
+    """
+    if batch_rows < 1:
+        raise LedgerError(f"batch_rows={batch_rows!r}: must be at least 1")
+    source = Path(source)
+    parquet_files = _parquet_files(source)
+    if parquet_files:
+        yield from _parquet_dataset(source, parquet_files).to_batches(batch_size=batch_rows)
+        return
+    lines: list[bytes] = []
+    for line in event_lines(segments(source)):
+        lines.append(line.raw)
+        if len(lines) == batch_rows:
+            yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
+            lines = []
+    if lines:
+        yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
+
+
 def read_table(source: Path | str) -> pa.Table:
     """The ledger as an Arrow table of :data:`~ledger.schema.ARROW_SCHEMA`, ordered by ``seq``.
 
@@ -81,15 +102,23 @@ def read_table(source: Path | str) -> pa.Table:
     added) or a JSONL ledger (its first file or its directory).
     """
     source = Path(source)
-    parquet_files = sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []
+    parquet_files = _parquet_files(source)
     if parquet_files:
-        dataset = ds.dataset(
-            [str(p) for p in parquet_files], format="parquet",
-            partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(source),
-        )
-        return dataset.to_table().sort_by("seq")
+        return _parquet_dataset(source, parquet_files).to_table().sort_by("seq")
     lines = [line.raw for line in event_lines(segments(source))]
     return jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
+
+
+def _parquet_files(source: Path) -> list[Path]:
+    """The whole Parquet files of a dataset directory (never the ``.tmp`` ones being written)."""
+    return sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []
+
+
+def _parquet_dataset(root: Path, files: list[Path]) -> ds.Dataset:
+    return ds.dataset(
+        [str(p) for p in files], format="parquet",
+        partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root),
+    )
 
 
 def event_lines(paths: list[Path]) -> Iterator[RawLine]:

@@ -88,3 +88,21 @@ def snapshot(book: EscrowBook, ts_us: int) -> dict[str, Any]:
         "used_today_micros": budget.usage_on(day_of(ts_us)),
         "open_escrows": open_escrows,
     }
+
+
+def reconcile(replayed: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    """Every difference between two :func:`snapshot` s (a replay and a live booth), in words.
+
+    >>> reconcile({"balances_micros": {"a": 1}}, {"balances_micros": {"a": 2, "b": 0}})
+    ["balances_micros['a']: replay 1, live 2", "balances_micros['b']: replay None, live 0"]
+    """
+    differences = []
+    for key in sorted(replayed.keys() | live.keys()):
+        mine, theirs = replayed.get(key), live.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            for item in sorted(mine.keys() | theirs.keys()):
+                if mine.get(item) != theirs.get(item):
+                    differences.append(f"{key}[{item!r}]: replay {mine.get(item)!r}, live {theirs.get(item)!r}")
+        elif mine != theirs:
+            differences.append(f"{key}: replay {mine!r}, live {theirs!r}")
+    return differences

@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from ledger import read_events
+from ledger import read_batches, read_events, reconcile
 from ledger.export import _plain, compact, export
 from ledger.files import segments
 from ledger.jsonl import JsonlWriter
@@ -197,3 +197,22 @@ def test_readers_refuse_a_corrupt_line_but_skip_a_torn_one(busy_ledger, tmp_path
     for reader in (read_table, read_events, lambda path: compact(path, tmp_path / "pq")):
         with pytest.raises(LedgerError, match=r"toll_ledger\.jsonl:4: malformed JSON"):
             reader(ledger)
+
+
+@pytest.mark.parametrize("source", ["jsonl", "parquet"])
+def test_streaming_reads_every_row_in_bounded_batches(busy_ledger, source):
+    ledger, parquet, _ = busy_ledger
+    path = ledger if source == "jsonl" else parquet
+    batches = list(read_batches(path, batch_rows=1_000))
+    assert all(batch.num_rows <= 1_000 for batch in batches)
+    seqs = sorted(s for batch in batches for s in batch.column("seq").to_pylist())
+    assert seqs == list(range(read_table(ledger).num_rows))
+
+
+def test_reconcile_names_what_differs(busy_ledger, make_booth):
+    ledger, _, live = busy_ledger
+    restored = make_booth(track_balances=True, max_daily_toll_per_agent="3", escrow_timeout_s=60, ledger_rotate_daily=True)
+    assert reconcile(restored.snapshot(), live) == []
+    tampered = {**live, "balances_micros": {**live["balances_micros"], "agent-1": 1}}
+    [difference] = reconcile(restored.snapshot(), tampered)
+    assert difference.startswith("balances_micros['agent-1']: replay ") and difference.endswith(", live 1")
