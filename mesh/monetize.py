@@ -69,7 +69,7 @@ def monetize(
 
         def lock() -> tuple[Tollbooth, str]:
             the_booth = booth or get_tollbooth()
-            task_id = f"{fn_key}:{_count_call(fn_key)}:{_process_token}"
+            task_id = f"{fn_key[-200:]}:{_count_call(fn_key)}:{_process_token}"  # ids are at most 256 chars
             record = the_booth.charge_sync(
                 task_id, source_agent, target_agent, amount_usd=price_text, escrow=True
             )

@@ -134,3 +134,12 @@ def test_many_calls_get_distinct_task_ids(booth):
 def test_bad_decoration_fails_at_decoration_time(kwargs, error):
     with pytest.raises(error):
         monetize(**kwargs)
+
+
+def test_a_very_long_function_name_still_gets_a_valid_task_id(booth):
+    def work() -> int:
+        return 1
+
+    work.__qualname__ = "Outer." * 80 + "work"
+    assert monetize(price_usd=0.01)(work)() == 1
+    assert booth.get_stats()["escrow_released"] == 1
