@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollmesh", description="Agents that pay each other per call, through escrow.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a seeded in-process economy and print its report")
-    demo.add_argument("--agents", type=_positive_int, default=50, help="number of agents (at least 2)")
+    demo.add_argument("--agents", type=int, default=50, help="number of agents (at least 2)")
     demo.add_argument("--messages", type=_positive_int, default=20_000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/demo-<time>-seed<S>/")

@@ -78,3 +78,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "l.jsonl:1: schema version v=9" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ledger", "export", str(tmp_path / "bad"), "--format", "xml", "--out", "x"])
+
+
+def test_demo_refuses_a_one_agent_economy(tmp_path, capsys):
+    assert main(["demo", "--agents", "1", "--out", str(tmp_path)]) == 2
+    assert "agents=1" in capsys.readouterr().err
