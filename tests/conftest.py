@@ -30,6 +30,17 @@ def _clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
     reset_usage()
 
 
+@pytest.fixture(scope="session")
+def ray_session() -> Any:
+    """One local Ray for the whole test session: 2 CPUs, no dashboard."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(START_S)

@@ -1,0 +1,157 @@
+"""The ledger writer actor: group commit of event batches to JSONL, then Parquet in a process of its own.
+
+Callers ``await writer.append.remote(events)``; the answer, ``(first seq, last seq)``,
+comes only once the batch is durable in the JSONL under the fsync policy. Batches
+that arrive while a write (and its fsync) is under way wait and go out together in the
+next write: one write and one fsync for all of them (group commit), at most
+``max_commit_events`` events at a time. The same bytes then go to a
+:class:`ParquetSink` actor: its own worker process, so the Parquet conversion uses the
+other core instead of waiting on this process's GIL; at most ``MAX_PARQUET_BATCHES_IN_FLIGHT``
+batches travel to it at once (backpressure).
+
+The writer is restartable: a new instance reopens the JSONL family and continues the
+sequence and the hash chain (a torn last line is marked with a ``recover`` event).
+A batch whose caller saw the writer die may or may not be on disk; the caller decides
+by reading the ledger (tasks are idempotent by ``task_id``). If the sink dies, the
+Parquet dataset misses the rows of its open files: ``tollmesh ledger compact`` rebuilds
+it from the JSONL, the source.
+
+>>> import ray, tempfile, pathlib                                  # doctest: +SKIP
+>>> writer = LedgerWriterActor.remote(pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl")  # doctest: +SKIP
+>>> ray.get(writer.append.remote([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit",
+...     "target_agent": "a", "amount_micros": 5}]))              # doctest: +SKIP
+(0, 0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+from ledger.jsonl import FsyncPolicy, JsonlWriter
+from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
+from mesh.errors import LedgerError
+
+MAX_PARQUET_BATCHES_IN_FLIGHT = 4
+DEFAULT_MAX_COMMIT_EVENTS = 200_000
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ParquetSink:
+    """Writes ledger lines to the day-partitioned Parquet dataset under ``root``."""
+
+    def __init__(self, root: str, row_group_events: int = DEFAULT_ROW_GROUP_EVENTS) -> None:
+        self._writer = ParquetLedgerWriter(root, row_group_events=row_group_events)
+
+    def append_lines(self, blob: bytes, events: int) -> None:
+        self._writer.append_lines(blob, events)
+
+    def close(self) -> list[str]:
+        """Write out what is buffered, close every file; return the files written."""
+        self._writer.close()
+        return [str(p) for p in self._writer.files_written]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class LedgerWriterActor:
+    """Appends event batches to one JSONL ledger family (and its Parquet dataset), group-committed."""
+
+    def __init__(
+        self,
+        jsonl_path: str | Path,
+        *,
+        parquet_dir: Optional[str | Path] = None,
+        fsync: str = FsyncPolicy.BATCH.value,
+        max_segment_bytes: Optional[int] = None,
+        rotate_daily: bool = False,
+        row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
+        max_commit_events: int = DEFAULT_MAX_COMMIT_EVENTS,
+    ) -> None:
+        if max_commit_events < 1:
+            raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
+        self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
+        self._sink = ParquetSink.remote(str(parquet_dir), row_group_events) if parquet_dir is not None else None
+        self._max_commit_events = max_commit_events
+        self._waiting: deque[tuple[list[dict[str, Any]], asyncio.Future]] = deque()
+        self._committer: Optional[asyncio.Task] = None
+        self._in_flight: deque[ray.ObjectRef] = deque()
+        self._closed = False
+        self._stats = {"appends": 0, "commits": 0, "events": 0}
+
+    async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
+        """Append ``events`` (dicts without ``seq`` or ``hash``); ``(first seq, last seq)`` once durable."""
+        _check_batch(events)
+        if self._closed:
+            raise LedgerError("the ledger writer is closed")
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, done))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_waiting())
+        return await done
+
+    async def close(self) -> dict[str, Any]:
+        """Commit what waits, write out the Parquet files and close; return the counters and files."""
+        self._closed = True
+        if self._committer is not None:
+            await self._committer
+        await asyncio.gather(*self._in_flight)
+        files = await self._sink.close.remote() if self._sink is not None else []
+        self._jsonl.close()
+        return {**self.stats(), "parquet_files": files}
+
+    def stats(self) -> dict[str, Any]:
+        """Appends, commits (group commits gather several appends) and events written; the next seq."""
+        return {**self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash}
+
+    async def _commit_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._take_commit()
+                events = [event for chunk, _ in batch for event in chunk]
+                first_seq = self._jsonl.next_seq
+                try:  # the write and its fsync run on a thread: appends arriving meanwhile wait together
+                    lines = await asyncio.to_thread(self._jsonl.append, events)
+                except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
+                    for _, done in batch:
+                        done.set_exception(exc)
+                    continue
+                self._acknowledge(batch, first_seq)
+                await self._send_to_parquet(lines, len(events))
+        finally:
+            self._committer = None
+
+    def _take_commit(self) -> list[tuple[list[dict[str, Any]], asyncio.Future]]:
+        batch, size = [], 0
+        while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_commit_events):
+            chunk = self._waiting.popleft()
+            batch.append(chunk)
+            size += len(chunk[0])
+        return batch
+
+    def _acknowledge(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future]], first_seq: int) -> None:
+        seq = first_seq
+        for chunk, done in batch:
+            done.set_result((seq, seq + len(chunk) - 1))
+            seq += len(chunk)
+        self._stats["appends"] += len(batch)
+        self._stats["commits"] += 1
+        self._stats["events"] += seq - first_seq
+
+    async def _send_to_parquet(self, lines: bytes, events: int) -> None:
+        if self._sink is None or not lines:
+            return
+        self._in_flight.append(self._sink.append_lines.remote(lines, events))
+        while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:
+            await self._in_flight.popleft()
+
+
+def _check_batch(events: Any) -> None:
+    if not isinstance(events, list) or not events:
+        raise LedgerError(f"events={type(events).__name__}: expected a non-empty list of event dicts")
+    for index, event in enumerate(events):
+        if not isinstance(event, dict) or "kind" not in event or "ts_us" not in event:
+            raise LedgerError(f"events[{index}]: expected an event dict with 'kind' and 'ts_us', got {event!r:.80}")

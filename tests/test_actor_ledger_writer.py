@@ -1,0 +1,76 @@
+"""The ledger writer actor: acks only durable batches, group commit, Parquet in its own process, restarts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actors import LedgerWriterActor
+from ledger import read_events, read_table, verify
+from ledger.export import _plain
+from mesh import LedgerError
+
+
+def events(count: int, start_us: int = 1_767_225_600_000_000, agent: str = "a") -> list[dict]:
+    return [
+        {"v": 1, "seq": None, "ts_us": start_us + n, "kind": "deposit", "target_agent": agent, "amount_micros": n + 1}
+        for n in range(count)
+    ]
+
+
+def test_concurrent_appends_are_group_committed_and_acked_with_their_seqs(ray_session, tmp_path):
+    ray = ray_session
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(tmp_path / "parquet"))
+    refs = [writer.append.remote(events(100, agent=f"a{i}")) for i in range(60)]
+    acks = ray.get(refs)
+    assert sorted(acks) == [(100 * i, 100 * i + 99) for i in range(60)]
+    summary = ray.get(writer.close.remote())
+    assert summary["appends"] == 60 and summary["events"] == 6_000 and summary["next_seq"] == 6_000
+    assert summary["commits"] < 60, "appends waiting during a write go out together"
+    ledger = read_events(tmp_path / "toll_ledger.jsonl").events
+    for (first, last), ref_index in zip(acks, range(60)):
+        assert {e["target_agent"] for e in ledger[first:last + 1]} == {f"a{ref_index}"}
+    assert verify(tmp_path).ok
+    assert summary["parquet_files"]
+    assert _plain(read_table(tmp_path / "parquet").drop_columns(["day"])).combine_chunks().equals(
+        _plain(read_table(tmp_path / "toll_ledger.jsonl")).combine_chunks()
+    )
+
+
+def test_bad_batches_are_refused_with_a_clear_error(ray_session, tmp_path):
+    ray = ray_session
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"))
+    with pytest.raises(LedgerError, match="non-empty list"):
+        ray.get(writer.append.remote([]))
+    with pytest.raises(LedgerError, match=r"events\[1\]"):
+        ray.get(writer.append.remote([events(1)[0], {"nope": 1}]))
+    assert ray.get(writer.append.remote(events(2))) == (0, 1)
+    ray.get(writer.close.remote())
+    with pytest.raises(LedgerError, match="closed"):
+        ray.get(writer.append.remote(events(1)))
+
+
+@pytest.mark.slow
+def test_a_killed_writer_restarts_and_continues_the_chain(ray_session, tmp_path):
+    ray = ray_session
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"))
+    acked = [ray.get(writer.append.remote(events(50, start_us=1_767_225_600_000_000 + 1_000 * i))) for i in range(5)]
+    ray.kill(writer, no_restart=False)
+    for i in range(5, 10):
+        acked.append(_append_with_retry(ray, writer, events(50, start_us=1_767_225_600_000_000 + 1_000 * i)))
+    ray.get(writer.close.remote())
+    assert acked == [(50 * i, 50 * i + 49) for i in range(10)]
+    result = verify(tmp_path / "toll_ledger.jsonl")
+    assert result.ok and result.events == 500
+
+
+def _append_with_retry(ray, writer, batch, deadline_s: float = 30.0):
+    started = time.monotonic()
+    while True:
+        try:
+            return ray.get(writer.append.remote(batch))
+        except ray.exceptions.RayActorError:
+            if time.monotonic() - started > deadline_s:
+                raise
+            time.sleep(0.2)
