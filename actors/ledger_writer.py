@@ -26,13 +26,14 @@ it from the JSONL, the source.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
 import ray
 
-from ledger.jsonl import FsyncPolicy, JsonlWriter
+from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from mesh.errors import LedgerError
 
@@ -76,19 +77,32 @@ class LedgerWriterActor:
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
         self._sink = ParquetSink.remote(str(parquet_dir), row_group_events) if parquet_dir is not None else None
         self._max_commit_events = max_commit_events
-        self._waiting: deque[tuple[list[dict[str, Any]], asyncio.Future]] = deque()
+        self._waiting: deque[tuple[list[bytes], asyncio.Future]] = deque()
         self._committer: Optional[asyncio.Task] = None
         self._in_flight: deque[ray.ObjectRef] = deque()
         self._closed = False
         self._stats = {"appends": 0, "commits": 0, "events": 0}
 
     async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
-        """Append ``events`` (dicts without ``seq`` or ``hash``); ``(first seq, last seq)`` once durable."""
+        """Append ``events`` (dicts starting ``"v": 1, "seq": None``); ``(first seq, last seq)`` once durable."""
         _check_batch(events)
+        return await self._enqueue(split_encoded(encode_events(events)))
+
+    async def append_encoded(self, lines: bytes) -> tuple[int, int]:
+        """:meth:`append` for events encoded by :func:`ledger.jsonl.encode_events` in the caller's process.
+
+        The faster way in: encoding bytes on the producer's core costs ~1 us an event,
+        sending dicts to an actor ~5 us (pickling them there and back).
+        """
+        if not isinstance(lines, bytes) or not lines:
+            raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
+        return await self._enqueue(split_encoded(lines))
+
+    async def _enqueue(self, bodies: list[bytes]) -> tuple[int, int]:
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((events, done))
+        self._waiting.append((bodies, done))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
         return await done
@@ -104,27 +118,27 @@ class LedgerWriterActor:
         return {**self.stats(), "parquet_files": files}
 
     def stats(self) -> dict[str, Any]:
-        """Appends, commits (group commits gather several appends) and events written; the next seq."""
-        return {**self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash}
+        """Appends, commits (group commits gather several appends), events written, the next seq, the pid."""
+        return {**self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash, "pid": os.getpid()}
 
     async def _commit_waiting(self) -> None:
         try:
             while self._waiting:
                 batch = self._take_commit()
-                events = [event for chunk, _ in batch for event in chunk]
+                bodies = [body for chunk, _ in batch for body in chunk]
                 first_seq = self._jsonl.next_seq
-                try:  # the write and its fsync run on a thread: appends arriving meanwhile wait together
-                    lines = await asyncio.to_thread(self._jsonl.append, events)
+                try:  # appends arriving during the write and its fsync wait, then go out together
+                    lines = self._jsonl.append_bodies(bodies)
                 except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
                     for _, done in batch:
                         done.set_exception(exc)
                     continue
                 self._acknowledge(batch, first_seq)
-                await self._send_to_parquet(lines, len(events))
+                await self._send_to_parquet(lines, len(bodies))
         finally:
             self._committer = None
 
-    def _take_commit(self) -> list[tuple[list[dict[str, Any]], asyncio.Future]]:
+    def _take_commit(self) -> list[tuple[list[bytes], asyncio.Future]]:
         batch, size = [], 0
         while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_commit_events):
             chunk = self._waiting.popleft()
@@ -132,7 +146,7 @@ class LedgerWriterActor:
             size += len(chunk[0])
         return batch
 
-    def _acknowledge(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future]], first_seq: int) -> None:
+    def _acknowledge(self, batch: list[tuple[list[bytes], asyncio.Future]], first_seq: int) -> None:
         seq = first_seq
         for chunk, done in batch:
             done.set_result((seq, seq + len(chunk) - 1))

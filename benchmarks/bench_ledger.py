@@ -6,13 +6,17 @@ events over 1,000 agents) to each writer in batches of 100, 1,000 and 10,000 eve
 * JSONL only (``JsonlWriter``, fsync ``never``; and fsync ``batch`` at the largest batch),
 * Parquet only (``ParquetLedgerWriter`` fed the JSONL bytes of each batch, built beforehand;
   a row group per batch, foreground),
-* both (``LedgerWriter``: JSONL, then the same bytes to Parquet),
+* both (``LedgerWriter``: JSONL, then the same bytes to Parquet, in this process),
+* both through Ray (``actors.LedgerWriterActor``: group-committed JSONL in the actor, the
+  Parquet conversion in a ``ParquetSink`` actor of its own; skip with ``--no-actors``),
 * for reference, the seed's per-event append: nano-empire-tollbooth 0.3.0's live Tollbooth
   (one line per charge and per release), when installed (``pip install -e '.[bench]'``).
 
 Each timed run writes into a fresh temporary directory, deleted afterwards, and includes
 ``close()`` (the Parquet files are only whole then). The writers number the event dicts
-in place, so every run gets fresh copies, made before the clock starts (not timed).
+in place, so every batch gets a fresh copy, made with the clock stopped just before its
+append: hot in the CPU cache, as a producer's new events are (copying the whole run first
+left 100 MB of dicts to fetch from memory and made the same code look 3x slower).
 
     python benchmarks/bench_ledger.py [--events N] [--batch-sizes 100,1000,10000]
                                       [--repeats R] [--seed-lifecycles N] [--row-group-events N]
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import hashlib
 import os
 import platform
@@ -40,7 +45,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import orjson
 
 from ledger.events import record_event
-from ledger.jsonl import JsonlWriter
+from ledger.jsonl import JsonlWriter, encode_events
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.writer import LedgerWriter
 from mesh.clock import iso_utc
@@ -132,14 +137,38 @@ class RunGenerator:
 
 
 def split(events: list[Event], batch_size: int) -> list[list[Event]]:
-    """Fresh copies of ``events`` in batches (the writers number the dicts in place)."""
-    return [[dict(e) for e in events[i:i + batch_size]] for i in range(0, len(events), batch_size)]
+    """``events`` in batches (the originals: see :func:`fresh_batches`)."""
+    return [events[i:i + batch_size] for i in range(0, len(events), batch_size)]
+
+
+class Stopwatch:
+    """Adds up the time between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.elapsed_s = 0.0
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.elapsed_s += time.perf_counter() - self._started
+
+
+def fresh_batches(batches: list[list[Event]], watch: Stopwatch):
+    """A fresh copy of each batch (the writers number the dicts in place), made with the watch
+    stopped, just before its append: hot in the cache, as a producer's new events are."""
+    for batch in batches:
+        watch.stop()
+        fresh = [dict(e) for e in batch]
+        watch.start()
+        yield fresh
 
 
 def jsonl_blobs(events: list[Event], batch_size: int, scratch_dir: Path) -> list[tuple[bytes, int]]:
     """The JSONL bytes (and event count) of each batch, as the JSONL writer writes them."""
     writer = JsonlWriter(scratch_dir / "scratch.jsonl", fsync="never")
-    blobs = [(writer.append(batch), len(batch)) for batch in split(events, batch_size)]
+    blobs = [(writer.append([dict(e) for e in batch]), len(batch)) for batch in split(events, batch_size)]
     writer.close()
     return blobs
 
@@ -155,13 +184,14 @@ class RunResult(NamedTuple):
 
 def run_jsonl(tmp: Path, batches: list[list[Event]], fsync: str) -> RunResult:
     path = tmp / "toll_ledger.jsonl"
-    started = time.perf_counter()
+    watch = Stopwatch()
+    watch.start()
     writer = JsonlWriter(path, fsync=fsync)
-    for batch in batches:
+    for batch in fresh_batches(batches, watch):
         writer.append(batch)
     writer.close()
-    elapsed_s = time.perf_counter() - started
-    return RunResult(elapsed_s, path.stat().st_size, 0)
+    watch.stop()
+    return RunResult(watch.elapsed_s, path.stat().st_size, 0)
 
 
 def run_parquet(tmp: Path, blobs: list[tuple[bytes, int]], row_group_events: int) -> RunResult:
@@ -176,16 +206,47 @@ def run_parquet(tmp: Path, blobs: list[tuple[bytes, int]], row_group_events: int
 
 def run_both(tmp: Path, batches: list[list[Event]], row_group_events: int) -> RunResult:
     jsonl_path = tmp / "toll_ledger.jsonl"
-    started = time.perf_counter()
+    watch = Stopwatch()
+    watch.start()
     writer = LedgerWriter(
         jsonl_path, parquet_dir=tmp / "parquet", fsync="never",
         row_group_events=row_group_events,
     )
-    for batch in batches:
+    for batch in fresh_batches(batches, watch):
         writer.append(batch)
     writer.close()
-    elapsed_s = time.perf_counter() - started
-    return RunResult(elapsed_s, jsonl_path.stat().st_size, files_bytes(writer.parquet.files_written))
+    watch.stop()
+    return RunResult(watch.elapsed_s, jsonl_path.stat().st_size, files_bytes(writer.parquet.files_written))
+
+
+def run_both_actors(tmp: Path, batches: list[list[Event]], row_group_events: int) -> RunResult:
+    """Both formats through the Ray ledger writer actor, its Parquet sink in another process.
+
+    The actors are started (worker processes spawned) before the clock. The driver, as a
+    coordinator would, encodes each batch (``encode_events``, timed) and keeps at most
+    ``ACTOR_BATCHES_IN_FLIGHT`` appends outstanding.
+    """
+    import ray
+
+    from actors import LedgerWriterActor
+
+    jsonl_path = tmp / "toll_ledger.jsonl"
+    writer = LedgerWriterActor.remote(
+        str(jsonl_path), parquet_dir=str(tmp / "parquet"), fsync="never", row_group_events=row_group_events,
+    )
+    ray.get(writer.stats.remote())  # started
+    watch = Stopwatch()
+    watch.start()
+    in_flight: collections.deque = collections.deque()
+    for batch in fresh_batches(batches, watch):
+        in_flight.append(writer.append_encoded.remote(encode_events(batch)))
+        if len(in_flight) >= ACTOR_BATCHES_IN_FLIGHT:
+            ray.get(in_flight.popleft())
+    ray.get(list(in_flight))
+    summary = ray.get(writer.close.remote())
+    watch.stop()
+    ray.kill(writer)
+    return RunResult(watch.elapsed_s, jsonl_path.stat().st_size, files_bytes(Path(p) for p in summary["parquet_files"]))
 
 
 def files_bytes(paths: list[Path]) -> int:
@@ -206,7 +267,9 @@ VARIANTS = {
     "jsonl_fsync_batch": Variant("JSONL only (fsync batch)", "batches", lambda t, b, _: run_jsonl(t, b, "batch")),
     "parquet": Variant("Parquet only", "blobs", run_parquet),
     "both": Variant("both, LedgerWriter", "batches", run_both),
+    "both_actors": Variant("both, Ray LedgerWriterActor + sink", "batches", run_both_actors),
 }
+ACTOR_BATCHES_IN_FLIGHT = 4
 
 
 def measure(key: str, events: list[Event], batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -219,7 +282,12 @@ def measure(key: str, events: list[Event], batch_size: int, args: argparse.Names
                 prepared = jsonl_blobs(events, batch_size, Path(tmp))
             else:
                 prepared = split(events, batch_size)
-            results.append(variant.run(Path(tmp), prepared, row_group_events))
+            gc.collect()
+            gc.freeze()  # the generated run is not the writer's garbage: keep the collector off it
+            try:
+                results.append(variant.run(Path(tmp), prepared, row_group_events))
+            finally:
+                gc.unfreeze()
             del prepared
     rates = [len(events) / r.elapsed_s for r in results]
     return {
@@ -242,9 +310,10 @@ def per_event(total_bytes: int, events: int) -> Optional[float]:
 
 
 def copy_cost_us_per_event(events: list[Event], batch_size: int) -> float:
-    """What ``split`` (the fresh dict copies, not timed in the runs) costs per event."""
+    """What the fresh dict copies (not timed in the runs) cost per event."""
     started = time.perf_counter()
-    split(events, batch_size)
+    for batch in split(events, batch_size):
+        [dict(e) for e in batch]
     return (time.perf_counter() - started) * 1e6 / len(events)
 
 
@@ -289,7 +358,7 @@ def print_header(events: list[Event], args: argparse.Namespace, copy_cost_us: fl
     print(f"ledger writers, {len(events):,} events per run, median of {args.repeats}; {AIM}")
     print(f"machine: {os.cpu_count()} cpus, python {platform.python_version()}, {platform.platform()}")
     print(f"events: {AGENTS:,} agents, kinds {kind_mix(events)}, {span_s:,.0f} s of ledger time from 2026-01-01Z")
-    print(f"fresh dict copies made before each timed run, not timed (they cost {copy_cost_us:.2f} us/event)")
+    print(f"fresh dict copies made just before each append, not timed (they cost {copy_cost_us:.2f} us/event)")
     row_groups = f"{args.row_group_events:,} rows" if args.row_group_events else "one per batch"
     print(f"timed: open, append every batch, close; Parquet row groups: {row_groups}; "
           f"files in {args.tmp_dir or tempfile.gettempdir()}")
@@ -331,7 +400,7 @@ def save_report(runs: list[dict[str, Any]], events: list[Event], args: argparse.
         "settings": {
             "events_per_run": len(events), "repeats": args.repeats, "batch_sizes": args.batch_sizes,
             "agents": AGENTS, "kind_mix": kind_mix(events), "tmp_dir": str(args.tmp_dir or tempfile.gettempdir()),
-            "dict_copies": "made before each timed run, not timed",
+            "dict_copies": "made just before each append, not timed",
             "dict_copy_us_per_event": round(copy_cost_us, 3),
             "parquet_row_group_events": args.row_group_events or "the batch size",
         },
@@ -360,7 +429,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Parquet rows per row group (default: the writers' {DEFAULT_ROW_GROUP_EVENTS:,}; 0: the batch size)")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where the ledgers are written (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path("tollmesh-out") / "bench")
+    parser.add_argument("--no-actors", action="store_true", help="skip the Ray actor variant (no local Ray started)")
     args = parser.parse_args(argv)
+    variants = ["jsonl", "parquet", "both"] + ([] if args.no_actors else ["both_actors"])
+    if not args.no_actors:
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
     events = RunGenerator().events(args.events)
     copy_cost_us = copy_cost_us_per_event(events, max(args.batch_sizes))
@@ -368,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for batch_size in args.batch_sizes:
-        for key in ("jsonl", "parquet", "both"):
+        for key in variants:
             runs.append(measure(key, events, batch_size, args))
     runs.append(measure("jsonl_fsync_batch", events, max(args.batch_sizes), args))
     if seed_installed():
