@@ -79,3 +79,18 @@ def _stats_once_restarted(ray, writer, old_pid: int, deadline_s: float = 30.0) -
             return stats
         time.sleep(0.2)
     raise AssertionError(f"the ledger writer did not come back within {deadline_s} s")
+
+
+def test_producers_may_send_encoded_events(ray_session, tmp_path):
+    from ledger.jsonl import encode_events
+
+    ray = ray_session
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"))
+    assert ray.get(writer.append_encoded.remote(encode_events(events(3)))) == (0, 2)
+    with pytest.raises(LedgerError, match="expected non-empty bytes"):
+        ray.get(writer.append_encoded.remote("not bytes"))
+    with pytest.raises(LedgerError, match="encoded event 0"):
+        ray.get(writer.append_encoded.remote(b'{"kind":"deposit"}\n'))
+    assert ray.get(writer.append.remote(events(2))) == (3, 4)
+    ray.get(writer.close.remote())
+    assert verify(tmp_path).ok

@@ -58,3 +58,34 @@ def test_unwritable_directory_is_a_ledger_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(LedgerError, match="cannot create the ledger directory"):
         JsonlWriter(blocker / "l.jsonl")
+
+
+def test_encoded_events_are_numbered_chained_and_rotated_like_dicts(tmp_path):
+    from ledger.jsonl import encode_events
+    from ledger.verify import verify
+
+    day_us = 86_400_000_000
+    batch = [{"v": 1, "seq": None, "ts_us": day_us * (n // 3), "kind": "deposit", "target_agent": "a", "amount_micros": n} for n in range(9)]
+    by_dicts = JsonlWriter(tmp_path / "d" / "l.jsonl", rotate_daily=True)
+    by_bytes = JsonlWriter(tmp_path / "b" / "l.jsonl", rotate_daily=True)
+    assert by_bytes.append_encoded(encode_events(batch)) == by_dicts.append([dict(e) for e in batch])
+    by_dicts.close()
+    by_bytes.close()
+    assert len(list((tmp_path / "b").glob("l*.jsonl"))) == 3
+    assert verify(tmp_path / "b").ok
+
+
+@pytest.mark.parametrize(
+    ("blob", "problem"),
+    [
+        (b'{"v":1,"seq":null,"ts_us":0,"kind":"deposit"}', "end with a newline"),
+        (b'{"seq":null,"v":1,"ts_us":0,"kind":"deposit"}\n', "encoded event 0 must be a JSON object starting with"),
+        (b'{"v":1,"seq":null,"ts_us":0}\n{"v":1,"seq":null,"ts_us":0,\n', "encoded event 1"),
+    ],
+)
+def test_bad_encoded_events_are_refused_and_nothing_is_written(tmp_path, blob, problem):
+    writer = JsonlWriter(tmp_path / "l.jsonl")
+    with pytest.raises(LedgerError, match=problem):
+        writer.append_encoded(blob)
+    writer.close()
+    assert (tmp_path / "l.jsonl").read_bytes() == b""
