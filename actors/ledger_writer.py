@@ -26,6 +26,7 @@ it from the JSONL, the source.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import deque
 from pathlib import Path
@@ -39,6 +40,9 @@ from mesh.errors import LedgerError
 
 MAX_PARQUET_BATCHES_IN_FLIGHT = 4
 DEFAULT_MAX_COMMIT_EVENTS = 200_000
+MAX_PENDING_APPENDS = 1_000  # Ray runs at most this many appends at once; the rest wait in Ray's queue
+
+logger = logging.getLogger("tollmesh.ledger_writer")
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -57,7 +61,7 @@ class ParquetSink:
         return [str(p) for p in self._writer.files_written]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_PENDING_APPENDS)
 class LedgerWriterActor:
     """Appends event batches to one JSONL ledger family (and its Parquet dataset), group-committed."""
 
@@ -81,6 +85,7 @@ class LedgerWriterActor:
         self._committer: Optional[asyncio.Task] = None
         self._in_flight: deque[ray.ObjectRef] = deque()
         self._closed = False
+        self._sink_error: Optional[str] = None
         self._stats = {"appends": 0, "commits": 0, "events": 0}
 
     async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
@@ -112,14 +117,22 @@ class LedgerWriterActor:
         self._closed = True
         if self._committer is not None:
             await self._committer
-        await asyncio.gather(*self._in_flight)
-        files = await self._sink.close.remote() if self._sink is not None else []
+        files: list[str] = []
+        if self._sink is not None:
+            try:
+                await asyncio.gather(*self._in_flight)
+                files = await self._sink.close.remote()
+            except Exception as exc:  # noqa: BLE001 - the JSONL is whole; Parquet is rebuilt by compact
+                self._drop_sink(exc)
         self._jsonl.close()
         return {**self.stats(), "parquet_files": files}
 
     def stats(self) -> dict[str, Any]:
         """Appends, commits (group commits gather several appends), events written, the next seq, the pid."""
-        return {**self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash, "pid": os.getpid()}
+        return {
+            **self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash,
+            "pid": os.getpid(), "parquet_error": self._sink_error,
+        }
 
     async def _commit_waiting(self) -> None:
         try:
@@ -159,8 +172,17 @@ class LedgerWriterActor:
         if self._sink is None or not lines:
             return
         self._in_flight.append(self._sink.append_lines.remote(lines, events))
-        while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:
-            await self._in_flight.popleft()
+        try:
+            while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:
+                await self._in_flight.popleft()
+        except Exception as exc:  # noqa: BLE001 - the JSONL is whole; Parquet is rebuilt by compact
+            self._drop_sink(exc)
+
+    def _drop_sink(self, exc: Exception) -> None:
+        """Stop feeding a failed Parquet sink; the JSONL goes on (``tollmesh ledger compact`` rebuilds)."""
+        logger.error("the Parquet sink failed, Parquet writing stops (run tollmesh ledger compact): %s", exc)
+        self._sink, self._sink_error = None, f"{type(exc).__name__}: {exc}"
+        self._in_flight.clear()
 
 
 def _check_batch(events: Any) -> None:

@@ -94,3 +94,16 @@ def test_producers_may_send_encoded_events(ray_session, tmp_path):
     assert ray.get(writer.append.remote(events(2))) == (3, 4)
     ray.get(writer.close.remote())
     assert verify(tmp_path).ok
+
+
+def test_a_failed_parquet_sink_stops_parquet_but_never_the_jsonl(ray_session, tmp_path):
+    ray = ray_session
+    blocker = tmp_path / "parquet"
+    blocker.write_text("a file where the dataset directory should be")
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(blocker), row_group_events=10)
+    for i in range(8):
+        assert ray.get(writer.append.remote(events(10, agent=f"a{i}"))) == (10 * i, 10 * i + 9)
+    summary = ray.get(writer.close.remote())
+    assert summary["events"] == 80 and summary["parquet_files"] == []
+    assert "LedgerError" in summary["parquet_error"]
+    assert verify(tmp_path / "toll_ledger.jsonl").ok
