@@ -104,9 +104,8 @@ class JsonlWriter:
         """Number, chain and append ``events`` (one write); return the lines written.
 
         Each event dict has ``ts_us`` and no ``hash``; its ``seq`` is set in place. Raises
-        LedgerError on failure; then nothing of the batch
-        counts: the sequence and the chain are not advanced (a partial write is a torn line,
-        recovered on reopening).
+        LedgerError on failure; then nothing of the batch counts: the sequence and the chain
+        are not advanced (a partial write is a torn line, recovered on reopening).
         """
         if not events:
             return b""
