@@ -109,11 +109,13 @@ def _start_thread(wait_s: float, fn: Callable[..., Any], *args: Any) -> Optional
 
     def run() -> None:
         try:
-            future.set_result(fn(*args))
+            outcome, error = fn(*args), None
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            future.set_exception(exc)
+            outcome, error = None, exc
         finally:
             _slots.release()
+        if future.set_running_or_notify_cancel():  # False: the caller gave up (timed out) already
+            future.set_exception(error) if error is not None else future.set_result(outcome)
 
     threading.Thread(target=run, name="tollmesh-x402", daemon=True).start()
     return future
