@@ -68,8 +68,7 @@ def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
         result = book.release(record.task_id, ts_us)
     elif kind is EventKind.REFUND:
         result = book.refund(record.task_id, ts_us, Reason(event["reason"]))
-    else:  # EXPIRE: the live booth's sweep; a book with another timeout refunds it all the same
-        book.expire_due(ts_us)
+    else:  # EXPIRE: refund sweeps what is due first, as the live booth did; another timeout refunds it anyway
         result = book.refund(record.task_id, ts_us, Reason.ESCROW_TIMEOUT)
     if result is None or result.status is not record.status:
         got = None if result is None else result.status.value
