@@ -76,13 +76,16 @@ class _TaskState:
 
 
 class _Verifier:
-    def __init__(self, files: list[Path], balances: bool) -> None:
+    def __init__(self, files: list[Path]) -> None:
         self.result = VerifyResult(files)
         self.expected_seq = 0
         self.previous_hash = GENESIS_HASH
         self.tasks: dict[str, _TaskState] = {}
-        self.book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=balances), escrow_timeout_s=None)
+        # Balances are tracked from the first deposit on: a booth with balances rejects every lock
+        # before its first deposit, and a booth without balances writes no deposits.
+        self.book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=False), escrow_timeout_s=None)
         self.replay_broken = False
+        self.locked_any = False
 
     def problem(self, path: Path, line: int, message: str) -> None:
         self.result.problems.append(Finding(path, line, message))
@@ -156,6 +159,14 @@ class _Verifier:
     def _replay(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         if self.replay_broken:
             return
+        kind = event.get("kind")
+        if kind == "deposit" and not self.book.budget.track_balances:
+            if self.locked_any:
+                self.replay_broken = True
+                self.problem(path, line_no, "a deposit after locks without balances: a ledger of two kinds of booth")
+                return
+            self.book.budget.track_balances = True
+        self.locked_any = self.locked_any or kind in ("lock", "paper_release")
         try:
             apply_event(self.book, event)
         except (LedgerError, AssertionError, KeyError, ValueError, TypeError) as exc:
@@ -166,7 +177,7 @@ class _Verifier:
 def verify(ledger: Path | str) -> VerifyResult:
     """Check the ledger named by ``ledger`` (a JSONL file or its directory); see the module doc."""
     files = segments(ledger)
-    checker = _Verifier(files, balances=_has_deposits(files))
+    checker = _Verifier(files)
     for line in iter_lines(files):
         if line.event is not None:
             checker.check_line(line.path, line.line_no, line.raw, line.event)
@@ -177,7 +188,3 @@ def verify(ledger: Path | str) -> VerifyResult:
     checker.result.open_escrows = checker.book.open_count
     return checker.result
 
-
-def _has_deposits(files: list[Path]) -> bool:
-    needle = b'"kind":"deposit"'
-    return any(needle in path.read_bytes() for path in files if path.exists())

@@ -196,7 +196,9 @@ class Tollbooth:
     # -- beyond the seed --------------------------------------------------------
 
     def deposit(self, agent: str, amount_usd: UsdLike) -> int:
-        """Add funds to ``agent``'s balance (used when ``track_balances``); returns the new balance in micros."""
+        """Add funds to ``agent``'s balance; returns the new balance in micros. Needs ``track_balances``."""
+        if not self.config.track_balances:
+            raise InvalidArgumentError("track_balances", False, "deposits need a booth that tracks balances")
         _check_id("agent", agent)
         amount_micros = usd_to_micros(amount_usd)
         with self._lock:
@@ -286,7 +288,8 @@ class Tollbooth:
     def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
         """Append one event (under the booth's lock), then count it."""
         if self._writer is not None:
-            self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=self.config.mode))
+            mode = "paper" if self.config.paper_mode else "live"  # paper_mode drives the booth, as in the seed
+            self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=mode))
         _count(self._stats, kind, record)
 
     def _toll_micros(self) -> int:

@@ -126,3 +126,18 @@ def test_illegal_transitions(tmp_path):
 def test_a_missing_ledger_is_a_ledger_error(tmp_path):
     with pytest.raises(LedgerError, match="ledger not found"):
         verify(tmp_path / "none.jsonl")
+
+
+def test_a_caps_only_ledger_verifies_and_a_mixed_one_is_named(make_booth, ledger_path, tmp_path):
+    booth = make_booth()
+    booth.charge_sync("t1", "alice", "bob")
+    booth.release_sync("t1")
+    booth.close()
+    assert verify(ledger_path).ok
+    writer = JsonlWriter(ledger_path)
+    writer.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit", "target_agent": "a", "amount_micros": 1,
+                    "amount_usd": 1e-06, "status": "released"}])
+    writer.close()
+    assert [p.message for p in verify(ledger_path).problems] == [
+        "a deposit after locks without balances: a ledger of two kinds of booth"
+    ]

@@ -128,6 +128,7 @@ class EscrowMachine(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
+    @precondition(lambda self: getattr(self, "balances_on", False))
     @rule(agent=st.sampled_from(AGENTS), amount=st.integers(0, 2_000))
     def deposit(self, agent, amount):
         self.booth.deposit(agent, f"0.{amount:06d}")
@@ -203,9 +204,9 @@ class EscrowMachine(RuleBasedStateMachine):
                 self.booth.charge_sync(task, source, "a", amount_usd=f"0.{amount:06d}")
             elif op in ("release", "refund"):
                 getattr(self.booth, f"{op}_sync")(task)
-            elif op == "deposit":
+            elif op == "deposit" and self.balances_on:
                 self.booth.deposit(source, f"0.{amount:06d}")
-            else:
+            elif op == "reset_daily":
                 self.booth.reset_daily()
         except LedgerError:
             pass

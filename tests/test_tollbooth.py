@@ -369,3 +369,17 @@ def test_settled_records_are_bounded(make_booth):
         booth.release_sync(f"t{n}")
     assert booth.get_stats()["total_records"] == 3
     assert booth.get_record("t9") is not None and booth.get_record("t0") is None
+
+
+def test_deposits_need_balances(make_booth, ledger_path):
+    booth = make_booth()
+    with pytest.raises(InvalidArgumentError, match="track_balances"):
+        booth.deposit("alice", 1)
+    assert not ledger_path.exists() or ledger_path.read_bytes() == b""
+
+
+def test_switching_paper_mode_later_is_what_the_booth_and_its_ledger_follow(make_booth, ledger_path):
+    booth = make_booth(paper_mode=True)
+    booth.config.paper_mode = False
+    assert booth.charge_sync("t1", "a", "b").status is SettlementStatus.ESCROW_LOCKED
+    assert lines(ledger_path)[-1]["mode"] == "live"
