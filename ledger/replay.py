@@ -17,12 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from ledger.files import segments
 from ledger.schema import EventKind
-from ledger.reader import read_events
+from ledger.reader import event_lines, read_events
 from mesh.clock import day_of
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
 from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.sharding import shard_of
 
 
 def replay_file(book: EscrowBook, path: Path | str) -> int:
@@ -34,6 +36,43 @@ def replay_file(book: EscrowBook, path: Path | str) -> int:
         except (LedgerError, KeyError, ValueError, TypeError) as exc:
             raise LedgerError(f"{path}: event seq={event.get('seq')}: cannot replay: {exc}") from exc
     return read.events[-1]["seq"] + 1 if read.events else 0
+
+
+def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int) -> int:
+    """Rebuild budget shard ``shard`` of ``shards`` from the JSONL ledger at ``path``; return the next ``seq``.
+
+    The shard takes the events of the agents it holds (by :func:`~mesh.sharding.shard_of`
+    of the source, or of the target for a deposit), every ``reset_daily``, and the
+    releases other shards paid to its agents (credited to their balances). Streams the
+    files; an absent or empty ledger gives 0.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    next_seq = 0
+    for line in event_lines(segments(path)):
+        event = line.event
+        next_seq = event["seq"] + 1
+        try:
+            _apply_to_shard(book, event, shard, shards)
+        except (LedgerError, KeyError, ValueError, TypeError) as exc:
+            raise LedgerError(f"{line.path}:{line.line_no}: event seq={event.get('seq')}: cannot replay: {exc}") from exc
+    return next_seq
+
+
+def _apply_to_shard(book: EscrowBook, event: dict[str, Any], shard: int, shards: int) -> None:
+    kind = event["kind"]
+    if kind == "recover":
+        return
+    if kind == "reset_daily":
+        apply_event(book, event)
+    elif kind == "deposit":
+        if shard_of(event["target_agent"], shards) == shard:
+            apply_event(book, event)
+    elif shard_of(event["source_agent"], shards) == shard:
+        apply_event(book, event)
+    elif kind in ("release", "paper_release") and shard_of(event["target_agent"], shards) == shard:
+        book.budget.credit(event["target_agent"], event["amount_micros"])
 
 
 def replay_events(book: EscrowBook, events: Iterable[dict[str, Any]]) -> None:

@@ -5,7 +5,12 @@ The book is pure state with no clock and no I/O: callers pass the day. Caps coun
 back (on the day the lock was taken), a new day starts empty. With balances on,
 every source must hold the funds it locks, and at every step::
 
-    sum(balances) + sum(locked) == sum(deposits)
+    sum(balances) + sum(locked) == sum(deposits) + transfers_in - transfers_out
+
+A book that holds only some agents (a budget shard) is told which it owns
+(``owns_agent``): a release to an agent it does not own sends the amount out
+(``transfers_out_micros``) for the owner's book to :meth:`BudgetBook.credit`.
+In a single book both transfer totals stay 0.
 
 >>> book = BudgetBook(default_cap_micros=10, track_balances=True)
 >>> book.deposit("alice", 8)
@@ -18,7 +23,7 @@ every source must hold the funds it locks, and at every step::
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from mesh.records import Reason
 
@@ -26,9 +31,16 @@ from mesh.records import Reason
 class BudgetBook:
     """Daily caps and balances for many agents; every mutation keeps the invariants."""
 
-    def __init__(self, *, default_cap_micros: Optional[int], track_balances: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        default_cap_micros: Optional[int],
+        track_balances: bool = False,
+        owns_agent: Optional[Callable[[str], bool]] = None,
+    ) -> None:
         self.default_cap_micros = default_cap_micros
         self.track_balances = track_balances
+        self.owns_agent = owns_agent  # None: this book holds every agent
         self._caps: dict[str, Optional[int]] = {}
         self._usage: dict[str, list] = {}  # agent -> [period, used_micros]
         self._epoch = 0  # bumped by reset_usage, so refunds of older locks give no room back
@@ -37,6 +49,8 @@ class BudgetBook:
         self.deposits_total_micros = 0
         self.balances_total_micros = 0
         self.locked_total_micros = 0
+        self.transfers_in_micros = 0
+        self.transfers_out_micros = 0
 
     # -- caps -----------------------------------------------------------------
 
@@ -121,11 +135,26 @@ class BudgetBook:
         return period
 
     def commit(self, source: str, target: str, amount_micros: int) -> None:
-        """Move a locked amount from ``source`` to ``target`` (a release)."""
+        """Move a locked amount from ``source`` to ``target`` (a release).
+
+        If another book owns ``target``, the amount leaves this one (``transfers_out_micros``).
+        """
         self._unlock(source, amount_micros)
         if self.track_balances:
-            self._balances[target] = self._balances.get(target, 0) + amount_micros
-            self.balances_total_micros += amount_micros
+            if self.owns_agent is None or self.owns_agent(target):
+                self._balances[target] = self._balances.get(target, 0) + amount_micros
+                self.balances_total_micros += amount_micros
+            else:
+                self.transfers_out_micros += amount_micros
+        self._assert_conserved()
+
+    def credit(self, agent: str, amount_micros: int) -> None:
+        """Receive a release another book sent out to ``agent`` (see :meth:`commit`)."""
+        if not self.track_balances:
+            return
+        self._balances[agent] = self._balances.get(agent, 0) + amount_micros
+        self.balances_total_micros += amount_micros
+        self.transfers_in_micros += amount_micros
         self._assert_conserved()
 
     def rollback(self, source: str, amount_micros: int, period: tuple[int, int]) -> None:
@@ -153,6 +182,6 @@ class BudgetBook:
 
     def _assert_conserved(self) -> None:
         if self.track_balances:
-            assert (
-                self.balances_total_micros + self.locked_total_micros == self.deposits_total_micros
-            ), "conservation broken"
+            held = self.balances_total_micros + self.locked_total_micros
+            funded = self.deposits_total_micros + self.transfers_in_micros - self.transfers_out_micros
+            assert held == funded, "conservation broken"

@@ -62,3 +62,19 @@ class TollRejectedError(TollmeshError):
 
 class PaymentRequiredError(TollRejectedError):
     """A live booth requires payment before routing and the call carried none."""
+
+
+class CallFailedError(TollmeshError):
+    """A mesh call did not succeed: refused, or its handler failed (its toll refunded).
+
+    ``result`` is the :class:`~mesh.agent.CallResult`: its ``record`` says what happened
+    to the toll and ``error`` what went wrong.
+    """
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        record = result.record
+        super().__init__(
+            f"call {record.task_id!r} from {record.source_agent!r} to {record.target_agent!r}: "
+            f"{record.status.value} ({record.reason or 'no reason'}){': ' + result.error if result.error else ''}"
+        )

@@ -42,6 +42,12 @@ class Reason(str, Enum):
     ESCROW_TIMEOUT = "escrow_timeout"
     HANDLER_ERROR = "handler_error"
     REFUNDED_BY_CALLER = "refunded_by_caller"
+    # The mesh's own reasons
+    HANDLER_TIMEOUT = "handler_timeout"  # the target's handler ran past handler_timeout_s
+    AGENT_UNAVAILABLE = "agent_unavailable"  # the actor hosting the target died during the call
+    UNKNOWN_METHOD = "unknown_method"  # the target has no such public method
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # the payload is larger than max_payload_bytes
+    SHARD_UNAVAILABLE = "shard_unavailable"  # the caller's budget shard could not be reached
 
 
 class TollRecord(NamedTuple):

@@ -1,0 +1,283 @@
+"""The budget shard actor: the escrow book of the agents hashed to it, driven in batches.
+
+Each shard holds a pure :class:`~mesh.escrow.EscrowBook` over the agents whose id
+:func:`~mesh.sharding.shard_of` maps to it. The escrow coordinator is its only caller
+and sends it whole batches: :meth:`BudgetShard.lock_batch` (lock, reject, pend or
+paper-release each draft, cap and funds checked atomically, one after another),
+:meth:`BudgetShard.settle_batch` (release or refund), :meth:`BudgetShard.expire_due`,
+deposits and credits. Every call answers a :data:`ShardAnswer`: the records, the
+events it journaled (JSON lines encoded here, on the shard's core, for the ledger
+writer), and the releases paid to agents another shard holds (credits to forward).
+
+State lives in memory and is rebuilt from the ledger: a shard that Ray restarts after
+a crash refuses work (:class:`ShardRecoveringError`) until the coordinator, having
+flushed every event already handed to it, calls :meth:`BudgetShard.rebuild`.
+
+>>> import ray                                                           # doctest: +SKIP
+>>> shard = BudgetShard.remote(ShardSpec(index=0, shards=1, default_cap_micros=None))  # doctest: +SKIP
+>>> records, lines, events, credits, repeats = ray.get(shard.lock_batch.remote(
+...     [(LOCK, "t1", "alice", "bob", 10, 0.0, None, None, None)], 0, "live"))  # doctest: +SKIP
+>>> records[0].status.value, events                                       # doctest: +SKIP
+('escrow_locked', 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import ray
+
+from ledger.events import record_event
+from ledger.jsonl import encode_events
+from ledger.replay import replay_shard, snapshot
+from mesh.budget import BudgetBook
+from mesh.clock import iso_utc
+from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
+from mesh.errors import TollmeshError
+from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.sharding import shard_of
+
+# What lock_batch does with a draft (the first item of each op).
+LOCK, INSTANT, REJECT, PEND = 0, 1, 2, 3
+
+#: (records, encoded events, event count, credits as (target agent, amount_micros, event index),
+#: indices of the ops whose task id was already known: lock_batch answers its first record, nothing moved).
+ShardAnswer = tuple[list[Optional[TollRecord]], bytes, int, list[tuple[str, int, int]], list[int]]
+
+
+class ShardRecoveringError(TollmeshError):
+    """A restarted shard refuses work until the coordinator has it rebuilt from the ledger."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a shard needs to build (and rebuild) its book."""
+
+    index: int
+    shards: int
+    default_cap_micros: Optional[int]
+    agent_caps_micros: dict[str, Optional[int]] = field(default_factory=dict)
+    track_balances: bool = False
+    escrow_timeout_s: Optional[float] = 300.0
+    max_settled_records: int = DEFAULT_MAX_SETTLED_RECORDS
+    ledger_path: Optional[str] = None  # rebuild from here; None: start empty
+
+
+class ShardCore:
+    """The shard's logic without Ray (unit-tested directly; the actor wraps it)."""
+
+    def __init__(self, spec: ShardSpec) -> None:
+        self.spec = spec
+        self.rebuilt_through_seq = 0  # credits of releases before this seq are in the rebuilt state
+        self._events: list[dict[str, Any]] = []
+        self._credits: list[tuple[str, int, int]] = []
+        self._mode: Optional[str] = None
+        self.book = self._new_book()
+        self.rebuild()
+
+    # -- batches ----------------------------------------------------------------
+
+    def lock_batch(self, ops: list[tuple], now_us: int, mode: str) -> ShardAnswer:
+        """Lock, paper-release, reject or pend each op ``(action, task_id, source, target,
+        amount_micros, amount_tokens, payer_wallet, tx_signature, reason)``, in order."""
+        self._begin(mode)
+        book, created_at = self.book, iso_utc(now_us, "seconds")
+        records: list[Optional[TollRecord]] = []
+        repeats: list[int] = []
+        for action, task_id, source, target, amount, tokens, wallet, signature, reason in ops:
+            known = book.get(task_id)
+            if known is not None and known.status is not SettlementStatus.PENDING:
+                repeats.append(len(records))
+                records.append(known)
+                continue
+            draft = TollRecord(
+                task_id, source, target, amount, tokens, tx_signature=signature, payer_wallet=wallet,
+                nonce=hashlib.blake2b(task_id.encode(), digest_size=16).hexdigest(), created_at=created_at,
+            )
+            if action == LOCK or action == INSTANT:
+                records.append(book.charge(draft, now_us, instant_release=action == INSTANT))
+            elif action == REJECT:
+                records.append(book.reject(draft, Reason(reason), now_us))
+            else:
+                records.append(book.pend(draft, now_us))
+        return self._answer(records, repeats)
+
+    def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
+        """Release (``True``) or refund (``False``, with a reason) each ``(task_id, release, reason)``."""
+        self._begin(mode)
+        book = self.book
+        records = [
+            book.release(task_id, now_us) if release else book.refund(task_id, now_us, Reason(reason))
+            for task_id, release, reason in ops
+        ]
+        return self._answer(records)
+
+    def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
+        """Refund every lock past its timeout (reason ``escrow_timeout``)."""
+        self._begin(mode)
+        return self._answer(self.book.expire_due(now_us))
+
+    def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
+        self._begin(mode)
+        self.book.deposit(agent, amount_micros, now_us)
+        return self._answer([])
+
+    def credit(self, credits: list[tuple[str, int, int]]) -> int:
+        """Credit releases other shards paid to this shard's agents: ``(agent, amount_micros, seq)``.
+
+        A credit whose release (at ledger ``seq``) a rebuild already replayed is skipped,
+        so the coordinator may retry after a crash. Returns the amount credited.
+        """
+        credited = 0
+        for agent, amount_micros, seq in credits:
+            if seq >= self.rebuilt_through_seq:
+                self.book.budget.credit(agent, amount_micros)
+                credited += amount_micros
+        return credited
+
+    def reset_usage(self) -> None:
+        """Forget every agent's daily usage (the coordinator journals one ``reset_daily`` for all shards)."""
+        self.book.budget.reset_usage()
+
+    def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
+        budget = self.book.budget
+        budget.default_cap_micros = default_cap_micros
+        for agent, cap in agent_caps_micros.items():
+            budget.set_cap(agent, cap)
+
+    def rebuild(self) -> int:
+        """Forget everything and replay this shard's part of the ledger; return the ledger's next seq."""
+        self.book = self._new_book()
+        if self.spec.ledger_path is not None:
+            self.rebuilt_through_seq = replay_shard(
+                self.book, self.spec.ledger_path, shard=self.spec.index, shards=self.spec.shards
+            )
+        self.book.journal = self._journal
+        self.set_caps(self.spec.default_cap_micros, self.spec.agent_caps_micros)
+        return self.rebuilt_through_seq
+
+    # -- queries ----------------------------------------------------------------
+
+    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[TollRecord], ShardAnswer]:
+        """The record of ``task_id`` (after expiring what is due), and the events of that expiry."""
+        answer = self.expire_due(now_us, mode)
+        return self.book.get(task_id), answer
+
+    def snapshot(self, now_us: int) -> dict[str, Any]:
+        """This shard's part of :func:`ledger.replay.snapshot`, plus its transfer totals."""
+        state = snapshot(self.book, now_us)
+        budget = self.book.budget
+        state["transfers_in_micros"] = budget.transfers_in_micros
+        state["transfers_out_micros"] = budget.transfers_out_micros
+        state["balances_total_micros"] = budget.balances_total_micros
+        return state
+
+    def stats(self) -> dict[str, Any]:
+        budget = self.book.budget
+        return {
+            "index": self.spec.index, "open_escrows": self.book.open_count, "records": self.book.record_count,
+            "locked_total_micros": budget.locked_total_micros, "deposits_total_micros": budget.deposits_total_micros,
+            "balances_total_micros": budget.balances_total_micros,
+            "transfers_in_micros": budget.transfers_in_micros, "transfers_out_micros": budget.transfers_out_micros,
+            "rebuilt_through_seq": self.rebuilt_through_seq,
+        }
+
+    # -- internals --------------------------------------------------------------
+
+    def _new_book(self) -> EscrowBook:
+        spec = self.spec
+        budget = BudgetBook(
+            default_cap_micros=None, track_balances=spec.track_balances,
+            owns_agent=lambda agent: shard_of(agent, spec.shards) == spec.index,
+        )
+        return EscrowBook(budget, escrow_timeout_s=spec.escrow_timeout_s, max_settled_records=spec.max_settled_records)
+
+    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
+        events = self._events
+        events.append(record_event(kind, record, ts_us=ts_us, mode=self._mode, shard=self.spec.index))
+        if (kind == "release" or kind == "paper_release") and self.spec.track_balances:
+            if shard_of(record.target_agent, self.spec.shards) != self.spec.index:
+                self._credits.append((record.target_agent, record.amount_micros, len(events) - 1))
+
+    def _begin(self, mode: str) -> None:
+        """Start a call: its mode, and no events left over from a call that raised."""
+        self._mode = mode
+        self._events, self._credits = [], []
+
+    def _answer(self, records: list[Optional[TollRecord]], repeats: Optional[list[int]] = None) -> ShardAnswer:
+        events, credits = self._events, self._credits
+        self._events, self._credits = [], []
+        return records, encode_events(events) if events else b"", len(events), credits, repeats or []
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class BudgetShard:
+    """A Ray actor around :class:`ShardCore`; see the module doc. Calls run one at a time, in order."""
+
+    def __init__(self, spec: ShardSpec) -> None:
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        # A restarted shard must not replay yet: events it made before the crash may still be on their way to the ledger.
+        self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec)
+        self._core.spec = spec
+        self._stale = restarted
+
+    def ready(self) -> int:
+        """The pid of the shard's process (a cheap call that waits for the constructor)."""
+        return os.getpid()
+
+    def mark_stale(self) -> None:
+        """Refuse work until :meth:`rebuild` (the coordinator is about to flush the ledger and rebuild this shard)."""
+        self._stale = True
+
+    def rebuild(self) -> int:
+        """Replay the ledger (the coordinator calls this once it has flushed every event it holds)."""
+        through = self._core.rebuild()
+        self._stale = False
+        return through
+
+    def lock_batch(self, ops: list[tuple], now_us: int, mode: str) -> ShardAnswer:
+        self._check_fresh()
+        return self._core.lock_batch(ops, now_us, mode)
+
+    def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
+        self._check_fresh()
+        return self._core.settle_batch(ops, now_us, mode)
+
+    def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
+        self._check_fresh()
+        return self._core.expire_due(now_us, mode)
+
+    def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
+        self._check_fresh()
+        return self._core.deposit(agent, amount_micros, now_us, mode)
+
+    def credit(self, credits: list[tuple[str, int, int]]) -> int:
+        self._check_fresh()
+        return self._core.credit(credits)
+
+    def reset_usage(self) -> None:
+        self._check_fresh()
+        self._core.reset_usage()
+
+    def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
+        self._core.spec = ShardSpec(**{**self._core.spec.__dict__, "default_cap_micros": default_cap_micros,
+                                       "agent_caps_micros": {**self._core.spec.agent_caps_micros, **agent_caps_micros}})
+        self._core.set_caps(default_cap_micros, agent_caps_micros)
+
+    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[TollRecord], ShardAnswer]:
+        self._check_fresh()
+        return self._core.get(task_id, now_us, mode)
+
+    def snapshot(self, now_us: int) -> dict[str, Any]:
+        self._check_fresh()
+        return self._core.snapshot(now_us)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._core.stats(), "stale": self._stale}
+
+    def _check_fresh(self) -> None:
+        if self._stale:
+            raise ShardRecoveringError(f"budget shard {self._core.spec.index} restarted and waits for its rebuild")

@@ -1,0 +1,661 @@
+"""The escrow coordinator actor: drives every call's lifecycle, a batch at a time.
+
+A batch of messages goes through four hops, each one Ray call per actor involved:
+
+1. **lock**: grouped by the caller's budget shard, one ``lock_batch`` per shard (caps and
+   funds checked atomically there); unknown targets or methods, oversized payloads and
+   failed x402 payments are recorded FAILED by the same call;
+2. **deliver**: the locked messages, grouped by the actor hosting their target, one
+   ``handle_batch`` per host, bounded by ``handler_timeout_s``;
+3. **settle**: one ``settle_batch`` per shard: release what succeeded, refund the rest
+   (``handler_error``, ``handler_timeout``, ``agent_unavailable``);
+4. **record**: every shard answer's events go to the ledger writer through the
+   :class:`~actors.ordered_log.OrderedLog`, in the order the shard calls were made; the
+   batch answers only once its events are durable. With balances, releases to agents of
+   another shard are then credited there.
+
+At most ``max_inflight_batches`` batches from drivers run at once (others wait:
+backpressure); calls made by handlers from inside a batch skip that bound, so a
+handler waiting on another agent can never deadlock the mesh. A sweeper refunds
+escrows past ``escrow_timeout_s`` every ``sweep_interval_s``.
+
+Recovery: a shard call that fails (the shard crashed and Ray restarted it) makes the
+coordinator mark the shard stale, flush every event already in the log, have the
+shard rebuild from the ledger, and retry; tasks are idempotent by ``task_id``. A lost
+ledger append, or a restart of the coordinator itself, rebuilds every shard the same
+way. A crashed host refunds its messages (``agent_unavailable``); a host stuck past
+the handler timeout is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter as Tally
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import ray
+
+from actors.agent_host import ERROR, OK, TIMEOUT
+from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.metrics import MeshMetrics
+from actors.ordered_log import LogEntry, OrderedLog
+from ledger.events import record_event
+from ledger.jsonl import encode_events
+from mesh.agent import CallResult, PriceTable, WireMessage
+from mesh.clock import US_PER_SECOND, iso_utc
+from mesh.errors import InvalidArgumentError, TollmeshError
+from mesh.mesh_config import MeshConfig
+from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.sharding import shard_of
+from mesh.verifier import Verifier, verify_async
+
+logger = logging.getLogger("tollmesh.coordinator")
+
+MAX_CONCURRENT_CALLS = 10_000  # Ray runs at most this many coordinator calls at once; the rest wait in its queue
+MAX_SHARD_ATTEMPTS = 4
+_LOCKED, _RELEASED, _FAILED = SettlementStatus.ESCROW_LOCKED, SettlementStatus.RELEASED, SettlementStatus.FAILED
+_REFUND_REASON = {ERROR: Reason.HANDLER_ERROR.value, TIMEOUT: Reason.HANDLER_TIMEOUT.value}
+
+
+class ShardUnavailableError(TollmeshError):
+    """A budget shard kept failing after every retry and rebuild."""
+
+
+class _Directory:
+    """Which host actor holds each agent, and its prices; kept in a JSONL file to survive restarts."""
+
+    def __init__(self, path: Path, namespace: str) -> None:
+        self.path = path
+        self.namespace = namespace
+        self.hosts: list[Any] = []
+        self.host_names: list[str] = []
+        self.agents: dict[str, tuple[int, PriceTable]] = {}
+
+    def add(self, host_name: str, agent_ids: list[str], prices: PriceTable, *, persist: bool = True) -> None:
+        taken = [a for a in agent_ids if a in self.agents]
+        if taken:
+            raise InvalidArgumentError("agent_ids", taken[:5], "are already in the mesh")
+        host = ray.get_actor(host_name, namespace=self.namespace)
+        if persist:
+            line = {"host": host_name, "agents": agent_ids, "default_micros": prices.default_micros,
+                    "method_micros": prices.method_micros, "methods": sorted(prices.methods)}
+            with open(self.path, "ab") as f:
+                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        self.hosts.append(host)
+        self.host_names.append(host_name)
+        index = len(self.hosts) - 1
+        entry = (index, prices)
+        for agent_id in agent_ids:
+            self.agents[agent_id] = entry
+
+    def load(self) -> None:
+        if not self.path.exists():
+            return
+        for raw in self.path.read_bytes().splitlines():
+            line = orjson.loads(raw)
+            prices = PriceTable(line["default_micros"], line["method_micros"], frozenset(line["methods"]))
+            self.add(line["host"], line["agents"], prices, persist=False)
+
+
+class _Clock:
+    """The coordinator's time: the system's UTC clock or a manual one; never goes back."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.manual = config.clock == "manual"
+        self._manual_us = round(config.start_s * US_PER_SECOND)
+        self._last_us = 0
+
+    def now_us(self) -> int:
+        now = self._manual_us if self.manual else time.time_ns() // 1_000
+        if now < self._last_us:
+            now = self._last_us
+        self._last_us = now
+        return now
+
+    def advance(self, seconds: float) -> int:
+        if not self.manual:
+            raise InvalidArgumentError("clock", "system", "only a mesh with clock='manual' can be advanced")
+        if not seconds >= 0:
+            raise InvalidArgumentError("seconds", seconds, "a clock only moves forward")
+        self._manual_us += round(seconds * US_PER_SECOND)
+        return self._manual_us
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_CONCURRENT_CALLS)
+class EscrowCoordinator:
+    """Drives every escrow of a mesh; see the module doc."""
+
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        names = [config.actor_name(f"shard.{i}") for i in range(config.shards)]
+        self._shards = [ray.get_actor(name, namespace=config.namespace) for name in names]
+        self._writer = ray.get_actor(config.actor_name("writer"), namespace=config.namespace)
+        self._directory = _Directory(config.directory_path, config.namespace)
+        self._directory.load()
+        self._clock = _Clock(config)
+        self._verifier: Optional[Verifier] = None
+        self._metrics = MeshMetrics(config.name, config.metrics_enabled)
+        self._counts: Tally = Tally()
+        self._amounts: Tally = Tally()
+        self._booth_sources: OrderedDict[str, str] = OrderedDict()  # task id -> source, for the Tollbooth API
+        self._recoveries: dict[int, asyncio.Task] = {}
+        self._global_recovery: Optional[asyncio.Task] = None
+        self._started: Optional[asyncio.Future] = None
+        self._log: Optional[OrderedLog] = None
+        self._closed = False
+
+    # -- calls --------------------------------------------------------------------
+
+    async def submit(self, messages: list[WireMessage], nested: bool = False) -> list[CallResult]:
+        """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order.
+
+        Batches over ``max_batch_messages`` are split; from drivers (``nested=False``) at most
+        ``max_inflight_batches`` run at once.
+        """
+        await self._ready()
+        size = self.config.max_batch_messages
+        chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
+        answers = await asyncio.gather(*(self._admit(chunk, nested) for chunk in chunks))
+        return [result for answer in answers for result in answer]
+
+    async def _admit(self, messages: list[WireMessage], nested: bool) -> list[CallResult]:
+        if nested:
+            return await self._run_batch(messages)
+        async with self._admission:
+            return await self._run_batch(messages)
+
+    async def _run_batch(self, messages: list[WireMessage]) -> list[CallResult]:
+        started = time.perf_counter()
+        results: list[Optional[CallResult]] = [None] * len(messages)
+        payments = await self._verify_payments(messages)
+        entries: list[LogEntry] = []
+        locked = await self._lock(messages, payments, results, entries)
+        outcomes = await self._deliver(messages, locked)
+        await self._settle(messages, locked, outcomes, results, entries)
+        await self._await_durable(entries, results)
+        self._metrics.batch(len(messages), (time.perf_counter() - started) * 1_000, self._amounts["locked"])
+        return results  # type: ignore[return-value]
+
+    async def _verify_payments(self, messages: list[WireMessage]) -> dict[int, Reason]:
+        """x402: the reason each paid message fails verification (absent: it verified, or carried no payment)."""
+        verifier = self._verifier
+        if verifier is None:
+            return {}
+        paid = [(i, m) for i, m in enumerate(messages) if m[5] and m[6]]
+        if not paid:
+            return {}
+        timeout_s = self.config.x402_verify_timeout_s
+        reasons = await asyncio.gather(*(
+            verify_async(verifier, m[5], m[6], self._price_of(m) / 1e6, timeout_s=timeout_s) for _, m in paid
+        ))
+        return {i: reason for (i, _), reason in zip(paid, reasons) if reason is not None}
+
+    def _price_of(self, message: WireMessage) -> int:
+        entry = self._directory.agents.get(message[2])
+        price = entry[1].price_micros(message[3]) if entry is not None else None
+        return price or 0
+
+    async def _lock(
+        self, messages: list[WireMessage], payments: dict[int, Reason], results: list, entries: list[LogEntry]
+    ) -> list[tuple[int, TollRecord]]:
+        """Lock (or refuse) every message on its caller's shard; the fresh locks, by message index."""
+        ops: dict[int, list[tuple]] = defaultdict(list)
+        where: dict[int, list[int]] = defaultdict(list)
+        agents, shards = self._directory.agents, self.config.shards
+        for i, (task_id, source, target, method, _, wallet, signature, problem) in enumerate(messages):
+            entry = agents.get(target)
+            price = entry[1].price_micros(method) if entry is not None else None
+            if problem is not None:
+                action, reason = REJECT, problem
+            elif entry is None:
+                action, reason = REJECT, Reason.UNKNOWN_AGENT.value
+            elif price is None:
+                action, reason = REJECT, Reason.UNKNOWN_METHOD.value
+            elif i in payments:
+                action, reason = REJECT, payments[i].value
+            else:
+                action, reason = LOCK, None
+            shard = shard_of(source, shards)
+            ops[shard].append((action, task_id, source, target, price or 0, 0.0, wallet, signature, reason))
+            where[shard].append(i)
+        answers = await asyncio.gather(*(self._shard_call(s, "lock_batch", ops[s], entries) for s in ops))
+        locked: list[tuple[int, TollRecord]] = []
+        rejected: Tally = Tally()
+        for shard, (answer, _) in zip(ops, answers):
+            indices = where[shard]
+            if answer is None:  # the shard stayed unreachable: nothing locked, nothing written
+                for i in indices:
+                    results[i] = _unreachable(messages[i])
+                continue
+            records, repeats = answer[0], set(answer[4])
+            for j, (i, record) in enumerate(zip(indices, records)):
+                if j in repeats:
+                    results[i] = CallResult(record, record.status is _RELEASED, None, "task_id already seen: not run again")
+                elif record.status is _LOCKED:
+                    locked.append((i, record))
+                else:
+                    rejected[record.reason] += 1
+                    results[i] = CallResult(record, False, None, f"refused: {record.reason}")
+        self._count_locks(locked, rejected)
+        return locked
+
+    async def _deliver(
+        self, messages: list[WireMessage], locked: list[tuple[int, TollRecord]]
+    ) -> dict[int, tuple[int, Any]]:
+        """Run the locked messages on their hosts; ``{message index: (code, value)}``."""
+        by_host: dict[int, list[int]] = defaultdict(list)
+        agents = self._directory.agents
+        for i, _ in locked:
+            by_host[agents[messages[i][2]][0]].append(i)
+        answers = await asyncio.gather(*(self._deliver_to(h, [messages[i] for i in by_host[h]]) for h in by_host))
+        outcomes: dict[int, tuple[int, Any]] = {}
+        for host, answer in zip(by_host, answers):
+            outcomes.update(zip(by_host[host], answer))
+        return outcomes
+
+    async def _deliver_to(self, host_index: int, messages: list[WireMessage]) -> list[tuple[int, Any]]:
+        host = self._directory.hosts[host_index]
+        items = [(m[0], m[2], m[3], m[4], m[1]) for m in messages]
+        timeout_s = self.config.handler_timeout_s
+        try:
+            return await asyncio.wait_for(_awaitable(host.handle_batch.remote(items)), timeout_s * 1.5 + 1.0)
+        except asyncio.TimeoutError:
+            logger.error("host %s stuck past the handler timeout: restarting it", self._directory.host_names[host_index])
+            ray.kill(host, no_restart=False)
+            return [(TIMEOUT, f"host stuck past handler_timeout_s={timeout_s}")] * len(messages)
+        except Exception as exc:  # noqa: BLE001 - the host died: its messages are refunded
+            note = f"{Reason.AGENT_UNAVAILABLE.value}: {type(exc).__name__}: {exc}"[:1_000]
+            return [(-1, note)] * len(messages)
+
+    async def _settle(
+        self, messages: list[WireMessage], locked: list[tuple[int, TollRecord]],
+        outcomes: dict[int, tuple[int, Any]], results: list, entries: list[LogEntry],
+    ) -> None:
+        """Release what succeeded and refund the rest, on each caller's shard."""
+        ops: dict[int, list[tuple]] = defaultdict(list)
+        where: dict[int, list[int]] = defaultdict(list)
+        shards = self.config.shards
+        for i, record in locked:
+            code = outcomes[i][0]
+            reason = None if code == OK else _REFUND_REASON.get(code, Reason.AGENT_UNAVAILABLE.value)
+            shard = shard_of(record.source_agent, shards)
+            ops[shard].append((record.task_id, code == OK, reason))
+            where[shard].append(i)
+        answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], entries) for s in ops))
+        settled: list[TollRecord] = []
+        for shard, (answer, _) in zip(ops, answers):
+            for j, i in enumerate(where[shard]):
+                code, value = outcomes[i]
+                record = answer[0][j] if answer is not None else None
+                if record is None:  # the shard stayed unreachable; the escrow stays locked until it expires
+                    record = next(r for k, r in locked if k == i)
+                    results[i] = CallResult(record, False, value if code == OK else None, "could not settle: shard unavailable")
+                    continue
+                settled.append(record)
+                ok = record.status is _RELEASED
+                error = None if ok else (value if code != OK else f"refunded: {record.reason}")
+                results[i] = CallResult(record, ok, value if code == OK else None, error)
+        self._count_settled(settled)
+        await self._forward_credits([(e, a) for a, e in answers if a is not None and a[3]])
+
+    async def _await_durable(self, entries: list[LogEntry], results: list) -> None:
+        """Wait until every event of the batch is on disk; a lost append turns its results into errors."""
+        outcomes = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
+        lost = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if lost is not None:
+            note = f"ledger append lost, the record may not be on disk (read it with get_record): {lost}"
+            for i, result in enumerate(results):
+                results[i] = result._replace(ok=False, error=note)
+
+    # -- shard calls, credits, recovery ---------------------------------------------------
+
+    async def _shard_call(
+        self, shard: int, method: str, ops: Any, entries: list[LogEntry]
+    ) -> tuple[Optional[ShardAnswer], Optional[LogEntry]]:
+        """Call ``method(ops, now_us, mode)`` on a shard through the ordered log; retry after a rebuild.
+
+        ``(None, None)`` when the shard stayed unreachable.
+        """
+        for attempt in range(MAX_SHARD_ATTEMPTS):
+            await self._wait_recovered(shard)
+            ref = getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), "live")
+            entry = self._log.push(ref)
+            try:
+                answer = await entry.answer
+            except Exception as exc:  # noqa: BLE001 - the shard died, or refused while stale
+                logger.warning("shard %d %s failed (%s), rebuilding it (attempt %d)", shard, method, type(exc).__name__, attempt + 1)
+                if self._closed:
+                    break
+                await self._recover_shard(shard)
+                continue
+            entries.append(entry)
+            return answer, entry
+        return None, None
+
+    async def _forward_credits(self, settled: list[tuple[LogEntry, ShardAnswer]]) -> None:
+        """Credit releases paid to agents of other shards, once their events are durable (exactly once)."""
+        by_shard: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+        for entry, answer in settled:
+            try:
+                first_seq = await entry.durable
+            except Exception:  # noqa: BLE001 - a lost append: the rebuild from the ledger decides
+                continue
+            for agent, amount, index in answer[3]:
+                by_shard[shard_of(agent, self.config.shards)].append((agent, amount, first_seq + index))
+        await asyncio.gather(*(self._credit(s, credits) for s, credits in by_shard.items()))
+
+    async def _credit(self, shard: int, credits: list[tuple[str, int, int]]) -> None:
+        for _ in range(MAX_SHARD_ATTEMPTS):
+            await self._wait_recovered(shard)
+            try:
+                await self._shards[shard].credit.remote(credits)  # a rebuilt shard skips what it replayed
+                return
+            except Exception:  # noqa: BLE001 - rebuild, then retry
+                await self._recover_shard(shard)
+        logger.error("shard %d: %d credits not applied; its next rebuild from the ledger applies them", shard, len(credits))
+
+    async def _wait_recovered(self, shard: int) -> None:
+        pending = [t for t in (self._global_recovery, self._recoveries.get(shard)) if t is not None]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _recover_shard(self, shard: int) -> None:
+        task = self._recoveries.get(shard)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._rebuild([shard]))
+            self._recoveries[shard] = task
+            task.add_done_callback(lambda _: self._recoveries.pop(shard, None))
+        await asyncio.wait([task])
+
+    def _on_append_lost(self) -> None:
+        if self._global_recovery is None:
+            self._global_recovery = asyncio.get_running_loop().create_task(self._recover_all())
+
+    async def _recover_all(self) -> None:
+        try:
+            await self._rebuild(list(range(self.config.shards)))
+        finally:
+            self._log.resume()
+            self._global_recovery = None
+
+    async def _rebuild(self, shards: list[int]) -> None:
+        """Stop the shards, flush every event already in the log, rebuild them from the ledger."""
+        for _ in range(MAX_SHARD_ATTEMPTS):
+            try:
+                await asyncio.gather(*(self._shards[s].mark_stale.remote() for s in shards))
+                await self._log.drain()
+                await asyncio.gather(*(self._shards[s].rebuild.remote() for s in shards))
+                break
+            except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
+                logger.warning("rebuild of shards %s failed (%s: %s), again", shards, type(exc).__name__, exc)
+        stats = await asyncio.gather(*(s.stats.remote() for s in self._shards))
+        self._amounts["locked"] = sum(s["locked_total_micros"] for s in stats)
+        logger.warning("shards %s rebuilt from the ledger", shards)
+
+    # -- the Tollbooth API, one toll at a time ------------------------------------------
+
+    async def booth_charge(self, fields: tuple, instant: bool, pend: bool, mode: str) -> TollRecord:
+        """Charge one toll: ``fields`` = (task_id, source, target, amount_micros, tokens, wallet, signature)."""
+        await self._ready()
+        task_id, source, target, amount, tokens, wallet, signature = fields
+        reason = None
+        if self._verifier is not None and wallet and signature and not pend:
+            reason = await verify_async(self._verifier, wallet, signature, amount / 1e6, timeout_s=self.config.x402_verify_timeout_s)
+        action = PEND if pend else REJECT if reason is not None else INSTANT if instant else LOCK
+        op = (action, task_id, source, target, amount, tokens, wallet, signature, None if reason is None else reason.value)
+        record = await self._one(shard_of(source, self.config.shards), "lock_batch", [op], mode)
+        self._remember_source(task_id, source)
+        if record.status is _LOCKED:
+            self._count_locks([(0, record)], Tally())
+        elif record.status is _FAILED:
+            self._count_locks([], Tally([record.reason]))
+        elif record.status is _RELEASED and instant:
+            self._counts["released"] += 1
+            self._amounts["released"] += record.amount_micros
+        return record
+
+    async def booth_settle(self, task_id: str, release: bool, reason: Optional[str], mode: str) -> Optional[TollRecord]:
+        """Release or refund one toll charged through :meth:`booth_charge`; None if unknown."""
+        await self._ready()
+        source = self._booth_sources.get(task_id)
+        if source is None:
+            return None
+        record = await self._one(shard_of(source, self.config.shards), "settle_batch", [(task_id, release, reason)], mode)
+        if record is not None:
+            self._count_settled([record])
+        return record
+
+    async def booth_get(self, task_id: str, mode: str) -> Optional[TollRecord]:
+        await self._ready()
+        source = self._booth_sources.get(task_id)
+        if source is None:
+            return None
+        entries: list[LogEntry] = []
+        shard = shard_of(source, self.config.shards)
+        await self._wait_recovered(shard)
+        record, answer = await self._shards[shard].get.remote(task_id, self._clock.now_us(), mode)
+        entries.append(self._log.push_answer(answer))
+        await self._await_durable(entries, [])
+        return record
+
+    async def _one(self, shard: int, method: str, ops: list, mode: str) -> Optional[TollRecord]:
+        entries: list[LogEntry] = []
+        for _ in range(MAX_SHARD_ATTEMPTS):
+            await self._wait_recovered(shard)
+            entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))
+            try:
+                answer = await entry.answer
+                break
+            except Exception:  # noqa: BLE001 - rebuild, then retry
+                await self._recover_shard(shard)
+        else:
+            raise ShardUnavailableError(f"budget shard {shard} is unreachable")
+        await entry.durable  # raises LedgerAppendLostError if the append was lost
+        await self._forward_credits([(entry, answer)] if answer[3] else [])
+        return answer[0][0]
+
+    def _remember_source(self, task_id: str, source: str) -> None:
+        sources = self._booth_sources
+        sources[task_id] = source
+        sources.move_to_end(task_id)
+        while len(sources) > max(self.config.max_settled_records, 1) * 2:
+            sources.popitem(last=False)
+
+    # -- agents, money, time -------------------------------------------------------------
+
+    async def register(self, host_name: str, agent_ids: list[str], prices: PriceTable) -> int:
+        """Add the agents of a host actor to the directory; the number of agents now in the mesh."""
+        await self._ready()
+        self._directory.add(host_name, agent_ids, prices)
+        return len(self._directory.agents)
+
+    def agent_count(self) -> int:
+        return len(self._directory.agents)
+
+    def host_names(self) -> list[str]:
+        return list(self._directory.host_names)
+
+    async def deposit(self, agent: str, amount_micros: int) -> int:
+        """Add funds to ``agent`` (durable when this returns); the event count written (1)."""
+        await self._ready()
+        if not self.config.track_balances:
+            raise InvalidArgumentError("track_balances", False, "deposits need a mesh that tracks balances")
+        shard = shard_of(agent, self.config.shards)
+        for _ in range(MAX_SHARD_ATTEMPTS):
+            await self._wait_recovered(shard)
+            entry = self._log.push(self._shards[shard].deposit.remote(agent, amount_micros, self._clock.now_us(), "live"))
+            try:
+                await entry.answer
+            except Exception:  # noqa: BLE001 - rebuild, then retry
+                await self._recover_shard(shard)
+                continue
+            await entry.durable
+            return 1
+        raise ShardUnavailableError(f"budget shard {shard} is unreachable")
+
+    async def reset_daily(self, mode: str = "live") -> None:
+        """The seed's manual reset: every shard forgets today's usage; one ``reset_daily`` event."""
+        await self._ready()
+        now_us = self._clock.now_us()
+        resets = [shard.reset_usage.remote() for shard in self._shards]
+        event = record_event("reset_daily", TollRecord("", "", ""), ts_us=now_us, mode=mode)
+        entry = self._log.push_answer(([], encode_events([event]), 1, [], []))
+        await asyncio.gather(*resets, return_exceptions=True)  # a shard that died replays the event instead
+        await entry.durable
+
+    async def expire_stale(self) -> list[TollRecord]:
+        """Refund every escrow past ``escrow_timeout_s`` on every shard now; the records refunded."""
+        await self._ready()
+        entries: list[LogEntry] = []
+        answers = await asyncio.gather(*(
+            self._shard_call_now(s, "expire_due", entries) for s in range(self.config.shards)
+        ))
+        await self._await_durable(entries, [])
+        expired = [record for answer in answers if answer is not None for record in answer[0]]
+        self._count_settled(expired)
+        return expired
+
+    async def _shard_call_now(self, shard: int, method: str, entries: list[LogEntry]) -> Optional[ShardAnswer]:
+        await self._wait_recovered(shard)
+        entry = self._log.push(getattr(self._shards[shard], method).remote(self._clock.now_us(), "live"))
+        try:
+            answer = await entry.answer
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            return None
+        entries.append(entry)
+        return answer
+
+    def set_verifier(self, verifier: Optional[Verifier]) -> None:
+        self._verifier = verifier
+
+    async def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
+        """Change the daily caps on every shard (from now on; usage so far counts)."""
+        await self._ready()
+        await asyncio.gather(*(s.set_caps.remote(default_cap_micros, agent_caps_micros) for s in self._shards))
+
+    def get_config(self) -> MeshConfig:
+        return self.config
+
+    def advance_clock(self, seconds: float) -> int:
+        """Move a manual clock forward; the new time in microseconds."""
+        return self._clock.advance(seconds)
+
+    def now_us(self) -> int:
+        return self._clock.now_us()
+
+    # -- state, stats, shutdown -----------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Balances, locked amounts, today's usage and open escrows of all shards (what replay rebuilds)."""
+        await self._ready()
+        await self._log.drain()
+        now_us = self._clock.now_us()
+        parts = await asyncio.gather(*(shard.snapshot.remote(now_us) for shard in self._shards))
+        return merge_snapshots(parts)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counts and amounts by outcome, refusals and refunds by reason, and each shard's state."""
+        await self._ready()
+        shards = await asyncio.gather(*(shard.stats.remote() for shard in self._shards))
+        by_reason = {k[len("rejected:"):]: v for k, v in self._counts.items() if k.startswith("rejected:")}
+        refunds = {k[len("refunded:"):]: v for k, v in self._counts.items() if k.startswith("refunded:")}
+        return {
+            "locked": self._counts["locked"], "released": self._counts["released"],
+            "refunded": self._counts["refunded"], "rejected": self._counts["rejected"],
+            "rejected_by_reason": by_reason, "refunded_by_reason": refunds,
+            "released_micros": self._amounts["released"], "refunded_micros": self._amounts["refunded"],
+            "locked_micros": sum(s["locked_total_micros"] for s in shards),
+            "open_escrows": sum(s["open_escrows"] for s in shards),
+            "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
+            "events_written": self._log.events_written if self._log else 0,
+            "shards": shards, "pid": os.getpid(),
+        }
+
+    async def close(self) -> dict[str, Any]:
+        """Wait for the batches in flight, flush the ledger and close it (Parquet written out)."""
+        await self._ready()
+        for _ in range(self.config.max_inflight_batches):
+            await self._admission.acquire()
+        self._closed = True
+        self._sweeper.cancel()
+        await self._log.close()
+        return await self._writer.close.remote()
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _ready(self) -> None:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await self._started
+
+    async def _start(self) -> None:
+        self._admission = asyncio.Semaphore(self.config.max_inflight_batches)
+        self._log = OrderedLog(self._writer.append_encoded.remote, on_lost=self._on_append_lost, max_appends_in_flight=1)
+        if self._restarted:  # events in the old instance's log are lost: the shards go back to the ledger
+            logger.warning("coordinator restarted: rebuilding every shard from the ledger")
+            await self._rebuild(list(range(self.config.shards)))
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                await self.expire_stale()
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
+                logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+
+    def _count_locks(self, locked: list[tuple[int, TollRecord]], rejected: Tally) -> None:
+        amount = sum(record.amount_micros for _, record in locked)
+        self._counts["locked"] += len(locked)
+        self._amounts["locked"] += amount
+        self._counts["rejected"] += sum(rejected.values())
+        for reason, count in rejected.items():
+            self._counts[f"rejected:{reason}"] += count
+        self._metrics.count_locks(len(locked))
+        self._metrics.count_rejections(rejected)
+
+    def _count_settled(self, records: list[TollRecord]) -> None:
+        statuses: Tally = Tally()
+        reasons: Tally = Tally()
+        released_micros = 0
+        for record in records:
+            statuses[record.status] += 1
+            self._amounts["locked"] -= record.amount_micros
+            if record.status is _RELEASED:
+                released_micros += record.amount_micros
+            else:
+                reasons[record.reason] += 1
+                self._counts[f"refunded:{record.reason}"] += 1
+                self._amounts["refunded"] += record.amount_micros
+        self._counts["released"] += statuses[_RELEASED]
+        self._counts["refunded"] += statuses[SettlementStatus.REFUNDED]
+        self._amounts["released"] += released_micros
+        self._metrics.count_settled(statuses, released_micros, reasons)
+
+
+def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`ledger.replay.snapshot` from the shards' parts (each agent lives on one shard)."""
+    merged: dict[str, Any] = {"balances_micros": {}, "locked_micros": {}, "used_today_micros": {}, "open_escrows": {}}
+    for part in parts:
+        for key in merged:
+            merged[key].update(part[key])
+    merged["locked_total_micros"] = sum(p["locked_total_micros"] for p in parts)
+    merged["deposits_total_micros"] = sum(p["deposits_total_micros"] for p in parts)
+    return merged
+
+
+def _unreachable(message: WireMessage) -> CallResult:
+    record = TollRecord(message[0], message[1], message[2], status=_FAILED, reason=Reason.SHARD_UNAVAILABLE.value,
+                        created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
+    return CallResult(record, False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
+
+
+async def _awaitable(ref: Any) -> Any:
+    return await ref

@@ -1,0 +1,171 @@
+"""The coordinator's ordered log: shard answers go to the ledger writer in the order the calls were made.
+
+Every budget shard runs the coordinator's calls one at a time, in the order they were
+sent. Writing their events to the ledger in that same order (not in the order the
+answers happen to arrive) keeps each shard's events in the order it applied them, so
+replaying the ledger rebuilds every shard exactly and timestamps never go back.
+
+:meth:`OrderedLog.push` takes the ObjectRef of a shard call as it is sent and returns a
+:class:`LogEntry`: ``answer`` resolves to the shard's answer, ``durable`` to the ledger
+seq of its first event once the writer has acknowledged it (group commit: answers that
+are ready together go out in one append; at most ``max_appends_in_flight`` appends are
+in flight). A failed shard call writes nothing (``durable`` resolves to None; its
+caller retries). A failed append fails ``durable`` with :class:`LedgerAppendLostError`:
+the events may or may not be on disk. Later answers may depend on them, so the log
+then writes nothing more: every entry fails the same way until :meth:`OrderedLog.resume`,
+which the coordinator calls once it has rebuilt the shards from the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Awaitable, Callable, Optional
+
+from mesh.errors import LedgerError
+
+logger = logging.getLogger("tollmesh.ordered_log")
+
+DEFAULT_MAX_APPEND_EVENTS = 100_000
+DEFAULT_MAX_APPENDS_IN_FLIGHT = 4
+
+
+class LedgerAppendLostError(LedgerError):
+    """An append failed (the writer died or refused it): its events may or may not be on disk."""
+
+
+class LogEntry:
+    """One shard call's place in the log."""
+
+    __slots__ = ("answer", "durable")
+
+    def __init__(self, answer: asyncio.Future) -> None:
+        self.answer = answer
+        self.durable: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
+#: ``append(lines) -> awaitable of (first seq, last seq)``, sent when called: ``writer.append_encoded.remote``.
+Appender = Callable[[bytes], Awaitable[tuple[int, int]]]
+
+
+class OrderedLog:
+    """See the module doc. Lives on the coordinator's event loop."""
+
+    def __init__(
+        self,
+        append: Appender,
+        *,
+        on_lost: Optional[Callable[[], None]] = None,
+        max_append_events: int = DEFAULT_MAX_APPEND_EVENTS,
+        max_appends_in_flight: int = DEFAULT_MAX_APPENDS_IN_FLIGHT,
+    ) -> None:
+        self._append = append
+        self._on_lost = on_lost
+        self.lost: Optional[LedgerAppendLostError] = None  # set from a lost append until resume()
+        self._max_append_events = max_append_events
+        self._slots = asyncio.Semaphore(max_appends_in_flight)
+        self._entries: deque[LogEntry] = deque()
+        self._wakeup = asyncio.Event()
+        self._pump = asyncio.get_running_loop().create_task(self._run())
+        self._appends: set[asyncio.Task] = set()
+        self.events_written = 0
+
+    def push(self, answer: Awaitable[Any]) -> LogEntry:
+        """Queue the answer of a shard call just sent (an ObjectRef, or any awaitable of a ShardAnswer)."""
+        entry = LogEntry(asyncio.ensure_future(answer))
+        self._entries.append(entry)
+        self._wakeup.set()
+        return entry
+
+    def push_answer(self, answer: tuple) -> LogEntry:
+        """Queue an answer made here (the coordinator's own events)."""
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(answer)
+        return self.push(future)
+
+    @property
+    def pending_entries(self) -> int:
+        return len(self._entries)
+
+    def resume(self) -> None:
+        """Write again after a lost append (the shards were rebuilt from the ledger)."""
+        self.lost = None
+        self._wakeup.set()
+
+    async def drain(self) -> None:
+        """Wait until every entry pushed so far is written (or failed)."""
+        if self._entries:
+            last = self._entries[-1]
+            await asyncio.wait([last.durable])
+        if self._appends:
+            await asyncio.wait(set(self._appends))
+
+    async def close(self) -> None:
+        await self.drain()
+        self._pump.cancel()
+
+    # -- the pump ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._entries:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await asyncio.wait([self._entries[0].answer])  # the head decides the order
+            batch = self._take_ready()
+            await self._slots.acquire()  # a write in flight may yet find its append lost
+            if self.lost is not None:
+                self._slots.release()
+                self._fail(batch, self.lost)
+                continue
+            blob = b"".join(answer[1] for _, answer in batch if answer is not None and answer[2])
+            pending = self._append(blob) if blob else None  # sent now, so appends reach the writer in order
+            task = asyncio.get_running_loop().create_task(self._write(batch, pending))
+            self._appends.add(task)
+            task.add_done_callback(self._appends.discard)
+
+    def _take_ready(self) -> list[tuple[LogEntry, Optional[tuple]]]:
+        """The ready entries at the head, up to the append size."""
+        batch: list[tuple[LogEntry, Optional[tuple]]] = []
+        events = 0
+        entries = self._entries
+        while entries and entries[0].answer.done() and events < self._max_append_events:
+            entry = entries.popleft()
+            answer = None if entry.answer.cancelled() or entry.answer.exception() is not None else entry.answer.result()
+            batch.append((entry, answer))
+            events += answer[2] if answer is not None else 0
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[tuple[LogEntry, Optional[tuple]]], error: Exception) -> None:
+        for entry, answer in batch:
+            if not entry.durable.done():
+                if answer is None:
+                    entry.durable.set_result(None)  # its shard call failed: nothing to write anyway
+                else:
+                    entry.durable.set_exception(error)
+
+    async def _write(self, batch: list[tuple[LogEntry, Optional[tuple]]], pending: Optional[Awaitable]) -> None:
+        try:
+            first_seq = None
+            if pending is not None:
+                try:
+                    first_seq, _ = await pending
+                except Exception as exc:  # noqa: BLE001 - every entry of the append hears of it
+                    logger.error("ledger append lost (%s): %s", type(exc).__name__, exc)
+                    self.lost = LedgerAppendLostError(f"ledger append failed, events may or may not be on disk: {exc}")
+                    self._fail(batch, self.lost)
+                    if self._on_lost is not None:
+                        self._on_lost()
+                    return
+            seq = first_seq
+            for entry, answer in batch:
+                count = answer[2] if answer is not None else 0
+                entry.durable.set_result(seq if count else None)
+                if count:
+                    seq += count
+                    self.events_written += count
+        finally:
+            self._slots.release()

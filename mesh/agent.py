@@ -1,0 +1,247 @@
+"""Mesh agents: a class with handlers and prices, the context a handler gets, messages and results.
+
+An agent subclasses :class:`Agent`, sets a price per call (``price_usd``) and optionally
+per method (``prices_usd``), and implements ``handle(ctx, payload)`` and any other
+public methods, sync or async. Inside a handler, ``ctx`` calls other agents through
+the mesh; the agent pays for those calls (it is their source).
+
+>>> class Echo(Agent):
+...     price_usd = "0.001"
+...     prices_usd = {"shout": "0.002"}
+...     def handle(self, ctx, payload):
+...         return payload
+...     def shout(self, ctx, payload):
+...         return str(payload).upper()
+>>> table = price_table(Echo)
+>>> table.price_micros("handle"), table.price_micros("shout"), table.price_micros("nope")
+(1000, 2000, None)
+
+Sync handlers run inline on their host's event loop (fast, for simulations); set
+``threaded = True`` for sync handlers that block or that call other agents with
+``ctx.call``; async handlers may ``await ctx.acall(...)`` freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import pickle
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple, Optional
+
+from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError
+from mesh.money import UsdLike, usd_to_micros
+from mesh.records import SettlementStatus, TollRecord
+
+MAX_ID_CHARS = 256
+MAX_PAYMENT_FIELD_CHARS = 8192
+DEFAULT_METHOD = "handle"
+
+
+class Agent:
+    """Base class of mesh agents. Subclasses set prices and write handlers ``(self, ctx, payload)``.
+
+    ``agent_id`` is set by the host before the first call. Instance state lives as
+    long as the hosting actor; after a restart the agent is built again from its class
+    and constructor arguments.
+    """
+
+    price_usd: ClassVar[UsdLike] = "0.001"
+    prices_usd: ClassVar[dict[str, UsdLike]] = {}
+    threaded: ClassVar[bool] = False
+    agent_id: str = ""
+
+    def handle(self, ctx: CallContext, payload: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement handle(ctx, payload)")
+
+
+_BASE_NAMES = frozenset(name for name in dir(Agent) if name != DEFAULT_METHOD)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """An agent class's prices in micros: one per call, and per public method."""
+
+    default_micros: int
+    method_micros: dict[str, int]
+    methods: frozenset[str]
+
+    def price_micros(self, method: str) -> Optional[int]:
+        """The price of calling ``method``, or None when the agent has no such public method."""
+        if method not in self.methods:
+            return None
+        return self.method_micros.get(method, self.default_micros)
+
+
+def price_table(agent_class: type) -> PriceTable:
+    """Check ``agent_class`` and read its prices exactly (InvalidAmountError names a bad one)."""
+    if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
+        raise InvalidTypeError("agent_class", agent_class, "a subclass of mesh.Agent")
+    methods = frozenset(
+        name for name, member in inspect.getmembers(agent_class, callable)
+        if not name.startswith("_") and name not in _BASE_NAMES
+    )
+    default = usd_to_micros(agent_class.price_usd, field=f"{agent_class.__name__}.price_usd")
+    by_method = {}
+    for method, usd in dict(agent_class.prices_usd).items():
+        if method not in methods:
+            raise InvalidArgumentError(f"{agent_class.__name__}.prices_usd", method, "names no public method of the agent")
+        by_method[method] = usd_to_micros(usd, field=f"{agent_class.__name__}.prices_usd[{method!r}]")
+    return PriceTable(default, by_method, methods)
+
+
+class Message(NamedTuple):
+    """One call from ``source`` to ``target``; ``task_id`` None gets a unique one."""
+
+    source: str
+    target: str
+    payload: Any = None
+    method: str = DEFAULT_METHOD
+    task_id: Optional[str] = None
+    payer_wallet: Optional[str] = None
+    tx_signature: Optional[str] = None
+
+
+class CallResult(NamedTuple):
+    """What a call came to: the toll's final ``record``, and the handler's ``value`` or ``error``."""
+
+    record: TollRecord
+    ok: bool
+    value: Any = None
+    error: Optional[str] = None
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+    @property
+    def status(self) -> SettlementStatus:
+        return self.record.status
+
+    @property
+    def reason(self) -> Optional[str]:
+        return self.record.reason
+
+    def unwrap(self) -> Any:
+        """The handler's value; :class:`~mesh.errors.CallFailedError` if the call did not succeed."""
+        if not self.ok:
+            raise CallFailedError(self)
+        return self.value
+
+
+#: The wire form of a message: (task_id, source, target, method, payload, payer_wallet, tx_signature, problem).
+WireMessage = tuple
+
+
+def to_wire(message: Message, task_id: str, max_payload_bytes: int) -> WireMessage:
+    """Check ``message`` (ids, method, payment fields, payload size) and give its wire form.
+
+    Bad ids or fields raise; a payload over ``max_payload_bytes`` is not sent: the
+    message carries the problem, and the mesh records the call FAILED (``payload_too_large``).
+    """
+    source, target, payload, method, _, wallet, signature = message
+    check_id("source", source)
+    check_id("target", target)
+    check_id("task_id", task_id)
+    if not isinstance(method, str) or not method or method.startswith("_"):
+        raise InvalidArgumentError("method", method, "must be the name of a public method of the target")
+    check_payment_field("payer_wallet", wallet)
+    check_payment_field("tx_signature", signature)
+    problem = None
+    if payload_bytes(payload) > max_payload_bytes:
+        payload, problem = None, "payload_too_large"
+    return (task_id, source, target, method, payload, wallet, signature, problem)
+
+
+def payload_bytes(payload: Any) -> int:
+    """The size a payload travels at (its pickle); cheap for the common small types."""
+    if payload is None or isinstance(payload, (bool, int, float)):
+        return 8
+    if isinstance(payload, (bytes, bytearray, str)) and len(payload) < 4096:
+        return len(payload)
+    try:
+        return len(pickle.dumps(payload, protocol=5))
+    except Exception as exc:  # noqa: BLE001 - name the problem at the boundary
+        raise InvalidArgumentError("payload", type(payload).__name__, f"cannot be serialized: {exc}") from None
+
+
+def check_id(field: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidTypeError(field, value, "a str")
+    if not value or len(value) > MAX_ID_CHARS:
+        raise InvalidArgumentError(field, value, f"must be 1 to {MAX_ID_CHARS} characters")
+
+
+def check_payment_field(field: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidTypeError(field, value, "a str or None")
+    if len(value) > MAX_PAYMENT_FIELD_CHARS:
+        raise InvalidArgumentError(field, value[:32] + "...", f"must be at most {MAX_PAYMENT_FIELD_CHARS} characters")
+
+
+def child_task_id(parent: str, n: int) -> str:
+    """The task id of a handler's ``n``-th call: ``parent>n``, or a digest when that grows too long."""
+    task_id = f"{parent}>{n}"
+    if len(task_id) > MAX_ID_CHARS:
+        task_id = "h-" + hashlib.blake2b(task_id.encode(), digest_size=24).hexdigest()
+    return task_id
+
+
+class CallContext:
+    """What a handler knows about its call, and how it calls other agents (paying for them).
+
+    ``call``/``send`` are for threaded or driver code; ``acall``/``asend`` for async handlers.
+    """
+
+    __slots__ = ("agent_id", "task_id", "source_agent", "method", "_coordinator", "_calls", "_max_payload_bytes")
+
+    def __init__(self, agent_id: str, task_id: str, source_agent: str, method: str,
+                 coordinator: Any, max_payload_bytes: int) -> None:
+        self.agent_id = agent_id
+        self.task_id = task_id
+        self.source_agent = source_agent
+        self.method = method
+        self._coordinator = coordinator
+        self._calls = 0
+        self._max_payload_bytes = max_payload_bytes
+
+    async def acall(self, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD) -> CallResult:
+        """Call ``target`` (this agent pays) and wait for its result."""
+        return (await self.asend([Message(self.agent_id, target, payload, method)]))[0]
+
+    async def asend(self, messages: list[Message]) -> list[CallResult]:
+        """Send many calls at once (their ``source`` must be this agent)."""
+        return await self._coordinator.submit.remote(self._wire(messages), nested=True)
+
+    def call(self, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD) -> CallResult:
+        """:meth:`acall` for threaded handlers (``threaded = True``)."""
+        return self.send([Message(self.agent_id, target, payload, method)])[0]
+
+    def send(self, messages: list[Message]) -> list[CallResult]:
+        """:meth:`asend` for threaded handlers."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            import ray
+
+            return ray.get(self._coordinator.submit.remote(self._wire(messages), nested=True))
+        raise InvalidArgumentError(
+            "ctx.call", self.agent_id,
+            "a sync handler running on the host's event loop cannot wait for another agent: "
+            "make the handler async and use `await ctx.acall(...)`, or set `threaded = True` on the agent class",
+        )
+
+    def _wire(self, messages: list[Message]) -> list[WireMessage]:
+        wire = []
+        for message in messages:
+            if not isinstance(message, Message):
+                raise InvalidTypeError("message", message, "a mesh.Message")
+            if message.source != self.agent_id:
+                raise InvalidArgumentError("source", message.source, f"a handler of {self.agent_id!r} pays its own calls")
+            self._calls += 1
+            task_id = message.task_id or child_task_id(self.task_id, self._calls)
+            wire.append(to_wire(message, task_id, self._max_payload_bytes))
+        return wire

@@ -1,0 +1,337 @@
+"""The :class:`Mesh`: agents on Ray that pay each other per call, through escrow.
+
+A mesh is a set of named Ray actors in one namespace: the ledger writer, the budget
+shards, the escrow coordinator and the hosts of its agents. ``Mesh(...)`` starts a local
+Ray by itself (or attaches to ``address=`` / ``RAY_ADDRESS``, a cluster started with
+``ray up``) and creates them; ``Mesh.attach(name)`` reaches a running mesh from a second
+driver; ``shutdown()`` waits for the calls in flight, flushes and closes the ledger.
+
+>>> import tempfile
+>>> from mesh import Agent, Mesh, MeshConfig
+>>> class Echo(Agent):
+...     price_usd = "0.002"
+...     def handle(self, ctx, payload):
+...         return payload
+>>> with Mesh(MeshConfig(name="doc", out_dir=tempfile.mkdtemp(), shards=2)) as mesh:  # doctest: +SKIP
+...     mesh.add_agents(Echo, ["echo"])
+...     result = mesh.call("alice", "echo", "hi")
+...     result.value, result.record.status.value, result.record.amount_micros
+('hi', 'released', 2000)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from itertools import count
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+from actors.agent_host import AgentHost, HostSettings
+from actors.budget_shard import BudgetShard, ShardSpec
+from actors.coordinator import EscrowCoordinator
+from actors.ledger_writer import LedgerWriterActor
+from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, to_wire
+from mesh.config import TollboothConfig
+from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from mesh.mesh_config import MeshConfig
+from mesh.money import UsdLike, usd_to_micros
+from mesh.verifier import Verifier
+
+logger = logging.getLogger("tollmesh.mesh")
+
+
+class Mesh:
+    """A running mesh; see the module doc. Every method has an ``a``-prefixed async twin where it waits."""
+
+    def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, **options: Any) -> None:
+        if config is not None and options:
+            raise InvalidArgumentError("options", sorted(options), "give a MeshConfig or keyword options, not both")
+        if config is not None and not isinstance(config, MeshConfig):
+            raise InvalidTypeError("config", config, "a MeshConfig")
+        self.config = config or MeshConfig(**options)
+        self._started_ray = _ensure_ray(address, self.config.namespace)
+        self._task_prefix = uuid.uuid4().hex[:12]
+        self._task_numbers = count()
+        self._handles: list[Any] = []
+        self._coordinator = self._start_actors()
+        self._owner = True
+
+    @classmethod
+    def attach(cls, name: str = "tollmesh", *, namespace: str = "tollmesh", address: Optional[str] = None) -> Mesh:
+        """Reach a mesh another driver started (its actors must still be alive)."""
+        started = _ensure_ray(address, namespace)
+        try:
+            coordinator = ray.get_actor(f"{name}.coordinator", namespace=namespace)
+        except ValueError:
+            raise InvalidArgumentError("name", name, f"no running mesh of that name in namespace {namespace!r}") from None
+        mesh = cls.__new__(cls)
+        mesh.config = ray.get(coordinator.get_config.remote())
+        mesh._started_ray = started
+        mesh._task_prefix = uuid.uuid4().hex[:12]
+        mesh._task_numbers = count()
+        mesh._coordinator = coordinator
+        mesh._handles = []
+        mesh._owner = False
+        return mesh
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def add_agents(
+        self, agent_class: type, agent_ids: list[str], *, hosts: Optional[int] = None, **init_kwargs: Any
+    ) -> int:
+        """Add light agents of ``agent_class``, spread over ``hosts`` host actors; the mesh's agent count.
+
+        Each agent is built as ``agent_class(**init_kwargs)``.
+        """
+        prices = price_table(agent_class)
+        ids = _check_ids(agent_ids)
+        hosts = self.config.hosts_per_group if hosts is None else hosts
+        if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
+            raise InvalidArgumentError("hosts", hosts, "must be an int of at least 1")
+        per_host = -(-len(ids) // hosts)
+        total = 0
+        for start in range(0, len(ids), per_host):
+            total = self._start_host(agent_class, ids[start:start + per_host], prices, init_kwargs, {})
+        return total
+
+    def add_agent(
+        self, agent_id: str, agent_class: type, *, actor_options: Optional[dict[str, Any]] = None, **init_kwargs: Any
+    ) -> int:
+        """Add a heavy agent: an actor of its own (``actor_options``: Ray's, e.g. ``num_cpus``, ``resources``)."""
+        prices = price_table(agent_class)
+        ids = _check_ids([agent_id])
+        return self._start_host(agent_class, ids, prices, init_kwargs, dict(actor_options or {}))
+
+    def _start_host(self, agent_class: type, ids: list[str], prices: Any, init_kwargs: dict, options: dict) -> int:
+        config = self.config
+        name = config.actor_name(f"host.{uuid.uuid4().hex[:10]}")
+        settings = HostSettings(
+            coordinator_name=config.actor_name("coordinator"), namespace=config.namespace,
+            handler_timeout_s=config.handler_timeout_s, max_payload_bytes=config.max_payload_bytes,
+        )
+        host = AgentHost.options(name=name, namespace=config.namespace, lifetime=self._lifetime(), **options).remote(
+            [(agent_class, ids, init_kwargs)], settings
+        )
+        self._handles.append(host)
+        try:
+            ray.get(host.pid.remote())
+            return ray.get(self._coordinator.register.remote(name, ids, prices))
+        except Exception:
+            ray.kill(host, no_restart=True)
+            raise
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def call(
+        self, source: str, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD,
+        task_id: Optional[str] = None, payer_wallet: Optional[str] = None, tx_signature: Optional[str] = None,
+    ) -> CallResult:
+        """One call from ``source`` to ``target``: lock, run the handler, release or refund; its result."""
+        message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
+        return ray.get(self._coordinator.submit.remote(self._wire([message])))[0]
+
+    async def acall(
+        self, source: str, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD,
+        task_id: Optional[str] = None, payer_wallet: Optional[str] = None, tx_signature: Optional[str] = None,
+    ) -> CallResult:
+        """:meth:`call` for async code."""
+        message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
+        return (await self._coordinator.submit.remote(self._wire([message])))[0]
+
+    def send(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
+        """Many calls, batched (``max_batch_messages`` a batch), their results in order.
+
+        At most ``max_inflight_batches`` batches travel at once: a long list streams
+        through the mesh without piling up in its queues.
+        """
+        return [result for batch in ray.get(self._send_refs(messages, max_batch_messages, wait=True)) for result in batch]
+
+    async def asend(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
+        """:meth:`send` for async code."""
+        results: list[CallResult] = []
+        for ref in self._send_refs(messages, max_batch_messages, wait=False):
+            results.extend(await ref)
+        return results
+
+    def _send_refs(self, messages: list[Message], max_batch_messages: Optional[int], *, wait: bool) -> list:
+        if not isinstance(messages, list):
+            raise InvalidTypeError("messages", messages, "a list of mesh.Message")
+        size = max_batch_messages or self.config.max_batch_messages
+        if not isinstance(size, int) or size < 1:
+            raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
+        wire = self._wire(messages)  # every message checked before any is sent
+        refs, pending = [], []
+        for start in range(0, len(wire), size):
+            ref = self._coordinator.submit.remote(wire[start:start + size])
+            refs.append(ref)
+            pending.append(ref)
+            if wait and len(pending) >= self.config.max_inflight_batches:
+                _, pending = ray.wait(pending, num_returns=1)
+        return refs
+
+    def _wire(self, messages: list[Message]) -> list[tuple]:
+        wire = []
+        prefix, numbers, limit = self._task_prefix, self._task_numbers, self.config.max_payload_bytes
+        for index, message in enumerate(messages):
+            if not isinstance(message, Message):
+                raise InvalidTypeError(f"messages[{index}]", message, "a mesh.Message")
+            task_id = message.task_id if message.task_id is not None else f"{prefix}-{next(numbers)}"
+            wire.append(to_wire(message, task_id, limit))
+        return wire
+
+    # -- money, time, payments ---------------------------------------------------------------
+
+    def deposit(self, agent: str, amount_usd: UsdLike) -> int:
+        """Add funds to ``agent`` (the mesh must track balances); the micros deposited, durable on return."""
+        check_id("agent", agent)
+        amount_micros = usd_to_micros(amount_usd)
+        ray.get(self._coordinator.deposit.remote(agent, amount_micros))
+        return amount_micros
+
+    def advance_clock(self, seconds: float) -> int:
+        """Move the mesh's manual clock (``clock="manual"``) forward; the new time in microseconds."""
+        return ray.get(self._coordinator.advance_clock.remote(seconds))
+
+    def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:
+        """Verify paid calls with ``verifier(wallet, signature, amount_usd) -> bool`` (sync or async; None removes it).
+
+        It runs in the coordinator's process, so it must be picklable. It fails closed.
+        """
+        if verifier is not None and not callable(verifier):
+            raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
+        ray.get(self._coordinator.set_verifier.remote(verifier))
+
+    def expire_stale(self) -> list:
+        """Refund every escrow past its timeout now (the coordinator also sweeps on its own)."""
+        return ray.get(self._coordinator.expire_stale.remote())
+
+    def tollbooth(self, config: Optional[TollboothConfig] = None) -> Any:
+        """The seed's Tollbooth API over this mesh's actors (see :class:`mesh.mesh_booth.MeshTollbooth`)."""
+        from mesh.mesh_booth import MeshTollbooth
+
+        return MeshTollbooth(self._coordinator, config)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and amounts by outcome and reason, open escrows, agents, each shard's state."""
+        return ray.get(self._coordinator.stats.remote())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Balances, locked amounts, today's usage and open escrows, as a replay of the ledger rebuilds them."""
+        return ray.get(self._coordinator.snapshot.remote())
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.config.ledger_path
+
+    def actor(self, role: str) -> Any:
+        """The handle of one of the mesh's actors: ``coordinator``, ``writer``, ``shard.N``."""
+        return ray.get_actor(self.config.actor_name(role), namespace=self.config.namespace)
+
+    def shutdown(self) -> dict[str, Any]:
+        """Wait for calls in flight, flush and close the ledger, stop the actors; the writer's summary."""
+        summary: dict[str, Any] = {}
+        if self._coordinator is None:
+            return summary
+        if self._owner:
+            summary = ray.get(self._coordinator.close.remote())
+            self._kill_actors()
+        self._coordinator = None
+        self._handles.clear()
+        if self._started_ray:
+            ray.shutdown()
+        return summary
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _lifetime(self) -> Optional[str]:
+        return "detached" if self.config.detached else None
+
+    def _start_actors(self) -> Any:
+        config = self.config
+        try:
+            ray.get_actor(config.actor_name("coordinator"), namespace=config.namespace)
+        except ValueError:
+            pass
+        else:
+            raise ConfigError(f"a mesh named {config.name!r} is already running in namespace {config.namespace!r}: "
+                              "use Mesh.attach, or another name")
+        if config.ledger_path.exists() and not config.restore_from_ledger:
+            raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False")
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
+        common = {"namespace": config.namespace, "lifetime": self._lifetime()}
+        writer = LedgerWriterActor.options(name=config.actor_name("writer"), **common).remote(
+            str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
+            fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
+            rotate_daily=config.ledger_rotate_daily,
+        )
+        shards = [
+            BudgetShard.options(name=config.actor_name(f"shard.{i}"), scheduling_strategy="SPREAD", **common).remote(
+                ShardSpec(
+                    index=i, shards=config.shards, default_cap_micros=config.default_cap_micros,
+                    agent_caps_micros=config.agent_caps_micros(), track_balances=config.track_balances,
+                    escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
+                    ledger_path=str(config.ledger_path) if config.restore_from_ledger else None,
+                )
+            )
+            for i in range(config.shards)
+        ]
+        ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
+        coordinator = EscrowCoordinator.options(name=config.actor_name("coordinator"), **common).remote(config)
+        ray.get(coordinator.agent_count.remote())
+        self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
+        return coordinator
+
+    def _kill_actors(self) -> None:
+        names = ray.get(self._coordinator.host_names.remote())
+        for name in names + [f"{self.config.name}.shard.{i}" for i in range(self.config.shards)]:
+            _kill(name, self.config.namespace)
+        for role in ("coordinator", "writer"):
+            _kill(self.config.actor_name(role), self.config.namespace)
+
+
+def _check_ids(agent_ids: Any) -> list[str]:
+    if isinstance(agent_ids, str) or not isinstance(agent_ids, (list, tuple)):
+        raise InvalidTypeError("agent_ids", agent_ids, "a list of str")
+    if not agent_ids:
+        raise InvalidArgumentError("agent_ids", agent_ids, "must name at least one agent")
+    for agent_id in agent_ids:
+        check_id("agent_id", agent_id)
+    if len(set(agent_ids)) != len(agent_ids):
+        raise InvalidArgumentError("agent_ids", "...", "must not repeat an id")
+    return list(agent_ids)
+
+
+def _kill(name: str, namespace: str) -> None:
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    except ValueError:
+        pass
+
+
+def _ensure_ray(address: Optional[str], namespace: str) -> bool:
+    """Start a local Ray, or attach to ``address`` / ``RAY_ADDRESS``; True if we started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    else:
+        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+__all__ = ["Agent", "Mesh", "MeshConfig", "Message"]

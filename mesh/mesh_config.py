@@ -1,0 +1,109 @@
+"""The :class:`MeshConfig`: how a mesh is laid out, priced, limited and recorded (validated by pydantic).
+
+>>> MeshConfig(shards=8).shards
+8
+>>> MeshConfig(shards=0)
+Traceback (most recent call last):
+...
+mesh.errors.ConfigError: invalid MeshConfig: shards=0: Input should be greater than or equal to 1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ledger.jsonl import FsyncPolicy
+from mesh.config import UsdField, _check_usd
+from mesh.errors import ConfigError
+from mesh.money import usd_to_micros
+from mesh.sharding import MAX_SHARDS
+
+
+class MeshConfig(BaseModel):
+    """Every knob of a :class:`~mesh.mesh.Mesh`; unknown fields and bad values raise ConfigError."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    namespace: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    out_dir: Path = Path("tollmesh-out") / "mesh"
+    detached: bool = False  # actors outlive the driver that started them (attach from others; shut down explicitly)
+    # Layout
+    shards: int = Field(default=4, ge=1, le=MAX_SHARDS)
+    hosts_per_group: int = Field(default=2, ge=1, le=256)
+    # Batching and backpressure
+    max_batch_messages: int = Field(default=5_000, ge=1, le=100_000)
+    max_inflight_batches: int = Field(default=8, ge=1, le=256)
+    # Limits
+    handler_timeout_s: float = Field(default=30.0, gt=0, le=3_600, allow_inf_nan=False)
+    escrow_timeout_s: Optional[float] = Field(default=300.0, gt=0, allow_inf_nan=False)
+    sweep_interval_s: float = Field(default=1.0, gt=0, le=3_600, allow_inf_nan=False)
+    max_daily_toll_per_agent: Optional[UsdField] = None
+    agent_daily_caps_usd: dict[str, Optional[UsdField]] = Field(default_factory=dict)
+    track_balances: bool = False
+    max_payload_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
+    max_settled_records: int = Field(default=100_000, ge=0)
+    x402_verify_timeout_s: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
+    # Time: the system's UTC clock, or a manual one moved by Mesh.advance_clock (simulations)
+    clock: Literal["system", "manual"] = "system"
+    start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    # Ledger
+    ledger_fsync: FsyncPolicy = FsyncPolicy.BATCH
+    ledger_parquet: bool = True
+    ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
+    ledger_rotate_daily: bool = False
+    restore_from_ledger: bool = True
+    # Observability
+    metrics_enabled: bool = True
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            ]
+            raise ConfigError("invalid MeshConfig: " + "; ".join(problems)) from None
+
+    @field_validator("max_daily_toll_per_agent")
+    @classmethod
+    def _exact_cap(cls, value: Any, info: Any) -> Any:
+        if value is not None:
+            _check_usd(value, info.field_name)
+        return value
+
+    @field_validator("agent_daily_caps_usd")
+    @classmethod
+    def _exact_caps(cls, caps: dict[str, Any]) -> dict[str, Any]:
+        for agent, cap in caps.items():
+            if cap is not None:
+                _check_usd(cap, f"agent_daily_caps_usd[{agent!r}]")
+        return caps
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.out_dir / "toll_ledger.jsonl"
+
+    @property
+    def parquet_dir(self) -> Optional[Path]:
+        return self.out_dir / "parquet" if self.ledger_parquet else None
+
+    @property
+    def directory_path(self) -> Path:
+        """Where the coordinator keeps its agent directory (to come back after a restart)."""
+        return self.out_dir / "agents.ndjson"
+
+    @property
+    def default_cap_micros(self) -> Optional[int]:
+        cap = self.max_daily_toll_per_agent
+        return None if cap is None else usd_to_micros(cap, field="max_daily_toll_per_agent")
+
+    def agent_caps_micros(self) -> dict[str, Optional[int]]:
+        return {a: None if c is None else usd_to_micros(c, field="agent_daily_caps_usd") for a, c in self.agent_daily_caps_usd.items()}
+
+    def actor_name(self, role: str) -> str:
+        """The Ray actor name of one of this mesh's actors (``coordinator``, ``writer``, ``shard.3``...)."""
+        return f"{self.name}.{role}"
