@@ -1,11 +1,14 @@
-"""The Ray actors of the mesh.
+"""The Ray actors of the mesh; they share the pure core in :mod:`mesh` and the ledger in :mod:`ledger`.
 
-Today: the ledger writer (:class:`LedgerWriterActor`, group commit to JSONL, and its
-:class:`ParquetSink` in a process of its own). The budget shards, the escrow
-coordinator and the agent hosts come next; they share the pure core in :mod:`mesh`
-and the ledger in :mod:`ledger`.
+- :class:`BudgetShard`: the escrow book of the agents hashed to it (batched lock, settle, expire);
+- :class:`EscrowCoordinator`: drives every call's lifecycle, a batch at a time;
+- :class:`AgentHost`: many light agents in one actor, or one heavy agent;
+- :class:`LedgerWriterActor`: group commit to JSONL, and its :class:`ParquetSink`.
 """
 
+from actors.agent_host import AgentHost
+from actors.budget_shard import BudgetShard
+from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor, ParquetSink
 
-__all__ = ["LedgerWriterActor", "ParquetSink"]
+__all__ = ["AgentHost", "BudgetShard", "EscrowCoordinator", "LedgerWriterActor", "ParquetSink"]

@@ -9,11 +9,18 @@ The public API, including the seed-compatible one of nano-empire-tollbooth 0.3.0
 ...     ledger_path=pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl"))
 >>> asyncio.run(booth.charge("t1", "alice", "bob")).status.value
 'escrow_locked'
+
+The distributed mesh (:class:`Mesh`, :class:`MeshTollbooth`) is imported on first use,
+so ``import mesh`` stays light for in-process users.
 """
 
+from typing import Any
+
+from mesh.agent import Agent, CallContext, CallResult, Message
 from mesh.clock import Clock, ManualClock, SystemClock
 from mesh.config import TollboothConfig, TollboothMode
 from mesh.errors import (
+    CallFailedError,
     ConfigError,
     InvalidAmountError,
     InvalidArgumentError,
@@ -23,6 +30,7 @@ from mesh.errors import (
     TollmeshError,
     TollRejectedError,
 )
+from mesh.mesh_config import MeshConfig
 from mesh.money import MAX_AMOUNT_MICROS, format_usd, usd_to_micros
 from mesh.monetize import RAILS, get_usage, monetize, reset_usage
 from mesh.records import Reason, SettlementStatus, TollRecord
@@ -34,6 +42,10 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_AMOUNT_MICROS",
     "RAILS",
+    "Agent",
+    "CallContext",
+    "CallFailedError",
+    "CallResult",
     "Clock",
     "ConfigError",
     "InvalidAmountError",
@@ -41,6 +53,10 @@ __all__ = [
     "InvalidTypeError",
     "LedgerError",
     "ManualClock",
+    "Mesh",
+    "MeshConfig",
+    "MeshTollbooth",
+    "Message",
     "PaymentRequiredError",
     "Reason",
     "SettlementResult",
@@ -62,3 +78,16 @@ __all__ = [
     "settle",
     "usd_to_micros",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the Ray-backed parts on first use."""
+    if name == "Mesh":
+        from mesh.mesh import Mesh
+
+        return Mesh
+    if name == "MeshTollbooth":
+        from mesh.mesh_booth import MeshTollbooth
+
+        return MeshTollbooth
+    raise AttributeError(f"module 'mesh' has no attribute {name!r}")

@@ -1,0 +1,142 @@
+"""The seed's Tollbooth API backed by the mesh's actors: the router loop works unchanged.
+
+``mesh.tollbooth(config)`` gives a :class:`MeshTollbooth`: ``charge`` locks on the source's
+budget shard through the escrow coordinator (x402 verified there), ``release`` and
+``refund`` settle it, each answering once its ledger event is durable. Prices, paper
+mode, tokens and ``require_payment_before_route`` come from the ``TollboothConfig``;
+caps it sets explicitly are applied to the whole mesh; balances and the ledger are the
+mesh's.
+
+>>> booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01"))  # doctest: +SKIP
+>>> record = booth.charge_sync("task-1", "alice", "bob")                                 # doctest: +SKIP
+>>> record.status.value, booth.release_sync("task-1").status.value                     # doctest: +SKIP
+('escrow_locked', 'released')
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import ray
+
+from mesh.agent import check_id, check_payment_field
+from mesh.config import TollboothConfig
+from mesh.errors import InvalidTypeError
+from mesh.money import UsdLike, micros_to_usd, usd_to_micros
+from mesh.records import Reason, TollRecord
+from mesh.tollbooth import _check_reason
+from mesh.verifier import Verifier
+
+_CAP_FIELDS = {"max_daily_toll_per_agent", "agent_daily_caps_usd"}
+
+
+class MeshTollbooth:
+    """``charge`` / ``release`` / ``refund`` (async, with ``*_sync`` twins) over a mesh's actors."""
+
+    def __init__(self, coordinator: Any, config: Optional[TollboothConfig] = None) -> None:
+        if config is not None and not isinstance(config, TollboothConfig):
+            raise InvalidTypeError("config", config, "a TollboothConfig")
+        self.config = config or TollboothConfig()
+        self._coordinator = coordinator
+        if _CAP_FIELDS & self.config.model_fields_set:
+            ray.get(coordinator.set_caps.remote(self.config.max_daily_toll_micros, self.config.agent_daily_caps_micros()))
+
+    # -- the seed's API -----------------------------------------------------------------
+
+    async def charge(
+        self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str] = None,
+        tx_signature: Optional[str] = None, *, amount_usd: Optional[UsdLike] = None, escrow: Optional[bool] = None,
+    ) -> TollRecord:
+        """Lock the toll (paper mode: lock and release at once); FAILED or PENDING with a reason otherwise."""
+        return await self._charge_ref(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+
+    def charge_sync(
+        self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str] = None,
+        tx_signature: Optional[str] = None, *, amount_usd: Optional[UsdLike] = None, escrow: Optional[bool] = None,
+    ) -> TollRecord:
+        """:meth:`charge` for synchronous code."""
+        return ray.get(self._charge_ref(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow))
+
+    async def release(self, task_id: str) -> Optional[TollRecord]:
+        """Pay a locked toll to its target; a settled one comes back unchanged; unknown gives None."""
+        return await self._settle_ref(task_id, True, None)
+
+    def release_sync(self, task_id: str) -> Optional[TollRecord]:
+        return ray.get(self._settle_ref(task_id, True, None))
+
+    async def refund(self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER) -> Optional[TollRecord]:
+        """Give a locked toll back to its source; a settled one comes back unchanged; unknown gives None."""
+        return await self._settle_ref(task_id, False, _check_reason(reason).value)
+
+    def refund_sync(self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER) -> Optional[TollRecord]:
+        return ray.get(self._settle_ref(task_id, False, _check_reason(reason).value))
+
+    def get_record(self, task_id: str) -> Optional[TollRecord]:
+        """The toll's current record (after expiring what is due), or None if this mesh never charged it."""
+        check_id("task_id", task_id)
+        return ray.get(self._coordinator.booth_get.remote(task_id, self._mode))
+
+    def get_stats(self) -> dict[str, Any]:
+        """The mesh's counters, with the seed's names where they mean the same."""
+        stats = ray.get(self._coordinator.stats.remote())
+        stats["active_escrows"] = stats["open_escrows"]
+        stats["escrow_released"] = stats["released"]
+        stats["escrow_refunded"] = stats["refunded"]
+        stats["total_usd"] = micros_to_usd(stats["released_micros"])
+        stats["paper_mode"] = self.config.paper_mode
+        return stats
+
+    def reset_daily(self) -> None:
+        """Forget every agent's usage today, on every shard (one ``reset_daily`` event)."""
+        ray.get(self._coordinator.reset_daily.remote(self._mode))
+
+    def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:
+        """The mesh's verifier (it runs in the coordinator, so it must be picklable); None removes it."""
+        if verifier is not None and not callable(verifier):
+            raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
+        ray.get(self._coordinator.set_verifier.remote(verifier))
+
+    def deposit(self, agent: str, amount_usd: UsdLike) -> int:
+        """Add funds to ``agent`` (the mesh must track balances); the micros deposited."""
+        check_id("agent", agent)
+        amount_micros = usd_to_micros(amount_usd)
+        ray.get(self._coordinator.deposit.remote(agent, amount_micros))
+        return amount_micros
+
+    def expire_stale(self) -> list[TollRecord]:
+        return ray.get(self._coordinator.expire_stale.remote())
+
+    def snapshot(self) -> dict[str, Any]:
+        return ray.get(self._coordinator.snapshot.remote())
+
+    def close(self) -> None:
+        """Nothing to close: the mesh owns the ledger (``Mesh.shutdown`` closes it)."""
+
+    # -- internals ------------------------------------------------------------------------
+
+    @property
+    def _mode(self) -> str:
+        return "paper" if self.config.paper_mode else "live"
+
+    def _charge_ref(
+        self, task_id: str, source: str, target: str, wallet: Optional[str], signature: Optional[str],
+        amount_usd: Optional[UsdLike], escrow: Optional[bool],
+    ) -> Any:
+        check_id("task_id", task_id)
+        check_id("source_agent", source)
+        check_id("target_agent", target)
+        check_payment_field("payer_wallet", wallet)
+        check_payment_field("tx_signature", signature)
+        if escrow is not None and not isinstance(escrow, bool):
+            raise InvalidTypeError("escrow", escrow, "a bool or None")
+        config = self.config
+        amount = config.toll_per_message_micros if amount_usd is None else usd_to_micros(amount_usd)
+        instant = (not escrow) if escrow is not None else config.paper_mode
+        paid = bool(wallet and signature)
+        pend = not config.paper_mode and config.require_payment_before_route and not paid
+        fields = (task_id, source, target, amount, config.toll_per_message_tokens, wallet, signature)
+        return self._coordinator.booth_charge.remote(fields, instant, pend, self._mode)
+
+    def _settle_ref(self, task_id: str, release: bool, reason: Optional[str]) -> Any:
+        check_id("task_id", task_id)
+        return self._coordinator.booth_settle.remote(task_id, release, reason, self._mode)
