@@ -26,6 +26,9 @@ class InvalidArgumentError(TollmeshError, ValueError):
         self.problem = problem
         super().__init__(f"{field}={value!r}: {problem}")
 
+    def __reduce__(self) -> tuple:  # rebuilt across processes (Ray sends errors back to callers)
+        return (type(self), (self.field, self.value, self.problem))
+
 
 class InvalidAmountError(InvalidArgumentError):
     """A money amount that is negative, NaN, infinite, too large or finer than 10^-6 USD."""
@@ -39,6 +42,9 @@ class InvalidTypeError(TollmeshError, TypeError):
         self.value = value
         self.expected = expected
         super().__init__(f"{field}={value!r}: expected {expected}, got {type(value).__name__}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.field, self.value, self.expected))
 
 
 class ConfigError(TollmeshError, ValueError):
@@ -59,6 +65,9 @@ class TollRejectedError(TollmeshError):
             f" (reason: {record.reason or 'none'})"
         )
 
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.record,))
+
 
 class PaymentRequiredError(TollRejectedError):
     """A live booth requires payment before routing and the call carried none."""
@@ -78,3 +87,6 @@ class CallFailedError(TollmeshError):
             f"call {record.task_id!r} from {record.source_agent!r} to {record.target_agent!r}: "
             f"{record.status.value} ({record.reason or 'no reason'}){': ' + result.error if result.error else ''}"
         )
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.result,))

@@ -34,6 +34,8 @@ def _clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
 def ray_session() -> Any:
     """One local Ray for the whole test session: 2 CPUs, no dashboard."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    tests_dir = str(Path(__file__).parent)  # workers import the agent classes the tests define
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False)

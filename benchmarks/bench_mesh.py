@@ -1,0 +1,576 @@
+"""Lifecycles per second of the distributed mesh beside the seed's in-process booth; latency; a curve.
+
+One local Ray (or ``RAY_ADDRESS``) for the whole run; each mesh is shut down before the next starts.
+
+- **seed**: nano-empire-tollbooth 0.3.0 in process, charge + release with its JSONL ledger (``--skip-seed``);
+- **mesh**: ``mesh.send(messages)`` between 1,000 light agents whose handler returns its payload:
+  lock -> deliver -> release, every event durable in JSONL (and written to Parquet), and its ratio to the seed;
+- **latency**: ``mesh.call(source, target, payload)`` one at a time, p50/p90/p99/max in ms;
+- **curve** (``--skip-curve``): lifecycles/s as shards, batch size and batches in flight vary one at a
+  time around the main run's layout; 1,000 against 100,000 agents (host memory per agent); and
+  the shards' memory per open escrow (locked through ``mesh.tollbooth(...)``).
+
+    python benchmarks/bench_mesh.py [--messages N] [--latency-calls N] [--quick] [--out DIR] [--skip-seed] [--skip-curve]
+
+Prints a table and saves ``mesh-<time>.json`` under ``--out`` (default tollmesh-out/bench/), with the
+curve beside it as ``mesh-<time>-curve.json`` and ``mesh-<time>-curve.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
+import ray
+
+from mesh.agent import Agent, Message
+from mesh.config import TollboothConfig
+from mesh.mesh import Mesh
+from mesh.mesh_config import MeshConfig
+from seed_booth import seed_installed, seed_lifecycles_elapsed_s
+
+NAMESPACE = "tollmesh-bench"
+RNG_SEED = 7
+
+
+class Echo(Agent):
+    """A light agent: returns its payload (the default price, $0.001 a call)."""
+
+    def handle(self, ctx: Any, payload: Any) -> Any:
+        return payload
+
+
+@dataclass(frozen=True)
+class Layout:
+    shards: int
+    batch: int
+    inflight: int
+    agents: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    seed_messages: int
+    messages: int
+    latency_calls: int
+    warmup_calls: int
+    curve_messages: int
+    layout: Layout
+    shards_values: tuple[int, ...]
+    batch_values: tuple[int, ...]
+    inflight_values: tuple[int, ...]
+    many_agents: int
+    open_escrows: int
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, help="messages of the main mesh run (default 200,000; --quick 5,000)")
+    parser.add_argument("--seed-messages", type=int, help="lifecycles of the seed's booth (default 20,000; --quick 2,000)")
+    parser.add_argument("--latency-calls", type=int, help="timed mesh.call round trips (default 2,000; --quick 100)")
+    parser.add_argument("--curve-messages", type=int, help="messages per curve point (default 50,000; --quick 5,000)")
+    parser.add_argument("--shards", type=int, default=2, help="budget shards of the main run (default 2)")
+    parser.add_argument("--batch", type=int, default=5_000, help="max_batch_messages of the main run (default 5,000)")
+    parser.add_argument("--inflight", type=int, default=4, help="max_inflight_batches of the main run (default 4)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (well under a minute)")
+    parser.add_argument("--out", type=Path, default=Path("tollmesh-out") / "bench")
+    parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's booth")
+    parser.add_argument("--skip-curve", action="store_true", help="no curve, no memory figures")
+    return parser.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    layout = Layout(args.shards, args.batch, args.inflight, agents=1_000)
+    return Plan(
+        seed_messages=args.seed_messages or (2_000 if quick else 20_000),
+        messages=args.messages or (5_000 if quick else 200_000),
+        latency_calls=args.latency_calls or (100 if quick else 2_000),
+        warmup_calls=10 if quick else 100,
+        curve_messages=args.curve_messages or (5_000 if quick else 50_000),
+        layout=layout,
+        shards_values=(1, 2) if quick else (1, 2, 4),
+        batch_values=(1_000, 5_000) if quick else (1_000, 5_000, 20_000),
+        inflight_values=(1, 4) if quick else (1, 4, 8),
+        many_agents=10_000 if quick else 100_000,
+        open_escrows=2_000 if quick else 10_000,
+    )
+
+
+# -- Ray, meshes, memory ---------------------------------------------------------------------
+
+
+def start_ray() -> bool:
+    """One Ray for the whole run: attach to ``RAY_ADDRESS``, or start a local one; True if started here."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    return True
+
+
+def open_mesh(tag: str, root: Path, layout: Layout) -> Mesh:
+    """A fresh mesh (its own name and ledger directory under ``root``) with ``layout.agents`` Echo agents."""
+    name = f"bench-{tag}-{uuid.uuid4().hex[:6]}"
+    config = MeshConfig(
+        name=name, namespace=NAMESPACE, out_dir=root / name, shards=layout.shards,
+        max_batch_messages=layout.batch, max_inflight_batches=layout.inflight, metrics_enabled=True,
+    )
+    return Mesh(config)
+
+
+def agent_ids(count: int) -> list[str]:
+    return [f"agent-{n:06d}" for n in range(count)]
+
+
+def make_messages(ids: list[str], count: int) -> list[Message]:
+    """``count`` messages, source and target drawn from ``ids`` by a seeded random (source != target)."""
+    rng = random.Random(RNG_SEED)
+    messages = []
+    for n in range(count):
+        source, target = rng.sample(ids, 2) if len(ids) > 1 else (ids[0], ids[0])
+        messages.append(Message(source, target, n))
+    return messages
+
+
+def rss_bytes(pid: int) -> Optional[int]:
+    """Resident memory of a local process (psutil, else /proc); None if it is not on this machine."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 - gone, or on another node
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def total_rss_bytes(pids: list[int]) -> Optional[int]:
+    sizes = [rss_bytes(pid) for pid in pids]
+    return None if not sizes or any(s is None for s in sizes) else sum(sizes)
+
+
+def host_pids(mesh: Mesh) -> list[int]:
+    names = ray.get(mesh._coordinator.host_names.remote())
+    handles = [ray.get_actor(name, namespace=mesh.config.namespace) for name in names]
+    return ray.get([handle.pid.remote() for handle in handles])
+
+
+def shard_pids(mesh: Mesh) -> list[int]:
+    return ray.get([mesh.actor(f"shard.{i}").ready.remote() for i in range(mesh.config.shards)])
+
+
+def memory_mb(mesh: Mesh) -> dict[str, Optional[float]]:
+    """RSS of the mesh's hosts (together), shards (together) and coordinator, in MB."""
+    coordinator_pid = mesh.stats()["pid"]
+    sizes = {
+        "hosts_rss_mb": total_rss_bytes(host_pids(mesh)),
+        "shards_rss_mb": total_rss_bytes(shard_pids(mesh)),
+        "coordinator_rss_mb": rss_bytes(coordinator_pid),
+    }
+    return {key: None if size is None else round(size / 1e6, 1) for key, size in sizes.items()}
+
+
+def close_mesh(mesh: Mesh) -> dict[str, Any]:
+    """Shut the mesh down (flush and close its ledger), then read what it left on disk, and delete it."""
+    out_dir = mesh.config.out_dir
+    started = time.perf_counter()
+    summary = mesh.shutdown()
+    closed = {"shutdown_s": round(time.perf_counter() - started, 2), "events_written": summary.get("events")}
+    closed["jsonl_bytes"] = sum(p.stat().st_size for p in out_dir.glob("toll_ledger*.jsonl"))
+    closed["parquet_rows"] = parquet_rows(summary.get("parquet_files") or [])
+    closed["parquet_error"] = summary.get("parquet_error")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return closed
+
+
+def parquet_rows(files: list[str]) -> Optional[int]:
+    try:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception:  # noqa: BLE001 - the figure is optional
+        return None
+
+
+# -- measurements -----------------------------------------------------------------------------
+
+
+def run_seed(plan: Plan) -> dict[str, Any]:
+    """The seed's in-process Tollbooth, live, its JSONL ledger on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = Path(tmp) / "toll_ledger.jsonl"
+        elapsed_s = seed_lifecycles_elapsed_s(ledger, plan.seed_messages)
+        ledger_bytes = ledger.stat().st_size
+    return {
+        "name": "nano-empire-tollbooth 0.3.0 (in process)",
+        "messages": plan.seed_messages,
+        "elapsed_s": round(elapsed_s, 3),
+        "lifecycles_per_s": round(plan.seed_messages / elapsed_s),
+        "ledger_bytes_per_lifecycle": round(ledger_bytes / plan.seed_messages, 1),
+    }
+
+
+def timed_send(mesh: Mesh, messages: list[Message]) -> dict[str, Any]:
+    """``mesh.send(messages)``: seconds, lifecycles/s, and how many calls were released."""
+    started = time.perf_counter()
+    results = mesh.send(messages)
+    elapsed_s = time.perf_counter() - started
+    released = sum(1 for r in results if r.ok and r.status.value == "released")
+    return {
+        "messages": len(messages),
+        "elapsed_s": round(elapsed_s, 3),
+        "lifecycles_per_s": round(len(messages) / elapsed_s),
+        "released": released,
+        "not_released": len(messages) - released,
+    }
+
+
+def measure_latency(mesh: Mesh, ids: list[str], calls: int, warmup_calls: int) -> dict[str, Any]:
+    """Round trips of ``mesh.call``, one at a time, after ``warmup_calls`` untimed ones."""
+    rng = random.Random(RNG_SEED + 1)
+    pairs = [rng.sample(ids, 2) for _ in range(warmup_calls + calls)]
+    for source, target in pairs[:warmup_calls]:
+        mesh.call(source, target, "warm-up")
+    latencies_ms, failures = [], 0
+    for n, (source, target) in enumerate(pairs[warmup_calls:]):
+        started = time.perf_counter_ns()
+        result = mesh.call(source, target, n)
+        latencies_ms.append((time.perf_counter_ns() - started) / 1e6)
+        failures += not result.ok
+    return {"calls": calls, "warmup_calls": warmup_calls, "failures": failures, **percentiles_ms(latencies_ms)}
+
+
+def percentiles_ms(latencies_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies_ms)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "max_ms": round(ordered[-1], 2),
+            "mean_ms": round(sum(ordered) / len(ordered), 2)}
+
+
+def run_main(plan: Plan, root: Path) -> dict[str, Any]:
+    """The main mesh: latency first (quiet mesh), then ``plan.messages`` through ``mesh.send``."""
+    layout = plan.layout
+    ids = agent_ids(layout.agents)
+    started = time.perf_counter()
+    mesh = open_mesh("main", root, layout)
+    try:
+        mesh.add_agents(Echo, ids)
+        setup_s = time.perf_counter() - started
+        memory = memory_mb(mesh)
+        latency = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls)
+        messages = make_messages(ids, plan.messages)
+        throughput = timed_send(mesh, messages)
+        stats = mesh.stats()
+    finally:
+        closed = close_mesh(mesh)
+    expected_events = 2 * (plan.messages + plan.latency_calls + plan.warmup_calls)
+    return {
+        "layout": asdict(layout), "setup_s": round(setup_s, 2), "memory_after_setup": memory,
+        "throughput": {**throughput, "lifecycles_per_s_with_shutdown": round(
+            plan.messages / (throughput["elapsed_s"] + closed["shutdown_s"]))},
+        "latency": latency, "open_escrows_after": stats["open_escrows"],
+        "events_expected": expected_events, **closed,
+        "ledger_bytes_per_lifecycle": round(closed["jsonl_bytes"] / (expected_events / 2), 1),
+    }
+
+
+def run_point(plan: Plan, root: Path, knob: str, layout: Layout) -> dict[str, Any]:
+    """One point of the curve: a fresh mesh with ``layout``, ``plan.curve_messages`` through ``send``."""
+    ids = agent_ids(layout.agents)
+    started = time.perf_counter()
+    mesh = open_mesh(f"{knob}", root, layout)
+    try:
+        mesh.add_agents(Echo, ids)
+        setup_s = time.perf_counter() - started
+        memory = memory_mb(mesh)
+        throughput = timed_send(mesh, make_messages(ids, plan.curve_messages))
+    finally:
+        closed = close_mesh(mesh)
+    return {"knob": knob, **asdict(layout), "setup_s": round(setup_s, 2), **throughput, **memory,
+            "shutdown_s": closed["shutdown_s"], "events_written": closed["events_written"]}
+
+
+def curve_layouts(plan: Plan) -> list[tuple[str, Layout]]:
+    """The centre layout once, then one knob at a time around it (shards, batch, in flight, agents)."""
+    centre = plan.layout
+    layouts = [("centre", centre)]
+    layouts += [("shards", replace(centre, shards=v)) for v in plan.shards_values if v != centre.shards]
+    layouts += [("batch", replace(centre, batch=v)) for v in plan.batch_values if v != centre.batch]
+    layouts += [("inflight", replace(centre, inflight=v)) for v in plan.inflight_values if v != centre.inflight]
+    layouts.append(("agents", replace(centre, agents=plan.many_agents)))
+    return layouts
+
+
+def run_curve(plan: Plan, root: Path, problems: list[str]) -> list[dict[str, Any]]:
+    points = []
+    for knob, layout in curve_layouts(plan):
+        try:
+            points.append(run_point(plan, root, knob, layout))
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the other points
+            problems.append(describe(f"curve point {knob} {asdict(layout)}", exc))
+            continue
+        point = points[-1]
+        print(f"  curve {knob:8} shards={layout.shards} batch={layout.batch:>6} inflight={layout.inflight} "
+              f"agents={layout.agents:>7,}: {point['lifecycles_per_s']:>8,} lifecycles/s", flush=True)
+    return points
+
+
+def agent_memory(points: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Host memory per agent: the hosts' RSS with many agents against the centre's, over the extra agents."""
+    centre = next((p for p in points if p["knob"] == "centre"), None)
+    many = next((p for p in points if p["knob"] == "agents"), None)
+    if centre is None or many is None or None in (centre["hosts_rss_mb"], many["hosts_rss_mb"]):
+        return None
+    extra = many["agents"] - centre["agents"]
+    return {
+        "agents": [centre["agents"], many["agents"]],
+        "hosts_rss_mb": [centre["hosts_rss_mb"], many["hosts_rss_mb"]],
+        "coordinator_rss_mb": [centre["coordinator_rss_mb"], many["coordinator_rss_mb"]],
+        "host_bytes_per_agent": round((many["hosts_rss_mb"] - centre["hosts_rss_mb"]) * 1e6 / extra),
+        "coordinator_bytes_per_agent": round((many["coordinator_rss_mb"] - centre["coordinator_rss_mb"]) * 1e6 / extra),
+        "lifecycles_per_s": [centre["lifecycles_per_s"], many["lifecycles_per_s"]],
+    }
+
+
+async def charge_open(booth: Any, count: int, first: int, sources: list[str], chunk: int = 500) -> None:
+    """Charge (lock, never settle) tolls ``first``..``count - 1``, ``chunk`` at a time concurrently."""
+    for start in range(first, count, chunk):
+        await asyncio.gather(*(
+            booth.charge(f"open-{n}", sources[n % len(sources)], sources[(n + 1) % len(sources)])
+            for n in range(start, min(start + chunk, count))
+        ))
+
+
+def lock_open_escrows(booth: Any, count: int, sources: list[str]) -> dict[str, Any]:
+    """The first tolls through ``charge_sync`` (one round trip each, timed), the rest concurrently through ``charge``."""
+    sync_count = min(200, count)
+    started = time.perf_counter()
+    for n in range(sync_count):
+        booth.charge_sync(f"open-{n}", sources[n % len(sources)], sources[(n + 1) % len(sources)])
+    sync_s = time.perf_counter() - started
+    started = time.perf_counter()
+    if count > sync_count:
+        asyncio.run(charge_open(booth, count, sync_count, sources))
+    concurrent_s = time.perf_counter() - started
+    return {
+        "charge_sync_calls": sync_count, "charge_sync_per_s": round(sync_count / sync_s),
+        "charge_concurrent_calls": count - sync_count,
+        "charge_concurrent_per_s": round((count - sync_count) / concurrent_s) if count > sync_count else None,
+    }
+
+
+def escrow_memory(plan: Plan, root: Path) -> dict[str, Any]:
+    """Shard (and coordinator) memory per open escrow, locked through ``mesh.tollbooth(...)``."""
+    mesh = open_mesh("escrows", root, plan.layout)
+    try:
+        try:
+            booth = mesh.tollbooth(TollboothConfig(
+                paper_mode=False, toll_per_message_usd="0.001", max_daily_toll_per_agent=None))
+        except Exception as exc:  # noqa: BLE001 - the mesh's Tollbooth API may not be there yet
+            return {"skipped": describe("mesh.tollbooth(...)", exc)}
+        if not hasattr(booth, "charge_sync"):
+            return {"skipped": f"{type(booth).__name__} has no charge_sync yet"}
+        before = memory_mb(mesh)
+        rates = lock_open_escrows(booth, plan.open_escrows, agent_ids(plan.layout.agents))
+        after = memory_mb(mesh)
+        open_escrows = mesh.stats()["open_escrows"]
+    finally:
+        closed = close_mesh(mesh)
+    return {
+        "open_escrows": open_escrows, "requested": plan.open_escrows, **rates,
+        "shards_rss_mb": [before["shards_rss_mb"], after["shards_rss_mb"]],
+        "coordinator_rss_mb": [before["coordinator_rss_mb"], after["coordinator_rss_mb"]],
+        "shard_bytes_per_open_escrow": per_item_bytes(before["shards_rss_mb"], after["shards_rss_mb"], open_escrows),
+        "coordinator_bytes_per_open_escrow": per_item_bytes(
+            before["coordinator_rss_mb"], after["coordinator_rss_mb"], open_escrows),
+        "events_written": closed["events_written"],
+    }
+
+
+def per_item_bytes(before_mb: Optional[float], after_mb: Optional[float], items: int) -> Optional[int]:
+    if before_mb is None or after_mb is None or not items:
+        return None
+    return round((after_mb - before_mb) * 1e6 / items)
+
+
+def describe(what: str, exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    return f"{what}: {type(exc).__name__}: {exc}{place}"
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def print_table(report: dict[str, Any]) -> None:
+    seed, main = report.get("seed"), report.get("mesh")
+    seed_rate = seed["lifecycles_per_s"] if seed else None
+    print(f"\n{'run':58} {'messages':>9} {'lifecycles/s':>13} {'x seed':>7}")
+    if seed:
+        print(f"{seed['name']:58} {seed['messages']:>9,} {seed_rate:>13,} {'1.0':>7}")
+    if main:
+        lay, tp = main["layout"], main["throughput"]
+        name = f"mesh.send (shards={lay['shards']} batch={lay['batch']} inflight={lay['inflight']} agents={lay['agents']:,})"
+        ratio = f"{tp['lifecycles_per_s'] / seed_rate:.2f}" if seed_rate else "-"
+        print(f"{name:58} {tp['messages']:>9,} {tp['lifecycles_per_s']:>13,} {ratio:>7}")
+        lat = main["latency"]
+        print(f"\nmesh.call round trip ({lat['calls']:,} calls): p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  "
+              f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+    print_curve(report)
+    for problem in report["problems"]:
+        print(f"PROBLEM: {problem}")
+
+
+def print_curve(report: dict[str, Any]) -> None:
+    points = report.get("curve") or []
+    if points:
+        print(f"\n{'curve knob':10} {'shards':>6} {'batch':>6} {'inflight':>8} {'agents':>8} {'lifecycles/s':>13} "
+              f"{'hosts MB':>9} {'shards MB':>9} {'coord MB':>9}")
+    for p in points:
+        print(f"{p['knob']:10} {p['shards']:>6} {p['batch']:>6} {p['inflight']:>8} {p['agents']:>8,} "
+              f"{p['lifecycles_per_s']:>13,} {p['hosts_rss_mb']!s:>9} {p['shards_rss_mb']!s:>9} {p['coordinator_rss_mb']!s:>9}")
+    agents = report.get("agent_memory")
+    if agents:
+        print(f"\nmemory per agent ({agents['agents'][0]:,} -> {agents['agents'][1]:,} agents): "
+              f"hosts {agents['host_bytes_per_agent']:,} B, coordinator {agents['coordinator_bytes_per_agent']:,} B")
+    escrows = report.get("escrow_memory")
+    if escrows and "skipped" in escrows:
+        print(f"memory per open escrow: skipped ({escrows['skipped']})")
+    elif escrows:
+        print(f"memory per open escrow ({escrows['open_escrows']:,} open): shards {escrows['shard_bytes_per_open_escrow']} B, "
+              f"coordinator {escrows['coordinator_bytes_per_open_escrow']} B; charge_sync {escrows['charge_sync_per_s']:,}/s, "
+              f"concurrent charge {escrows['charge_concurrent_per_s']}/s")
+
+
+def plot_curve(points: list[dict[str, Any]], path: Path) -> None:
+    """Lifecycles/s against each knob, one panel a knob (the centre point in every panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centre = next((p for p in points if p["knob"] == "centre"), None)
+    panels = [("shards", "shards"), ("batch", "max_batch_messages"), ("inflight", "max_inflight_batches"),
+              ("agents", "light agents")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True)
+    for ax, (knob, label) in zip(axes, panels):
+        chosen = sorted([p for p in points if p["knob"] == knob] + ([centre] if centre else []), key=lambda p: p[knob])
+        ax.plot([p[knob] for p in chosen], [p["lifecycles_per_s"] for p in chosen], marker="o")
+        ax.set_xscale("log" if knob in ("batch", "agents") else "linear")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("lifecycles/s")
+    axes[0].set_ylim(bottom=0)
+    fig.suptitle("tollmesh mesh.send: lifecycles/s, one knob at a time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(report: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"mesh-{stamp}.json"
+    if report.get("curve"):
+        curve_path = out / f"mesh-{stamp}-curve.json"
+        curve = {"benchmark": "mesh_curve", "when": report["when"], "points": report["curve"],
+                 "agent_memory": report.get("agent_memory"), "escrow_memory": report.get("escrow_memory")}
+        curve_path.write_bytes(orjson.dumps(curve, option=orjson.OPT_INDENT_2))
+        plot_curve(report["curve"], out / f"mesh-{stamp}-curve.png")
+        report["curve_files"] = [str(curve_path), str(out / f"mesh-{stamp}-curve.png")]
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return path
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def run(plan: Plan, args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
+    problems = report["problems"]
+    if args.skip_seed:
+        pass
+    elif seed_installed():
+        print("seed's booth ...", flush=True)
+        report["seed"] = run_seed(plan)
+    else:
+        problems.append("nano-empire-tollbooth is not installed: pip install -e '.[bench]' to compare")
+    print("main mesh: latency, then send ...", flush=True)
+    try:
+        report["mesh"] = run_main(plan, root)
+    except Exception as exc:  # noqa: BLE001 - report exactly what failed, go on
+        problems.append(describe("main mesh run", exc))
+    if report.get("seed") and report.get("mesh"):
+        report["mesh"]["x_seed"] = round(
+            report["mesh"]["throughput"]["lifecycles_per_s"] / report["seed"]["lifecycles_per_s"], 2)
+    if args.skip_curve:
+        return
+    print("curve ...", flush=True)
+    report["curve"] = run_curve(plan, root, problems)
+    report["agent_memory"] = agent_memory(report["curve"])
+    print("open escrows ...", flush=True)
+    try:
+        report["escrow_memory"] = escrow_memory(plan, root)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(describe("memory per open escrow", exc))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    started = time.perf_counter()
+    started_ray = start_ray()
+    report: dict[str, Any] = {
+        "benchmark": "mesh_lifecycle",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "ray": ray.__version__, "ray_address": os.environ.get("RAY_ADDRESS")},
+        "quick": args.quick, "plan": asdict(plan), "problems": [],
+    }
+    root = Path(tempfile.mkdtemp(prefix="tollmesh-bench-"))
+    try:
+        run(plan, args, root, report)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    print_table(report)
+    path = save(report, args.out)
+    print(f"\nsaved {path}" + "".join(f"\nsaved {p}" for p in report.get("curve_files", [])))
+    print(f"total {report['total_s']} s")
+    return 1 if report["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

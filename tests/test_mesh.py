@@ -1,0 +1,353 @@
+"""The distributed mesh end to end, on the session's local Ray: lifecycles, caps under races, failures, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from itertools import count
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from ledger import read_events, replay_file, reconcile, snapshot, verify
+from mesh import (
+    Agent,
+    CallFailedError,
+    ConfigError,
+    InvalidAmountError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    Mesh,
+    MeshConfig,
+    Message,
+    TollboothConfig,
+)
+from mesh.budget import BudgetBook
+from mesh.escrow import EscrowBook
+from mesh.sharding import shard_of
+
+_names = count()
+
+
+class Echo(Agent):
+    price_usd = "0.001"
+    prices_usd = {"shout": "0.005"}
+
+    def handle(self, ctx, payload):
+        if payload == "boom":
+            raise RuntimeError("handler failed on purpose")
+        return payload
+
+    def shout(self, ctx, payload):
+        return str(payload).upper()
+
+
+class Sleeper(Agent):
+    price_usd = "0.002"
+
+    async def handle(self, ctx, payload):
+        await asyncio.sleep(payload)
+        return "woke"
+
+
+class Crasher(Agent):
+    price_usd = "0.001"
+
+    def handle(self, ctx, payload):
+        if payload == "die":
+            os._exit(1)
+        return "alive"
+
+
+class Relay(Agent):
+    """Calls the agent named in the payload, paying for it, and returns what it said."""
+
+    price_usd = "0.003"
+
+    async def handle(self, ctx, payload):
+        result = await ctx.acall(payload, "relayed")
+        return result.unwrap()
+
+
+class ThreadedRelay(Agent):
+    price_usd = "0.003"
+    threaded = True
+
+    def handle(self, ctx, payload):
+        return ctx.call(payload, "relayed").unwrap()
+
+
+class InlineCaller(Agent):
+    price_usd = "0.001"
+
+    def handle(self, ctx, payload):
+        return ctx.call(payload, "x")
+
+
+@pytest.fixture
+def make_mesh(ray_session, tmp_path: Path) -> Callable[..., Mesh]:
+    meshes: list[Mesh] = []
+
+    def make(**options: Any) -> Mesh:
+        options.setdefault("name", f"test{next(_names)}-{os.getpid()}")
+        options.setdefault("out_dir", tmp_path / options["name"])
+        options.setdefault("shards", 2)
+        options.setdefault("hosts_per_group", 1)
+        options.setdefault("metrics_enabled", False)
+        mesh = Mesh(MeshConfig(**options))
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        mesh.shutdown()
+
+
+def replayed_snapshot(mesh: Mesh, **book_options: Any) -> dict[str, Any]:
+    """Replay the mesh's ledger into one in-process book, as ``ledger verify`` does."""
+    book = EscrowBook(BudgetBook(default_cap_micros=None, **book_options), escrow_timeout_s=None)
+    replay_file(book, mesh.ledger_path)
+    return snapshot(book, 0)
+
+
+def assert_replay_matches(mesh: Mesh, live: dict[str, Any], **book_options: Any) -> None:
+    keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
+    replayed = replayed_snapshot(mesh, **book_options)
+    assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
+
+
+def test_a_call_locks_runs_and_releases_durably(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    result = mesh.call("alice", "echo", "hi")
+    assert result.ok and result.value == "hi" and result.unwrap() == "hi"
+    assert result.record.status.value == "released" and result.record.amount_micros == 1_000
+    shout = mesh.call("alice", "echo", "hi", method="shout")
+    assert shout.value == "HI" and shout.record.amount_micros == 5_000
+    kinds = [(e["kind"], e["task_id"]) for e in read_events(mesh.ledger_path).events]  # on disk before the answer
+    assert kinds == [("lock", result.task_id), ("release", result.task_id), ("lock", shout.task_id), ("release", shout.task_id)]
+    assert {e["shard"] for e in read_events(mesh.ledger_path).events} == {shard_of("alice", 2)}
+
+
+def test_a_batch_gives_results_in_order_and_the_ledger_verifies(make_mesh):
+    mesh = make_mesh(shards=3, max_batch_messages=64)
+    agents = [f"agent-{i}" for i in range(40)]
+    mesh.add_agents(Echo, agents, hosts=3)
+    messages = [Message(agents[i % 40], agents[(i * 7) % 40], i if i % 10 else "boom") for i in range(1_000)]
+    results = mesh.send(messages)
+    assert [r.value for r in results if r.ok] == [i for i in range(1_000) if i % 10]
+    assert Counter((r.status.value, r.reason) for r in results) == {("released", None): 900, ("refunded", "handler_error"): 100}
+    assert all("handler failed on purpose" in r.error for r in results if not r.ok)
+    stats = mesh.stats()
+    assert (stats["locked"], stats["released"], stats["refunded"], stats["open_escrows"]) == (1_000, 900, 100, 0)
+    assert_replay_matches(mesh, mesh.snapshot())
+    mesh.shutdown()
+    result = verify(mesh.ledger_path)
+    assert result.ok, result.problems
+    parquet = list((mesh.config.out_dir / "parquet").rglob("*.parquet"))
+    assert parquet, "the Parquet dataset is written on shutdown"
+
+
+def test_concurrent_senders_never_exceed_a_cap(make_mesh):
+    mesh = make_mesh(shards=2, max_daily_toll_per_agent="0.02", max_batch_messages=7)
+    mesh.add_agents(Echo, ["echo"])
+    outcomes: list = []
+
+    def sender(offset: int) -> None:  # 20 calls of $0.001 fit the cap; 8 threads race for it
+        messages = [Message("payer", "echo", "boom" if (offset + i) % 5 == 0 else "ok") for i in range(30)]
+        outcomes.extend(mesh.send(messages))
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    by_status = Counter(r.status.value for r in outcomes)
+    assert by_status["released"] == 20, by_status  # refunds (failed handlers) gave their room back
+    assert {r.reason for r in outcomes if r.status.value == "failed"} == {"over_daily_cap"}
+    used = 0
+    for event in read_events(mesh.ledger_path).events:  # released + locked <= cap at every step
+        used += {"lock": 1, "refund": -1}.get(event["kind"], 0) * event["amount_micros"]
+        assert used <= 20_000
+    assert mesh.snapshot()["used_today_micros"] == {"payer": 20_000}
+
+
+def test_a_hanging_handler_is_refunded_and_the_rest_of_its_batch_goes_on(make_mesh):
+    mesh = make_mesh(handler_timeout_s=0.5)
+    mesh.add_agents(Sleeper, ["sleepy"])
+    results = mesh.send([Message("alice", "sleepy", 0.0), Message("alice", "sleepy", 30.0), Message("alice", "sleepy", 0.01)])
+    assert [(r.status.value, r.reason) for r in results] == [
+        ("released", None), ("refunded", "handler_timeout"), ("released", None)
+    ]
+    assert "handler_timeout_s" in results[1].error
+
+
+def test_bad_calls_are_failed_with_a_reason_and_nothing_locked(make_mesh):
+    mesh = make_mesh(max_payload_bytes=1_000)
+    mesh.add_agents(Echo, ["echo"])
+    unknown, no_method, too_big = mesh.send([
+        Message("alice", "nobody", "x"), Message("alice", "echo", "x", method="nope"), Message("alice", "echo", "x" * 5_000),
+    ])
+    assert (unknown.status.value, unknown.reason) == ("failed", "unknown_agent")
+    assert (no_method.reason, too_big.reason) == ("unknown_method", "payload_too_large")
+    with pytest.raises(CallFailedError, match="unknown_agent"):
+        unknown.unwrap()
+    assert mesh.stats()["locked_micros"] == 0
+    assert [e["kind"] for e in read_events(mesh.ledger_path).events] == ["reject"] * 3
+
+
+def test_bad_input_at_the_boundary_raises_a_named_error(make_mesh):
+    mesh = make_mesh()
+
+    class BadPrice(Agent):
+        price_usd = "0.0000001"
+
+    class NegativeMethodPrice(Agent):
+        prices_usd = {"handle": -1}
+
+    with pytest.raises(InvalidAmountError, match="BadPrice.price_usd"):
+        mesh.add_agents(BadPrice, ["x"])
+    with pytest.raises(InvalidAmountError, match="prices_usd"):
+        mesh.add_agents(NegativeMethodPrice, ["x"])
+    with pytest.raises(InvalidTypeError, match="subclass of mesh.Agent"):
+        mesh.add_agents(dict, ["x"])
+    with pytest.raises(InvalidArgumentError, match="repeat"):
+        mesh.add_agents(Echo, ["a", "a"])
+    mesh.add_agents(Echo, ["echo"])
+    with pytest.raises(InvalidArgumentError, match="already in the mesh"):
+        mesh.add_agents(Echo, ["echo"])
+    with pytest.raises(InvalidArgumentError, match="target"):
+        mesh.call("alice", "", "x")
+    with pytest.raises(InvalidTypeError, match="messages"):
+        mesh.send("not a list")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="method"):
+        mesh.call("alice", "echo", method="_private")
+    with pytest.raises(ConfigError, match="shards"):
+        MeshConfig(shards=0)
+    with pytest.raises(ConfigError, match="max_daily_toll_per_agent"):
+        MeshConfig(max_daily_toll_per_agent="nan")
+    with pytest.raises(ConfigError, match="already running"):
+        Mesh(mesh.config)
+    assert mesh.call("alice", "echo", "still fine").ok
+
+
+def test_a_crashing_handler_takes_down_only_its_own_calls(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Crasher, ["crasher", "neighbour"])  # one host: the crash kills both agents' actor
+    mesh.add_agents(Echo, ["elsewhere"])
+    died, other = mesh.send([Message("alice", "crasher", "die"), Message("alice", "elsewhere", "x")])
+    assert (died.status.value, died.reason) == ("refunded", "agent_unavailable")
+    assert other.ok
+    deadline = time.monotonic() + 60
+    while not (result := mesh.call("alice", "neighbour", "x")).ok:  # Ray restarts the host, agents rebuilt
+        assert time.monotonic() < deadline, result
+        time.sleep(0.2)
+    assert result.value == "alive"
+    assert mesh.stats()["open_escrows"] == 0
+
+
+def test_handlers_call_other_agents_and_pay_for_them(make_mesh):
+    mesh = make_mesh(shards=3, track_balances=True)
+    mesh.add_agents(Echo, ["echo"])
+    mesh.add_agents(Relay, ["relay"])
+    mesh.add_agents(ThreadedRelay, ["threaded"])
+    mesh.add_agents(InlineCaller, ["inline"])
+    for agent in ("alice", "relay", "threaded", "inline"):
+        mesh.deposit(agent, "1")
+    assert mesh.call("alice", "relay", "echo").value == "relayed"
+    assert mesh.call("alice", "threaded", "echo").value == "relayed"
+    inline = mesh.call("alice", "inline", "echo")
+    assert inline.reason == "handler_error" and "acall" in inline.error
+    live = mesh.snapshot()
+    balances = live["balances_micros"]
+    assert balances["alice"] == 1_000_000 - 3_000 - 3_000  # the inline caller failed: refunded
+    assert balances["relay"] == 1_000_000 + 3_000 - 1_000 and balances["echo"] == 2_000
+    assert sum(balances.values()) + live["locked_total_micros"] == live["deposits_total_micros"] == 4_000_000
+    assert_replay_matches(mesh, live, track_balances=True)
+
+
+def test_balances_refuse_what_an_agent_cannot_pay(make_mesh):
+    mesh = make_mesh(track_balances=True)
+    mesh.add_agents(Echo, ["echo"])
+    mesh.deposit("alice", "0.0025")
+    results = mesh.send([Message("alice", "echo", i) for i in range(4)])
+    assert [r.status.value for r in results] == ["released", "released", "failed", "failed"]
+    assert results[2].reason == "insufficient_funds"
+    assert mesh.call("stranger", "echo", "x").reason == "unknown_agent"  # no account with balances on
+
+
+def test_a_repeated_task_id_is_not_run_or_charged_again(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    first = mesh.call("alice", "echo", "once", task_id="task-1")
+    again = mesh.call("alice", "echo", "twice", task_id="task-1")
+    assert first.value == "once" and again.value is None and again.record == first.record
+    assert "already seen" in again.error
+    assert [e["kind"] for e in read_events(mesh.ledger_path).events] == ["lock", "release"]
+
+
+def test_the_seed_router_loop_runs_on_the_mesh_tollbooth(make_mesh):
+    mesh = make_mesh(escrow_timeout_s=0.5, sweep_interval_s=0.1)
+    booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01", max_daily_toll_per_agent="0.02"))
+
+    async def route(task_id: str, handler: Callable[[str], Any]) -> Any:  # the seed's loop, unchanged
+        record = await booth.charge(task_id, "alice", "bob")
+        if record.status.name == "FAILED":
+            return {"error": record.reason}
+        try:
+            result = handler("payload")
+        except Exception:
+            await booth.refund(task_id)
+            return {"error": "refunded"}
+        await booth.release(task_id)
+        return result
+
+    def fails(payload: str) -> str:
+        raise RuntimeError("nope")
+
+    async def scenario() -> list:
+        return [await route("t1", str.upper), await route("t2", fails), await route("t3", str.upper),
+                await route("t4", str.upper)]
+
+    assert asyncio.run(scenario()) == ["PAYLOAD", {"error": "refunded"}, "PAYLOAD", {"error": "over_daily_cap"}]
+    assert booth.get_record("t2").reason == "refunded_by_caller"
+    assert booth.release_sync("t1").status.value == "released"  # settled: returned unchanged
+    assert booth.release_sync("never") is None
+    booth.reset_daily()
+    assert booth.charge_sync("t5", "alice", "bob").status.value == "escrow_locked"
+    time.sleep(1.0)  # past the escrow timeout: the coordinator's sweeper refunds it
+    assert (booth.get_record("t5").status.value, booth.get_record("t5").reason) == ("refunded", "escrow_timeout")
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
+
+
+def test_x402_payments_are_verified_and_fail_closed(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    mesh.set_x402_verifier(_verifier)
+    good = mesh.call("alice", "echo", "x", payer_wallet="0xabc", tx_signature="good")
+    bad = mesh.call("alice", "echo", "x", payer_wallet="0xabc", tx_signature="bad")
+    broken = mesh.call("alice", "echo", "x", payer_wallet="0xabc", tx_signature="raise")
+    assert good.ok and (bad.reason, broken.reason) == ("x402_rejected", "x402_error")
+    events = read_events(mesh.ledger_path).events
+    assert events[0]["proof_digest"] and events[0]["payer_wallet"] == "0xabc"
+
+
+def _verifier(wallet: str, signature: str, amount_usd: float) -> bool:
+    if signature == "raise":
+        raise RuntimeError("verifier down")
+    return signature == "good" and amount_usd == 0.001
+
+
+def test_a_second_driver_attaches_to_a_running_mesh(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    other = Mesh.attach(mesh.config.name, namespace=mesh.config.namespace)
+    assert other.call("bob", "echo", "from another driver").ok
+    assert other.stats()["released"] == 1
+    with pytest.raises(InvalidArgumentError, match="no running mesh"):
+        Mesh.attach("nope", namespace=mesh.config.namespace)
