@@ -44,6 +44,7 @@ from seed_booth import seed_installed, seed_lifecycles_elapsed_s
 
 NAMESPACE = "tollmesh-bench"
 RNG_SEED = 7
+MESH_ACTOR_CLASSES = ("AgentHost", "BudgetShard", "EscrowCoordinator", "LedgerWriterActor", "ParquetSink")
 
 
 class Echo(Agent):
@@ -198,12 +199,37 @@ def memory_mb(mesh: Mesh) -> dict[str, Optional[float]]:
     return {key: None if size is None else round(size / 1e6, 1) for key, size in sizes.items()}
 
 
+def mesh_actor_processes() -> Optional[int]:
+    """Local worker processes still titled as a mesh actor (``ray::BudgetShard``...); None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    count = 0
+    for process in psutil.process_iter(["cmdline"]):
+        title = " ".join(process.info["cmdline"] or [])  # "ray::BudgetShard" or "ray::BudgetShard.lock_batch"
+        if title.startswith("ray::") and title[5:].split(".")[0].strip() in MESH_ACTOR_CLASSES:
+            count += 1
+    return count
+
+
+def leftover_processes(timeout_s: float = 5.0) -> Optional[int]:
+    """Mesh actor processes still alive ``timeout_s`` after a shutdown (0 when every actor is gone)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = mesh_actor_processes()
+        if not count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
+
+
 def close_mesh(mesh: Mesh) -> dict[str, Any]:
     """Shut the mesh down (flush and close its ledger), then read what it left on disk, and delete it."""
     out_dir = mesh.config.out_dir
     started = time.perf_counter()
     summary = mesh.shutdown()
-    closed = {"shutdown_s": round(time.perf_counter() - started, 2), "events_written": summary.get("events")}
+    closed = {"shutdown_s": round(time.perf_counter() - started, 2), "events_written": summary.get("events"),
+              "leftover_actor_processes": leftover_processes()}
     closed["jsonl_bytes"] = sum(p.stat().st_size for p in out_dir.glob("toll_ledger*.jsonl"))
     closed["parquet_rows"] = parquet_rows(summary.get("parquet_files") or [])
     closed["parquet_error"] = summary.get("parquet_error")
@@ -318,7 +344,8 @@ def run_point(plan: Plan, root: Path, knob: str, layout: Layout) -> dict[str, An
     finally:
         closed = close_mesh(mesh)
     return {"knob": knob, **asdict(layout), "setup_s": round(setup_s, 2), **throughput, **memory,
-            "shutdown_s": closed["shutdown_s"], "events_written": closed["events_written"]}
+            "shutdown_s": closed["shutdown_s"], "events_written": closed["events_written"],
+            "leftover_actor_processes": closed["leftover_actor_processes"]}
 
 
 def curve_layouts(plan: Plan) -> list[tuple[str, Layout]]:
@@ -363,35 +390,37 @@ def agent_memory(points: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     }
 
 
-async def charge_open(booth: Any, count: int, first: int, sources: list[str], chunk: int = 500) -> None:
-    """Charge (lock, never settle) tolls ``first``..``count - 1``, ``chunk`` at a time concurrently."""
-    for start in range(first, count, chunk):
+async def charge_open(booth: Any, first: int, stop: int, sources: list[str], chunk: int = 500) -> None:
+    """Charge (lock, never settle) tolls ``first``..``stop - 1``, ``chunk`` at a time concurrently."""
+    for start in range(first, stop, chunk):
         await asyncio.gather(*(
             booth.charge(f"open-{n}", sources[n % len(sources)], sources[(n + 1) % len(sources)])
-            for n in range(start, min(start + chunk, count))
+            for n in range(start, min(start + chunk, stop))
         ))
 
 
-def lock_open_escrows(booth: Any, count: int, sources: list[str]) -> dict[str, Any]:
-    """The first tolls through ``charge_sync`` (one round trip each, timed), the rest concurrently through ``charge``."""
-    sync_count = min(200, count)
+def charge_sync_per_s(booth: Any, count: int, sources: list[str]) -> float:
+    """Lock tolls 0..``count - 1`` through ``charge_sync``, one round trip each; the rate."""
     started = time.perf_counter()
-    for n in range(sync_count):
+    for n in range(count):
         booth.charge_sync(f"open-{n}", sources[n % len(sources)], sources[(n + 1) % len(sources)])
-    sync_s = time.perf_counter() - started
+    return count / (time.perf_counter() - started)
+
+
+def charge_concurrent_per_s(booth: Any, first: int, stop: int, sources: list[str]) -> Optional[float]:
     started = time.perf_counter()
-    if count > sync_count:
-        asyncio.run(charge_open(booth, count, sync_count, sources))
-    concurrent_s = time.perf_counter() - started
-    return {
-        "charge_sync_calls": sync_count, "charge_sync_per_s": round(sync_count / sync_s),
-        "charge_concurrent_calls": count - sync_count,
-        "charge_concurrent_per_s": round((count - sync_count) / concurrent_s) if count > sync_count else None,
-    }
+    asyncio.run(charge_open(booth, first, stop, sources))
+    return (stop - first) / (time.perf_counter() - started) if stop > first else None
 
 
 def escrow_memory(plan: Plan, root: Path) -> dict[str, Any]:
-    """Shard (and coordinator) memory per open escrow, locked through ``mesh.tollbooth(...)``."""
+    """Shard (and coordinator) memory per open escrow, locked through ``mesh.tollbooth(...)``.
+
+    The first 200 through ``charge_sync`` (timed), the rest concurrently through ``charge``;
+    memory before, at half way and at the end (the second half gives the marginal cost).
+    """
+    count, sources = plan.open_escrows, agent_ids(plan.layout.agents)
+    sync_count, half = min(200, count), max(min(200, count), count // 2)
     mesh = open_mesh("escrows", root, plan.layout)
     try:
         try:
@@ -402,19 +431,27 @@ def escrow_memory(plan: Plan, root: Path) -> dict[str, Any]:
         if not hasattr(booth, "charge_sync"):
             return {"skipped": f"{type(booth).__name__} has no charge_sync yet"}
         before = memory_mb(mesh)
-        rates = lock_open_escrows(booth, plan.open_escrows, agent_ids(plan.layout.agents))
+        sync_per_s = charge_sync_per_s(booth, sync_count, sources)
+        first_half_per_s = charge_concurrent_per_s(booth, sync_count, half, sources)
+        mid = memory_mb(mesh)
+        second_half_per_s = charge_concurrent_per_s(booth, half, count, sources)
         after = memory_mb(mesh)
         open_escrows = mesh.stats()["open_escrows"]
     finally:
         closed = close_mesh(mesh)
+    rates = [r for r in (first_half_per_s, second_half_per_s) if r]
     return {
-        "open_escrows": open_escrows, "requested": plan.open_escrows, **rates,
-        "shards_rss_mb": [before["shards_rss_mb"], after["shards_rss_mb"]],
-        "coordinator_rss_mb": [before["coordinator_rss_mb"], after["coordinator_rss_mb"]],
+        "open_escrows": open_escrows, "requested": count, "charge_sync_calls": sync_count,
+        "charge_sync_per_s": round(sync_per_s), "charge_concurrent_per_s": round(min(rates)) if rates else None,
+        "shards_rss_mb": [before["shards_rss_mb"], mid["shards_rss_mb"], after["shards_rss_mb"]],
+        "coordinator_rss_mb": [before["coordinator_rss_mb"], mid["coordinator_rss_mb"], after["coordinator_rss_mb"]],
         "shard_bytes_per_open_escrow": per_item_bytes(before["shards_rss_mb"], after["shards_rss_mb"], open_escrows),
+        "shard_bytes_per_open_escrow_second_half": per_item_bytes(mid["shards_rss_mb"], after["shards_rss_mb"], count - half),
         "coordinator_bytes_per_open_escrow": per_item_bytes(
             before["coordinator_rss_mb"], after["coordinator_rss_mb"], open_escrows),
-        "events_written": closed["events_written"],
+        "coordinator_bytes_per_open_escrow_second_half": per_item_bytes(
+            mid["coordinator_rss_mb"], after["coordinator_rss_mb"], count - half),
+        "events_written": closed["events_written"], "leftover_actor_processes": closed["leftover_actor_processes"],
     }
 
 
@@ -468,9 +505,11 @@ def print_curve(report: dict[str, Any]) -> None:
     if escrows and "skipped" in escrows:
         print(f"memory per open escrow: skipped ({escrows['skipped']})")
     elif escrows:
-        print(f"memory per open escrow ({escrows['open_escrows']:,} open): shards {escrows['shard_bytes_per_open_escrow']} B, "
-              f"coordinator {escrows['coordinator_bytes_per_open_escrow']} B; charge_sync {escrows['charge_sync_per_s']:,}/s, "
-              f"concurrent charge {escrows['charge_concurrent_per_s']}/s")
+        print(f"memory per open escrow ({escrows['open_escrows']:,} open): shards {escrows['shard_bytes_per_open_escrow']} B "
+              f"(second half {escrows['shard_bytes_per_open_escrow_second_half']} B), coordinator "
+              f"{escrows['coordinator_bytes_per_open_escrow']} B (second half {escrows['coordinator_bytes_per_open_escrow_second_half']} B)")
+        print(f"mesh.tollbooth charge: charge_sync {escrows['charge_sync_per_s']:,}/s (one at a time), "
+              f"charge {escrows['charge_concurrent_per_s']}/s (500 concurrent)")
 
 
 def plot_curve(points: list[dict[str, Any]], path: Path) -> None:
@@ -488,6 +527,8 @@ def plot_curve(points: list[dict[str, Any]], path: Path) -> None:
         chosen = sorted([p for p in points if p["knob"] == knob] + ([centre] if centre else []), key=lambda p: p[knob])
         ax.plot([p[knob] for p in chosen], [p["lifecycles_per_s"] for p in chosen], marker="o")
         ax.set_xscale("log" if knob in ("batch", "agents") else "linear")
+        ax.set_xticks([p[knob] for p in chosen], [f"{p[knob]:,}" for p in chosen])
+        ax.minorticks_off()
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("lifecycles/s")
@@ -545,6 +586,16 @@ def run(plan: Plan, args: argparse.Namespace, root: Path, report: dict[str, Any]
         problems.append(describe("memory per open escrow", exc))
 
 
+def check_leftovers(report: dict[str, Any]) -> None:
+    """A problem for every mesh whose actor processes outlived its shutdown by 5 s."""
+    runs = [("main mesh", report.get("mesh"))] + [(f"curve point {p['knob']}", p) for p in report.get("curve") or []]
+    runs.append(("open-escrow mesh", report.get("escrow_memory")))
+    for what, figures in runs:
+        left = (figures or {}).get("leftover_actor_processes")
+        if left:
+            report["problems"].append(f"{what}: {left} mesh actor processes still alive 5 s after mesh.shutdown()")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
@@ -560,6 +611,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tollmesh-bench-"))
     try:
         run(plan, args, root, report)
+        check_leftovers(report)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if started_ray:

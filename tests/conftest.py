@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import count
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,3 +68,27 @@ def make_booth(ledger_path: Path, clock: ManualClock) -> Callable[..., Tollbooth
     yield make
     for booth in booths:
         booth.close()
+
+
+_mesh_names = count()
+
+
+@pytest.fixture
+def make_mesh(ray_session, tmp_path: Path) -> Callable[..., Any]:
+    from mesh import Mesh, MeshConfig
+
+    meshes: list = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("name", f"test{next(_mesh_names)}-{os.getpid()}")
+        options.setdefault("out_dir", tmp_path / options["name"])
+        options.setdefault("shards", 2)
+        options.setdefault("hosts_per_group", 1)
+        options.setdefault("metrics_enabled", False)
+        mesh = Mesh(MeshConfig(**options))
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        mesh.shutdown()

@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections import Counter
-from itertools import count
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,9 +28,6 @@ from mesh import (
 from mesh.budget import BudgetBook
 from mesh.escrow import EscrowBook
 from mesh.sharding import shard_of
-
-_names = count()
-
 
 class Echo(Agent):
     price_usd = "0.001"
@@ -86,25 +82,6 @@ class InlineCaller(Agent):
 
     def handle(self, ctx, payload):
         return ctx.call(payload, "x")
-
-
-@pytest.fixture
-def make_mesh(ray_session, tmp_path: Path) -> Callable[..., Mesh]:
-    meshes: list[Mesh] = []
-
-    def make(**options: Any) -> Mesh:
-        options.setdefault("name", f"test{next(_names)}-{os.getpid()}")
-        options.setdefault("out_dir", tmp_path / options["name"])
-        options.setdefault("shards", 2)
-        options.setdefault("hosts_per_group", 1)
-        options.setdefault("metrics_enabled", False)
-        mesh = Mesh(MeshConfig(**options))
-        meshes.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in meshes:
-        mesh.shutdown()
 
 
 def replayed_snapshot(mesh: Mesh, **book_options: Any) -> dict[str, Any]:
