@@ -12,6 +12,11 @@ One local Ray (or ``RAY_ADDRESS``) for the whole run; each mesh is shut down bef
 
     python benchmarks/bench_mesh.py [--messages N] [--latency-calls N] [--quick] [--out DIR] [--skip-seed] [--skip-curve]
 
+More knobs: ``--seed-messages``, ``--curve-messages``, ``--curve-repeats``, and the main run's layout,
+the centre of the curve: ``--shards`` (2), ``--batch`` (max_batch_messages, 5,000), ``--inflight``
+(max_inflight_batches, 4). ``--quick``: 5,000 messages, 100 calls, two values a knob, 10,000 agents.
+Exit code 1 if anything failed (each problem is printed and saved).
+
 Prints a table and saves ``mesh-<time>.json`` under ``--out`` (default tollmesh-out/bench/), with the
 curve beside it as ``mesh-<time>-curve.json`` and ``mesh-<time>-curve.png``.
 """
@@ -73,6 +78,7 @@ class Plan:
     latency_calls: int
     warmup_calls: int
     curve_messages: int
+    curve_repeats: int
     layout: Layout
     shards_values: tuple[int, ...]
     batch_values: tuple[int, ...]
@@ -84,15 +90,23 @@ class Plan:
 # -- plan ----------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    value = int(text.replace("_", "").replace(",", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, help="messages of the main mesh run (default 200,000; --quick 5,000)")
-    parser.add_argument("--seed-messages", type=int, help="lifecycles of the seed's booth (default 20,000; --quick 5,000)")
-    parser.add_argument("--latency-calls", type=int, help="timed mesh.call round trips (default 2,000; --quick 100)")
-    parser.add_argument("--curve-messages", type=int, help="messages per curve point (default 50,000; --quick 5,000)")
-    parser.add_argument("--shards", type=int, default=2, help="budget shards of the main run (default 2)")
-    parser.add_argument("--batch", type=int, default=5_000, help="max_batch_messages of the main run (default 5,000)")
-    parser.add_argument("--inflight", type=int, default=4, help="max_inflight_batches of the main run (default 4)")
+    parser.add_argument("--messages", type=positive_int, help="messages of the main mesh run (default 200,000; --quick 5,000)")
+    parser.add_argument("--seed-messages", type=positive_int, help="lifecycles of the seed's booth (default 20,000; --quick 5,000)")
+    parser.add_argument("--latency-calls", type=positive_int, help="timed mesh.call round trips (default 2,000; --quick 100)")
+    parser.add_argument("--curve-messages", type=positive_int, help="messages per curve point (default 50,000; --quick 5,000)")
+    parser.add_argument("--curve-repeats", type=positive_int, help="sends per curve point, the median kept (default 3; --quick 1)")
+    parser.add_argument("--shards", type=positive_int, default=2, help="budget shards of the main run (default 2)")
+    parser.add_argument("--batch", type=positive_int, default=5_000, help="max_batch_messages of the main run (default 5,000)")
+    parser.add_argument("--inflight", type=positive_int, default=4, help="max_inflight_batches of the main run (default 4)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (well under a minute)")
     parser.add_argument("--out", type=Path, default=Path("tollmesh-out") / "bench")
     parser.add_argument("--skip-seed", action="store_true", help="do not run the seed's booth")
@@ -109,6 +123,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         latency_calls=args.latency_calls or (100 if quick else 2_000),
         warmup_calls=10 if quick else 100,
         curve_messages=args.curve_messages or (5_000 if quick else 50_000),
+        curve_repeats=args.curve_repeats or (1 if quick else 3),
         layout=layout,
         shards_values=(1, 2) if quick else (1, 2, 4),
         batch_values=(1_000, 5_000) if quick else (1_000, 5_000, 20_000),
@@ -135,7 +150,7 @@ def start_ray() -> bool:
 
 
 def open_mesh(tag: str, root: Path, layout: Layout) -> Mesh:
-    """A fresh mesh (its own name and ledger directory under ``root``) with ``layout.agents`` Echo agents."""
+    """A fresh mesh laid out as ``layout``: a name of its own, its ledger in a directory of its own under ``root``."""
     name = f"bench-{tag}-{uuid.uuid4().hex[:6]}"
     config = MeshConfig(
         name=name, namespace=NAMESPACE, out_dir=root / name, shards=layout.shards,
@@ -153,7 +168,7 @@ def make_messages(ids: list[str], count: int) -> list[Message]:
     rng = random.Random(RNG_SEED)
     messages = []
     for n in range(count):
-        source, target = rng.sample(ids, 2) if len(ids) > 1 else (ids[0], ids[0])
+        source, target = rng.sample(ids, 2)
         messages.append(Message(source, target, n))
     return messages
 
@@ -335,7 +350,8 @@ def run_main(plan: Plan, root: Path) -> dict[str, Any]:
 
 
 def run_point(plan: Plan, root: Path, knob: str, layout: Layout) -> dict[str, Any]:
-    """One point of the curve: a fresh mesh with ``layout``, ``plan.curve_messages`` through ``send``."""
+    """One point of the curve: a fresh mesh with ``layout``; ``plan.curve_messages`` through ``send``,
+    ``plan.curve_repeats`` times; the median send (by rate) with every rate."""
     ids = agent_ids(layout.agents)
     started = time.perf_counter()
     mesh = open_mesh(f"{knob}", root, layout)
@@ -343,10 +359,13 @@ def run_point(plan: Plan, root: Path, knob: str, layout: Layout) -> dict[str, An
         mesh.add_agents(Echo, ids)
         setup_s = time.perf_counter() - started
         memory = memory_mb(mesh)
-        throughput = timed_send(mesh, make_messages(ids, plan.curve_messages))
+        messages = make_messages(ids, plan.curve_messages)
+        sends = sorted((timed_send(mesh, messages) for _ in range(plan.curve_repeats)),
+                       key=lambda send: send["lifecycles_per_s"])
     finally:
         closed = close_mesh(mesh)
-    return {"knob": knob, **asdict(layout), "setup_s": round(setup_s, 2), **throughput, **memory,
+    return {"knob": knob, **asdict(layout), "setup_s": round(setup_s, 2), **sends[len(sends) // 2],
+            "lifecycles_per_s_all": [send["lifecycles_per_s"] for send in sends], **memory,
             "shutdown_s": closed["shutdown_s"], "events_written": closed["events_written"]}
 
 
@@ -371,7 +390,8 @@ def run_curve(plan: Plan, root: Path, problems: list[str]) -> list[dict[str, Any
             continue
         point = points[-1]
         print(f"  curve {knob:8} shards={layout.shards} batch={layout.batch:>6} inflight={layout.inflight} "
-              f"agents={layout.agents:>7,}: {point['lifecycles_per_s']:>8,} lifecycles/s", flush=True)
+              f"agents={layout.agents:>7,}: {point['lifecycles_per_s']:>8,} lifecycles/s (median of "
+              f"{point['lifecycles_per_s_all']})", flush=True)
     return points
 
 
@@ -562,13 +582,11 @@ def save(report: dict[str, Any], out: Path) -> Path:
 
 def run(plan: Plan, args: argparse.Namespace, root: Path, report: dict[str, Any]) -> None:
     problems = report["problems"]
-    if args.skip_seed:
-        pass
-    elif seed_installed():
+    if not args.skip_seed and not seed_installed():
+        problems.append("nano-empire-tollbooth is not installed: pip install -e '.[bench]' to compare")
+    elif not args.skip_seed:
         print("seed's booth ...", flush=True)
         report["seed"] = run_seed(plan)
-    else:
-        problems.append("nano-empire-tollbooth is not installed: pip install -e '.[bench]' to compare")
     print("main mesh: latency, then send ...", flush=True)
     try:
         report["mesh"] = run_main(plan, root)
@@ -577,6 +595,7 @@ def run(plan: Plan, args: argparse.Namespace, root: Path, report: dict[str, Any]
     if report.get("seed") and report.get("mesh"):
         report["mesh"]["x_seed"] = round(
             report["mesh"]["throughput"]["lifecycles_per_s"] / report["seed"]["lifecycles_per_s"], 2)
+    check_main(report.get("mesh"), problems)
     if args.skip_curve:
         return
     print("curve ...", flush=True)
@@ -587,6 +606,23 @@ def run(plan: Plan, args: argparse.Namespace, root: Path, report: dict[str, Any]
         report["escrow_memory"] = escrow_memory(plan, root)
     except Exception as exc:  # noqa: BLE001
         problems.append(describe("memory per open escrow", exc))
+
+
+def check_main(main: Optional[dict[str, Any]], problems: list[str]) -> None:
+    """Every call released, no escrow left open, every event in the JSONL and in the Parquet dataset."""
+    if not main:
+        return
+    checks = [
+        (main["throughput"]["not_released"] == 0, f"{main['throughput']['not_released']} messages not released"),
+        (main["latency"]["failures"] == 0, f"{main['latency']['failures']} mesh.call round trips failed"),
+        (main["open_escrows_after"] == 0, f"{main['open_escrows_after']} escrows still open after send"),
+        (main["events_written"] == main["events_expected"],
+         f"ledger events {main['events_written']} != expected {main['events_expected']}"),
+        (main["parquet_rows"] == main["events_written"],
+         f"Parquet rows {main['parquet_rows']} != JSONL events {main['events_written']}"),
+        (not main["parquet_error"], f"Parquet sink error: {main['parquet_error']}"),
+    ]
+    problems.extend(f"main mesh: {what}" for ok, what in checks if not ok)
 
 
 def check_leftovers(report: dict[str, Any]) -> None:
