@@ -486,7 +486,9 @@ def per_item_bytes(before_mb: Optional[float], after_mb: Optional[float], items:
 def describe(what: str, exc: BaseException) -> str:
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     place = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
-    return f"{what}: {type(exc).__name__}: {exc}{place}"
+    lines = str(exc).strip().splitlines() or [""]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # Ray's errors carry whole tracebacks
+    return f"{what}: {type(exc).__name__}: {text}{place}"
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -555,7 +557,7 @@ def plot_curve(points: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("lifecycles/s")
-    axes[0].set_ylim(bottom=0)
+    axes[0].set_ylim(0, 1.15 * max(p["lifecycles_per_s"] for p in points))
     fig.suptitle("tollmesh mesh.send: lifecycles/s, one knob at a time")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -111,7 +111,7 @@ def test_a_call_locks_runs_and_releases_durably(make_mesh):
 
 
 def test_a_batch_gives_results_in_order_and_the_ledger_verifies(make_mesh):
-    mesh = make_mesh(shards=3, max_batch_messages=64)
+    mesh = make_mesh(shards=3, max_batch_messages=64, metrics_enabled=True)  # Ray metrics counted on the way
     agents = [f"agent-{i}" for i in range(40)]
     mesh.add_agents(Echo, agents, hosts=3)
     messages = [Message(agents[i % 40], agents[(i * 7) % 40], i if i % 10 else "boom") for i in range(1_000)]
