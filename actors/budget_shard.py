@@ -37,7 +37,7 @@ from mesh.budget import BudgetBook
 from mesh.clock import iso_utc
 from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.errors import TollmeshError
-from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
 from mesh.sharding import shard_of
 
 # What lock_batch does with a draft (the first item of each op).
@@ -240,19 +240,19 @@ class BudgetShard:
 
     def lock_batch(self, ops: list[tuple], now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return self._core.lock_batch(ops, now_us, mode)
+        return _to_wire(self._core.lock_batch(ops, now_us, mode))
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return self._core.settle_batch(ops, now_us, mode)
+        return _to_wire(self._core.settle_batch(ops, now_us, mode))
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return self._core.expire_due(now_us, mode)
+        return _to_wire(self._core.expire_due(now_us, mode))
 
     def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return self._core.deposit(agent, amount_micros, now_us, mode)
+        return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
 
     def credit(self, credits: list[tuple[str, int, int]]) -> int:
         self._check_fresh()
@@ -267,9 +267,10 @@ class BudgetShard:
                                        "agent_caps_micros": {**self._core.spec.agent_caps_micros, **agent_caps_micros}})
         self._core.set_caps(default_cap_micros, agent_caps_micros)
 
-    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[TollRecord], ShardAnswer]:
+    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[tuple], ShardAnswer]:
         self._check_fresh()
-        return self._core.get(task_id, now_us, mode)
+        record, answer = self._core.get(task_id, now_us, mode)
+        return record_to_wire(record), _to_wire(answer)
 
     def snapshot(self, now_us: int) -> dict[str, Any]:
         self._check_fresh()
@@ -281,3 +282,8 @@ class BudgetShard:
     def _check_fresh(self) -> None:
         if self._stale:
             raise ShardRecoveringError(f"budget shard {self._core.spec.index} restarted and waits for its rebuild")
+
+
+def _to_wire(answer: ShardAnswer) -> ShardAnswer:
+    """The answer with its records as plain tuples (:func:`~mesh.records.record_to_wire`), cheap to pickle."""
+    return ([record_to_wire(r) for r in answer[0]], *answer[1:])  # type: ignore[return-value]

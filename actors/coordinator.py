@@ -47,11 +47,11 @@ from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
 from ledger.events import record_event
 from ledger.jsonl import encode_events
-from mesh.agent import CallResult, PriceTable, WireMessage
+from mesh.agent import CallResult, PriceTable, WireMessage, result_to_wire
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.mesh_config import MeshConfig
-from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire
 from mesh.sharding import shard_of
 from mesh.verifier import Verifier, verify_async
 
@@ -153,8 +153,9 @@ class EscrowCoordinator:
 
     # -- calls --------------------------------------------------------------------
 
-    async def submit(self, messages: list[WireMessage], nested: bool = False) -> list[CallResult]:
-        """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order.
+    async def submit(self, messages: list[WireMessage], nested: bool = False) -> list[tuple]:
+        """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order
+        (as :func:`mesh.agent.result_to_wire` tuples).
 
         Batches over ``max_batch_messages`` are split; from drivers (``nested=False``) at most
         ``max_inflight_batches`` run at once.
@@ -163,7 +164,7 @@ class EscrowCoordinator:
         size = self.config.max_batch_messages
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
         answers = await asyncio.gather(*(self._admit(chunk, nested) for chunk in chunks))
-        return [result for answer in answers for result in answer]
+        return [result_to_wire(result) for answer in answers for result in answer]
 
     async def _admit(self, messages: list[WireMessage], nested: bool) -> list[CallResult]:
         if nested:
@@ -328,7 +329,7 @@ class EscrowCoordinator:
             ref = getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), "live")
             entry = self._log.push(ref)
             try:
-                answer = await entry.answer
+                answer = _from_wire(await entry.answer)
             except Exception as exc:  # noqa: BLE001 - the shard died, or refused while stale
                 logger.warning("shard %d %s failed (%s), rebuilding it (attempt %d)", shard, method, type(exc).__name__, attempt + 1)
                 if self._closed:
@@ -443,7 +444,7 @@ class EscrowCoordinator:
         record, answer = await self._shards[shard].get.remote(task_id, self._clock.now_us(), mode)
         entries.append(self._log.push_answer(answer))
         await self._await_durable(entries, [])
-        return record
+        return record_from_wire(record)
 
     async def _one(self, shard: int, method: str, ops: list, mode: str) -> Optional[TollRecord]:
         entries: list[LogEntry] = []
@@ -451,7 +452,7 @@ class EscrowCoordinator:
             await self._wait_recovered(shard)
             entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))
             try:
-                answer = await entry.answer
+                answer = _from_wire(await entry.answer)
                 break
             except Exception:  # noqa: BLE001 - rebuild, then retry
                 await self._recover_shard(shard)
@@ -526,7 +527,7 @@ class EscrowCoordinator:
         await self._wait_recovered(shard)
         entry = self._log.push(getattr(self._shards[shard], method).remote(self._clock.now_us(), "live"))
         try:
-            answer = await entry.answer
+            answer = _from_wire(await entry.answer)
         except Exception:  # noqa: BLE001 - the next sweep tries again
             return None
         entries.append(entry)
@@ -655,6 +656,10 @@ def _unreachable(message: WireMessage) -> CallResult:
     record = TollRecord(message[0], message[1], message[2], status=_FAILED, reason=Reason.SHARD_UNAVAILABLE.value,
                         created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
     return CallResult(record, False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
+
+
+def _from_wire(answer: ShardAnswer) -> ShardAnswer:
+    return ([record_from_wire(r) for r in answer[0]], *answer[1:])  # type: ignore[return-value]
 
 
 async def _awaitable(ref: Any) -> Any:

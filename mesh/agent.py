@@ -32,7 +32,7 @@ from typing import Any, ClassVar, NamedTuple, Optional
 
 from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError
 from mesh.money import UsdLike, usd_to_micros
-from mesh.records import SettlementStatus, TollRecord
+from mesh.records import SettlementStatus, TollRecord, record_from_wire, record_to_wire
 
 MAX_ID_CHARS = 256
 MAX_PAYMENT_FIELD_CHARS = 8192
@@ -130,6 +130,16 @@ class CallResult(NamedTuple):
         return self.value
 
 
+def result_to_wire(result: CallResult) -> tuple:
+    """A plain tuple of the result, cheap to send between actors (the record as :func:`~mesh.records.record_to_wire`)."""
+    return (record_to_wire(result.record), result.ok, result.value, result.error)
+
+
+def result_from_wire(fields: tuple) -> CallResult:
+    """The :class:`CallResult` :func:`result_to_wire` sent."""
+    return CallResult(record_from_wire(fields[0]), fields[1], fields[2], fields[3])
+
+
 #: The wire form of a message: (task_id, source, target, method, payload, payer_wallet, tx_signature, problem).
 WireMessage = tuple
 
@@ -214,7 +224,7 @@ class CallContext:
 
     async def asend(self, messages: list[Message]) -> list[CallResult]:
         """Send many calls at once (their ``source`` must be this agent)."""
-        return await self._coordinator.submit.remote(self._wire(messages), nested=True)
+        return [result_from_wire(r) for r in await self._coordinator.submit.remote(self._wire(messages), nested=True)]
 
     def call(self, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD) -> CallResult:
         """:meth:`acall` for threaded handlers (``threaded = True``)."""
@@ -227,7 +237,7 @@ class CallContext:
         except RuntimeError:
             import ray
 
-            return ray.get(self._coordinator.submit.remote(self._wire(messages), nested=True))
+            return [result_from_wire(r) for r in ray.get(self._coordinator.submit.remote(self._wire(messages), nested=True))]
         raise InvalidArgumentError(
             "ctx.call", self.agent_id,
             "a sync handler running on the host's event loop cannot wait for another agent: "

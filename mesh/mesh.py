@@ -34,7 +34,7 @@ from actors.agent_host import AgentHost, HostSettings
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
-from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, to_wire
+from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
 from mesh.mesh_config import MeshConfig
@@ -132,7 +132,7 @@ class Mesh:
     ) -> CallResult:
         """One call from ``source`` to ``target``: lock, run the handler, release or refund; its result."""
         message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
-        return ray.get(self._coordinator.submit.remote(self._wire([message])))[0]
+        return result_from_wire(ray.get(self._coordinator.submit.remote(self._wire([message])))[0])
 
     async def acall(
         self, source: str, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD,
@@ -140,7 +140,7 @@ class Mesh:
     ) -> CallResult:
         """:meth:`call` for async code."""
         message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
-        return (await self._coordinator.submit.remote(self._wire([message])))[0]
+        return result_from_wire((await self._coordinator.submit.remote(self._wire([message])))[0])
 
     def send(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """Many calls, batched (``max_batch_messages`` a batch), their results in order.
@@ -148,13 +148,14 @@ class Mesh:
         At most ``max_inflight_batches`` batches travel at once: a long list streams
         through the mesh without piling up in its queues.
         """
-        return [result for batch in ray.get(self._send_refs(messages, max_batch_messages, wait=True)) for result in batch]
+        batches = ray.get(self._send_refs(messages, max_batch_messages, wait=True))
+        return [result_from_wire(result) for batch in batches for result in batch]
 
     async def asend(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """:meth:`send` for async code."""
         results: list[CallResult] = []
         for ref in self._send_refs(messages, max_batch_messages, wait=False):
-            results.extend(await ref)
+            results.extend(result_from_wire(result) for result in await ref)
         return results
 
     def _send_refs(self, messages: list[Message], max_batch_messages: Optional[int], *, wait: bool) -> list:

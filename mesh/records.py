@@ -133,3 +133,13 @@ _STATUS_BY_VALUE = {status.value: status for status in SettlementStatus}
 def _record_from_fields(*fields: Any) -> TollRecord:
     """Rebuild a pickled :class:`TollRecord` (see ``TollRecord.__reduce__``)."""
     return TollRecord(*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:])
+
+
+def record_to_wire(record: Optional[TollRecord]) -> Optional[tuple]:
+    """A plain tuple of the record's fields (status as text): the cheapest form to send between actors."""
+    return None if record is None else (*record[:5], record.status.value, *record[6:])
+
+
+def record_from_wire(fields: Optional[tuple]) -> Optional[TollRecord]:
+    """The record :func:`record_to_wire` sent."""
+    return None if fields is None else TollRecord(*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:])
