@@ -1,16 +1,17 @@
 """The agent host actor: many light agents in one Ray actor, or one heavy agent in its own.
 
 A Ray actor costs ~50 MB and ~0.3 s to start, so a simulation's 100,000 agents live
-many to a host: the host builds each agent from its class and constructor arguments
-(again after a restart: Ray re-runs the constructor), and runs the coordinator's
-delivery batches. A handler that raises, or runs past ``handler_timeout_s``, fails its
+many to a host: the host builds each agent from its class and constructor arguments,
+read from a file the mesh wrote (so a restart, which re-runs the constructor, finds them
+even after the driver that added them is gone), and runs the coordinator's delivery batches. A handler that raises, or runs past ``handler_timeout_s``, fails its
 own message only; the host and its other agents go on.
 
 Each answer is ``(code, value)``: :data:`OK` and the handler's return value,
 :data:`ERROR` and the error text, or :data:`TIMEOUT` and a note.
 
 >>> import ray                                                               # doctest: +SKIP
->>> host = AgentHost.remote([(Echo, ["a1", "a2"], {})], HostSettings(coordinator_name="m.coordinator", namespace="tollmesh"))  # doctest: +SKIP
+>>> write_groups("host.pkl", [(Echo, ["a1", "a2"], {})])                    # doctest: +SKIP
+>>> host = AgentHost.remote("host.pkl", HostSettings(coordinator_name="m.coordinator", namespace="tollmesh"))  # doctest: +SKIP
 >>> ray.get(host.handle_batch.remote([("t1", "a1", "handle", "hi", "alice")]))  # doctest: +SKIP
 [(0, 'hi')]
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
+from ray import cloudpickle
 
 from mesh.agent import Agent, CallContext
 
@@ -43,6 +45,19 @@ class HostSettings:
     handler_timeout_s: float = 30.0
     max_payload_bytes: int = 1 << 20
     max_threads: int = 16
+
+
+def write_groups(path: str | os.PathLike, groups: list[AgentGroup]) -> None:
+    """Save a host's agent groups (classes by value where Ray would send them so) for :class:`AgentHost`."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(cloudpickle.dumps(groups))
+    os.replace(tmp, path)
+
+
+def read_groups(path: str | os.PathLike) -> list[AgentGroup]:
+    with open(path, "rb") as f:
+        return cloudpickle.loads(f.read())
 
 
 class HostCore:
@@ -122,9 +137,9 @@ def _describe(exc: BaseException) -> str:
 class AgentHost:
     """A Ray actor hosting agents; see the module doc."""
 
-    def __init__(self, groups: list[AgentGroup], settings: HostSettings) -> None:
+    def __init__(self, groups_path: str, settings: HostSettings) -> None:
         coordinator = ray.get_actor(settings.coordinator_name, namespace=settings.namespace)
-        self._core = HostCore(groups, settings, coordinator)
+        self._core = HostCore(read_groups(groups_path), settings, coordinator)
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(items)

@@ -161,10 +161,9 @@ class ShardCore:
 
     # -- queries ----------------------------------------------------------------
 
-    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[TollRecord], ShardAnswer]:
-        """The record of ``task_id`` (after expiring what is due), and the events of that expiry."""
-        answer = self.expire_due(now_us, mode)
-        return self.book.get(task_id), answer
+    def get(self, task_id: str) -> Optional[TollRecord]:
+        """The record of ``task_id`` as it stands (a pure read: call :meth:`expire_due` first)."""
+        return self.book.get(task_id)
 
     def snapshot(self, now_us: int) -> dict[str, Any]:
         """This shard's part of :func:`ledger.replay.snapshot`, plus its transfer totals."""
@@ -267,10 +266,9 @@ class BudgetShard:
                                        "agent_caps_micros": {**self._core.spec.agent_caps_micros, **agent_caps_micros}})
         self._core.set_caps(default_cap_micros, agent_caps_micros)
 
-    def get(self, task_id: str, now_us: int, mode: str) -> tuple[Optional[tuple], ShardAnswer]:
+    def get(self, task_id: str) -> Optional[tuple]:
         self._check_fresh()
-        record, answer = self._core.get(task_id, now_us, mode)
-        return record_to_wire(record), _to_wire(answer)
+        return record_to_wire(self._core.get(task_id))
 
     def snapshot(self, now_us: int) -> dict[str, Any]:
         self._check_fresh()

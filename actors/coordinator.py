@@ -434,17 +434,18 @@ class EscrowCoordinator:
         return record
 
     async def booth_get(self, task_id: str, mode: str) -> Optional[TollRecord]:
+        """The record of a toll charged through :meth:`booth_charge`, after expiring what is due on its shard."""
         await self._ready()
         source = self._booth_sources.get(task_id)
         if source is None:
             return None
-        entries: list[LogEntry] = []
         shard = shard_of(source, self.config.shards)
-        await self._wait_recovered(shard)
-        record, answer = await self._shards[shard].get.remote(task_id, self._clock.now_us(), mode)
-        entries.append(self._log.push_answer(answer))
+        entries: list[LogEntry] = []
+        answer = await self._shard_call_now(shard, "expire_due", entries)  # its events go through the log, in order
         await self._await_durable(entries, [])
-        return record_from_wire(record)
+        if answer is not None:
+            self._count_settled(answer[0])
+        return record_from_wire(await self._shards[shard].get.remote(task_id))
 
     async def _one(self, shard: int, method: str, ops: list, mode: str) -> Optional[TollRecord]:
         entries: list[LogEntry] = []

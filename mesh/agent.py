@@ -33,9 +33,10 @@ from typing import Any, ClassVar, NamedTuple, Optional
 from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError
 from mesh.money import UsdLike, usd_to_micros
 from mesh.records import SettlementStatus, TollRecord, record_from_wire, record_to_wire
+from mesh.tollbooth import MAX_ID_CHARS
+from mesh.tollbooth import _check_id as check_id
+from mesh.tollbooth import _check_payment_field as check_payment_field
 
-MAX_ID_CHARS = 256
-MAX_PAYMENT_FIELD_CHARS = 8192
 DEFAULT_METHOD = "handle"
 
 
@@ -174,22 +175,6 @@ def payload_bytes(payload: Any) -> int:
         return len(pickle.dumps(payload, protocol=5))
     except Exception as exc:  # noqa: BLE001 - name the problem at the boundary
         raise InvalidArgumentError("payload", type(payload).__name__, f"cannot be serialized: {exc}") from None
-
-
-def check_id(field: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise InvalidTypeError(field, value, "a str")
-    if not value or len(value) > MAX_ID_CHARS:
-        raise InvalidArgumentError(field, value, f"must be 1 to {MAX_ID_CHARS} characters")
-
-
-def check_payment_field(field: str, value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise InvalidTypeError(field, value, "a str or None")
-    if len(value) > MAX_PAYMENT_FIELD_CHARS:
-        raise InvalidArgumentError(field, value[:32] + "...", f"must be at most {MAX_PAYMENT_FIELD_CHARS} characters")
 
 
 def child_task_id(parent: str, n: int) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from itertools import count
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Optional
 
 import ray
 
-from actors.agent_host import AgentHost, HostSettings
+from actors.agent_host import AgentHost, HostSettings, write_groups
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
@@ -113,8 +114,11 @@ class Mesh:
             coordinator_name=config.actor_name("coordinator"), namespace=config.namespace,
             handler_timeout_s=config.handler_timeout_s, max_payload_bytes=config.max_payload_bytes,
         )
+        groups_path = config.out_dir / "hosts" / f"{name}.pkl"
+        groups_path.parent.mkdir(parents=True, exist_ok=True)
+        write_groups(groups_path, [(agent_class, ids, init_kwargs)])
         host = AgentHost.options(name=name, namespace=config.namespace, lifetime=self._lifetime(), **options).remote(
-            [(agent_class, ids, init_kwargs)], settings
+            str(groups_path), settings
         )
         self._handles.append(host)
         try:
@@ -272,6 +276,7 @@ class Mesh:
             raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False")
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
+        shutil.rmtree(config.out_dir / "hosts", ignore_errors=True)
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
         writer = LedgerWriterActor.options(name=config.actor_name("writer"), **common).remote(
             str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
