@@ -29,7 +29,7 @@ class MeshConfig(BaseModel):
 
     name: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     namespace: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    out_dir: Path = Path("tollmesh-out") / "mesh"
+    out_dir: Path = Field(default=Path("tollmesh-out") / "mesh", validate_default=True)
     detached: bool = False  # actors outlive the driver that started them (attach from others; shut down explicitly)
     # Layout
     shards: int = Field(default=4, ge=1, le=MAX_SHARDS)
@@ -67,6 +67,12 @@ class MeshConfig(BaseModel):
                 f"{'.'.join(str(p) for p in e['loc']) or 'config'}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
             ]
             raise ConfigError("invalid MeshConfig: " + "; ".join(problems)) from None
+
+    @field_validator("out_dir")
+    @classmethod
+    def _absolute(cls, out_dir: Path) -> Path:
+        """Actors run in other processes (and machines): they get the driver's absolute path."""
+        return out_dir.absolute()
 
     @field_validator("max_daily_toll_per_agent")
     @classmethod
