@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from itertools import count
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,12 @@ def _clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Any:
     reset_usage()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Any:
     """One local Ray for the whole test session: 2 CPUs, no dashboard."""
@@ -39,7 +46,8 @@ def ray_session() -> Any:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False,
+             _metrics_export_port=_free_port())
     yield ray
     ray.shutdown()
 

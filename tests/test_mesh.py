@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -328,3 +329,21 @@ def test_a_second_driver_attaches_to_a_running_mesh(make_mesh):
     assert other.stats()["released"] == 1
     with pytest.raises(InvalidArgumentError, match="no running mesh"):
         Mesh.attach("nope", namespace=mesh.config.namespace)
+
+
+@pytest.mark.slow
+def test_metrics_reach_the_prometheus_endpoint(make_mesh, ray_session):
+    mesh = make_mesh(metrics_enabled=True)
+    mesh.add_agents(Echo, ["echo"])
+    mesh.send([Message("alice", "echo", "ok"), Message("alice", "echo", "boom"), Message("alice", "nobody", "x")])
+    port = ray_session._private.worker.global_worker.node.metrics_export_port
+    wanted = {"tollmesh_locks_total", "tollmesh_releases_total", "tollmesh_refunds_total", "tollmesh_rejections_total",
+              "tollmesh_locked_micros", "tollmesh_batch_messages", "tollmesh_batch_latency_ms"}
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports on its own schedule (every few seconds)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        mine = [line for line in text.splitlines() if f'mesh="{mesh.config.name}"' in line]
+        if all(any(name in line for line in mine) for name in wanted) and any('reason="unknown_agent"' in l for l in mine):
+            break
+        assert time.monotonic() < deadline, f"missing: {sorted(n for n in wanted if not any(n in l for l in mine))}"
+        time.sleep(1)
