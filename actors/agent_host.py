@@ -29,6 +29,7 @@ import ray
 from ray import cloudpickle
 
 from mesh.agent import Agent, CallContext
+from mesh.coalesce import SubmitCoalescer
 
 OK, ERROR, TIMEOUT = 0, 1, 2
 MAX_CONCURRENT_BATCHES = 1_000  # Ray runs at most this many batches at once on a host; the rest wait
@@ -74,6 +75,7 @@ class HostCore:
                 self.agents[agent_id] = agent
         self._how: dict[tuple[type, str], int] = {}
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._coalescer = SubmitCoalescer(coordinator, nested=True) if coordinator is not None else None
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
         """Run each ``(task_id, agent_id, method, payload, source_agent)``; answers in the same order."""
@@ -86,7 +88,7 @@ class HostCore:
                 answers[i] = (ERROR, f"this host has no agent {agent_id!r}")
                 continue
             function = getattr(agent, method, None)
-            ctx = CallContext(agent_id, task_id, source, method, self.coordinator, settings.max_payload_bytes)
+            ctx = CallContext(agent_id, task_id, source, method, self.coordinator, settings.max_payload_bytes, self._coalescer)
             how = self._how_to_run(agent, method, function)
             if how == _INLINE:
                 try:

@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import Counter as Tally
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from pathlib import Path
 from typing import Any, Optional
 
@@ -150,6 +150,9 @@ class EscrowCoordinator:
         self._started: Optional[asyncio.Future] = None
         self._log: Optional[OrderedLog] = None
         self._closed = False
+        self._waiting: dict[bool, deque] = {False: deque(), True: deque()}  # submissions not yet in a batch
+        self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
+        self._batch_tasks: set[asyncio.Task] = set()
 
     # -- calls --------------------------------------------------------------------
 
@@ -157,20 +160,59 @@ class EscrowCoordinator:
         """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order
         (as :func:`mesh.agent.result_to_wire` tuples).
 
-        Batches over ``max_batch_messages`` are split; from drivers (``nested=False``) at most
-        ``max_inflight_batches`` run at once.
+        Submissions that wait together are coalesced into batches of up to ``max_batch_messages``
+        (many concurrent single calls make one batch); larger ones are split. From drivers
+        (``nested=False``) at most ``max_inflight_batches`` batches run at once.
         """
         await self._ready()
         size = self.config.max_batch_messages
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
-        answers = await asyncio.gather(*(self._admit(chunk, nested) for chunk in chunks))
+        answers = await asyncio.gather(*(self._enqueue(chunk, nested) for chunk in chunks))
         return [result_to_wire(result) for answer in answers for result in answer]
 
-    async def _admit(self, messages: list[WireMessage], nested: bool) -> list[CallResult]:
-        if nested:
-            return await self._run_batch(messages)
-        async with self._admission:
-            return await self._run_batch(messages)
+    async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[CallResult]:
+        """Queue a submission for the next batch; its results once that batch is durable."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting[nested].append((messages, done))
+        if self._batchers[nested] is None:
+            self._batchers[nested] = asyncio.get_running_loop().create_task(self._form_batches(nested))
+        return await done
+
+    async def _form_batches(self, nested: bool) -> None:
+        """Take waiting submissions into batches while a slot is free (nested calls need none: no deadlock)."""
+        waiting = self._waiting[nested]
+        try:
+            while waiting:
+                if not nested:
+                    await self._admission.acquire()  # submissions keep arriving meanwhile: bigger batches
+                taken: list[tuple[list[WireMessage], asyncio.Future]] = []
+                count = 0
+                while waiting and (not taken or count + len(waiting[0][0]) <= self.config.max_batch_messages):
+                    taken.append(waiting.popleft())
+                    count += len(taken[-1][0])
+                task = asyncio.get_running_loop().create_task(self._run_taken(taken, nested))
+                self._batch_tasks.add(task)
+                task.add_done_callback(self._batch_tasks.discard)
+        finally:
+            self._batchers[nested] = None
+
+    async def _run_taken(self, taken: list[tuple[list[WireMessage], asyncio.Future]], nested: bool) -> None:
+        try:
+            results = await self._run_batch([m for messages, _ in taken for m in messages])
+        except Exception as exc:  # noqa: BLE001 - every submitter of the batch hears of it
+            logger.error("batch of %d submissions failed: %s: %s", len(taken), type(exc).__name__, exc)
+            for _, done in taken:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        finally:
+            if not nested:
+                self._admission.release()
+        start = 0
+        for messages, done in taken:
+            if not done.done():
+                done.set_result(results[start:start + len(messages)])
+            start += len(messages)
 
     async def _run_batch(self, messages: list[WireMessage]) -> list[CallResult]:
         started = time.perf_counter()
@@ -583,8 +625,8 @@ class EscrowCoordinator:
     async def close(self) -> dict[str, Any]:
         """Wait for the batches in flight, flush the ledger and close it (Parquet written out)."""
         await self._ready()
-        for _ in range(self.config.max_inflight_batches):
-            await self._admission.acquire()
+        while self._waiting[False] or self._waiting[True] or self._batch_tasks:
+            await asyncio.sleep(0.01)
         self._closed = True
         self._sweeper.cancel()
         await self._log.close()

@@ -191,15 +191,17 @@ class CallContext:
     ``call``/``send`` are for threaded or driver code; ``acall``/``asend`` for async handlers.
     """
 
-    __slots__ = ("agent_id", "task_id", "source_agent", "method", "_coordinator", "_calls", "_max_payload_bytes")
+    __slots__ = ("agent_id", "task_id", "source_agent", "method", "_coordinator", "_coalescer", "_calls",
+                 "_max_payload_bytes")
 
     def __init__(self, agent_id: str, task_id: str, source_agent: str, method: str,
-                 coordinator: Any, max_payload_bytes: int) -> None:
+                 coordinator: Any, max_payload_bytes: int, coalescer: Any = None) -> None:
         self.agent_id = agent_id
         self.task_id = task_id
         self.source_agent = source_agent
         self.method = method
         self._coordinator = coordinator
+        self._coalescer = coalescer  # a mesh.coalesce.SubmitCoalescer on the host's loop, or None
         self._calls = 0
         self._max_payload_bytes = max_payload_bytes
 
@@ -209,7 +211,10 @@ class CallContext:
 
     async def asend(self, messages: list[Message]) -> list[CallResult]:
         """Send many calls at once (their ``source`` must be this agent)."""
-        return [result_from_wire(r) for r in await self._coordinator.submit.remote(self._wire(messages), nested=True)]
+        wire = self._wire(messages)
+        if self._coalescer is not None:
+            return [result_from_wire(r) for r in await self._coalescer.submit(wire)]
+        return [result_from_wire(r) for r in await self._coordinator.submit.remote(wire, nested=True)]
 
     def call(self, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD) -> CallResult:
         """:meth:`acall` for threaded handlers (``threaded = True``)."""

@@ -21,10 +21,12 @@ driver; ``shutdown()`` waits for the calls in flight, flushes and closes the led
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import uuid
+import weakref
 from itertools import count
 from pathlib import Path
 from typing import Any, Optional
@@ -36,6 +38,7 @@ from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
 from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
+from mesh.coalesce import SubmitCoalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
 from mesh.mesh_config import MeshConfig
@@ -58,6 +61,7 @@ class Mesh:
         self._task_prefix = uuid.uuid4().hex[:12]
         self._task_numbers = count()
         self._handles: list[Any] = []
+        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._coordinator = self._start_actors()
         self._owner = True
 
@@ -76,6 +80,7 @@ class Mesh:
         mesh._task_numbers = count()
         mesh._coordinator = coordinator
         mesh._handles = []
+        mesh._coalescers = weakref.WeakKeyDictionary()
         mesh._owner = False
         return mesh
 
@@ -144,7 +149,7 @@ class Mesh:
     ) -> CallResult:
         """:meth:`call` for async code."""
         message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
-        return result_from_wire((await self._coordinator.submit.remote(self._wire([message])))[0])
+        return result_from_wire((await self._coalescer().submit(self._wire([message])))[0])
 
     def send(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """Many calls, batched (``max_batch_messages`` a batch), their results in order.
@@ -177,6 +182,14 @@ class Mesh:
             if wait and len(pending) >= self.config.max_inflight_batches:
                 _, pending = ray.wait(pending, num_returns=1)
         return refs
+
+    def _coalescer(self) -> SubmitCoalescer:
+        """This event loop's coalescer: concurrent ``acall`` s go out as one coordinator call."""
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescers.get(loop)
+        if coalescer is None:
+            coalescer = self._coalescers[loop] = SubmitCoalescer(self._coordinator, nested=False)
+        return coalescer
 
     def _wire(self, messages: list[Message]) -> list[tuple]:
         wire = []

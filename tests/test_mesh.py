@@ -78,6 +78,16 @@ class ThreadedRelay(Agent):
         return ctx.call(payload, "relayed").unwrap()
 
 
+class FanOut(Agent):
+    """Calls ``echo`` ``payload`` times at once, and returns what came back, in order."""
+
+    price_usd = "0.001"
+
+    async def handle(self, ctx, payload):
+        results = await asyncio.gather(*(ctx.acall("echo", n) for n in range(payload)))
+        return [r.unwrap() for r in results]
+
+
 class InlineCaller(Agent):
     price_usd = "0.001"
 
@@ -246,6 +256,23 @@ def test_handlers_call_other_agents_and_pay_for_them(make_mesh):
     assert balances["relay"] == 1_000_000 + 3_000 - 1_000 and balances["echo"] == 2_000
     assert sum(balances.values()) + live["locked_total_micros"] == live["deposits_total_micros"] == 4_000_000
     assert_replay_matches(mesh, live, track_balances=True)
+
+
+def test_concurrent_calls_are_coalesced_and_each_caller_gets_its_own_result(make_mesh):
+    mesh = make_mesh(max_batch_messages=64)
+    mesh.add_agents(Echo, ["echo"])
+    mesh.add_agents(FanOut, ["fan"])
+
+    async def many() -> list:
+        return await asyncio.gather(*(mesh.acall(f"caller-{n % 7}", "echo", n) for n in range(300)))
+
+    results = asyncio.run(many())
+    assert [r.value for r in results] == list(range(300))
+    assert [r.record.source_agent for r in results] == [f"caller-{n % 7}" for n in range(300)]
+    fanned = mesh.call("alice", "fan", 200)  # 200 nested calls from one handler, batched on their way out
+    assert fanned.value == list(range(200))
+    assert mesh.snapshot()["used_today_micros"]["fan"] == 200 * 1_000
+    assert len({r.task_id for r in results}) == 300
 
 
 def test_balances_refuse_what_an_agent_cannot_pay(make_mesh):

@@ -1,0 +1,54 @@
+"""Coalesce concurrent submissions from one event loop into one coordinator call.
+
+A Ray call costs ~1 ms here, whatever it carries; a thousand handlers each calling
+another agent would make a thousand. A :class:`SubmitCoalescer` gathers the
+submissions made during one turn of the event loop and sends them as one
+``submit`` (the coordinator batches them together), then hands each caller its
+own results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class SubmitCoalescer:
+    """One per event loop and coordinator; ``await submit(wire)`` as if calling the coordinator."""
+
+    def __init__(self, coordinator: Any, *, nested: bool) -> None:
+        self._coordinator = coordinator
+        self._nested = nested
+        self._pending: list[tuple[list[tuple], asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, wire: list[tuple]) -> list[tuple]:
+        """The coordinator's wire results for ``wire`` (sent with what else waits this loop turn)."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((wire, done))
+        return await done
+
+    def _flush(self) -> None:
+        taken, self._pending = self._pending, []
+        ref = self._coordinator.submit.remote([m for wire, _ in taken for m in wire], nested=self._nested)
+        task = asyncio.get_running_loop().create_task(self._deliver(ref, taken))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _deliver(ref: Any, taken: list[tuple[list[tuple], asyncio.Future]]) -> None:
+        try:
+            results = await ref
+        except Exception as exc:  # noqa: BLE001 - every caller of the call hears of it
+            for _, done in taken:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        start = 0
+        for wire, done in taken:
+            if not done.done():
+                done.set_result(results[start:start + len(wire)])
+            start += len(wire)
