@@ -5,7 +5,8 @@ One local Ray (or ``RAY_ADDRESS``) for the whole run; each mesh is shut down bef
 - **seed**: nano-empire-tollbooth 0.3.0 in process, charge + release with its JSONL ledger (``--skip-seed``);
 - **mesh**: ``mesh.send(messages)`` between 1,000 light agents whose handler returns its payload:
   lock -> deliver -> release, every event durable in JSONL (and written to Parquet), and its ratio to the seed;
-- **latency**: ``mesh.call(source, target, payload)`` one at a time, p50/p90/p99/max in ms;
+- **latency**: ``mesh.call(source, target, payload)`` one at a time, p50/p90/p99/max in ms; then as many
+  ``mesh.acall`` s all at once (coalesced into batches): calls per second;
 - **curve** (``--skip-curve``): lifecycles/s as shards, batch size and batches in flight vary one at a
   time around the main run's layout; 1,000 against 100,000 agents (host memory per agent); and
   the shards' memory per open escrow (locked through ``mesh.tollbooth(...)``).
@@ -312,6 +313,21 @@ def measure_latency(mesh: Mesh, ids: list[str], calls: int, warmup_calls: int) -
     return {"calls": calls, "warmup_calls": warmup_calls, "failures": failures, **percentiles_ms(latencies_ms)}
 
 
+def measure_concurrent_calls(mesh: Mesh, ids: list[str], calls: int) -> dict[str, Any]:
+    """``calls`` single ``mesh.acall`` s at once (coalesced into batches on their way): calls per second."""
+    rng = random.Random(RNG_SEED + 2)
+    pairs = [rng.sample(ids, 2) for _ in range(calls)]
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(mesh.acall(source, target, n) for n, (source, target) in enumerate(pairs)))
+
+    started = time.perf_counter()
+    results = asyncio.run(all_at_once())
+    elapsed_s = time.perf_counter() - started
+    return {"calls": calls, "failures": sum(not r.ok for r in results), "elapsed_s": round(elapsed_s, 3),
+            "calls_per_s": round(calls / elapsed_s)}
+
+
 def percentiles_ms(latencies_ms: list[float]) -> dict[str, float]:
     ordered = sorted(latencies_ms)
 
@@ -333,17 +349,18 @@ def run_main(plan: Plan, root: Path) -> dict[str, Any]:
         setup_s = time.perf_counter() - started
         memory = memory_mb(mesh)
         latency = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls)
+        concurrent = measure_concurrent_calls(mesh, ids, plan.latency_calls)
         messages = make_messages(ids, plan.messages)
         throughput = timed_send(mesh, messages)
         stats = mesh.stats()
     finally:
         closed = close_mesh(mesh)
-    expected_events = 2 * (plan.messages + plan.latency_calls + plan.warmup_calls)
+    expected_events = 2 * (plan.messages + 2 * plan.latency_calls + plan.warmup_calls)
     return {
         "layout": asdict(layout), "setup_s": round(setup_s, 2), "memory_after_setup": memory,
         "throughput": {**throughput, "lifecycles_per_s_with_shutdown": round(
             plan.messages / (throughput["elapsed_s"] + closed["shutdown_s"]))},
-        "latency": latency, "open_escrows_after": stats["open_escrows"],
+        "latency": latency, "concurrent_calls": concurrent, "open_escrows_after": stats["open_escrows"],
         "events_expected": expected_events, **closed,
         "ledger_bytes_per_lifecycle": round(closed["jsonl_bytes"] / (expected_events / 2), 1),
     }
@@ -508,6 +525,8 @@ def print_table(report: dict[str, Any]) -> None:
         lat = main["latency"]
         print(f"\nmesh.call round trip ({lat['calls']:,} calls): p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  "
               f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+        together = main["concurrent_calls"]
+        print(f"mesh.acall, {together['calls']:,} at once (coalesced): {together['calls_per_s']:,} calls/s")
     print_curve(report)
     print(f"\nmesh actor processes alive after the last shutdown: {report.get('leftover_actor_processes')}")
     for problem in report["problems"]:
@@ -617,6 +636,7 @@ def check_main(main: Optional[dict[str, Any]], problems: list[str]) -> None:
     checks = [
         (main["throughput"]["not_released"] == 0, f"{main['throughput']['not_released']} messages not released"),
         (main["latency"]["failures"] == 0, f"{main['latency']['failures']} mesh.call round trips failed"),
+        (main["concurrent_calls"]["failures"] == 0, f"{main['concurrent_calls']['failures']} concurrent acalls failed"),
         (main["open_escrows_after"] == 0, f"{main['open_escrows_after']} escrows still open after send"),
         (main["events_written"] == main["events_expected"],
          f"ledger events {main['events_written']} != expected {main['events_expected']}"),
