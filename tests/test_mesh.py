@@ -296,7 +296,7 @@ def test_a_repeated_task_id_is_not_run_or_charged_again(make_mesh):
 
 
 def test_the_seed_router_loop_runs_on_the_mesh_tollbooth(make_mesh):
-    mesh = make_mesh(escrow_timeout_s=0.5, sweep_interval_s=0.1)
+    mesh = make_mesh(escrow_timeout_s=3.0, sweep_interval_s=0.1)
     booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01", max_daily_toll_per_agent="0.02"))
 
     async def route(task_id: str, handler: Callable[[str], Any]) -> Any:  # the seed's loop, unchanged
@@ -324,7 +324,7 @@ def test_the_seed_router_loop_runs_on_the_mesh_tollbooth(make_mesh):
     assert booth.release_sync("never") is None
     booth.reset_daily()
     assert booth.charge_sync("t5", "alice", "bob").status.value == "escrow_locked"
-    time.sleep(1.0)  # past the escrow timeout: the coordinator's sweeper refunds it
+    time.sleep(3.5)  # past the escrow timeout: the coordinator's sweeper refunds it
     assert (booth.get_record("t5").status.value, booth.get_record("t5").reason) == ("refunded", "escrow_timeout")
     mesh.shutdown()
     assert verify(mesh.ledger_path).ok
