@@ -342,6 +342,21 @@ def test_x402_payments_are_verified_and_fail_closed(make_mesh):
     assert events[0]["proof_digest"] and events[0]["payer_wallet"] == "0xabc"
 
 
+def test_a_hanging_verifier_fails_closed_without_stalling_the_mesh(make_mesh):
+    mesh = make_mesh(x402_verify_timeout_s=0.3)
+    mesh.add_agents(Echo, ["echo"])
+    mesh.set_x402_verifier(_hanging_verifier)
+    hung, unpaid = mesh.send([Message("alice", "echo", "x", payer_wallet="0xabc", tx_signature="sig"),
+                              Message("alice", "echo", "y")])
+    assert (hung.status.value, hung.reason) == ("failed", "x402_timeout")
+    assert unpaid.ok and unpaid.value == "y"
+
+
+async def _hanging_verifier(wallet: str, signature: str, amount_usd: float) -> bool:
+    await asyncio.sleep(60)
+    return True
+
+
 def _verifier(wallet: str, signature: str, amount_usd: float) -> bool:
     if signature == "raise":
         raise RuntimeError("verifier down")
