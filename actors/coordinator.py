@@ -14,9 +14,11 @@ A batch of messages goes through four hops, each one Ray call per actor involved
    batch answers only once its events are durable. With balances, releases to agents of
    another shard are then credited there.
 
-At most ``max_inflight_batches`` batches from drivers run at once (others wait:
-backpressure); calls made by handlers from inside a batch skip that bound, so a
-handler waiting on another agent can never deadlock the mesh. A sweeper refunds
+Submissions that wait together are coalesced into one batch (up to
+``max_batch_messages``), so many concurrent single calls cost a few batches. At most
+``max_inflight_batches`` batches from drivers run at once (others wait: backpressure);
+calls made by handlers from inside a batch skip that bound, so a handler waiting on
+another agent can never deadlock the mesh. A sweeper refunds
 escrows past ``escrow_timeout_s`` every ``sweep_interval_s``.
 
 Recovery: a shard call that fails (the shard crashed and Ray restarted it) makes the
@@ -490,7 +492,6 @@ class EscrowCoordinator:
         return record_from_wire(await self._shards[shard].get.remote(task_id))
 
     async def _one(self, shard: int, method: str, ops: list, mode: str) -> Optional[TollRecord]:
-        entries: list[LogEntry] = []
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))

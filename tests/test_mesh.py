@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
