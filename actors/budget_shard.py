@@ -165,6 +165,10 @@ class ShardCore:
         """The record of ``task_id`` as it stands (a pure read: call :meth:`expire_due` first)."""
         return self.book.get(task_id)
 
+    def open_sources(self) -> dict[str, str]:
+        """The source agent of every open escrow, by task id."""
+        return {record.task_id: record.source_agent for record in self.book.open_escrows()}
+
     def snapshot(self, now_us: int) -> dict[str, Any]:
         """This shard's part of :func:`ledger.replay.snapshot`, plus its transfer totals."""
         state = snapshot(self.book, now_us)
@@ -273,6 +277,10 @@ class BudgetShard:
     def snapshot(self, now_us: int) -> dict[str, Any]:
         self._check_fresh()
         return self._core.snapshot(now_us)
+
+    def open_sources(self) -> dict[str, str]:
+        self._check_fresh()
+        return self._core.open_sources()
 
     def stats(self) -> dict[str, Any]:
         return {**self._core.stats(), "stale": self._stale}

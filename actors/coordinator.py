@@ -646,6 +646,8 @@ class EscrowCoordinator:
         if self._restarted:  # events in the old instance's log are lost: the shards go back to the ledger
             logger.warning("coordinator restarted: rebuilding every shard from the ledger")
             await self._rebuild(list(range(self.config.shards)))
+            for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
+                self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:

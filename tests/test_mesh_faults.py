@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from ledger import read_events, verify
-from mesh import Message
+from mesh import Message, TollboothConfig
 from mesh.clock import US_PER_DAY
 from test_mesh import Echo, assert_replay_matches
 
@@ -111,3 +111,28 @@ def test_killing_the_coordinator_mid_run_loses_nothing(make_mesh):
     mesh = funded_mesh(make_mesh)
     acknowledged = run_with_kills(mesh, ["coordinator", "shard.1"], seed=4, kills=2)
     check_after_faults(mesh, acknowledged)
+
+
+@pytest.mark.slow
+def test_a_tollbooth_escrow_survives_a_coordinator_restart(make_mesh):
+    mesh = make_mesh(track_balances=True)
+    booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01"))
+    booth.deposit("alice", "1")
+    assert booth.charge_sync("t1", "alice", "bob").status.value == "escrow_locked"
+    assert booth.charge_sync("t2", "alice", "bob").status.value == "escrow_locked"
+    old_pid = mesh.stats()["pid"]
+    ray.kill(mesh.actor("coordinator"), no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert mesh.stats()["pid"] != old_pid
+            break
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert booth.release_sync("t1").status.value == "released"  # the new coordinator found the open escrow
+    assert booth.refund_sync("t2").status.value == "refunded"
+    live = mesh.snapshot()
+    assert live["balances_micros"] == {"alice": 990_000, "bob": 10_000} and live["open_escrows"] == {}
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
