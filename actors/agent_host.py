@@ -28,6 +28,7 @@ from typing import Any, Optional
 import ray
 from ray import cloudpickle
 
+from actors.gc_tuning import tune_gc
 from mesh.agent import Agent, CallContext
 from mesh.coalesce import SubmitCoalescer
 
@@ -142,6 +143,7 @@ class AgentHost:
     def __init__(self, groups_path: str, settings: HostSettings) -> None:
         coordinator = ray.get_actor(settings.coordinator_name, namespace=settings.namespace)
         self._core = HostCore(read_groups(groups_path), settings, coordinator)
+        tune_gc()
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(items)

@@ -30,13 +30,14 @@ from typing import Any, Optional
 
 import ray
 
+from actors.gc_tuning import tune_gc
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.replay import replay_shard, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import iso_utc
-from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.errors import TollmeshError
+from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
 from mesh.sharding import shard_of
 
@@ -221,6 +222,7 @@ class BudgetShard:
     """A Ray actor around :class:`ShardCore`; see the module doc. Calls run one at a time, in order."""
 
     def __init__(self, spec: ShardSpec) -> None:
+        tune_gc()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # A restarted shard must not replay yet: events it made before the crash may still be on their way to the ledger.
         self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec)

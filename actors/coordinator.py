@@ -45,6 +45,7 @@ import ray
 
 from actors.agent_host import ERROR, OK, TIMEOUT
 from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
 from ledger.events import record_event
@@ -134,6 +135,7 @@ class EscrowCoordinator:
     """Drives every escrow of a mesh; see the module doc."""
 
     def __init__(self, config: MeshConfig) -> None:
+        tune_gc()
         self.config = config
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         names = [config.actor_name(f"shard.{i}") for i in range(config.shards)]

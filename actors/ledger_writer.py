@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import ray
 
+from actors.gc_tuning import tune_gc
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from mesh.errors import LedgerError
@@ -76,6 +77,7 @@ class LedgerWriterActor:
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_commit_events: int = DEFAULT_MAX_COMMIT_EVENTS,
     ) -> None:
+        tune_gc()
         if max_commit_events < 1:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
