@@ -50,6 +50,7 @@ from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
 from ledger.events import record_event
 from ledger.jsonl import encode_events
+from ledger.reader import last_ts_us
 from mesh.agent import CallResult, PriceTable, WireMessage, result_to_wire
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
@@ -120,6 +121,12 @@ class _Clock:
             now = self._last_us
         self._last_us = now
         return now
+
+    def resume_after(self, ts_us: int) -> None:
+        """Never stamp anything before ``ts_us`` (the ledger's last event, after a restart)."""
+        self._last_us = max(self._last_us, ts_us)
+        if self.manual:
+            self._manual_us = max(self._manual_us, ts_us)
 
     def advance(self, seconds: float) -> int:
         if not self.manual:
@@ -648,6 +655,9 @@ class EscrowCoordinator:
         if self._restarted:  # events in the old instance's log are lost: the shards go back to the ledger
             logger.warning("coordinator restarted: rebuilding every shard from the ledger")
             await self._rebuild(list(range(self.config.shards)))
+            last_us = last_ts_us(self.config.ledger_path)
+            if last_us is not None:
+                self._clock.resume_after(last_us)  # a manual clock starts again where the ledger left off
             for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
                 self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())

@@ -109,6 +109,23 @@ def read_table(source: Path | str) -> pa.Table:
     return jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
 
 
+def last_ts_us(ledger: Path | str) -> int | None:
+    """The ``ts_us`` of the ledger's last state change (``recover`` events aside), or None if it has none.
+
+    Reads the files from the last one back: what a restarted mesh needs to keep its clock from going back.
+    """
+    ledger = Path(ledger)
+    if not ledger.exists():
+        return None
+    files = segments(ledger)
+    for index in range(len(files) - 1, -1, -1):
+        found = [line.event["ts_us"] for line in iter_lines(files[index:index + 1])
+                 if line.event is not None and line.event["kind"] != EventKind.RECOVER.value]
+        if found:
+            return found[-1]
+    return None
+
+
 def _parquet_files(source: Path) -> list[Path]:
     """The whole Parquet files of a dataset directory (never the ``.tmp`` ones being written)."""
     return sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []

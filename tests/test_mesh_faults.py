@@ -115,8 +115,9 @@ def test_killing_the_coordinator_mid_run_loses_nothing(make_mesh):
 
 @pytest.mark.slow
 def test_a_tollbooth_escrow_survives_a_coordinator_restart(make_mesh):
-    mesh = make_mesh(track_balances=True)
+    mesh = make_mesh(track_balances=True, clock="manual", start_s=1_767_225_600)
     booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01"))
+    mesh.advance_clock(2 * 86_400)  # simulated time: two days in
     booth.deposit("alice", "1")
     assert booth.charge_sync("t1", "alice", "bob").status.value == "escrow_locked"
     assert booth.charge_sync("t2", "alice", "bob").status.value == "escrow_locked"
@@ -130,6 +131,7 @@ def test_a_tollbooth_escrow_survives_a_coordinator_restart(make_mesh):
         except ray.exceptions.RayActorError:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+    assert ray.get(mesh.actor("coordinator").now_us.remote()) >= (1_767_225_600 + 2 * 86_400) * 1_000_000  # not back to the start
     assert booth.release_sync("t1").status.value == "released"  # the new coordinator found the open escrow
     assert booth.refund_sync("t2").status.value == "refunded"
     live = mesh.snapshot()
