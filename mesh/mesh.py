@@ -49,7 +49,7 @@ logger = logging.getLogger("tollmesh.mesh")
 
 
 class Mesh:
-    """A running mesh; see the module doc. Every method has an ``a``-prefixed async twin where it waits."""
+    """A running mesh; see the module doc. ``call`` and ``send`` have async twins, ``acall`` and ``asend``."""
 
     def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, **options: Any) -> None:
         if config is not None and options:
