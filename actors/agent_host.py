@@ -30,7 +30,7 @@ from ray import cloudpickle
 
 from actors.gc_tuning import tune_gc
 from mesh.agent import Agent, CallContext
-from mesh.coalesce import SubmitCoalescer
+from mesh.coalesce import Coalescer
 
 OK, ERROR, TIMEOUT = 0, 1, 2
 MAX_CONCURRENT_BATCHES = 1_000  # Ray runs at most this many batches at once on a host; the rest wait
@@ -76,7 +76,9 @@ class HostCore:
                 self.agents[agent_id] = agent
         self._how: dict[tuple[type, str], int] = {}
         self._pool: Optional[ThreadPoolExecutor] = None
-        self._coalescer = SubmitCoalescer(coordinator, nested=True) if coordinator is not None else None
+        self._coalescer = None
+        if coordinator is not None:
+            self._coalescer = Coalescer(lambda wire: coordinator.submit.remote(wire, nested=True))
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
         """Run each ``(task_id, agent_id, method, payload, source_agent)``; answers in the same order."""

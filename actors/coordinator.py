@@ -55,7 +55,7 @@ from mesh.agent import CallResult, PriceTable, WireMessage, result_to_wire
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.mesh_config import MeshConfig
-from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire
+from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
 from mesh.sharding import shard_of
 from mesh.verifier import Verifier, verify_async
 
@@ -455,17 +455,59 @@ class EscrowCoordinator:
 
     # -- the Tollbooth API, one toll at a time ------------------------------------------
 
-    async def booth_charge(self, fields: tuple, instant: bool, pend: bool, mode: str) -> TollRecord:
-        """Charge one toll: ``fields`` = (task_id, source, target, amount_micros, tokens, wallet, signature)."""
+    async def booth_charges(self, charges: list[tuple]) -> list[tuple]:
+        """Charge tolls, each ``(fields, instant, pend, mode)`` with ``fields`` = (task_id, source, target,
+        amount_micros, tokens, wallet, signature); their records (as wire tuples), in order, once durable."""
         await self._ready()
-        task_id, source, target, amount, tokens, wallet, signature = fields
-        reason = None
-        if self._verifier is not None and wallet and signature and not pend:
-            reason = await verify_async(self._verifier, wallet, signature, amount / 1e6, timeout_s=self.config.x402_verify_timeout_s)
-        action = PEND if pend else REJECT if reason is not None else INSTANT if instant else LOCK
-        op = (action, task_id, source, target, amount, tokens, wallet, signature, None if reason is None else reason.value)
-        record = await self._one(shard_of(source, self.config.shards), "lock_batch", [op], mode)
-        self._remember_source(task_id, source)
+        reasons = await asyncio.gather(*(self._booth_payment(fields, pend) for fields, _, pend, _ in charges))
+        ops: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+        where: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, ((task_id, source, target, amount, tokens, wallet, signature), instant, pend, mode) in enumerate(charges):
+            reason = reasons[i]
+            action = PEND if pend else REJECT if reason is not None else INSTANT if instant else LOCK
+            key = (shard_of(source, self.config.shards), mode)
+            ops[key].append((action, task_id, source, target, amount, tokens, wallet, signature,
+                             None if reason is None else reason.value))
+            where[key].append(i)
+        records = await self._booth_batches(ops, where, "lock_batch", len(charges))
+        for (fields, instant, _, _), record in zip(charges, records):
+            self._remember_source(fields[0], fields[1])
+            self._count_booth_charge(record, instant)
+        return [record_to_wire(record) for record in records]
+
+    async def booth_settles(self, settles: list[tuple[str, bool, Optional[str], str]]) -> list[Optional[tuple]]:
+        """Release (``True``) or refund each ``(task_id, release, reason, mode)`` charged through
+        :meth:`booth_charges`; their records (None: unknown task id), in order, once durable."""
+        await self._ready()
+        ops: dict[tuple[int, str], list[tuple]] = defaultdict(list)
+        where: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, (task_id, release, reason, mode) in enumerate(settles):
+            source = self._booth_sources.get(task_id)
+            if source is not None:
+                key = (shard_of(source, self.config.shards), mode)
+                ops[key].append((task_id, release, reason))
+                where[key].append(i)
+        records = await self._booth_batches(ops, where, "settle_batch", len(settles))
+        self._count_settled([r for r in records if r is not None])
+        return [record_to_wire(record) for record in records]
+
+    async def _booth_batches(
+        self, ops: dict[tuple[int, str], list[tuple]], where: dict[tuple[int, str], list[int]], method: str, count: int
+    ) -> list[Optional[TollRecord]]:
+        answers = await asyncio.gather(*(self._one(shard, method, ops[(shard, mode)], mode) for shard, mode in ops))
+        records: list[Optional[TollRecord]] = [None] * count
+        for key, answer in zip(ops, answers):
+            for i, record in zip(where[key], answer):
+                records[i] = record
+        return records
+
+    async def _booth_payment(self, fields: tuple, pend: bool) -> Optional[Reason]:
+        wallet, signature = fields[5], fields[6]
+        if self._verifier is None or not (wallet and signature) or pend:
+            return None
+        return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s)
+
+    def _count_booth_charge(self, record: TollRecord, instant: bool) -> None:
         if record.status is _LOCKED:
             self._count_locks([(0, record)], Tally())
         elif record.status is _FAILED:
@@ -473,21 +515,9 @@ class EscrowCoordinator:
         elif record.status is _RELEASED and instant:
             self._counts["released"] += 1
             self._amounts["released"] += record.amount_micros
-        return record
-
-    async def booth_settle(self, task_id: str, release: bool, reason: Optional[str], mode: str) -> Optional[TollRecord]:
-        """Release or refund one toll charged through :meth:`booth_charge`; None if unknown."""
-        await self._ready()
-        source = self._booth_sources.get(task_id)
-        if source is None:
-            return None
-        record = await self._one(shard_of(source, self.config.shards), "settle_batch", [(task_id, release, reason)], mode)
-        if record is not None:
-            self._count_settled([record])
-        return record
 
     async def booth_get(self, task_id: str, mode: str) -> Optional[TollRecord]:
-        """The record of a toll charged through :meth:`booth_charge`, after expiring what is due on its shard."""
+        """The record of a toll charged through :meth:`booth_charges`, after expiring what is due on its shard."""
         await self._ready()
         source = self._booth_sources.get(task_id)
         if source is None:
@@ -500,7 +530,8 @@ class EscrowCoordinator:
             self._count_settled(answer[0])
         return record_from_wire(await self._shards[shard].get.remote(task_id))
 
-    async def _one(self, shard: int, method: str, ops: list, mode: str) -> Optional[TollRecord]:
+    async def _one(self, shard: int, method: str, ops: list, mode: str) -> list[Optional[TollRecord]]:
+        """One shard call through the log, durable (with its credits) before it answers; its records."""
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))
@@ -513,7 +544,7 @@ class EscrowCoordinator:
             raise ShardUnavailableError(f"budget shard {shard} is unreachable")
         await entry.durable  # raises LedgerAppendLostError if the append was lost
         await self._forward_credits([(entry, answer)] if answer[3] else [])
-        return answer[0][0]
+        return answer[0]
 
     def _remember_source(self, task_id: str, source: str) -> None:
         sources = self._booth_sources

@@ -201,7 +201,7 @@ class CallContext:
         self.source_agent = source_agent
         self.method = method
         self._coordinator = coordinator
-        self._coalescer = coalescer  # a mesh.coalesce.SubmitCoalescer on the host's loop, or None
+        self._coalescer = coalescer  # a mesh.coalesce.Coalescer on the host's loop, or None
         self._calls = 0
         self._max_payload_bytes = max_payload_bytes
 

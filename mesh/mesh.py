@@ -38,7 +38,7 @@ from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
 from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
-from mesh.coalesce import SubmitCoalescer
+from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
 from mesh.mesh_config import MeshConfig
@@ -183,12 +183,12 @@ class Mesh:
                 _, pending = ray.wait(pending, num_returns=1)
         return refs
 
-    def _coalescer(self) -> SubmitCoalescer:
+    def _coalescer(self) -> Coalescer:
         """This event loop's coalescer: concurrent ``acall`` s go out as one coordinator call."""
         loop = asyncio.get_running_loop()
         coalescer = self._coalescers.get(loop)
         if coalescer is None:
-            coalescer = self._coalescers[loop] = SubmitCoalescer(self._coordinator, nested=False)
+            coalescer = self._coalescers[loop] = Coalescer(self._coordinator.submit.remote)
         return coalescer
 
     def _wire(self, messages: list[Message]) -> list[tuple]:

@@ -15,15 +15,18 @@ mesh's.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any, Optional, Union
 
 import ray
 
 from mesh.agent import check_id, check_payment_field
+from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import InvalidTypeError
 from mesh.money import UsdLike, micros_to_usd, usd_to_micros
-from mesh.records import Reason, TollRecord
+from mesh.records import Reason, TollRecord, record_from_wire
 from mesh.tollbooth import _check_reason
 from mesh.verifier import Verifier
 
@@ -38,6 +41,7 @@ class MeshTollbooth:
             raise InvalidTypeError("config", config, "a TollboothConfig")
         self.config = config or TollboothConfig()
         self._coordinator = coordinator
+        self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> {what: Coalescer}
         if _CAP_FIELDS & self.config.model_fields_set:
             ray.get(coordinator.set_caps.remote(self.config.max_daily_toll_micros, self.config.agent_daily_caps_micros()))
 
@@ -48,28 +52,31 @@ class MeshTollbooth:
         tx_signature: Optional[str] = None, *, amount_usd: Optional[UsdLike] = None, escrow: Optional[bool] = None,
     ) -> TollRecord:
         """Lock the toll (paper mode: lock and release at once); FAILED or PENDING with a reason otherwise."""
-        return await self._charge_ref(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+        item = self._charge_item(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+        return record_from_wire((await self._coalescer("charges").submit([item]))[0])
 
     def charge_sync(
         self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str] = None,
         tx_signature: Optional[str] = None, *, amount_usd: Optional[UsdLike] = None, escrow: Optional[bool] = None,
     ) -> TollRecord:
         """:meth:`charge` for synchronous code."""
-        return ray.get(self._charge_ref(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow))
+        item = self._charge_item(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
+        return record_from_wire(ray.get(self._coordinator.booth_charges.remote([item]))[0])
 
     async def release(self, task_id: str) -> Optional[TollRecord]:
         """Pay a locked toll to its target; a settled one comes back unchanged; unknown gives None."""
-        return await self._settle_ref(task_id, True, None)
+        return record_from_wire((await self._coalescer("settles").submit([self._settle_item(task_id, True, None)]))[0])
 
     def release_sync(self, task_id: str) -> Optional[TollRecord]:
-        return ray.get(self._settle_ref(task_id, True, None))
+        return self._settle_sync(self._settle_item(task_id, True, None))
 
     async def refund(self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER) -> Optional[TollRecord]:
         """Give a locked toll back to its source; a settled one comes back unchanged; unknown gives None."""
-        return await self._settle_ref(task_id, False, _check_reason(reason).value)
+        item = self._settle_item(task_id, False, _check_reason(reason).value)
+        return record_from_wire((await self._coalescer("settles").submit([item]))[0])
 
     def refund_sync(self, task_id: str, reason: Union[Reason, str] = Reason.REFUNDED_BY_CALLER) -> Optional[TollRecord]:
-        return ray.get(self._settle_ref(task_id, False, _check_reason(reason).value))
+        return self._settle_sync(self._settle_item(task_id, False, _check_reason(reason).value))
 
     def get_record(self, task_id: str) -> Optional[TollRecord]:
         """The toll's current record (after expiring what is due), or None if this mesh never charged it."""
@@ -118,10 +125,22 @@ class MeshTollbooth:
     def _mode(self) -> str:
         return "paper" if self.config.paper_mode else "live"
 
-    def _charge_ref(
+    def _coalescer(self, what: str) -> Coalescer:
+        """This event loop's coalescer of ``charges`` or ``settles``: concurrent ones go as one call."""
+        per_loop = self._coalescers.setdefault(asyncio.get_running_loop(), {})
+        coalescer = per_loop.get(what)
+        if coalescer is None:
+            send = self._coordinator.booth_charges.remote if what == "charges" else self._coordinator.booth_settles.remote
+            coalescer = per_loop[what] = Coalescer(send)
+        return coalescer
+
+    def _settle_sync(self, item: tuple) -> Optional[TollRecord]:
+        return record_from_wire(ray.get(self._coordinator.booth_settles.remote([item]))[0])
+
+    def _charge_item(
         self, task_id: str, source: str, target: str, wallet: Optional[str], signature: Optional[str],
         amount_usd: Optional[UsdLike], escrow: Optional[bool],
-    ) -> Any:
+    ) -> tuple:
         check_id("task_id", task_id)
         check_id("source_agent", source)
         check_id("target_agent", target)
@@ -135,8 +154,8 @@ class MeshTollbooth:
         paid = bool(wallet and signature)
         pend = not config.paper_mode and config.require_payment_before_route and not paid
         fields = (task_id, source, target, amount, config.toll_per_message_tokens, wallet, signature)
-        return self._coordinator.booth_charge.remote(fields, instant, pend, self._mode)
+        return (fields, instant, pend, self._mode)
 
-    def _settle_ref(self, task_id: str, release: bool, reason: Optional[str]) -> Any:
+    def _settle_item(self, task_id: str, release: bool, reason: Optional[str]) -> tuple:
         check_id("task_id", task_id)
-        return self._coordinator.booth_settle.remote(task_id, release, reason, self._mode)
+        return (task_id, release, reason, self._mode)

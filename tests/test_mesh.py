@@ -329,6 +329,24 @@ def test_the_seed_router_loop_runs_on_the_mesh_tollbooth(make_mesh):
     assert verify(mesh.ledger_path).ok
 
 
+def test_concurrent_tollbooth_charges_are_batched_and_each_gets_its_record(make_mesh):
+    mesh = make_mesh(shards=3)
+    booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.001", max_daily_toll_per_agent="0.1"))
+
+    async def scenario() -> tuple:
+        charged = await asyncio.gather(*(booth.charge(f"t{n}", f"payer-{n % 3}", "bob") for n in range(240)))
+        settled = await asyncio.gather(*(booth.release(f"t{n}") if n % 2 else booth.refund(f"t{n}") for n in range(240)))
+        return charged, settled
+
+    charged, settled = asyncio.run(scenario())
+    assert [r.task_id for r in charged] == [f"t{n}" for n in range(240)]
+    assert Counter(r.status.value for r in charged) == {"escrow_locked": 240}  # 80 x $0.001 per payer, under the cap
+    assert [r.status.value for r in settled] == ["refunded" if n % 2 == 0 else "released" for n in range(240)]
+    assert mesh.stats()["open_escrows"] == 0
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
+
+
 def test_x402_payments_are_verified_and_fail_closed(make_mesh):
     mesh = make_mesh()
     mesh.add_agents(Echo, ["echo"])
