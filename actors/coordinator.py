@@ -51,7 +51,7 @@ from actors.ordered_log import LogEntry, OrderedLog
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
-from mesh.agent import CallResult, PriceTable, WireMessage, result_to_wire
+from mesh.agent import PriceTable, WireMessage
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.mesh_config import MeshConfig
@@ -63,7 +63,10 @@ logger = logging.getLogger("tollmesh.coordinator")
 
 MAX_CONCURRENT_CALLS = 10_000  # Ray runs at most this many coordinator calls at once; the rest wait in its queue
 MAX_SHARD_ATTEMPTS = 4
-_LOCKED, _RELEASED, _FAILED = SettlementStatus.ESCROW_LOCKED, SettlementStatus.RELEASED, SettlementStatus.FAILED
+# Records travel as plain tuples (mesh.records.record_to_wire); the coordinator reads them by index.
+_TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
+_LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
+_REFUNDED, _FAILED = SettlementStatus.REFUNDED.value, SettlementStatus.FAILED.value
 _REFUND_REASON = {ERROR: Reason.HANDLER_ERROR.value, TIMEOUT: Reason.HANDLER_TIMEOUT.value}
 
 
@@ -179,9 +182,9 @@ class EscrowCoordinator:
         size = self.config.max_batch_messages
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
         answers = await asyncio.gather(*(self._enqueue(chunk, nested) for chunk in chunks))
-        return [result_to_wire(result) for answer in answers for result in answer]
+        return [result for answer in answers for result in answer]
 
-    async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[CallResult]:
+    async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[tuple]:
         """Queue a submission for the next batch; its results once that batch is durable."""
         done = asyncio.get_running_loop().create_future()
         self._waiting[nested].append((messages, done))
@@ -225,9 +228,10 @@ class EscrowCoordinator:
                 done.set_result(results[start:start + len(messages)])
             start += len(messages)
 
-    async def _run_batch(self, messages: list[WireMessage]) -> list[CallResult]:
+    async def _run_batch(self, messages: list[WireMessage]) -> list[tuple]:
+        """The batch's results as :func:`mesh.agent.result_to_wire` tuples, in order."""
         started = time.perf_counter()
-        results: list[Optional[CallResult]] = [None] * len(messages)
+        results: list[Optional[tuple]] = [None] * len(messages)
         payments = await self._verify_payments(messages)
         entries: list[LogEntry] = []
         locked = await self._lock(messages, payments, results, entries)
@@ -258,8 +262,8 @@ class EscrowCoordinator:
 
     async def _lock(
         self, messages: list[WireMessage], payments: dict[int, Reason], results: list, entries: list[LogEntry]
-    ) -> list[tuple[int, TollRecord]]:
-        """Lock (or refuse) every message on its caller's shard; the fresh locks, by message index."""
+    ) -> list[tuple[int, tuple]]:
+        """Lock (or refuse) every message on its caller's shard; the fresh locks (wire records), by message index."""
         ops: dict[int, list[tuple]] = defaultdict(list)
         where: dict[int, list[int]] = defaultdict(list)
         agents, shards = self._directory.agents, self.config.shards
@@ -280,7 +284,7 @@ class EscrowCoordinator:
             ops[shard].append((action, task_id, source, target, price or 0, 0.0, wallet, signature, reason))
             where[shard].append(i)
         answers = await asyncio.gather(*(self._shard_call(s, "lock_batch", ops[s], entries) for s in ops))
-        locked: list[tuple[int, TollRecord]] = []
+        locked: list[tuple[int, tuple]] = []
         rejected: Tally = Tally()
         for shard, (answer, _) in zip(ops, answers):
             indices = where[shard]
@@ -291,17 +295,17 @@ class EscrowCoordinator:
             records, repeats = answer[0], set(answer[4])
             for j, (i, record) in enumerate(zip(indices, records)):
                 if j in repeats:
-                    results[i] = CallResult(record, record.status is _RELEASED, None, "task_id already seen: not run again")
-                elif record.status is _LOCKED:
+                    results[i] = (record, record[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
+                elif record[_STATUS] == _LOCKED:
                     locked.append((i, record))
                 else:
-                    rejected[record.reason] += 1
-                    results[i] = CallResult(record, False, None, f"refused: {record.reason}")
+                    rejected[record[_REASON]] += 1
+                    results[i] = (record, False, None, f"refused: {record[_REASON]}")
         self._count_locks(locked, rejected)
         return locked
 
     async def _deliver(
-        self, messages: list[WireMessage], locked: list[tuple[int, TollRecord]]
+        self, messages: list[WireMessage], locked: list[tuple[int, tuple]]
     ) -> dict[int, tuple[int, Any]]:
         """Run the locked messages on their hosts; ``{message index: (code, value)}``."""
         by_host: dict[int, list[int]] = defaultdict(list)
@@ -329,7 +333,7 @@ class EscrowCoordinator:
             return [(-1, note)] * len(messages)
 
     async def _settle(
-        self, messages: list[WireMessage], locked: list[tuple[int, TollRecord]],
+        self, messages: list[WireMessage], locked: list[tuple[int, tuple]],
         outcomes: dict[int, tuple[int, Any]], results: list, entries: list[LogEntry],
     ) -> None:
         """Release what succeeded and refund the rest, on each caller's shard."""
@@ -339,23 +343,23 @@ class EscrowCoordinator:
         for i, record in locked:
             code = outcomes[i][0]
             reason = None if code == OK else _REFUND_REASON.get(code, Reason.AGENT_UNAVAILABLE.value)
-            shard = shard_of(record.source_agent, shards)
-            ops[shard].append((record.task_id, code == OK, reason))
+            shard = shard_of(record[_SOURCE], shards)
+            ops[shard].append((record[_TASK], code == OK, reason))
             where[shard].append(i)
         answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], entries) for s in ops))
-        settled: list[TollRecord] = []
+        settled: list[tuple] = []
         for shard, (answer, _) in zip(ops, answers):
             for j, i in enumerate(where[shard]):
                 code, value = outcomes[i]
                 record = answer[0][j] if answer is not None else None
                 if record is None:  # the shard stayed unreachable; the escrow stays locked until it expires
                     record = next(r for k, r in locked if k == i)
-                    results[i] = CallResult(record, False, value if code == OK else None, "could not settle: shard unavailable")
+                    results[i] = (record, False, value if code == OK else None, "could not settle: shard unavailable")
                     continue
                 settled.append(record)
-                ok = record.status is _RELEASED
-                error = None if ok else (value if code != OK else f"refunded: {record.reason}")
-                results[i] = CallResult(record, ok, value if code == OK else None, error)
+                ok = record[_STATUS] == _RELEASED
+                error = None if ok else (value if code != OK else f"refunded: {record[_REASON]}")
+                results[i] = (record, ok, value if code == OK else None, error)
         self._count_settled(settled)
         await self._forward_credits([(e, a) for a, e in answers if a is not None and a[3]])
 
@@ -366,7 +370,7 @@ class EscrowCoordinator:
         if lost is not None:
             note = f"ledger append lost, the record may not be on disk (read it with get_record): {lost}"
             for i, result in enumerate(results):
-                results[i] = result._replace(ok=False, error=note)
+                results[i] = (result[0], False, result[2], note)
 
     # -- shard calls, credits, recovery ---------------------------------------------------
 
@@ -382,7 +386,7 @@ class EscrowCoordinator:
             ref = getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), "live")
             entry = self._log.push(ref)
             try:
-                answer = _from_wire(await entry.answer)
+                answer = await entry.answer
             except Exception as exc:  # noqa: BLE001 - the shard died, or refused while stale
                 logger.warning("shard %d %s failed (%s), rebuilding it (attempt %d)", shard, method, type(exc).__name__, attempt + 1)
                 if self._closed:
@@ -473,7 +477,7 @@ class EscrowCoordinator:
         for (fields, instant, _, _), record in zip(charges, records):
             self._remember_source(fields[0], fields[1])
             self._count_booth_charge(record, instant)
-        return [record_to_wire(record) for record in records]
+        return records
 
     async def booth_settles(self, settles: list[tuple[str, bool, Optional[str], str]]) -> list[Optional[tuple]]:
         """Release (``True``) or refund each ``(task_id, release, reason, mode)`` charged through
@@ -489,13 +493,13 @@ class EscrowCoordinator:
                 where[key].append(i)
         records = await self._booth_batches(ops, where, "settle_batch", len(settles))
         self._count_settled([r for r in records if r is not None])
-        return [record_to_wire(record) for record in records]
+        return records
 
     async def _booth_batches(
         self, ops: dict[tuple[int, str], list[tuple]], where: dict[tuple[int, str], list[int]], method: str, count: int
-    ) -> list[Optional[TollRecord]]:
+    ) -> list[Optional[tuple]]:
         answers = await asyncio.gather(*(self._one(shard, method, ops[(shard, mode)], mode) for shard, mode in ops))
-        records: list[Optional[TollRecord]] = [None] * count
+        records: list[Optional[tuple]] = [None] * count
         for key, answer in zip(ops, answers):
             for i, record in zip(where[key], answer):
                 records[i] = record
@@ -507,16 +511,16 @@ class EscrowCoordinator:
             return None
         return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s)
 
-    def _count_booth_charge(self, record: TollRecord, instant: bool) -> None:
-        if record.status is _LOCKED:
+    def _count_booth_charge(self, record: tuple, instant: bool) -> None:
+        if record[_STATUS] == _LOCKED:
             self._count_locks([(0, record)], Tally())
-        elif record.status is _FAILED:
-            self._count_locks([], Tally([record.reason]))
-        elif record.status is _RELEASED and instant:
+        elif record[_STATUS] == _FAILED:
+            self._count_locks([], Tally([record[_REASON]]))
+        elif record[_STATUS] == _RELEASED and instant:
             self._counts["released"] += 1
-            self._amounts["released"] += record.amount_micros
+            self._amounts["released"] += record[_AMOUNT]
 
-    async def booth_get(self, task_id: str, mode: str) -> Optional[TollRecord]:
+    async def booth_get(self, task_id: str, mode: str) -> Optional[tuple]:
         """The record of a toll charged through :meth:`booth_charges`, after expiring what is due on its shard."""
         await self._ready()
         source = self._booth_sources.get(task_id)
@@ -528,15 +532,15 @@ class EscrowCoordinator:
         await self._await_durable(entries, [])
         if answer is not None:
             self._count_settled(answer[0])
-        return record_from_wire(await self._shards[shard].get.remote(task_id))
+        return await self._shards[shard].get.remote(task_id)
 
-    async def _one(self, shard: int, method: str, ops: list, mode: str) -> list[Optional[TollRecord]]:
-        """One shard call through the log, durable (with its credits) before it answers; its records."""
+    async def _one(self, shard: int, method: str, ops: list, mode: str) -> list[Optional[tuple]]:
+        """One shard call through the log, durable (with its credits) before it answers; its (wire) records."""
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))
             try:
-                answer = _from_wire(await entry.answer)
+                answer = await entry.answer
                 break
             except Exception:  # noqa: BLE001 - rebuild, then retry
                 await self._recover_shard(shard)
@@ -605,13 +609,13 @@ class EscrowCoordinator:
         await self._await_durable(entries, [])
         expired = [record for answer in answers if answer is not None for record in answer[0]]
         self._count_settled(expired)
-        return expired
+        return [record_from_wire(record) for record in expired]
 
     async def _shard_call_now(self, shard: int, method: str, entries: list[LogEntry]) -> Optional[ShardAnswer]:
         await self._wait_recovered(shard)
         entry = self._log.push(getattr(self._shards[shard], method).remote(self._clock.now_us(), "live"))
         try:
-            answer = _from_wire(await entry.answer)
+            answer = await entry.answer
         except Exception:  # noqa: BLE001 - the next sweep tries again
             return None
         entries.append(entry)
@@ -701,8 +705,8 @@ class EscrowCoordinator:
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
 
-    def _count_locks(self, locked: list[tuple[int, TollRecord]], rejected: Tally) -> None:
-        amount = sum(record.amount_micros for _, record in locked)
+    def _count_locks(self, locked: list[tuple[int, tuple]], rejected: Tally) -> None:
+        amount = sum(record[_AMOUNT] for _, record in locked)
         self._counts["locked"] += len(locked)
         self._amounts["locked"] += amount
         self._counts["rejected"] += sum(rejected.values())
@@ -711,23 +715,26 @@ class EscrowCoordinator:
         self._metrics.count_locks(len(locked))
         self._metrics.count_rejections(rejected)
 
-    def _count_settled(self, records: list[TollRecord]) -> None:
-        statuses: Tally = Tally()
+    def _count_settled(self, records: list[tuple]) -> None:
+        """Count settled (wire) records: released, or refunded by reason."""
+        released = 0
         reasons: Tally = Tally()
         released_micros = 0
         for record in records:
-            statuses[record.status] += 1
-            self._amounts["locked"] -= record.amount_micros
-            if record.status is _RELEASED:
-                released_micros += record.amount_micros
-            else:
-                reasons[record.reason] += 1
-                self._counts[f"refunded:{record.reason}"] += 1
-                self._amounts["refunded"] += record.amount_micros
-        self._counts["released"] += statuses[_RELEASED]
-        self._counts["refunded"] += statuses[SettlementStatus.REFUNDED]
+            amount = record[_AMOUNT]
+            if record[_STATUS] == _RELEASED:
+                self._amounts["locked"] -= amount
+                released += 1
+                released_micros += amount
+            elif record[_STATUS] == _REFUNDED:
+                self._amounts["locked"] -= amount
+                reasons[record[_REASON]] += 1
+                self._counts[f"refunded:{record[_REASON]}"] += 1
+                self._amounts["refunded"] += amount
+        self._counts["released"] += released
+        self._counts["refunded"] += sum(reasons.values())
         self._amounts["released"] += released_micros
-        self._metrics.count_settled(statuses, released_micros, reasons)
+        self._metrics.count_settled(released, released_micros, reasons)
 
 
 def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -741,14 +748,10 @@ def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _unreachable(message: WireMessage) -> CallResult:
-    record = TollRecord(message[0], message[1], message[2], status=_FAILED, reason=Reason.SHARD_UNAVAILABLE.value,
-                        created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
-    return CallResult(record, False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
-
-
-def _from_wire(answer: ShardAnswer) -> ShardAnswer:
-    return ([record_from_wire(r) for r in answer[0]], *answer[1:])  # type: ignore[return-value]
+def _unreachable(message: WireMessage) -> tuple:
+    record = TollRecord(message[0], message[1], message[2], status=SettlementStatus.FAILED,
+                        reason=Reason.SHARD_UNAVAILABLE.value, created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
+    return (record_to_wire(record), False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
 
 
 async def _awaitable(ref: Any) -> Any:

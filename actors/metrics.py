@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Optional
 
-from mesh.records import SettlementStatus
-
 _BATCH_SIZES = [1, 10, 100, 1_000, 10_000, 100_000]
 _LATENCIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 500, 1_000, 5_000]
 
@@ -51,11 +49,11 @@ class MeshMetrics:
         if self.enabled and count:
             self.locks.inc(count, self._tags)
 
-    def count_settled(self, statuses: Tally, released_micros: int, refund_reasons: Tally) -> None:
+    def count_settled(self, released: int, released_micros: int, refund_reasons: Tally) -> None:
         if not self.enabled:
             return
-        if statuses[SettlementStatus.RELEASED]:
-            self.releases.inc(statuses[SettlementStatus.RELEASED], self._tags)
+        if released:
+            self.releases.inc(released, self._tags)
         if released_micros:
             self.released_micros.inc(released_micros, self._tags)
         for reason, count in refund_reasons.items():

@@ -81,7 +81,7 @@ class MeshTollbooth:
     def get_record(self, task_id: str) -> Optional[TollRecord]:
         """The toll's current record (after expiring what is due), or None if this mesh never charged it."""
         check_id("task_id", task_id)
-        return ray.get(self._coordinator.booth_get.remote(task_id, self._mode))
+        return record_from_wire(ray.get(self._coordinator.booth_get.remote(task_id, self._mode)))
 
     def get_stats(self) -> dict[str, Any]:
         """The mesh's counters, with the seed's names where they mean the same."""
