@@ -31,6 +31,7 @@ from ray import cloudpickle
 from actors.gc_tuning import tune_gc
 from mesh.agent import Agent, CallContext
 from mesh.coalesce import Coalescer
+from mesh.memory import rss_bytes
 
 OK, ERROR, TIMEOUT = 0, 1, 2
 MAX_CONCURRENT_BATCHES = 1_000  # Ray runs at most this many batches at once on a host; the rest wait
@@ -69,11 +70,13 @@ class HostCore:
         self.settings = settings
         self.coordinator = coordinator
         self.agents: dict[str, Agent] = {}
+        rss_before = rss_bytes()
         for agent_class, agent_ids, kwargs in groups:
             for agent_id in agent_ids:
                 agent = agent_class(**kwargs)
                 agent.agent_id = agent_id
                 self.agents[agent_id] = agent
+        self.agents_rss_bytes = max(0, rss_bytes() - rss_before)  # what building the agents grew the process by
         self._how: dict[tuple[type, str], int] = {}
         self._pool: Optional[ThreadPoolExecutor] = None
         self._coalescer = None
@@ -95,9 +98,14 @@ class HostCore:
             how = self._how_to_run(agent, method, function)
             if how == _INLINE:
                 try:
-                    answers[i] = (OK, function(ctx, payload))
+                    value = function(ctx, payload)
                 except Exception as exc:  # noqa: BLE001 - the handler's failure is its message's only
                     answers[i] = (ERROR, _describe(exc))
+                    continue
+                if inspect.iscoroutine(value):  # a sync handler that goes async for this call only
+                    waiting.append((i, asyncio.wait_for(value, settings.handler_timeout_s)))
+                else:
+                    answers[i] = (OK, value)
             elif how == _ASYNC:
                 waiting.append((i, asyncio.wait_for(function(ctx, payload), settings.handler_timeout_s)))
             else:
@@ -155,3 +163,7 @@ class AgentHost:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def memory(self) -> dict[str, Any]:
+        """This host's process memory (RSS), its agents, and what building them took."""
+        return {"rss_bytes": rss_bytes(), "agents": len(self._core.agents), "agents_rss_bytes": self._core.agents_rss_bytes}

@@ -37,6 +37,7 @@ from ledger.replay import replay_shard, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import iso_utc
 from mesh.errors import TollmeshError
+from mesh.memory import rss_bytes
 from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
 from mesh.sharding import shard_of
@@ -122,8 +123,13 @@ class ShardCore:
         return self._answer(self.book.expire_due(now_us))
 
     def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
+        return self.deposit_batch([(agent, amount_micros)], now_us, mode)
+
+    def deposit_batch(self, deposits: list[tuple[str, int]], now_us: int, mode: str) -> ShardAnswer:
+        """Add funds to each ``(agent, amount_micros)``, in order: one deposit event each."""
         self._begin(mode)
-        self.book.deposit(agent, amount_micros, now_us)
+        for agent, amount_micros in deposits:
+            self.book.deposit(agent, amount_micros, now_us)
         return self._answer([])
 
     def credit(self, credits: list[tuple[str, int, int]]) -> int:
@@ -259,6 +265,10 @@ class BudgetShard:
         self._check_fresh()
         return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
 
+    def deposit_batch(self, deposits: list[tuple[str, int]], now_us: int, mode: str) -> ShardAnswer:
+        self._check_fresh()
+        return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
+
     def credit(self, credits: list[tuple[str, int, int]]) -> int:
         self._check_fresh()
         return self._core.credit(credits)
@@ -286,6 +296,11 @@ class BudgetShard:
 
     def stats(self) -> dict[str, Any]:
         return {**self._core.stats(), "stale": self._stale}
+
+    def memory(self) -> dict[str, Any]:
+        """This shard's process memory (RSS) and what it holds."""
+        return {"rss_bytes": rss_bytes(), "open_escrows": self._core.book.open_count,
+                "records": self._core.book.record_count}
 
     def _check_fresh(self) -> None:
         if self._stale:

@@ -54,6 +54,7 @@ from ledger.reader import last_ts_us
 from mesh.agent import PriceTable, WireMessage
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
+from mesh.memory import rss_bytes
 from mesh.mesh_config import MeshConfig
 from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
 from mesh.sharding import shard_of
@@ -88,15 +89,17 @@ class _Directory:
         taken = [a for a in agent_ids if a in self.agents]
         if taken:
             raise InvalidArgumentError("agent_ids", taken[:5], "are already in the mesh")
-        host = ray.get_actor(host_name, namespace=self.namespace)
         if persist:
             line = {"host": host_name, "agents": agent_ids, "default_micros": prices.default_micros,
                     "method_micros": prices.method_micros, "methods": sorted(prices.methods)}
             with open(self.path, "ab") as f:
                 f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-        self.hosts.append(host)
-        self.host_names.append(host_name)
-        index = len(self.hosts) - 1
+        if host_name in self.host_names:  # another group of agents on a host already known
+            index = self.host_names.index(host_name)
+        else:
+            self.hosts.append(ray.get_actor(host_name, namespace=self.namespace))
+            self.host_names.append(host_name)
+            index = len(self.hosts) - 1
         entry = (index, prices)
         for agent_id in agent_ids:
             self.agents[agent_id] = entry
@@ -573,20 +576,33 @@ class EscrowCoordinator:
 
     async def deposit(self, agent: str, amount_micros: int) -> int:
         """Add funds to ``agent`` (durable when this returns); the event count written (1)."""
+        return await self.deposits([(agent, amount_micros)])
+
+    async def deposits(self, deposits: list[tuple[str, int]]) -> int:
+        """Add funds to each ``(agent, amount_micros)``, one shard call per shard; durable when this
+        returns; the event count written. A shard that fails is rebuilt and its part retried: the
+        deposits of a call that failed were not applied (a shard call is all or nothing)."""
         await self._ready()
         if not self.config.track_balances:
             raise InvalidArgumentError("track_balances", False, "deposits need a mesh that tracks balances")
-        shard = shard_of(agent, self.config.shards)
+        by_shard: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for agent, amount_micros in deposits:
+            by_shard[shard_of(agent, self.config.shards)].append((agent, amount_micros))
+        await asyncio.gather(*(self._deposit_on(shard, part) for shard, part in by_shard.items()))
+        return len(deposits)
+
+    async def _deposit_on(self, shard: int, deposits: list[tuple[str, int]]) -> None:
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            entry = self._log.push(self._shards[shard].deposit.remote(agent, amount_micros, self._clock.now_us(), "live"))
+            ref = self._shards[shard].deposit_batch.remote(deposits, self._clock.now_us(), "live")
+            entry = self._log.push(ref)
             try:
                 await entry.answer
             except Exception:  # noqa: BLE001 - rebuild, then retry
                 await self._recover_shard(shard)
                 continue
             await entry.durable
-            return 1
+            return
         raise ShardUnavailableError(f"budget shard {shard} is unreachable")
 
     async def reset_daily(self, mode: str = "live") -> None:
@@ -665,6 +681,19 @@ class EscrowCoordinator:
             "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
             "events_written": self._log.events_written if self._log else 0,
             "shards": shards, "pid": os.getpid(),
+        }
+
+    async def memory(self) -> dict[str, Any]:
+        """Resident memory of every process of the mesh, by role, with what each holds."""
+        await self._ready()
+        shards, hosts, writer = await asyncio.gather(
+            asyncio.gather(*(shard.memory.remote() for shard in self._shards)),
+            asyncio.gather(*(host.memory.remote() for host in self._directory.hosts), return_exceptions=True),
+            self._writer.memory.remote(),
+        )
+        return {
+            "coordinator": {"rss_bytes": rss_bytes(), "agents": len(self._directory.agents)},
+            "shards": shards, "hosts": [h for h in hosts if isinstance(h, dict)], "writer": writer,
         }
 
     async def close(self) -> dict[str, Any]:

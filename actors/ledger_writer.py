@@ -38,6 +38,7 @@ from actors.gc_tuning import tune_gc
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from mesh.errors import LedgerError
+from mesh.memory import rss_bytes
 
 MAX_PARQUET_BATCHES_IN_FLIGHT = 4
 DEFAULT_MAX_COMMIT_EVENTS = 200_000
@@ -55,6 +56,9 @@ class ParquetSink:
 
     def append_lines(self, blob: bytes, events: int) -> None:
         self._writer.append_lines(blob, events)
+
+    def rss_bytes(self) -> int:
+        return rss_bytes()
 
     def close(self) -> list[str]:
         """Write out what is buffered, close every file; return the files written."""
@@ -128,6 +132,16 @@ class LedgerWriterActor:
                 self._drop_sink(exc)
         self._jsonl.close()
         return {**self.stats(), "parquet_files": files}
+
+    async def memory(self) -> dict[str, Any]:
+        """The writer's and its Parquet sink's process memory (RSS)."""
+        sink = None
+        if self._sink is not None:
+            try:
+                sink = await self._sink.rss_bytes.remote()
+            except Exception:  # noqa: BLE001 - a failed sink is reported by stats; memory says what it can
+                sink = None
+        return {"rss_bytes": rss_bytes(), "parquet_sink_rss_bytes": sink}
 
     def stats(self) -> dict[str, Any]:
         """Appends, commits (group commits gather several appends), events written, the next seq, the pid."""

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from ledger.files import segments
 from ledger.schema import EventKind
-from ledger.reader import event_lines, read_events
+from ledger.reader import event_lines
 from mesh.clock import day_of
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
@@ -29,13 +29,15 @@ from mesh.sharding import shard_of
 
 def replay_file(book: EscrowBook, path: Path | str) -> int:
     """Apply every event of the JSONL ledger at ``path`` (all its files) to ``book``; return the next ``seq``."""
-    read = read_events(path)
-    for event in read.events:
+    next_seq = 0
+    for line in event_lines(segments(path)):  # streamed: a ledger of millions of events is never held whole
+        event = line.event
         try:
             apply_event(book, event)
         except (LedgerError, KeyError, ValueError, TypeError) as exc:
             raise LedgerError(f"{path}: event seq={event.get('seq')}: cannot replay: {exc}") from exc
-    return read.events[-1]["seq"] + 1 if read.events else 0
+        next_seq = event["seq"] + 1
+    return next_seq
 
 
 def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int) -> int:

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from ledger.files import segments
 from ledger.jsonl import chain_hash, line_body
 from ledger.reader import iter_lines
-from ledger.replay import apply_event
+from ledger.replay import apply_event, snapshot
 from ledger.schema import GENESIS_HASH, LedgerEvent
 from mesh.budget import BudgetBook
 from mesh.errors import LedgerError
@@ -61,6 +61,7 @@ class VerifyResult:
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     open_escrows: int = 0
+    state: Optional[dict[str, Any]] = None  # the replayed state, when asked for (see verify)
 
     @property
     def ok(self) -> bool:
@@ -174,8 +175,13 @@ class _Verifier:
             self.problem(path, line_no, f"replay through the core fails here ({exc or type(exc).__name__}); later lines are not replayed")
 
 
-def verify(ledger: Path | str) -> VerifyResult:
-    """Check the ledger named by ``ledger`` (a JSONL file or its directory); see the module doc."""
+def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyResult:
+    """Check the ledger named by ``ledger`` (a JSONL file or its directory); see the module doc.
+
+    With ``state_at_us``, ``result.state`` is also the replayed state at that instant
+    (:func:`ledger.replay.snapshot`; None if the replay broke), so a caller that checks a
+    live system against its ledger needs no second pass.
+    """
     files = segments(ledger)
     checker = _Verifier(files)
     for line in iter_lines(files):
@@ -186,5 +192,7 @@ def verify(ledger: Path | str) -> VerifyResult:
         else:
             checker.problem(line.path, line.line_no, line.problem)
     checker.result.open_escrows = checker.book.open_count
+    if state_at_us is not None and not checker.replay_broken:
+        checker.result.state = snapshot(checker.book, state_at_us)
     return checker.result
 

@@ -18,7 +18,9 @@ the mesh; the agent pays for those calls (it is their source).
 
 Sync handlers run inline on their host's event loop (fast, for simulations); set
 ``threaded = True`` for sync handlers that block or that call other agents with
-``ctx.call``; async handlers may ``await ctx.acall(...)`` freely.
+``ctx.call``; async handlers may ``await ctx.acall(...)`` freely. A sync handler may
+also return a coroutine for the calls that need to wait (the host awaits it, under
+the same timeout), so the calls that do not stay on the fast inline path.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The ``tollmesh`` command line.
 
+    tollmesh simulate [--config FILE|NAME] [--agents N] [--messages N] [--days D] [--seed S]
+                      [--shards N] [--hosts N] [--batch-size N] [--fsync always|batch|never]
+                      [--name NAME] [--out DIR] [--overwrite] [--json] [--no-progress] [--no-plots]
     tollmesh demo [--agents N] [--messages N] [--seed S] [--out DIR] [--json]
     tollmesh ledger report  LEDGER [--json] [--top N]
     tollmesh ledger verify  LEDGER [--json]
@@ -41,6 +44,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _print_json(value: object) -> None:
     print(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from mesh.scenario import load_scenario
+    from mesh.sim_report import checks_pass, format_report
+    from mesh.simulate import Simulation
+
+    scenario = load_scenario(args.config).scaled(
+        agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
+        hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
+    )
+    run_dir = args.out / f"{scenario.name}-seed{scenario.seed}"
+    simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
+                            plots=not args.no_plots)
+    report = simulation.run()
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_report(report))
+    if report["run"]["interrupted"]:
+        return 130
+    return 0 if checks_pass(report) else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -138,6 +163,7 @@ def _positive_int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tollmesh", description="Agents that pay each other per call, through escrow.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _simulate_parser(sub.add_parser("simulate", help="run a multi-agent economy on the mesh (Ray) and report on it"))
     demo = sub.add_parser("demo", help="run a seeded in-process economy and print its report")
     demo.add_argument("--agents", type=int, default=50, help="number of agents (at least 2)")
     demo.add_argument("--messages", type=_positive_int, default=20_000)
@@ -147,6 +173,28 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     _ledger_parser(sub.add_parser("ledger", help="tools over a ledger: report, verify, export, settle, plot, compact"))
     return parser
+
+
+def _simulate_parser(p: argparse.ArgumentParser) -> None:
+    from mesh.scenario import builtin_scenarios
+
+    p.add_argument("--config", default="default",
+                   help=f"a scenario TOML file, or a built-in scenario: {', '.join(builtin_scenarios())} (default: default)")
+    p.add_argument("--agents", type=_positive_int, help="scale every group so the agents sum to about N")
+    p.add_argument("--messages", type=_positive_int, help="calls the simulation makes (pipelines add their own)")
+    p.add_argument("--days", type=float, help="simulated days the run spans (caps roll over each day)")
+    p.add_argument("--seed", type=int, help="the run's seed: the same seed gives the same calls and outcomes")
+    p.add_argument("--shards", type=_positive_int, help="budget shard actors")
+    p.add_argument("--hosts", type=_positive_int, help="host actors the light agents are spread over")
+    p.add_argument("--batch-size", type=_positive_int, help="most calls in one tick's batch")
+    p.add_argument("--fsync", choices=["always", "batch", "never"], help="ledger fsync policy (default: batch)")
+    p.add_argument("--name", help="the run's name (default: the scenario's); output goes to OUT/NAME-seedS/")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/<name>-seed<S>/ (default ./tollmesh-out)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(func=_cmd_simulate)
 
 
 def _ledger_parser(ledger: argparse.ArgumentParser) -> None:

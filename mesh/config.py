@@ -70,13 +70,13 @@ class TollboothConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise config_error(exc) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:
             super().__setattr__(name, value)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise config_error(exc) from None
 
     @field_validator("toll_per_message_usd", "max_daily_toll_per_agent")
     @classmethod
@@ -134,9 +134,12 @@ def _check_usd(value: Any, field: str) -> None:
         raise ValueError(str(exc)) from None
 
 
-def _config_error(exc: ValidationError) -> ConfigError:
+def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigError:
+    """One ConfigError naming every bad field of ``what`` (its path, the value given, what is allowed)."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "config"
-        problems.append(f"{where}={error.get('input')!r}: {error['msg']}")
-    return ConfigError("invalid TollboothConfig: " + "; ".join(problems))
+        given = repr(error.get("input"))
+        given = given if len(given) <= 80 else given[:77] + "..."
+        problems.append(f"{where}={given}: {error['msg']}")
+    return ConfigError(f"invalid {what}: " + "; ".join(problems))

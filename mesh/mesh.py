@@ -93,15 +93,32 @@ class Mesh:
 
         Each agent is built as ``agent_class(**init_kwargs)``.
         """
-        prices = price_table(agent_class)
-        ids = _check_ids(agent_ids)
+        return self.add_agent_groups([(agent_class, agent_ids, init_kwargs)], hosts=hosts)
+
+    def add_agent_groups(self, groups: list[tuple[type, list[str], dict[str, Any]]], *, hosts: Optional[int] = None) -> int:
+        """Add groups of light agents, ``(agent_class, agent_ids, init_kwargs)`` each, spread together
+        over ``hosts`` host actors (each host gets a share of every group); the mesh's agent count.
+
+        A simulation with many kinds of agents needs no more host processes than one with one kind.
+        """
+        if not isinstance(groups, list) or not groups:
+            raise InvalidTypeError("groups", groups, "a non-empty list of (agent_class, agent_ids, init_kwargs)")
+        checked = []
+        for agent_class, agent_ids, init_kwargs in groups:
+            if not isinstance(init_kwargs, dict):
+                raise InvalidTypeError("init_kwargs", init_kwargs, "a dict of constructor keyword arguments")
+            checked.append((agent_class, _check_ids(agent_ids), init_kwargs, price_table(agent_class)))
+        every_id = [agent_id for _, ids, _, _ in checked for agent_id in ids]
+        if len(set(every_id)) != len(every_id):
+            raise InvalidArgumentError("agent_ids", "...", "must not repeat an id across groups")
         hosts = self.config.hosts_per_group if hosts is None else hosts
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise InvalidArgumentError("hosts", hosts, "must be an int of at least 1")
-        per_host = -(-len(ids) // hosts)
+        hosts = min(hosts, max(len(ids) for _, ids, _, _ in checked))
         total = 0
-        for start in range(0, len(ids), per_host):
-            total = self._start_host(agent_class, ids[start:start + per_host], prices, init_kwargs, {})
+        for h in range(hosts):
+            share = [(cls, ids[h::hosts], kwargs, prices) for cls, ids, kwargs, prices in checked if ids[h::hosts]]
+            total = self._start_host(share, {})
         return total
 
     def add_agent(
@@ -110,9 +127,9 @@ class Mesh:
         """Add a heavy agent: an actor of its own (``actor_options``: Ray's, e.g. ``num_cpus``, ``resources``)."""
         prices = price_table(agent_class)
         ids = _check_ids([agent_id])
-        return self._start_host(agent_class, ids, prices, init_kwargs, dict(actor_options or {}))
+        return self._start_host([(agent_class, ids, init_kwargs, prices)], dict(actor_options or {}))
 
-    def _start_host(self, agent_class: type, ids: list[str], prices: Any, init_kwargs: dict, options: dict) -> int:
+    def _start_host(self, groups: list[tuple[type, list[str], dict, Any]], options: dict) -> int:
         config = self.config
         name = config.actor_name(f"host.{uuid.uuid4().hex[:10]}")
         settings = HostSettings(
@@ -121,14 +138,17 @@ class Mesh:
         )
         groups_path = config.out_dir / "hosts" / f"{name}.pkl"
         groups_path.parent.mkdir(parents=True, exist_ok=True)
-        write_groups(groups_path, [(agent_class, ids, init_kwargs)])
+        write_groups(groups_path, [(cls, ids, kwargs) for cls, ids, kwargs, _ in groups])
         host = AgentHost.options(name=name, namespace=config.namespace, lifetime=self._lifetime(), **options).remote(
             str(groups_path), settings
         )
         self._handles.append(host)
         try:
             ray.get(host.pid.remote())
-            return ray.get(self._coordinator.register.remote(name, ids, prices))
+            total = 0
+            for _, ids, _, prices in groups:
+                total = ray.get(self._coordinator.register.remote(name, ids, prices))
+            return total
         except Exception:
             ray.kill(host, no_restart=True)
             raise
@@ -210,6 +230,19 @@ class Mesh:
         ray.get(self._coordinator.deposit.remote(agent, amount_micros))
         return amount_micros
 
+    def deposit_many(self, amounts_usd: dict[str, UsdLike]) -> int:
+        """Add funds to many agents at once, ``{agent: usd}`` (one shard call per shard); the micros
+        deposited in all, durable on return. Every amount is checked before any is deposited."""
+        if not isinstance(amounts_usd, dict):
+            raise InvalidTypeError("amounts_usd", amounts_usd, "a dict of agent id -> USD")
+        deposits = []
+        for agent, usd in amounts_usd.items():
+            check_id("agent", agent)
+            deposits.append((agent, usd_to_micros(usd, field=f"amounts_usd[{agent!r}]")))
+        if deposits:
+            ray.get(self._coordinator.deposits.remote(deposits))
+        return sum(amount for _, amount in deposits)
+
     def advance_clock(self, seconds: float) -> int:
         """Move the mesh's manual clock (``clock="manual"``) forward; the new time in microseconds."""
         return ray.get(self._coordinator.advance_clock.remote(seconds))
@@ -238,6 +271,11 @@ class Mesh:
     def stats(self) -> dict[str, Any]:
         """Counts and amounts by outcome and reason, open escrows, agents, each shard's state."""
         return ray.get(self._coordinator.stats.remote())
+
+    def memory(self) -> dict[str, Any]:
+        """Resident memory (RSS, bytes) of the mesh's processes by role: coordinator, shards (with
+        their open escrows), hosts (with their agents and what building them took), ledger writer."""
+        return ray.get(self._coordinator.memory.remote())
 
     def snapshot(self) -> dict[str, Any]:
         """Balances, locked amounts, today's usage and open escrows, as a replay of the ledger rebuilds them."""

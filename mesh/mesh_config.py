@@ -16,8 +16,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.config import UsdField, _check_usd
-from mesh.errors import ConfigError
+from mesh.config import UsdField, _check_usd, config_error
 from mesh.money import usd_to_micros
 from mesh.sharding import MAX_SHARDS
 
@@ -63,10 +62,7 @@ class MeshConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            problems = [
-                f"{'.'.join(str(p) for p in e['loc']) or 'config'}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
-            ]
-            raise ConfigError("invalid MeshConfig: " + "; ".join(problems)) from None
+            raise config_error(exc, "MeshConfig") from None
 
     @field_validator("out_dir")
     @classmethod

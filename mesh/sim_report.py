@@ -1,0 +1,235 @@
+"""A simulation's report: what happened (from the ledger), how fast, how much memory, and the checks.
+
+The totals come from the ledger itself (its Parquet dataset, else its JSONL), then
+are checked against the mesh's live counters and state: the ledger verifies, a replay
+of it rebuilds the live balances, locks and caps used, money is conserved, and the
+ledger's totals equal the counters. ``report.json`` and PNG plots go in the run directory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ledger.reader import read_table
+from ledger.replay import reconcile
+from ledger.report import build_report as build_ledger_report
+from ledger.verify import verify
+from mesh.memory import open_escrow_bytes, rss_bytes
+from mesh.money import format_usd
+from mesh.scenario import Scenario
+
+_REPLAYED_KEYS = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows", "used_today_micros")
+
+
+@dataclass
+class RunLog:
+    """What the driver saw while the run went on (the ledger holds the rest)."""
+
+    started_s: float
+    setup_s: float = 0.0
+    run_s: float = 0.0
+    messages_sent: int = 0
+    interrupted: bool = False
+    ticks: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)  # the driver's calls, by status and reason
+    last_stats: dict[str, Any] = field(default_factory=lambda: {"locked": 0, "released": 0, "refunded": 0, "rejected": 0})
+    live: dict[str, Any] = field(default_factory=dict)
+
+    def record_tick(self, tick: int, messages: int, wall_s: float, results: list, stats: dict[str, Any]) -> None:
+        for result in results:
+            record = result.record
+            self.outcomes[record.status.value if record.reason is None else f"{record.status.value}:{record.reason}"] += 1
+        before = self.last_stats
+        self.ticks.append({
+            "tick": tick, "messages": messages, "wall_s": round(wall_s, 6),
+            **{k: stats[k] - before[k] for k in ("locked", "released", "refunded", "rejected")},
+        })
+        self.last_stats = stats
+
+
+def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool = True) -> dict[str, Any]:
+    """The run's report (see the module doc); saved as ``run_dir/report.json``."""
+    ledger_path = run_dir / "toll_ledger.jsonl"
+    table = read_table(run_dir / "parquet" if scenario.ledger_parquet else ledger_path)
+    ledger = build_ledger_report(table, top=10)
+    stats = log.live["stats"]
+    report: dict[str, Any] = {
+        "run": {"scenario": scenario.name, "seed": scenario.seed, "run_dir": str(run_dir),
+                "interrupted": log.interrupted, "messages_planned": scenario.messages, "messages_sent": log.messages_sent,
+                "ticks": len(log.ticks), "simulated_days": scenario.days, "agents": scenario.agent_count},
+        "speed": _speed(log, stats),
+        "outcomes": _outcomes(ledger, log),
+        "caps": _cap_hits(table),
+        "top_earners": ledger["top_earners"],
+        "top_payers": ledger["top_payers"],
+        "memory": _memory(log.live["memory"], scenario.agent_count, stats),
+        "checks": _checks(ledger_path, ledger, stats, log.live, scenario.tracks_balances),
+        "files": {"ledger": str(ledger_path), "parquet": str(run_dir / "parquet") if scenario.ledger_parquet else None,
+                  "report": str(run_dir / "report.json")},
+        "scenario": scenario.model_dump(mode="json"),
+        "ticks": log.ticks,
+    }
+    if plots:
+        report["files"]["plots"] = [str(p) for p in _plots(ledger_path if not scenario.ledger_parquet else run_dir / "parquet",
+                                                          run_dir / "plots", log)]
+    (run_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    return report
+
+
+def _speed(log: RunLog, stats: dict[str, Any]) -> dict[str, Any]:
+    run_s = max(log.run_s, 1e-9)
+    sizes = np.array([t["messages"] for t in log.ticks], dtype=np.float64)
+    walls = np.array([t["wall_s"] for t in log.ticks], dtype=np.float64)
+    return {
+        "setup_s": round(log.setup_s, 3), "run_s": round(log.run_s, 3),
+        "messages_per_s": round(log.messages_sent / run_s, 1),
+        "lifecycles_per_s": round((stats["locked"] + stats["rejected"]) / run_s, 1),  # every call, pipelines included
+        "events_written": stats["events_written"],
+        # A message waits for its tick's batch: its round trip is the batch's, weighted by the batch's size.
+        "round_trip_ms_p50": _weighted_percentile_ms(walls, sizes, 50),
+        "round_trip_ms_p99": _weighted_percentile_ms(walls, sizes, 99),
+    }
+
+
+def _weighted_percentile_ms(values_s: np.ndarray, weights: np.ndarray, q: float) -> Optional[float]:
+    if values_s.size == 0:
+        return None
+    order = np.argsort(values_s)
+    cumulative = np.cumsum(weights[order])
+    at = np.searchsorted(cumulative, cumulative[-1] * q / 100.0)
+    return round(float(values_s[order][min(at, values_s.size - 1)]) * 1e3, 3)
+
+
+def _outcomes(ledger: dict[str, Any], log: RunLog) -> dict[str, Any]:
+    return {
+        "calls": ledger["calls"] + sum(v for k, v in ledger["by_kind"].items() if k == "reject"),
+        "by_status": ledger["by_status"],
+        "by_reason": ledger["by_reason"],
+        "released_micros": ledger["spend_micros"], "released_usd": ledger["spend_usd"],
+        "refunded_micros": ledger["refunded_micros"], "refunded_usd": format_usd(ledger["refunded_micros"]),
+        "deposits_micros": ledger["deposits_micros"],
+        "refund_rate": ledger["refund_rate"],
+        "driver_calls": dict(sorted(log.outcomes.items())),  # the calls the driver made (pipelines' onward calls aside)
+    }
+
+
+def _cap_hits(table: pa.Table) -> dict[str, Any]:
+    capped = table.filter(pc.and_(pc.equal(table.column("kind").cast(pa.string()), "reject"),
+                                  pc.equal(table.column("reason").cast(pa.string()), "over_daily_cap")))
+    per_agent = Counter(capped.column("source_agent").cast(pa.string()).to_pylist())
+    return {"rejections": capped.num_rows, "agents_capped": len(per_agent),
+            "most_capped": [{"agent": a, "rejections": n} for a, n in per_agent.most_common(5)]}
+
+
+def _memory(memory: dict[str, Any], agents: int, stats: dict[str, Any]) -> dict[str, Any]:
+    hosts, shards = memory["hosts"], memory["shards"]
+    agents_bytes = sum(h["agents_rss_bytes"] for h in hosts)
+    per_escrow = open_escrow_bytes(10_000)
+    by_role = {
+        "driver": rss_bytes(), "coordinator": memory["coordinator"]["rss_bytes"],
+        "shards": sum(s["rss_bytes"] for s in shards), "hosts": sum(h["rss_bytes"] for h in hosts),
+        "ledger_writer": memory["writer"]["rss_bytes"], "parquet_sink": memory["writer"]["parquet_sink_rss_bytes"] or 0,
+    }
+    return {
+        "rss_bytes_by_role": by_role, "rss_bytes_total": sum(by_role.values()),
+        "processes": 4 + len(hosts) + len(shards),
+        "host_bytes_per_agent": round(agents_bytes / agents) if agents else None,
+        "shard_bytes_per_open_escrow": per_escrow,
+        "open_escrows_at_end": stats["open_escrows"],
+        "how": "RSS of each process (psutil); per agent: what building the agents grew their hosts by; "
+               "per open escrow: heap of the shards' escrow core per lock (tracemalloc, 10,000 locks)",
+    }
+
+
+def _checks(ledger_path: Path, ledger: dict[str, Any], stats: dict[str, Any], end: dict[str, Any],
+            balances: bool) -> dict[str, Any]:
+    """Verify the ledger, replay it against the live state at the end (``end["snapshot"]`` taken at
+    ``end["now_us"]``), check conservation, and the ledger's totals against the live counters."""
+    verified = verify(ledger_path, state_at_us=end["now_us"])  # one pass: checks, and the replayed state
+    live, replayed = end["snapshot"], verified.state
+    if replayed is None:
+        differences = ["the ledger could not be replayed (see the problems verify found)"]
+    else:
+        differences = reconcile({k: replayed[k] for k in _REPLAYED_KEYS}, {k: live[k] for k in _REPLAYED_KEYS})
+    counters = {
+        "released_micros": (ledger["spend_micros"], stats["released_micros"]),
+        "refunded_micros": (ledger["refunded_micros"], stats["refunded_micros"]),
+        "locks": (ledger["calls"], stats["locked"]),
+        "rejections": (ledger["by_kind"].get("reject", 0), stats["rejected"]),
+    }
+    mismatched = {k: {"ledger": a, "live": b} for k, (a, b) in counters.items() if a != b}
+    conserved = sum(live["balances_micros"].values()) + live["locked_total_micros"] == live["deposits_total_micros"]
+    return {
+        "ledger_verifies": verified.ok, "replay_matches_live": not differences,
+        "conservation_holds": conserved if balances else None, "ledger_matches_counters": not mismatched,
+        "problems": [str(p) for p in verified.problems[:10]] + differences[:10]
+                    + [f"{k}: ledger {v['ledger']}, live {v['live']}" for k, v in mismatched.items()],
+    }
+
+
+def checks_pass(report: dict[str, Any]) -> bool:
+    checks = report["checks"]
+    return all(checks[k] is not False for k in ("ledger_verifies", "replay_matches_live", "conservation_holds",
+                                                "ledger_matches_counters"))
+
+
+def _plots(source: Path, out_dir: Path, log: RunLog) -> list[Path]:
+    from ledger.plot import plot
+
+    paths = plot(source, out_dir)
+    return paths + [_plot_ticks(out_dir / "run_ticks.png", log)]
+
+
+def _plot_ticks(path: Path, log: RunLog) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ticks = [t["tick"] for t in log.ticks]
+    fig, (rate, mix) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    rate.plot(ticks, [t["messages"] / max(t["wall_s"], 1e-9) for t in log.ticks], color="tab:blue")
+    rate.set_ylabel("messages/s")
+    rate.set_title("the run, tick by tick")
+    for key, color in (("released", "tab:green"), ("refunded", "tab:orange"), ("rejected", "tab:red")):
+        mix.plot(ticks, [t[key] for t in log.ticks], label=key, color=color)
+    mix.set_xlabel("tick (simulated time)")
+    mix.set_ylabel("calls per tick")
+    mix.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text for a terminal."""
+    run, speed, out, caps, mem, checks = (report[k] for k in ("run", "speed", "outcomes", "caps", "memory", "checks"))
+    mb = 1 / 1e6
+    lines = [
+        f"run:          {run['scenario']} seed {run['seed']}: {run['messages_sent']:,} of {run['messages_planned']:,} messages"
+        f" over {run['simulated_days']} simulated day(s), {run['agents']:,} agents{'  (INTERRUPTED)' if run['interrupted'] else ''}",
+        f"speed:        {speed['messages_per_s']:,.0f} messages/s, {speed['lifecycles_per_s']:,.0f} calls/s with pipelines"
+        f" ({speed['run_s']} s, setup {speed['setup_s']} s); round trip p50 {speed['round_trip_ms_p50']} ms,"
+        f" p99 {speed['round_trip_ms_p99']} ms",
+        "by status:    " + ", ".join(f"{s} {v['tasks']:,} (${format_usd(v['amount_micros'])})" for s, v in out["by_status"].items()),
+        "by reason:    " + (", ".join(f"{r} {n:,}" for r, n in out["by_reason"].items()) or "-"),
+        f"money:        released ${out['released_usd']}, refunded ${out['refunded_usd']} (refund rate {out['refund_rate']:.2%})",
+        f"cap hits:     {caps['rejections']:,} rejections, {caps['agents_capped']:,} agents capped",
+        "top earners:  " + ", ".join(f"{r['agent']} ${format_usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
+        "top payers:   " + ", ".join(f"{r['agent']} ${format_usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
+        f"memory:       {mem['rss_bytes_total'] * mb:,.0f} MB in {mem['processes']} processes; "
+        f"{mem['host_bytes_per_agent']} B per agent, {mem['shard_bytes_per_open_escrow']} B per open escrow",
+        "checks:       " + ", ".join(f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in checks.items() if k != "problems"),
+        f"output:       {report['files']['report']}",
+    ]
+    lines += [f"PROBLEM:      {p}" for p in checks["problems"]]
+    return "\n".join(lines)
