@@ -64,7 +64,9 @@ def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool 
     report: dict[str, Any] = {
         "run": {"scenario": scenario.name, "seed": scenario.seed, "run_dir": str(run_dir),
                 "interrupted": log.interrupted, "messages_planned": scenario.messages, "messages_sent": log.messages_sent,
-                "ticks": len(log.ticks), "simulated_days": scenario.days, "agents": scenario.agent_count},
+                "ticks": len(log.ticks), "ticks_planned": scenario.ticks, "simulated_days": scenario.days,
+                "simulated_days_run": round(scenario.days * len(log.ticks) / scenario.ticks, 6),
+                "agents": scenario.agent_count},
         "speed": _speed(log, stats),
         "outcomes": _outcomes(ledger, log),
         "caps": _cap_hits(table),
@@ -216,7 +218,7 @@ def format_report(report: dict[str, Any]) -> str:
     mb = 1 / 1e6
     lines = [
         f"run:          {run['scenario']} seed {run['seed']}: {run['messages_sent']:,} of {run['messages_planned']:,} messages"
-        f" over {run['simulated_days']} simulated day(s), {run['agents']:,} agents{'  (INTERRUPTED)' if run['interrupted'] else ''}",
+        f" over {run['simulated_days_run']:g} simulated day(s), {run['agents']:,} agents{'  (INTERRUPTED)' if run['interrupted'] else ''}",
         f"speed:        {speed['messages_per_s']:,.0f} messages/s, {speed['lifecycles_per_s']:,.0f} calls/s with pipelines"
         f" ({speed['run_s']} s, setup {speed['setup_s']} s); round trip p50 {speed['round_trip_ms_p50']} ms,"
         f" p99 {speed['round_trip_ms_p99']} ms",
