@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import orjson
 import ray
 
 from actors.gc_tuning import tune_gc
@@ -66,6 +67,15 @@ class ShardSpec:
     escrow_timeout_s: Optional[float] = 300.0
     max_settled_records: int = DEFAULT_MAX_SETTLED_RECORDS
     ledger_path: Optional[str] = None  # rebuild from here; None: start empty
+    agent_caps_path: Optional[str] = None  # more per-agent caps, a JSON object {agent: micros or null} (large maps)
+
+    def caps_micros(self) -> dict[str, Optional[int]]:
+        """Every per-agent cap: the file's (read at each build, so a restarted shard has them), then the spec's."""
+        caps: dict[str, Optional[int]] = {}
+        if self.agent_caps_path is not None:
+            with open(self.agent_caps_path, "rb") as f:
+                caps = orjson.loads(f.read())
+        return {**caps, **self.agent_caps_micros}
 
 
 class ShardCore:
@@ -163,7 +173,7 @@ class ShardCore:
                 self.book, self.spec.ledger_path, shard=self.spec.index, shards=self.spec.shards
             )
         self.book.journal = self._journal
-        self.set_caps(self.spec.default_cap_micros, self.spec.agent_caps_micros)
+        self.set_caps(self.spec.default_cap_micros, self.spec.caps_micros())
         return self.rebuilt_through_seq
 
     # -- queries ----------------------------------------------------------------

@@ -10,8 +10,8 @@ The public API, including the seed-compatible one of nano-empire-tollbooth 0.3.0
 >>> asyncio.run(booth.charge("t1", "alice", "bob")).status.value
 'escrow_locked'
 
-The distributed mesh (:class:`Mesh`, :class:`MeshTollbooth`) is imported on first use,
-so ``import mesh`` stays light for in-process users.
+The distributed mesh (:class:`Mesh`, :class:`MeshTollbooth`) and the simulation (:class:`Simulation`)
+are imported on first use, so ``import mesh`` stays light for in-process users.
 """
 
 from typing import Any
@@ -34,6 +34,7 @@ from mesh.mesh_config import MeshConfig
 from mesh.money import MAX_AMOUNT_MICROS, format_usd, usd_to_micros
 from mesh.monetize import RAILS, get_usage, monetize, reset_usage
 from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.scenario import Scenario, builtin_scenarios, load_scenario
 from mesh.settlement import SettlementResult, settle
 from mesh.tollbooth import Tollbooth, create_tollbooth, get_tollbooth, reset_tollbooth
 
@@ -59,8 +60,12 @@ __all__ = [
     "Message",
     "PaymentRequiredError",
     "Reason",
+    "Scenario",
     "SettlementResult",
     "SettlementStatus",
+    "SimAgent",
+    "SimulatedFailure",
+    "Simulation",
     "SystemClock",
     "TollRecord",
     "TollRejectedError",
@@ -68,26 +73,31 @@ __all__ = [
     "TollboothConfig",
     "TollboothMode",
     "TollmeshError",
+    "builtin_scenarios",
     "create_tollbooth",
     "format_usd",
     "get_tollbooth",
     "get_usage",
+    "load_scenario",
     "monetize",
     "reset_tollbooth",
     "reset_usage",
+    "run_simulation",
     "settle",
     "usd_to_micros",
 ]
 
 
+_LAZY = {
+    "Mesh": "mesh.mesh", "MeshTollbooth": "mesh.mesh_booth", "Simulation": "mesh.simulate",
+    "run_simulation": "mesh.simulate", "SimAgent": "mesh.sim_agents", "SimulatedFailure": "mesh.sim_agents",
+}
+
+
 def __getattr__(name: str) -> Any:
-    """Import the Ray-backed parts on first use."""
-    if name == "Mesh":
-        from mesh.mesh import Mesh
+    """Import the Ray-backed parts (the mesh, the simulation) on first use."""
+    if name in _LAZY:
+        import importlib
 
-        return Mesh
-    if name == "MeshTollbooth":
-        from mesh.mesh_booth import MeshTollbooth
-
-        return MeshTollbooth
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mesh' has no attribute {name!r}")

@@ -138,8 +138,12 @@ def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigE
     """One ConfigError naming every bad field of ``what`` (its path, the value given, what is allowed)."""
     problems = []
     for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"] and error["type"] == "value_error":
+            problems.append(message)  # a check across fields: its message names the field
+            continue
         where = ".".join(str(part) for part in error["loc"]) or "config"
         given = repr(error.get("input"))
         given = given if len(given) <= 80 else given[:77] + "..."
-        problems.append(f"{where}={given}: {error['msg']}")
+        problems.append(f"{where}={given}: {message}")
     return ConfigError(f"invalid {what}: " + "; ".join(problems))

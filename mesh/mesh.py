@@ -31,6 +31,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Optional
 
+import orjson
 import ray
 
 from actors.agent_host import AgentHost, HostSettings, write_groups
@@ -334,11 +335,12 @@ class Mesh:
             fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
             rotate_daily=config.ledger_rotate_daily,
         )
+        caps_path = self._write_agent_caps()
         shards = [
             BudgetShard.options(name=config.actor_name(f"shard.{i}"), scheduling_strategy="SPREAD", **common).remote(
                 ShardSpec(
                     index=i, shards=config.shards, default_cap_micros=config.default_cap_micros,
-                    agent_caps_micros=config.agent_caps_micros(), track_balances=config.track_balances,
+                    agent_caps_path=caps_path, track_balances=config.track_balances,
                     escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
                     ledger_path=str(config.ledger_path) if config.restore_from_ledger else None,
                 )
@@ -346,10 +348,23 @@ class Mesh:
             for i in range(config.shards)
         ]
         ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
-        coordinator = EscrowCoordinator.options(name=config.actor_name("coordinator"), **common).remote(config)
+        slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file
+        coordinator = EscrowCoordinator.options(name=config.actor_name("coordinator"), **common).remote(slim)
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
         return coordinator
+
+    def _write_agent_caps(self) -> Optional[str]:
+        """Per-agent caps go to ``agent_caps.json`` beside the ledger: a simulation's 100,000 caps would
+        otherwise be actor arguments in Ray's object store, which a restart cannot count on."""
+        caps = self.config.agent_caps_micros()
+        if not caps:
+            return None
+        path = self.config.out_dir / "agent_caps.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_bytes(orjson.dumps(caps))
+        os.replace(tmp, path)
+        return str(path)
 
     def _kill_actors(self) -> None:
         names = ray.get(self._coordinator.host_names.remote())

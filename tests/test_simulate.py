@@ -70,7 +70,7 @@ def test_a_small_simulation_end_to_end(ray_session, tmp_path):
 def test_a_seeded_run_is_reproducible(ray_session, tmp_path):
     first = run_simulation(Scenario(**SMALL), tmp_path / "a", plots=False)
     second = run_simulation(Scenario(**SMALL), tmp_path / "b", plots=False)
-    other = run_simulation(Scenario(**{**SMALL, "seed": 8}), tmp_path / "c", plots=False)
+    run_simulation(Scenario(**{**SMALL, "seed": 8}), tmp_path / "c", plots=False)
     assert toll_events(tmp_path / "a") == toll_events(tmp_path / "b")
     assert toll_events(tmp_path / "a") != toll_events(tmp_path / "c")
     assert first["outcomes"]["by_status"] == second["outcomes"]["by_status"]
@@ -97,8 +97,7 @@ def test_caps_and_failures_are_refused_and_refunded(ray_session, tmp_path):
     assert len({day for _, day in spent}) == 2  # caps rolled over: buyers paid on both simulated days
     refunds = [e for e in events if e["kind"] == "refund"]
     assert refunds and all(e["reason"] == "handler_error" for e in refunds)
-    balances = report["memory"]  # the run ends with nothing locked
-    assert balances["open_escrows_at_end"] == 0
+    assert report["memory"]["open_escrows_at_end"] == 0  # the run ends with nothing locked
 
 
 def test_custom_behaviours_from_python(ray_session, tmp_path):
