@@ -36,7 +36,7 @@ from mesh.agent import Message
 from mesh.errors import ConfigError
 from mesh.mesh_config import MeshConfig
 from mesh.scenario import Scenario, Traffic, load_behaviour
-from mesh.sim_agents import OnwardTarget, SimBehaviour, group_class, pick_many
+from mesh.sim_agents import OnwardTarget, SimAgent, SimBehaviour, group_class, pick_many
 from mesh.sim_report import RunLog, build_report
 
 RUN_MARKERS = ("toll_ledger.jsonl", "report.json", "agents.ndjson")
@@ -58,10 +58,14 @@ class Simulation:
             raise ConfigError(f"scenario must be a mesh.Scenario, got {type(scenario).__name__}")
         self.scenario = scenario
         self.run_dir = Path(run_dir).absolute()
-        self.behaviours = dict(behaviours or {})
+        self.behaviours = {g.name: load_behaviour(g.behaviour) for g in scenario.groups if g.behaviour is not None}
+        self.behaviours.update(behaviours or {})  # checked here, before anything starts
         unknown = sorted(set(self.behaviours) - {g.name for g in scenario.groups})
         if unknown:
             raise ConfigError(f"behaviours name no group of the scenario: {unknown}")
+        for name, cls in self.behaviours.items():
+            if not (isinstance(cls, type) and issubclass(cls, SimAgent)):
+                raise ConfigError(f"behaviours[{name!r}]={cls!r}: must be a subclass of mesh.SimAgent")
         self.overwrite = overwrite
         self.progress = progress
         self.plots = plots
@@ -125,10 +129,7 @@ class Simulation:
             o = group.onward
             onward = OnwardTarget(o.to, self.scenario.group(o.to).count, o.pattern, o.alpha, o.probability)
         behaviour = SimBehaviour(self.scenario.seed, group.name, group.failure_rate, group.latency_ms, onward)
-        base = self.behaviours.get(group.name)
-        if base is None and group.behaviour is not None:
-            base = load_behaviour(group.behaviour)
-        return group_class(group, behaviour, base)
+        return group_class(group, behaviour, self.behaviours.get(group.name))
 
     # -- the run --------------------------------------------------------------------------
 

@@ -109,6 +109,21 @@ def test_custom_behaviours_from_python(ray_session, tmp_path):
     assert len(errors) > 0.3 * 600 * 0.8  # HalfAuditor fails about half of its calls
     with pytest.raises(ConfigError, match="name no group"):
         Simulation(scenario, tmp_path / "x", behaviours={"nobody": HalfAuditor})
+    with pytest.raises(ConfigError, match="must be a subclass of mesh.SimAgent"):
+        Simulation(scenario, tmp_path / "x", behaviours={"front": dict})
+
+
+def test_behaviours_named_in_a_scenario_are_checked_before_anything_starts(tmp_path):
+    groups = [dict(g) for g in SMALL["groups"]]
+    groups[1]["behaviour"] = "sim_behaviours:HalfAuditor"
+    assert Simulation(Scenario(**{**SMALL, "groups": groups}), tmp_path / "ok").behaviours == {"front": HalfAuditor}
+    groups[1]["behaviour"] = "no_such_module:Agent"
+    with pytest.raises(ConfigError, match="behaviour='no_such_module:Agent': cannot be imported"):
+        Simulation(Scenario(**{**SMALL, "groups": groups}), tmp_path / "bad")
+    groups[1]["behaviour"] = "collections:OrderedDict"
+    with pytest.raises(ConfigError, match="must name a subclass of mesh.SimAgent"):
+        Simulation(Scenario(**{**SMALL, "groups": groups}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_run_directory_is_never_overwritten_without_asking(ray_session, tmp_path):
