@@ -53,6 +53,7 @@ class Agent:
     price_usd: ClassVar[UsdLike] = "0.001"
     prices_usd: ClassVar[dict[str, UsdLike]] = {}
     threaded: ClassVar[bool] = False
+    not_handlers: ClassVar[frozenset[str]] = frozenset()  # public helper methods other agents may not call
     agent_id: str = ""
 
     def handle(self, ctx: CallContext, payload: Any) -> Any:
@@ -83,7 +84,7 @@ def price_table(agent_class: type) -> PriceTable:
         raise InvalidTypeError("agent_class", agent_class, "a subclass of mesh.Agent")
     methods = frozenset(
         name for name, member in inspect.getmembers(agent_class, callable)
-        if not name.startswith("_") and name not in _BASE_NAMES
+        if not name.startswith("_") and name not in _BASE_NAMES and name not in agent_class.not_handlers
     )
     default = usd_to_micros(agent_class.price_usd, field=f"{agent_class.__name__}.price_usd")
     by_method = {}

@@ -109,7 +109,7 @@ class AgentGroup(_Model):
     count: int = Field(ge=1, le=MAX_AGENTS)
     price_usd: UsdField = "0.001"
     daily_cap_usd: Optional[UsdField] = None
-    balance_usd: Optional[UsdField] = None
+    balance_usd: Optional[UsdField] = None  # any group with one turns balances on; the others then start at 0
     failure_rate: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
     latency_ms: Latency = Latency()
     onward: Optional[Onward] = None

@@ -76,6 +76,7 @@ class SimAgent(Agent):
     (paying) as its group says. Calls that need neither wait nor onward call run inline (fast)."""
 
     behaviour: ClassVar[Optional[SimBehaviour]] = None
+    not_handlers: ClassVar[frozenset[str]] = frozenset({"draws", "fails", "call_onward"})
 
     def draws(self, ctx: CallContext) -> tuple[float, float, float, float]:
         """Four uniform numbers in [0, 1) from the seed and the task id: failure, latency, onward, target."""

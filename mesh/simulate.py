@@ -119,9 +119,8 @@ class Simulation:
     def _populate(self, mesh: Any) -> None:
         groups = [(self._agent_class(g), self._ids[g.name], {}) for g in self.scenario.groups]
         mesh.add_agent_groups(groups, hosts=self.scenario.hosts)
-        balances = {a: g.balance_usd for g in self.scenario.groups if g.balance_usd is not None for a in self._ids[g.name]}
-        if balances:
-            mesh.deposit_many(balances)
+        if self.scenario.tracks_balances:  # every agent opens an account: those with no balance start at 0
+            mesh.deposit_many({a: g.balance_usd or 0 for g in self.scenario.groups for a in self._ids[g.name]})
 
     def _agent_class(self, group: Any) -> type:
         onward = None

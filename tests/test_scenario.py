@@ -129,6 +129,13 @@ def test_calls_that_wait_or_call_onward_go_async_and_the_rest_stay_inline():
     assert 400 < kinds["async"] < 600
 
 
+def test_the_simulation_helpers_are_not_handlers_other_agents_may_call():
+    from mesh.agent import price_table
+
+    cls = group_class(scenario().group("a"), SimBehaviour(seed=0, group="a"))
+    assert price_table(cls).methods == {"handle"}
+
+
 def test_group_classes_carry_their_price_and_refuse_other_bases():
     cls = group_class(scenario(groups=[{"name": "a", "count": 1, "price_usd": "0.25"}, GROUPS[1]]).group("a"),
                       SimBehaviour(seed=0, group="a"))

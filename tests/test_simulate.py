@@ -100,6 +100,23 @@ def test_caps_and_failures_are_refused_and_refunded(ray_session, tmp_path):
     assert report["memory"]["open_escrows_at_end"] == 0  # the run ends with nothing locked
 
 
+def test_with_balances_on_every_agent_has_an_account_and_spends_what_it_earns(ray_session, tmp_path):
+    scenario = Scenario(
+        messages=400, ticks_per_day=2, shards=2, hosts=1,
+        groups=[{"name": "user", "count": 4, "balance_usd": "5"},
+                {"name": "broker", "count": 2, "price_usd": "0.01", "onward": {"to": "maker", "probability": 0.5}},
+                {"name": "maker", "count": 2, "price_usd": "0.004"}],
+        traffic=[{"source": "user", "target": "broker"}],
+    )
+    report = run_simulation(scenario, tmp_path / "run", plots=False)
+    reasons = report["outcomes"]["by_reason"]
+    assert "unknown_agent" not in reasons
+    assert reasons["insufficient_funds"] > 0  # brokers start at 0: their first onward calls are refused...
+    events = read_events(tmp_path / "run" / "toll_ledger.jsonl").events
+    assert any(e["kind"] == "release" and e["source_agent"].startswith("broker") for e in events)  # ...then they earn
+    assert report["checks"]["conservation_holds"] and report["checks"]["replay_matches_live"]
+
+
 def test_custom_behaviours_from_python(ray_session, tmp_path):
     scenario = Scenario(**{**SMALL, "messages": 600})
     report = Simulation(scenario, tmp_path / "custom", behaviours={"front": HalfAuditor}, plots=False).run()
