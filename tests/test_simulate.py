@@ -104,7 +104,7 @@ def test_with_balances_on_every_agent_has_an_account_and_spends_what_it_earns(ra
     scenario = Scenario(
         messages=400, ticks_per_day=2, shards=2, hosts=1,
         groups=[{"name": "user", "count": 4, "balance_usd": "5"},
-                {"name": "broker", "count": 2, "price_usd": "0.01", "onward": {"to": "maker", "probability": 0.5}},
+                {"name": "broker", "count": 2, "price_usd": "0.01", "onward": {"to": "maker", "probability": 0.5}},  # no balance
                 {"name": "maker", "count": 2, "price_usd": "0.004"}],
         traffic=[{"source": "user", "target": "broker"}],
     )
