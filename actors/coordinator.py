@@ -562,10 +562,15 @@ class EscrowCoordinator:
 
     # -- agents, money, time -------------------------------------------------------------
 
-    async def register(self, host_name: str, agent_ids: list[str], prices: PriceTable) -> int:
-        """Add the agents of a host actor to the directory; the number of agents now in the mesh."""
+    async def register(self, host_name: str, groups: list[tuple[list[str], PriceTable]]) -> int:
+        """Add the agents of a host actor, ``(agent_ids, prices)`` per group, to the directory (all or
+        none: an id already in the mesh refuses the lot); the number of agents now in the mesh."""
         await self._ready()
-        self._directory.add(host_name, agent_ids, prices)
+        taken = [a for ids, _ in groups for a in ids if a in self._directory.agents]
+        if taken:
+            raise InvalidArgumentError("agent_ids", taken[:5], "are already in the mesh")
+        for agent_ids, prices in groups:
+            self._directory.add(host_name, agent_ids, prices)
         return len(self._directory.agents)
 
     def agent_count(self) -> int:
@@ -686,14 +691,15 @@ class EscrowCoordinator:
     async def memory(self) -> dict[str, Any]:
         """Resident memory of every process of the mesh, by role, with what each holds."""
         await self._ready()
-        shards, hosts, writer = await asyncio.gather(
-            asyncio.gather(*(shard.memory.remote() for shard in self._shards)),
+        shards, hosts, writer = await asyncio.gather(  # an actor that does not answer is left out
+            asyncio.gather(*(shard.memory.remote() for shard in self._shards), return_exceptions=True),
             asyncio.gather(*(host.memory.remote() for host in self._directory.hosts), return_exceptions=True),
-            self._writer.memory.remote(),
+            asyncio.gather(self._writer.memory.remote(), return_exceptions=True),
         )
         return {
             "coordinator": {"rss_bytes": rss_bytes(), "agents": len(self._directory.agents)},
-            "shards": shards, "hosts": [h for h in hosts if isinstance(h, dict)], "writer": writer,
+            "shards": [s for s in shards if isinstance(s, dict)], "hosts": [h for h in hosts if isinstance(h, dict)],
+            "writer": writer[0] if isinstance(writer[0], dict) else {"rss_bytes": 0, "parquet_sink_rss_bytes": None},
         }
 
     async def close(self) -> dict[str, Any]:

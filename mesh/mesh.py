@@ -146,10 +146,7 @@ class Mesh:
         self._handles.append(host)
         try:
             ray.get(host.pid.remote())
-            total = 0
-            for _, ids, _, prices in groups:
-                total = ray.get(self._coordinator.register.remote(name, ids, prices))
-            return total
+            return ray.get(self._coordinator.register.remote(name, [(ids, prices) for _, ids, _, prices in groups]))
         except Exception:
             ray.kill(host, no_restart=True)
             raise

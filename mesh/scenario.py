@@ -196,6 +196,8 @@ class Scenario(_Model):
             for side in ("source", "target"):
                 if getattr(flow, side) not in names:
                     raise _problem(f"traffic[{i}].{side}", getattr(flow, side), f"names no group; the groups are {names}")
+            if flow.source == flow.target and self.group(flow.source).count < 2:
+                raise _problem(f"traffic[{i}].target", flow.target, "a group calling itself needs 2 agents or more")
         for group in self.groups:
             if group.onward is not None and group.onward.to not in names:
                 raise _problem(f"groups.{group.name}.onward.to", group.onward.to, f"names no group; the groups are {names}")

@@ -87,9 +87,9 @@ class Simulation:
             self._populate(mesh)
             log.setup_s = time.perf_counter() - log.started_s
             self._play(mesh, log)
+            log.run_s = time.perf_counter() - log.started_s - log.setup_s
             log.live = {"stats": mesh.stats(), "snapshot": mesh.snapshot(), "now_us": mesh.advance_clock(0),
                         "memory": mesh.memory()}
-            log.run_s = time.perf_counter() - log.started_s - log.setup_s
         return build_report(self.scenario, self.run_dir, log, plots=self.plots)
 
     # -- setup --------------------------------------------------------------------------

@@ -36,6 +36,8 @@ def scenario(**changes):
     ({"groups": [{"name": "a", "count": 1, "onward": {"to": "b"}}, {"name": "b", "count": 1, "onward": {"to": "a"}}]},
      "onward calls must not form a cycle"),
     ({"messages": 0}, "messages=0"),
+    ({"traffic": [{"source": "a", "target": "a"}], "groups": [{"name": "a", "count": 1}]},
+     "traffic[0].target='a': a group calling itself needs 2 agents or more"),
     ({"groups": []}, "groups=[]: List should have at least 1 item"),
 ])
 def test_a_bad_scenario_names_the_field_and_what_is_allowed(changes, named):
