@@ -22,6 +22,7 @@ from ledger.schema import EventKind
 from ledger.reader import event_lines
 from mesh.clock import day_of
 from mesh.errors import LedgerError
+from mesh.money import check_micros, usd_to_micros
 from mesh.escrow import EscrowBook
 from mesh.records import Reason, SettlementStatus, TollRecord
 from mesh.sharding import shard_of
@@ -85,7 +86,7 @@ def replay_events(book: EscrowBook, events: Iterable[dict[str, Any]]) -> None:
 
 def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
     """Apply one event to ``book`` and check the outcome matches what the event says."""
-    kind = EventKind(event["kind"])
+    kind = _KINDS.get(event["kind"]) or EventKind(event["kind"])  # the lookup is the fast path; an unknown kind raises
     ts_us = event["ts_us"] if kind is not EventKind.RECOVER else 0
     if kind is EventKind.DEPOSIT:
         book.deposit(event["target_agent"], event["amount_micros"], ts_us)
@@ -95,25 +96,54 @@ def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
         return
     if kind is EventKind.RECOVER:
         return
-    record = TollRecord.from_dict(event)
-    draft = record.evolve(status=SettlementStatus.PENDING, settled_at=None, reason=None)
-    if kind is EventKind.LOCK:
-        result = book.charge(draft, ts_us)
-    elif kind is EventKind.PAPER_RELEASE:
-        result = book.charge(draft, ts_us, instant_release=True)
-    elif kind is EventKind.REJECT:
-        result = book.reject(draft, Reason(event["reason"]), ts_us)
-    elif kind is EventKind.PENDING:
-        result = book.pend(draft, ts_us)
-    elif kind is EventKind.RELEASE:
-        result = book.release(record.task_id, ts_us)
+    task_id = event["task_id"]
+    if kind is EventKind.RELEASE:
+        result = book.release(task_id, ts_us)
     elif kind is EventKind.REFUND:
-        result = book.refund(record.task_id, ts_us, Reason(event["reason"]))
-    else:  # EXPIRE: refund sweeps what is due first, as the live booth did; another timeout refunds it anyway
-        result = book.refund(record.task_id, ts_us, Reason.ESCROW_TIMEOUT)
-    if result is None or result.status is not record.status:
+        result = book.refund(task_id, ts_us, _reason(event["reason"]))
+    elif kind is EventKind.EXPIRE:  # refund sweeps what is due first, as the live booth did; another timeout refunds it anyway
+        result = book.refund(task_id, ts_us, Reason.ESCROW_TIMEOUT)
+    else:
+        result = _open(book, kind, _draft(event), event, ts_us)
+    status = event.get("status", "pending")
+    expected = _STATUSES.get(status) or SettlementStatus(status)
+    if result is None or result.status is not expected:
         got = None if result is None else result.status.value
-        raise LedgerError(f"{kind.value} of task_id={record.task_id!r} gives status {got}, ledger says {record.status.value}")
+        raise LedgerError(f"{kind.value} of task_id={task_id!r} gives status {got}, ledger says {expected.value}")
+
+
+def _open(book: EscrowBook, kind: EventKind, draft: TollRecord, event: dict[str, Any], ts_us: int) -> Any:
+    """Replay an event that opens a toll: a lock, a paper release, a rejection or a pending payment."""
+    if kind is EventKind.LOCK:
+        return book.charge(draft, ts_us)
+    if kind is EventKind.PAPER_RELEASE:
+        return book.charge(draft, ts_us, instant_release=True)
+    if kind is EventKind.REJECT:
+        return book.reject(draft, _reason(event["reason"]), ts_us)
+    return book.pend(draft, ts_us)
+
+
+def _draft(event: dict[str, Any]) -> TollRecord:
+    """The PENDING record a toll-opening event started from (what the live booth charged)."""
+    if "amount_micros" in event:
+        amount_micros = check_micros(event["amount_micros"])
+    else:  # a seed ledger line: its float USD, converted exactly
+        amount_micros = usd_to_micros(event.get("amount_usd", 0))
+    get = event.get
+    return TollRecord(
+        event["task_id"], event["source_agent"], event["target_agent"], amount_micros, get("amount_tokens", 0.0),
+        SettlementStatus.PENDING, get("tx_signature"), get("payer_wallet"), get("nonce", ""), None,
+        get("created_at", ""),
+    )
+
+
+def _reason(value: str) -> Reason:
+    return _REASONS.get(value) or Reason(value)
+
+
+_KINDS = {kind.value: kind for kind in EventKind}
+_REASONS = {reason.value: reason for reason in Reason}
+_STATUSES = {status.value: status for status in SettlementStatus}
 
 
 def snapshot(book: EscrowBook, ts_us: int) -> dict[str, Any]:
