@@ -406,3 +406,76 @@ def test_metrics_reach_the_prometheus_endpoint(make_mesh, ray_session):
             break
         assert time.monotonic() < deadline, f"missing: {sorted(n for n in wanted if not any(n in l for l in mine))}"
         time.sleep(1)
+
+
+class Quiet(Agent):
+    price_usd = "0.002"
+
+    def handle(self, ctx, payload):
+        return "quiet"
+
+    def helper(self, ctx, payload):
+        return "not a handler"
+
+    not_handlers = frozenset({"helper"})
+
+
+def test_agent_groups_share_hosts_and_register_all_or_none(make_mesh):
+    mesh = make_mesh()
+    total = mesh.add_agent_groups([(Echo, [f"e{i}" for i in range(5)], {}), (Quiet, ["q0", "q1"], {})], hosts=2)
+    assert total == 7 and mesh.stats()["hosts"] == 2
+    assert mesh.call("alice", "q1", None).value == "quiet" and mesh.call("alice", "e4", "x").value == "x"
+    assert mesh.call("alice", "q0", None, method="helper").reason == "unknown_method"
+    with pytest.raises(InvalidArgumentError, match="already in the mesh"):
+        mesh.add_agent_groups([(Quiet, ["q9"], {}), (Echo, ["e1"], {})], hosts=1)
+    assert mesh.call("alice", "q9", None).reason == "unknown_agent"  # the refused host's agents are not half-added
+    with pytest.raises(InvalidArgumentError, match="must not repeat an id across groups"):
+        mesh.add_agent_groups([(Quiet, ["x"], {}), (Echo, ["x"], {})])
+    with pytest.raises(InvalidTypeError, match="groups"):
+        mesh.add_agent_groups([])
+
+
+def test_deposit_many_and_memory(make_mesh):
+    mesh = make_mesh(track_balances=True)
+    mesh.add_agents(Echo, ["echo"])
+    assert mesh.deposit_many({f"payer-{i}": "0.25" for i in range(50)}) == 50 * 250_000
+    with pytest.raises(InvalidAmountError, match=r"amounts_usd\['bad'\]"):
+        mesh.deposit_many({"good": "1", "bad": "-1"})
+    live = mesh.snapshot()
+    assert live["deposits_total_micros"] == 50 * 250_000 and "good" not in live["balances_micros"]  # nothing half-done
+    assert mesh.call("payer-7", "echo", 1).ok
+    memory = mesh.memory()
+    assert memory["coordinator"]["rss_bytes"] > 0 and len(memory["shards"]) == 2
+    assert [h["agents"] for h in memory["hosts"]] == [1] and memory["writer"]["rss_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_per_agent_caps_survive_a_shard_restart(make_mesh):
+    mesh = make_mesh(agent_daily_caps_usd={"capped": "0.003"}, max_daily_toll_per_agent=None)
+    mesh.add_agents(Echo, ["echo"])
+    assert [mesh.call("capped", "echo", n).ok for n in range(3)] == [True, True, True]
+    shard = mesh.actor(f"shard.{shard_of('capped', 2)}")
+    old_pid = ray_pid(shard)
+    import ray
+
+    ray.kill(shard, no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:  # the coordinator rebuilds the restarted shard from the ledger on its next call
+        result = mesh.call("capped", "echo", "again")
+        if ray_pid(shard, default=old_pid) != old_pid:
+            break
+        assert time.monotonic() < deadline
+    assert result.reason == "over_daily_cap"
+    assert mesh.call("capped", "echo", "after").reason == "over_daily_cap"  # the cap came back with the shard
+    assert mesh.call("free", "echo", 1).ok
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
+
+
+def ray_pid(actor: Any, default: Any = None) -> Any:
+    import ray
+
+    try:
+        return ray.get(actor.ready.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - restarting
+        return default
