@@ -85,7 +85,12 @@ class SimAgent(Agent):
         return tuple(int.from_bytes(digest[i:i + 8], "little") / _U64 for i in range(0, 32, 8))  # type: ignore[return-value]
 
     def fails(self, u_fail: float) -> bool:
+        """Whether a call whose failure draw is ``u_fail`` fails, at the group's ``failure_rate``."""
         return self.behaviour is not None and u_fail < self.behaviour.failure_rate
+
+    def _fail_if_drawn(self, u_fail: float) -> None:
+        if self.fails(u_fail):
+            raise SimulatedFailure(f"{self.agent_id} failed (failure_rate={self.behaviour.failure_rate})")
 
     def handle(self, ctx: CallContext, payload: Any) -> Any:
         """Fail at the group's rate, else answer; a call that must wait or call onward goes async."""
@@ -97,16 +102,14 @@ class SimAgent(Agent):
         onward = behaviour.onward if behaviour.onward is not None and u_onward < behaviour.onward.probability else None
         if delay_s > 0 or onward is not None:
             return self._wait_then_answer(ctx, payload, delay_s, u_fail, onward, u_target)
-        if self.fails(u_fail):
-            raise SimulatedFailure(f"{self.agent_id} failed (failure_rate={behaviour.failure_rate})")
+        self._fail_if_drawn(u_fail)
         return None
 
     async def _wait_then_answer(self, ctx: CallContext, payload: Any, delay_s: float, u_fail: float,
                                 onward: Optional[OnwardTarget], u_target: float) -> Any:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        if self.fails(u_fail):
-            raise SimulatedFailure(f"{self.agent_id} failed (failure_rate={self.behaviour.failure_rate})")
+        self._fail_if_drawn(u_fail)
         if onward is None:
             return None
         return await self._pay_onward(ctx, payload, onward, u_target)
