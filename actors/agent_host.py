@@ -29,6 +29,7 @@ import ray
 from ray import cloudpickle
 
 from actors.gc_tuning import tune_gc
+from actors.wire import pack, unpack
 from mesh.agent import Agent, CallContext
 from mesh.coalesce import Coalescer
 from mesh.memory import rss_bytes
@@ -81,7 +82,7 @@ class HostCore:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._coalescer = None
         if coordinator is not None:
-            self._coalescer = Coalescer(lambda wire: coordinator.submit.remote(wire, nested=True))
+            self._coalescer = Coalescer(lambda wire: coordinator.submit.remote(pack(wire), nested=True))
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
         """Run each ``(task_id, agent_id, method, payload, source_agent)``; answers in the same order."""
@@ -155,8 +156,8 @@ class AgentHost:
         self._core = HostCore(read_groups(groups_path), settings, coordinator)
         tune_gc()
 
-    async def handle_batch(self, items: list[tuple[str, str, str, Any, str]]) -> list[tuple[int, Any]]:
-        return await self._core.handle_batch(items)
+    async def handle_batch(self, items: list[tuple[str, str, str, Any, str]] | bytes) -> list[tuple[int, Any]]:
+        return await self._core.handle_batch(unpack(items))
 
     def agent_ids(self) -> list[str]:
         return list(self._core.agents)

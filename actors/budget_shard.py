@@ -32,6 +32,7 @@ import orjson
 import ray
 
 from actors.gc_tuning import tune_gc
+from actors.wire import unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.replay import replay_shard, snapshot
@@ -259,13 +260,13 @@ class BudgetShard:
         self._stale = False
         return through
 
-    def lock_batch(self, ops: list[tuple], now_us: int, mode: str) -> ShardAnswer:
+    def lock_batch(self, ops: list[tuple] | bytes, now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return _to_wire(self._core.lock_batch(ops, now_us, mode))
+        return _to_wire(self._core.lock_batch(unpack(ops), now_us, mode))
 
-    def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
+    def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]] | bytes, now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()
-        return _to_wire(self._core.settle_batch(ops, now_us, mode))
+        return _to_wire(self._core.settle_batch(unpack(ops), now_us, mode))
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
         self._check_fresh()

@@ -48,6 +48,7 @@ from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
+from actors.wire import pack, unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
@@ -173,7 +174,7 @@ class EscrowCoordinator:
 
     # -- calls --------------------------------------------------------------------
 
-    async def submit(self, messages: list[WireMessage], nested: bool = False) -> list[tuple]:
+    async def submit(self, messages: list[WireMessage] | bytes, nested: bool = False) -> list[tuple]:
         """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order
         (as :func:`mesh.agent.result_to_wire` tuples).
 
@@ -182,6 +183,7 @@ class EscrowCoordinator:
         (``nested=False``) at most ``max_inflight_batches`` batches run at once.
         """
         await self._ready()
+        messages = unpack(messages)
         size = self.config.max_batch_messages
         chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
         answers = await asyncio.gather(*(self._enqueue(chunk, nested) for chunk in chunks))
@@ -326,7 +328,7 @@ class EscrowCoordinator:
         items = [(m[0], m[2], m[3], m[4], m[1]) for m in messages]
         timeout_s = self.config.handler_timeout_s
         try:
-            return await asyncio.wait_for(_awaitable(host.handle_batch.remote(items)), timeout_s * 1.5 + 1.0)
+            return await asyncio.wait_for(_awaitable(host.handle_batch.remote(pack(items))), timeout_s * 1.5 + 1.0)
         except asyncio.TimeoutError:
             logger.error("host %s stuck past the handler timeout: restarting it", self._directory.host_names[host_index])
             ray.kill(host, no_restart=False)
@@ -386,7 +388,7 @@ class EscrowCoordinator:
         """
         for attempt in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            ref = getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), "live")
+            ref = getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), "live")
             entry = self._log.push(ref)
             try:
                 answer = await entry.answer
@@ -541,7 +543,7 @@ class EscrowCoordinator:
         """One shard call through the log, durable (with its credits) before it answers; its (wire) records."""
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            entry = self._log.push(getattr(self._shards[shard], method).remote(ops, self._clock.now_us(), mode))
+            entry = self._log.push(getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), mode))
             try:
                 answer = await entry.answer
                 break

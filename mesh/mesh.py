@@ -38,6 +38,7 @@ from actors.agent_host import AgentHost, HostSettings, write_groups
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
+from actors.wire import pack
 from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
@@ -194,7 +195,7 @@ class Mesh:
         wire = self._wire(messages)  # every message checked before any is sent
         refs, pending = [], []
         for start in range(0, len(wire), size):
-            ref = self._coordinator.submit.remote(wire[start:start + size])
+            ref = self._coordinator.submit.remote(pack(wire[start:start + size]))
             refs.append(ref)
             pending.append(ref)
             if wait and len(pending) >= self.config.max_inflight_batches:
@@ -206,7 +207,7 @@ class Mesh:
         loop = asyncio.get_running_loop()
         coalescer = self._coalescers.get(loop)
         if coalescer is None:
-            coalescer = self._coalescers[loop] = Coalescer(self._coordinator.submit.remote)
+            coalescer = self._coalescers[loop] = Coalescer(lambda wire: self._coordinator.submit.remote(pack(wire)))
         return coalescer
 
     def _wire(self, messages: list[Message]) -> list[tuple]:
