@@ -104,19 +104,34 @@ class HostCore:
                     answers[i] = (ERROR, _describe(exc))
                     continue
                 if inspect.iscoroutine(value):  # a sync handler that goes async for this call only
-                    waiting.append((i, asyncio.wait_for(value, settings.handler_timeout_s)))
+                    waiting.append((i, asyncio.ensure_future(value)))
                 else:
                     answers[i] = (OK, value)
             elif how == _ASYNC:
-                waiting.append((i, asyncio.wait_for(function(ctx, payload), settings.handler_timeout_s)))
+                waiting.append((i, asyncio.ensure_future(function(ctx, payload))))
             else:
-                future = asyncio.get_running_loop().run_in_executor(self._threads(), function, ctx, payload)
-                waiting.append((i, asyncio.wait_for(future, settings.handler_timeout_s)))
+                waiting.append((i, asyncio.get_running_loop().run_in_executor(self._threads(), function, ctx, payload)))
         if waiting:
-            outcomes = await asyncio.gather(*(w for _, w in waiting), return_exceptions=True)
-            for (i, _), outcome in zip(waiting, outcomes):
-                answers[i] = _answer(outcome, settings.handler_timeout_s)
+            await self._finish(waiting, answers)
         return answers
+
+    async def _finish(self, waiting: list[tuple[int, asyncio.Future]], answers: list[Any]) -> None:
+        """Wait for the handlers that went async, all started together: one deadline of
+        ``handler_timeout_s`` for the lot (a timer per call cost more than the calls); those
+        past it are cancelled and answered :data:`TIMEOUT`."""
+        timeout_s = self.settings.handler_timeout_s
+        _, late = await asyncio.wait([future for _, future in waiting], timeout=timeout_s)
+        for future in late:
+            future.cancel()
+        for i, future in waiting:
+            if future in late:
+                answers[i] = (TIMEOUT, f"handler ran past handler_timeout_s={timeout_s}")
+            elif future.cancelled():  # the handler cancelled itself
+                answers[i] = (ERROR, "CancelledError: the handler was cancelled")
+            elif future.exception() is not None:
+                answers[i] = (ERROR, _describe(future.exception()))
+            else:
+                answers[i] = (OK, future.result())
 
     def _how_to_run(self, agent: Agent, method: str, function: Any) -> int:
         key = (type(agent), method)
@@ -133,14 +148,6 @@ class HostCore:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.max_threads, thread_name_prefix="tollmesh-handler")
         return self._pool
-
-
-def _answer(outcome: Any, timeout_s: float) -> tuple[int, Any]:
-    if isinstance(outcome, asyncio.TimeoutError):
-        return (TIMEOUT, f"handler ran past handler_timeout_s={timeout_s}")
-    if isinstance(outcome, BaseException):
-        return (ERROR, _describe(outcome))
-    return (OK, outcome)
 
 
 def _describe(exc: BaseException) -> str:

@@ -479,3 +479,22 @@ def ray_pid(actor: Any, default: Any = None) -> Any:
         return ray.get(actor.ready.remote(), timeout=10)
     except Exception:  # noqa: BLE001 - restarting
         return default
+
+
+class SelfCanceller(Agent):
+    price_usd = "0.001"
+
+    async def handle(self, ctx, payload):
+        if payload == "cancel":
+            raise asyncio.CancelledError("gave up")
+        await asyncio.sleep(0.001)
+        return payload
+
+
+def test_a_handler_that_cancels_itself_is_refunded_and_the_batch_goes_on(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(SelfCanceller, ["c"])
+    results = mesh.send([Message("alice", "c", "cancel"), Message("alice", "c", 1), Message("alice", "c", 2)])
+    assert [(r.status.value, r.reason) for r in results] == [
+        ("refunded", "handler_error"), ("released", None), ("released", None)]
+    assert "CancelledError" in results[0].error and [r.value for r in results[1:]] == [1, 2]
