@@ -280,9 +280,9 @@ class BudgetShard:
         self._check_fresh()
         return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
 
-    def credit(self, credits: list[tuple[str, int, int]]) -> int:
+    def credit(self, credits: list[tuple[str, int, int]] | bytes) -> int:
         self._check_fresh()
-        return self._core.credit(credits)
+        return self._core.credit(unpack(credits))
 
     def reset_usage(self) -> None:
         self._check_fresh()

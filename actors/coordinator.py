@@ -189,6 +189,15 @@ class EscrowCoordinator:
         answers = await asyncio.gather(*(self._enqueue(chunk, nested) for chunk in chunks))
         return [result for answer in answers for result in answer]
 
+    async def submit_counted(self, messages: list[WireMessage] | bytes) -> dict[str, int]:
+        """:meth:`submit` answered only with how many calls ended in each ``status`` (or
+        ``status:reason``): nothing per call travels back (bulk senders read the ledger)."""
+        counts: Tally = Tally()
+        for record, _, _, _ in await self.submit(messages):
+            reason = record[_REASON]
+            counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
+        return dict(counts)
+
     async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[tuple]:
         """Queue a submission for the next batch; its results once that batch is durable."""
         done = asyncio.get_running_loop().create_future()
@@ -418,7 +427,7 @@ class EscrowCoordinator:
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             try:
-                await self._shards[shard].credit.remote(credits)  # a rebuilt shard skips what it replayed
+                await self._shards[shard].credit.remote(pack(credits))  # a rebuilt shard skips what it replayed
                 return
             except Exception:  # noqa: BLE001 - rebuild, then retry
                 await self._recover_shard(shard)

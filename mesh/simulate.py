@@ -147,8 +147,8 @@ class Simulation:
                 count = s.messages // ticks + (1 if tick < s.messages % ticks else 0)
                 messages = self._draw(rng, shares / shares.sum(), sent, count)
                 started = time.perf_counter()
-                results = mesh.send(messages, max_batch_messages=s.batch_size)
-                log.record_tick(tick, count, time.perf_counter() - started, results, mesh.stats())
+                outcomes = mesh.send_counted(messages, max_batch_messages=s.batch_size)
+                log.record_tick(tick, count, time.perf_counter() - started, outcomes, mesh.stats())
                 sent += count
                 _show(bar, count, log)
                 mesh.advance_clock(tick_s)

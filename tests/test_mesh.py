@@ -498,3 +498,16 @@ def test_a_handler_that_cancels_itself_is_refunded_and_the_batch_goes_on(make_me
     assert [(r.status.value, r.reason) for r in results] == [
         ("refunded", "handler_error"), ("released", None), ("released", None)]
     assert "CancelledError" in results[0].error and [r.value for r in results[1:]] == [1, 2]
+
+
+def test_send_counted_answers_with_the_outcomes_only(make_mesh):
+    mesh = make_mesh(max_daily_toll_per_agent="0.010")
+    mesh.add_agents(Echo, ["echo"])
+    messages = [Message(f"payer-{i % 3}", "echo", "boom" if i % 4 == 0 else i) for i in range(40)]
+    counts = mesh.send_counted(messages, max_batch_messages=7)
+    assert sum(counts.values()) == 40
+    assert counts["failed:over_daily_cap"] > 0 and counts["refunded:handler_error"] > 0
+    events = read_events(mesh.ledger_path).events
+    assert counts["failed:over_daily_cap"] == sum(e["reason"] == "over_daily_cap" for e in events)
+    assert counts["released"] == sum(e["kind"] == "release" for e in events)
+    assert counts["refunded:handler_error"] == sum(e["kind"] == "refund" for e in events)
