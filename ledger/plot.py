@@ -25,6 +25,12 @@ _BUCKETS = (("1h", 3_600), ("1d", 86_400))
 
 def plot(source: Path | str, out_dir: Path | str, *, top: int = 10) -> list[Path]:
     """Draw the charts of ``source`` (JSONL ledger or Parquet dataset) into ``out_dir``; return their paths."""
+    table = read_table(source)
+    return plot_table(table, build_report(table, top=top), out_dir)
+
+
+def plot_table(table: pa.Table, report: dict, out_dir: Path | str) -> list[Path]:
+    """:func:`plot` for a ledger already read (``table``) and its :func:`~ledger.report.build_report`."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen
@@ -32,8 +38,6 @@ def plot(source: Path | str, out_dir: Path | str, *, top: int = 10) -> list[Path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = read_table(source)
-    report = build_report(table, top=top)
     paths = [
         _spend_over_time(plt, table, out_dir / "spend_over_time.png"),
         _top_agents(plt, report, out_dir / "top_payers_earners.png"),
