@@ -143,6 +143,8 @@ class Simulation:
             for tick in range(ticks):
                 if self._stop.is_set():
                     log.interrupted = True
+                    print("\ntollmesh: interrupted after tick", tick, "- flushing the ledger and reporting"
+                          " (Ctrl-C again to abort)", file=sys.stderr)
                     break
                 count = s.messages // ticks + (1 if tick < s.messages % ticks else 0)
                 messages = self._draw(rng, shares / shares.sum(), sent, count)
@@ -188,11 +190,10 @@ class Simulation:
             yield
             return
 
-        def on_sigint(signum: int, frame: Any) -> None:
+        def on_sigint(signum: int, frame: Any) -> None:  # no printing here: the progress bar may be mid-write
             if self._stop.is_set():
                 raise KeyboardInterrupt
             self._stop.set()
-            print("\ntollmesh: stopping after this tick (Ctrl-C again to abort)", file=sys.stderr)
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:

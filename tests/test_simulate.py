@@ -189,7 +189,7 @@ def test_ctrl_c_stops_cleanly_and_the_ledger_verifies(tmp_path):
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 130, err.decode()[-2_000:]
-    assert "INTERRUPTED" in out.decode() and "stopping after this tick" in err.decode()
+    assert "INTERRUPTED" in out.decode() and "interrupted after tick" in err.decode()
     report = orjson.loads((tmp_path / "default-seed7" / "report.json").read_bytes())
     assert report["run"]["interrupted"] and 0 < report["run"]["messages_sent"] < 2_000_000
     assert report["memory"]["open_escrows_at_end"] == 0
