@@ -107,7 +107,10 @@ class Mesh:
         if not isinstance(groups, list) or not groups:
             raise InvalidTypeError("groups", groups, "a non-empty list of (agent_class, agent_ids, init_kwargs)")
         checked = []
-        for agent_class, agent_ids, init_kwargs in groups:
+        for index, group in enumerate(groups):
+            if not isinstance(group, (tuple, list)) or len(group) != 3:
+                raise InvalidTypeError(f"groups[{index}]", group, "an (agent_class, agent_ids, init_kwargs) tuple")
+            agent_class, agent_ids, init_kwargs = group
             if not isinstance(init_kwargs, dict):
                 raise InvalidTypeError("init_kwargs", init_kwargs, "a dict of constructor keyword arguments")
             checked.append((agent_class, _check_ids(agent_ids), init_kwargs, price_table(agent_class)))

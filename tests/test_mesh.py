@@ -433,6 +433,8 @@ def test_agent_groups_share_hosts_and_register_all_or_none(make_mesh):
         mesh.add_agent_groups([(Quiet, ["x"], {}), (Echo, ["x"], {})])
     with pytest.raises(InvalidTypeError, match="groups"):
         mesh.add_agent_groups([])
+    with pytest.raises(InvalidTypeError, match=r"groups\[0\]"):
+        mesh.add_agent_groups([(Echo, ["y"])])
 
 
 def test_deposit_many_and_memory(make_mesh):
