@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import orjson
 import pyarrow as pa
@@ -95,18 +95,22 @@ def read_batches(source: Path | str, *, batch_rows: int = 65_536) -> Iterator[pa
         yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
 
 
-def read_table(source: Path | str) -> pa.Table:
+def read_table(source: Path | str, *, columns: Optional[list[str]] = None) -> pa.Table:
     """The ledger as an Arrow table of :data:`~ledger.schema.ARROW_SCHEMA`, ordered by ``seq``.
 
     ``source`` is a Parquet dataset directory (``day=.../*.parquet``; a ``day`` column is
-    added) or a JSONL ledger (its first file or its directory).
+    added) or a JSONL ledger (its first file or its directory). ``columns`` keeps only those
+    (and ``seq``): a Parquet dataset then reads only them, a large saving on a big ledger.
     """
     source = Path(source)
+    if columns is not None:
+        columns = list(dict.fromkeys(["seq", *columns]))
     parquet_files = _parquet_files(source)
     if parquet_files:
-        return _parquet_dataset(source, parquet_files).to_table().sort_by("seq")
+        return _parquet_dataset(source, parquet_files).to_table(columns=columns).sort_by("seq")
     lines = [line.raw for line in event_lines(segments(source))]
-    return jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
+    table = jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
+    return table if columns is None else table.select(columns)
 
 
 def last_ts_us(ledger: Path | str) -> int | None:
@@ -154,16 +158,15 @@ def iter_lines(paths: list[Path]) -> Iterator[RawLine]:
 
 
 def _file_lines(path: Path, *, is_last: bool) -> Iterator[RawLine]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
-    lines = data.split(b"\n")
-    unfinished_tail = lines.pop()  # b"" when the file ends with a newline
-    if unfinished_tail:
-        lines.append(unfinished_tail)
+    """The lines of one file, read as a stream (a ledger file of a gigabyte is never held whole)."""
     bad: RawLine | None = None  # a line that is not an event, until we know if it is torn
-    for line_no, raw in enumerate(lines, start=1):
+    line_no, unfinished = 0, False
+    for raw in _raw_lines(path):
+        line_no += 1
+        if raw.endswith(b"\n"):
+            raw = raw[:-1]
+        else:
+            unfinished = True  # only the last line of a file can lack its newline
         try:
             event = parse_line(raw)
         except ValueError as exc:
@@ -177,8 +180,21 @@ def _file_lines(path: Path, *, is_last: bool) -> Iterator[RawLine]:
             bad = None
         yield RawLine(path, line_no, raw, event)
     if bad is not None:
-        bad.torn = is_last and bool(unfinished_tail) and bad.line_no == len(lines)  # the crash's last line
+        bad.torn = is_last and unfinished and bad.line_no == line_no  # the crash's last line
         yield bad
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    """Each line of ``path`` with its newline (the last may have none); LedgerError if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            while True:
+                raw = f.readline()
+                if not raw:
+                    return
+                yield raw
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
 
 
 def parse_line(raw: bytes) -> dict[str, Any]:

@@ -23,7 +23,10 @@ import pyarrow.compute as pc
 from ledger.reader import read_table
 from mesh.money import format_usd
 
-__all__ = ["build_report", "format_report", "read_table"]
+__all__ = ["REPORT_COLUMNS", "build_report", "format_report", "read_table"]
+
+#: The columns :func:`build_report` (and the plots drawn from it) read: ``read_table(source, columns=REPORT_COLUMNS)``.
+REPORT_COLUMNS = ["ts", "kind", "task_id", "source_agent", "target_agent", "amount_micros", "status", "reason"]
 
 _TOLL_KINDS = ["lock", "paper_release", "release", "refund", "expire", "reject", "pending"]
 

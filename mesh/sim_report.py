@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ledger.reader import read_table
 from ledger.replay import reconcile
+from ledger.report import REPORT_COLUMNS
 from ledger.report import build_report as build_ledger_report
 from ledger.verify import verify
 from mesh.memory import open_escrow_bytes, rss_bytes
@@ -58,7 +59,7 @@ def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool 
     """The run's report (see the module doc); saved as ``run_dir/report.json``."""
     ledger_path = run_dir / "toll_ledger.jsonl"
     parquet_dir = run_dir / "parquet" if scenario.ledger_parquet else None
-    table = read_table(parquet_dir or ledger_path)  # the columnar copy reads faster
+    table = read_table(parquet_dir or ledger_path, columns=REPORT_COLUMNS)  # the columnar copy reads faster
     ledger = build_ledger_report(table, top=10)
     stats = log.live["stats"]
     files: dict[str, Any] = {"ledger": str(ledger_path), "parquet": None if parquet_dir is None else str(parquet_dir),

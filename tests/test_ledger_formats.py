@@ -216,3 +216,15 @@ def test_reconcile_names_what_differs(busy_ledger, make_booth):
     tampered = {**live, "balances_micros": {**live["balances_micros"], "agent-1": 1}}
     [difference] = reconcile(restored.snapshot(), tampered)
     assert difference.startswith("balances_micros['agent-1']: replay ") and difference.endswith(", live 1")
+
+
+def test_read_table_keeps_only_the_columns_asked_for_and_the_report_is_the_same(busy_ledger):
+    from ledger.report import REPORT_COLUMNS, build_report
+
+    ledger, parquet, _ = busy_ledger
+    for source in (ledger, parquet):
+        full = read_table(source)
+        some = read_table(source, columns=REPORT_COLUMNS)
+        assert some.column_names == ["seq", *REPORT_COLUMNS]
+        assert some.column("amount_micros").equals(full.column("amount_micros"))
+        assert build_report(some) == build_report(full)
