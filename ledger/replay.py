@@ -22,9 +22,8 @@ from ledger.schema import EventKind
 from ledger.reader import event_lines
 from mesh.clock import day_of
 from mesh.errors import LedgerError
-from mesh.money import check_micros, usd_to_micros
 from mesh.escrow import EscrowBook
-from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.records import Reason, SettlementStatus, TollRecord, status_of
 from mesh.sharding import shard_of
 
 
@@ -105,8 +104,7 @@ def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
         result = book.refund(task_id, ts_us, Reason.ESCROW_TIMEOUT)
     else:
         result = _open(book, kind, _draft(event), event, ts_us)
-    status = event.get("status", "pending")
-    expected = _STATUSES.get(status) or SettlementStatus(status)
+    expected = status_of(event.get("status", "pending"))
     if result is None or result.status is not expected:
         got = None if result is None else result.status.value
         raise LedgerError(f"{kind.value} of task_id={task_id!r} gives status {got}, ledger says {expected.value}")
@@ -125,16 +123,7 @@ def _open(book: EscrowBook, kind: EventKind, draft: TollRecord, event: dict[str,
 
 def _draft(event: dict[str, Any]) -> TollRecord:
     """The PENDING record a toll-opening event started from (what the live booth charged)."""
-    if "amount_micros" in event:
-        amount_micros = check_micros(event["amount_micros"])
-    else:  # a seed ledger line: its float USD, converted exactly
-        amount_micros = usd_to_micros(event.get("amount_usd", 0))
-    get = event.get
-    return TollRecord(
-        event["task_id"], event["source_agent"], event["target_agent"], amount_micros, get("amount_tokens", 0.0),
-        SettlementStatus.PENDING, get("tx_signature"), get("payer_wallet"), get("nonce", ""), None,
-        get("created_at", ""),
-    )
+    return TollRecord.from_dict(event).moved_to(SettlementStatus.PENDING)
 
 
 def _reason(value: str) -> Reason:
@@ -143,7 +132,6 @@ def _reason(value: str) -> Reason:
 
 _KINDS = {kind.value: kind for kind in EventKind}
 _REASONS = {reason.value: reason for reason in Reason}
-_STATUSES = {status.value: status for status in SettlementStatus}
 
 
 def snapshot(book: EscrowBook, ts_us: int) -> dict[str, Any]:

@@ -118,16 +118,25 @@ class TollRecord(NamedTuple):
 
         ``amount_micros`` wins when present; otherwise ``amount_usd`` is converted exactly.
         """
-        kwargs = {k: v for k, v in data.items() if k in cls._fields}
-        kwargs["status"] = SettlementStatus(data.get("status", "pending"))
+        get = data.get
         if "amount_micros" in data:
-            kwargs["amount_micros"] = check_micros(data["amount_micros"])
+            amount_micros = check_micros(data["amount_micros"])
         else:
-            kwargs["amount_micros"] = usd_to_micros(data.get("amount_usd", 0))
-        return cls(**kwargs)
+            amount_micros = usd_to_micros(get("amount_usd", 0))
+        return cls(
+            data["task_id"], data["source_agent"], data["target_agent"], amount_micros, get("amount_tokens", 0.0),
+            status_of(get("status", "pending")), get("tx_signature"), get("payer_wallet"), get("nonce", ""),
+            get("settled_at"), get("created_at", ""), get("reason"),
+        )
 
 
 _STATUS_BY_VALUE = {status.value: status for status in SettlementStatus}
+
+
+def status_of(value: str) -> SettlementStatus:
+    """The status named ``value`` (a dict lookup on the hot path; ValueError for an unknown one)."""
+    status = _STATUS_BY_VALUE.get(value)
+    return status if status is not None else SettlementStatus(value)
 
 
 def _record_from_fields(*fields: Any) -> TollRecord:
