@@ -10,6 +10,7 @@ from actors import LedgerWriterActor
 from ledger import read_events, read_table, verify
 from ledger.export import _plain
 from mesh import LedgerError
+from restarts import answer_once_restarted
 
 
 def events(count: int, start_us: int = 1_767_225_600_000_000, agent: str = "a") -> list[dict]:
@@ -58,27 +59,13 @@ def test_a_killed_writer_restarts_and_continues_the_chain(ray_session, tmp_path)
     acked = [ray.get(writer.append.remote(events(50, start_us=1_767_225_600_000_000 + 1_000 * i))) for i in range(5)]
     old_pid = ray.get(writer.stats.remote())["pid"]
     ray.kill(writer, no_restart=False)
-    assert _stats_once_restarted(ray, writer, old_pid)["next_seq"] == 250  # rebuilt from the file
+    assert answer_once_restarted(lambda: ray.get(writer.stats.remote()), old_pid)["next_seq"] == 250  # rebuilt from the file
     for i in range(5, 10):
         acked.append(ray.get(writer.append.remote(events(50, start_us=1_767_225_600_000_000 + 1_000 * i))))
     ray.get(writer.close.remote())
     assert acked == [(50 * i, 50 * i + 49) for i in range(10)]
     result = verify(tmp_path / "toll_ledger.jsonl")
     assert result.ok and result.events == 500
-
-
-def _stats_once_restarted(ray, writer, old_pid: int, deadline_s: float = 30.0) -> dict:
-    """The stats of the restarted writer (a new process), waiting for Ray to bring it back."""
-    started = time.monotonic()
-    while time.monotonic() - started < deadline_s:
-        try:
-            stats = ray.get(writer.stats.remote())
-        except ray.exceptions.RayActorError:  # dead, restarting, or unavailable for a moment
-            stats = None
-        if stats is not None and stats["pid"] != old_pid:
-            return stats
-        time.sleep(0.2)
-    raise AssertionError(f"the ledger writer did not come back within {deadline_s} s")
 
 
 def test_producers_may_send_encoded_events(ray_session, tmp_path):
