@@ -19,6 +19,7 @@ Each answer is ``(code, value)``: :data:`OK` and the handler's return value,
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +29,16 @@ from typing import Any, Optional
 import ray
 from ray import cloudpickle
 
+from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
 from actors.wire import pack, unpack
 from mesh.agent import Agent, CallContext
 from mesh.coalesce import Coalescer
 from mesh.memory import rss_bytes
+from mesh.records import Reason
 
 OK, ERROR, TIMEOUT = 0, 1, 2
+STUCK = 3  # the fast lane gave up waiting for the host's event loop: a sync handler blocks it
 MAX_CONCURRENT_BATCHES = 1_000  # Ray runs at most this many batches at once on a host; the rest wait
 _INLINE, _ASYNC, _THREAD = 0, 1, 2
 
@@ -150,6 +154,15 @@ class HostCore:
         return self._pool
 
 
+def refund_reason(code: int) -> str:
+    """The refund reason for a handler outcome that is not :data:`OK` (another code: the host is gone)."""
+    if code == ERROR:
+        return Reason.HANDLER_ERROR.value
+    if code in (TIMEOUT, STUCK):
+        return Reason.HANDLER_TIMEOUT.value
+    return Reason.AGENT_UNAVAILABLE.value
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1_000]
 
@@ -161,10 +174,27 @@ class AgentHost:
     def __init__(self, groups_path: str, settings: HostSettings) -> None:
         coordinator = ray.get_actor(settings.coordinator_name, namespace=settings.namespace)
         self._core = HostCore(read_groups(groups_path), settings, coordinator)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         tune_gc()
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]] | bytes) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(unpack(items))
+
+    async def bind_loop(self) -> None:
+        """Note this actor's event loop, where the fast lane's stage runs handlers."""
+        self._loop = asyncio.get_running_loop()
+
+    def fast_deliver(self, index: int, plan: FastPlan, *locks: Any) -> Optional[tuple[int, Any]]:
+        """The fast lane's stage: run the plan's handler if its target is this host's (``index`` in the
+        lane) and its caller's shard locked the toll (``locks``: every shard's answer)."""
+        if plan.host != index or not fast_locked(locks[plan.shard]):
+            return None
+        item = (plan.task_id, plan.target, plan.method, plan.payload, plan.source)
+        wait_s = self._core.settings.handler_timeout_s + 2.0  # the handler's own deadline comes first
+        try:
+            return on_loop(self._loop, self._core.handle_batch([item]), wait_s)[0]
+        except concurrent.futures.TimeoutError:
+            return (STUCK, f"host stuck past handler_timeout_s={self._core.settings.handler_timeout_s}")
 
     def agent_ids(self) -> list[str]:
         return list(self._core.agents)

@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import orjson
 import ray
 
+from actors.agent_host import OK, refund_reason
+from actors.fast_lane import FastAnswer, FastPlan, fast_locked, only
 from actors.gc_tuning import tune_gc
 from actors.wire import unpack
 from ledger.events import record_event
@@ -236,7 +240,11 @@ class ShardCore:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class BudgetShard:
-    """A Ray actor around :class:`ShardCore`; see the module doc. Calls run one at a time, in order."""
+    """A Ray actor around :class:`ShardCore`; see the module doc. Calls run one at a time, in order.
+
+    The fast lane's stages (``fast_*``) run on the compiled graph's thread, so every method
+    that touches the core holds ``_lock``.
+    """
 
     def __init__(self, spec: ShardSpec) -> None:
         tune_gc()
@@ -245,6 +253,7 @@ class BudgetShard:
         self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec)
         self._core.spec = spec
         self._stale = restarted
+        self._lock = threading.Lock()
 
     def ready(self) -> int:
         """The pid of the shard's process (a cheap call that waits for the constructor)."""
@@ -252,66 +261,119 @@ class BudgetShard:
 
     def mark_stale(self) -> None:
         """Refuse work until :meth:`rebuild` (the coordinator is about to flush the ledger and rebuild this shard)."""
-        self._stale = True
+        with self._lock:
+            self._stale = True
 
     def rebuild(self) -> int:
         """Replay the ledger (the coordinator calls this once it has flushed every event it holds)."""
-        through = self._core.rebuild()
-        self._stale = False
-        return through
+        with self._lock:
+            through = self._core.rebuild()
+            self._stale = False
+            return through
 
     def lock_batch(self, ops: list[tuple] | bytes, now_us: int, mode: str) -> ShardAnswer:
-        self._check_fresh()
-        return _to_wire(self._core.lock_batch(unpack(ops), now_us, mode))
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.lock_batch(unpack(ops), now_us, mode))
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]] | bytes, now_us: int, mode: str) -> ShardAnswer:
-        self._check_fresh()
-        return _to_wire(self._core.settle_batch(unpack(ops), now_us, mode))
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.settle_batch(unpack(ops), now_us, mode))
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
-        self._check_fresh()
-        return _to_wire(self._core.expire_due(now_us, mode))
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.expire_due(now_us, mode))
 
     def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
-        self._check_fresh()
-        return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
 
     def deposit_batch(self, deposits: list[tuple[str, int]], now_us: int, mode: str) -> ShardAnswer:
-        self._check_fresh()
-        return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
 
     def credit(self, credits: list[tuple[str, int, int]] | bytes) -> int:
-        self._check_fresh()
-        return self._core.credit(unpack(credits))
+        with self._lock:
+            self._check_fresh()
+            return self._core.credit(unpack(credits))
 
     def reset_usage(self) -> None:
-        self._check_fresh()
-        self._core.reset_usage()
+        with self._lock:
+            self._check_fresh()
+            self._core.reset_usage()
 
     def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
-        self._core.spec = ShardSpec(**{**self._core.spec.__dict__, "default_cap_micros": default_cap_micros,
-                                       "agent_caps_micros": {**self._core.spec.agent_caps_micros, **agent_caps_micros}})
-        self._core.set_caps(default_cap_micros, agent_caps_micros)
+        with self._lock:
+            self._core.spec = ShardSpec(**{**self._core.spec.__dict__, "default_cap_micros": default_cap_micros,
+                                           "agent_caps_micros": {**self._core.spec.agent_caps_micros, **agent_caps_micros}})
+            self._core.set_caps(default_cap_micros, agent_caps_micros)
 
     def get(self, task_id: str) -> Optional[tuple]:
-        self._check_fresh()
-        return record_to_wire(self._core.get(task_id))
+        with self._lock:
+            self._check_fresh()
+            return record_to_wire(self._core.get(task_id))
 
     def snapshot(self, now_us: int) -> dict[str, Any]:
-        self._check_fresh()
-        return self._core.snapshot(now_us)
+        with self._lock:
+            self._check_fresh()
+            return self._core.snapshot(now_us)
 
     def open_sources(self) -> dict[str, str]:
-        self._check_fresh()
-        return self._core.open_sources()
+        with self._lock:
+            self._check_fresh()
+            return self._core.open_sources()
 
     def stats(self) -> dict[str, Any]:
-        return {**self._core.stats(), "stale": self._stale}
+        with self._lock:
+            return {**self._core.stats(), "stale": self._stale}
 
     def memory(self) -> dict[str, Any]:
         """This shard's process memory (RSS) and what it holds."""
-        return {"rss_bytes": rss_bytes(), "open_escrows": self._core.book.open_count,
-                "records": self._core.book.record_count}
+        with self._lock:
+            return {"rss_bytes": rss_bytes(), "open_escrows": self._core.book.open_count,
+                    "records": self._core.book.record_count}
+
+    # -- the fast lane's stages (actors.fast_lane): each acts only on its own calls --------
+
+    def fast_lock(self, plan: FastPlan) -> Optional[ShardAnswer]:
+        """Lock the plan's toll if its caller is this shard's."""
+        if plan.shard != self._core.spec.index:
+            return None
+        op = (LOCK, plan.task_id, plan.source, plan.target, plan.price_micros, 0.0, None, None, None)
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.lock_batch([op], plan.now_us, "live"))
+
+    def fast_settle(self, plan: FastPlan, *answers: Any) -> Optional[ShardAnswer]:
+        """Release or refund the plan's toll by the handler's outcome, if this shard locked it.
+
+        ``answers``: every shard's lock answer, then every host's outcome.
+        """
+        index, shards = self._core.spec.index, self._core.spec.shards
+        if plan.shard != index or not fast_locked(answers[index]):
+            return None
+        code, _ = only(answers[shards:])
+        op = (plan.task_id, code == OK, None if code == OK else refund_reason(code))
+        now_us = max(plan.now_us, time.time_ns() // 1_000)
+        with self._lock:
+            self._check_fresh()
+            return _to_wire(self._core.settle_batch([op], now_us, "live"))
+
+    def fast_credit(self, plan: FastPlan, answer: FastAnswer) -> int:
+        """Credit this shard's agent the release the caller's shard paid it (with balances), now that
+        its event is durable; the amount credited."""
+        settle = answer.settle
+        if plan.target_shard != self._core.spec.index or settle is None or not settle[3] or answer.seqs is None:
+            return 0
+        first_settle_seq = answer.seqs[0] + answer.lock[2]
+        credits = [(agent, amount, first_settle_seq + i) for agent, amount, i in settle[3]]
+        with self._lock:
+            self._check_fresh()
+            return self._core.credit(credits)
 
     def _check_fresh(self) -> None:
         if self._stale:

@@ -43,7 +43,7 @@ from typing import Any, Optional
 import orjson
 import ray
 
-from actors.agent_host import ERROR, OK, TIMEOUT
+from actors.agent_host import OK, TIMEOUT, refund_reason
 from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
@@ -69,7 +69,6 @@ MAX_SHARD_ATTEMPTS = 4
 _TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
 _LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
 _REFUNDED, _FAILED = SettlementStatus.REFUNDED.value, SettlementStatus.FAILED.value
-_REFUND_REASON = {ERROR: Reason.HANDLER_ERROR.value, TIMEOUT: Reason.HANDLER_TIMEOUT.value}
 
 
 class ShardUnavailableError(TollmeshError):
@@ -171,6 +170,7 @@ class EscrowCoordinator:
         self._waiting: dict[bool, deque] = {False: deque(), True: deque()}  # submissions not yet in a batch
         self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
         self._batch_tasks: set[asyncio.Task] = set()
+        self._fast_events = 0  # events the fast lane wrote
 
     # -- calls --------------------------------------------------------------------
 
@@ -356,7 +356,7 @@ class EscrowCoordinator:
         shards = self.config.shards
         for i, record in locked:
             code = outcomes[i][0]
-            reason = None if code == OK else _REFUND_REASON.get(code, Reason.AGENT_UNAVAILABLE.value)
+            reason = None if code == OK else refund_reason(code)
             shard = shard_of(record[_SOURCE], shards)
             ops[shard].append((record[_TASK], code == OK, reason))
             where[shard].append(i)
@@ -571,6 +571,33 @@ class EscrowCoordinator:
         while len(sources) > max(self.config.max_settled_records, 1) * 2:
             sources.popitem(last=False)
 
+    # -- the fast lane (actors.fast_lane): the owning driver runs single calls past this actor --
+
+    def count_fast_call(self, lock: tuple, settle: Optional[tuple], events: int) -> None:
+        """Count a call the fast lane ran (its lock record, its settled record or None, its events written)."""
+        if lock[_STATUS] == _LOCKED:
+            self._count_locks([(0, lock)], Tally())
+        elif lock[_STATUS] == _FAILED:
+            self._count_locks([], Tally([lock[_REASON]]))
+        if settle is not None:
+            self._count_settled([settle])
+        self._fast_events += events
+        self._counts["fast_lane"] += 1
+
+    async def recover_fast_call(self, task_id: str, source: str) -> Optional[tuple]:
+        """After the fast lane broke during ``task_id``: rebuild every shard from the ledger (a lock
+        taken but never written is dropped there), refund the toll if its lock was written and its
+        settlement was not; the call's record as the ledger has it (None: nothing was written)."""
+        await self._ready()
+        await self._rebuild(list(range(self.config.shards)))
+        shard = shard_of(source, self.config.shards)
+        record = await self._shards[shard].get.remote(task_id)
+        if record is not None and record[_STATUS] == _LOCKED:
+            self._count_locks([(0, record)], Tally())
+            record = (await self._one(shard, "settle_batch", [(task_id, False, Reason.AGENT_UNAVAILABLE.value)], "live"))[0]
+            self._count_settled([record])
+        return record
+
     # -- agents, money, time -------------------------------------------------------------
 
     async def register(self, host_name: str, groups: list[tuple[list[str], PriceTable]]) -> int:
@@ -694,8 +721,9 @@ class EscrowCoordinator:
             "released_micros": self._amounts["released"], "refunded_micros": self._amounts["refunded"],
             "locked_micros": sum(s["locked_total_micros"] for s in shards),
             "open_escrows": sum(s["open_escrows"] for s in shards),
+            "fast_lane_calls": self._counts["fast_lane"],
             "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
-            "events_written": self._log.events_written if self._log else 0,
+            "events_written": (self._log.events_written if self._log else 0) + self._fast_events,
             "shards": shards, "pid": os.getpid(),
         }
 

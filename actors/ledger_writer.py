@@ -6,8 +6,9 @@ that arrive while a write (and its fsync) is under way wait and go out together 
 next write: one write and one fsync for all of them (group commit), at most
 ``max_commit_events`` events at a time. The same bytes then go to a
 :class:`ParquetSink` actor: its own worker process, so the Parquet conversion uses the
-other core instead of waiting on this process's GIL; at most ``MAX_PARQUET_BATCHES_IN_FLIGHT``
-batches travel to it at once (backpressure).
+other core instead of waiting on this process's GIL; small commits are gathered first
+(up to ``PARQUET_MIN_EVENTS`` or ``PARQUET_MAX_WAIT_S``), and at most
+``MAX_PARQUET_BATCHES_IN_FLIGHT`` batches travel to it at once (backpressure).
 
 The writer is restartable: a new instance reopens the JSONL family and continues the
 sequence and the hash chain (a torn last line is marked with a ``recover`` event).
@@ -34,6 +35,7 @@ from typing import Any, Optional
 
 import ray
 
+from actors.fast_lane import FastAnswer, FastPlan, on_loop
 from actors.gc_tuning import tune_gc
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
@@ -41,6 +43,8 @@ from mesh.errors import LedgerError
 from mesh.memory import rss_bytes
 
 MAX_PARQUET_BATCHES_IN_FLIGHT = 4
+PARQUET_MIN_EVENTS = 2_000  # smaller commits are gathered before they go to the sink...
+PARQUET_MAX_WAIT_S = 0.2  # ...for at most this long
 DEFAULT_MAX_COMMIT_EVENTS = 200_000
 MAX_PENDING_APPENDS = 1_000  # Ray runs at most this many appends at once; the rest wait in Ray's queue
 
@@ -93,6 +97,10 @@ class LedgerWriterActor:
         self._closed = False
         self._sink_error: Optional[str] = None
         self._stats = {"appends": 0, "commits": 0, "events": 0}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._parquet_lines: list[bytes] = []  # committed, not yet sent to the sink
+        self._parquet_events = 0
+        self._parquet_timer: Optional[asyncio.TimerHandle] = None
 
     async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Append ``events`` (dicts starting ``"v": 1, "seq": None``); ``(first seq, last seq)`` once durable."""
@@ -108,6 +116,20 @@ class LedgerWriterActor:
         if not isinstance(lines, bytes) or not lines:
             raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
         return await self._enqueue(split_encoded(lines))
+
+    async def bind_loop(self) -> None:
+        """Note this actor's event loop, where the fast lane's appends join the group commit."""
+        self._loop = asyncio.get_running_loop()
+
+    def fast_append(self, plan: FastPlan, shards: int, *answers: Any) -> FastAnswer:
+        """The fast lane's stage: append the call's events (its lock, then its settlement) in one
+        group commit and answer once they are durable. ``answers``: every shard's lock answer,
+        every host's outcome, every shard's settle answer."""
+        lock, settle = answers[plan.shard], answers[-shards + plan.shard]
+        outcome = answers[shards + plan.host]
+        blob = b"".join(answer[1] for answer in (lock, settle) if answer is not None and answer[2])
+        seqs = on_loop(self._loop, self._enqueue(split_encoded(blob))) if blob else None
+        return FastAnswer(lock, outcome, settle, seqs)
 
     async def _enqueue(self, bodies: list[bytes]) -> tuple[int, int]:
         if self._closed:
@@ -126,6 +148,7 @@ class LedgerWriterActor:
         files: list[str] = []
         if self._sink is not None:
             try:
+                await self._flush_parquet()
                 await asyncio.gather(*self._in_flight)
                 files = await self._sink.close.remote()
             except Exception as exc:  # noqa: BLE001 - the JSONL is whole; Parquet is rebuilt by compact
@@ -185,8 +208,27 @@ class LedgerWriterActor:
         self._stats["events"] += seq - first_seq
 
     async def _send_to_parquet(self, lines: bytes, events: int) -> None:
+        """Small commits (single calls) wait here, up to ``PARQUET_MIN_EVENTS`` or
+        ``PARQUET_MAX_WAIT_S``, and go to the sink together: a Ray call per commit would cost
+        the single-call path more than the commit itself."""
         if self._sink is None or not lines:
             return
+        self._parquet_lines.append(lines)
+        self._parquet_events += events
+        if self._parquet_events >= PARQUET_MIN_EVENTS:
+            await self._flush_parquet()
+        elif self._parquet_timer is None:
+            self._parquet_timer = asyncio.get_running_loop().call_later(
+                PARQUET_MAX_WAIT_S, lambda: asyncio.ensure_future(self._flush_parquet()))
+
+    async def _flush_parquet(self) -> None:
+        if self._parquet_timer is not None:
+            self._parquet_timer.cancel()
+            self._parquet_timer = None
+        if self._sink is None or not self._parquet_lines:
+            return
+        lines, events = b"".join(self._parquet_lines), self._parquet_events
+        self._parquet_lines, self._parquet_events = [], 0
         self._in_flight.append(self._sink.append_lines.remote(lines, events))
         try:
             while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:
@@ -199,6 +241,7 @@ class LedgerWriterActor:
         logger.error("the Parquet sink failed, Parquet writing stops (run tollmesh ledger compact): %s", exc)
         self._sink, self._sink_error = None, f"{type(exc).__name__}: {exc}"
         self._in_flight.clear()
+        self._parquet_lines, self._parquet_events = [], 0
 
 
 def _check_batch(events: Any) -> None:

@@ -44,6 +44,7 @@ from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, pri
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from mesh.fast_path import FastPath
 from mesh.mesh_config import MeshConfig
 from mesh.money import UsdLike, usd_to_micros
 from mesh.verifier import Verifier
@@ -65,6 +66,7 @@ class Mesh:
         self._task_numbers = count()
         self._handles: list[Any] = []
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._fast: Optional[FastPath] = None
         self._coordinator = self._start_actors()
         self._owner = True
 
@@ -84,6 +86,7 @@ class Mesh:
         mesh._coordinator = coordinator
         mesh._handles = []
         mesh._coalescers = weakref.WeakKeyDictionary()
+        mesh._fast = None  # only the driver that compiled the fast lane may run it
         mesh._owner = False
         return mesh
 
@@ -149,12 +152,16 @@ class Mesh:
             str(groups_path), settings
         )
         self._handles.append(host)
+        registered = [(ids, prices) for _, ids, _, prices in groups]
         try:
             ray.get(host.pid.remote())
-            return ray.get(self._coordinator.register.remote(name, [(ids, prices) for _, ids, _, prices in groups]))
+            total = ray.get(self._coordinator.register.remote(name, registered))
         except Exception:
             ray.kill(host, no_restart=True)
             raise
+        if self._fast is not None:
+            self._fast.add_host(host, registered)
+        return total
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -162,9 +169,18 @@ class Mesh:
         self, source: str, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD,
         task_id: Optional[str] = None, payer_wallet: Optional[str] = None, tx_signature: Optional[str] = None,
     ) -> CallResult:
-        """One call from ``source`` to ``target``: lock, run the handler, release or refund; its result."""
+        """One call from ``source`` to ``target``: lock, run the handler, release or refund; its result.
+
+        From the driver that started the mesh, a plain call (see :mod:`mesh.fast_path`) takes the
+        fast lane, a compiled graph through the actors; any other goes through the coordinator.
+        """
         message = Message(source, target, payload, method, task_id, payer_wallet, tx_signature)
-        return result_from_wire(ray.get(self._coordinator.submit.remote(self._wire([message])))[0])
+        wire = self._wire([message])
+        if self._fast is not None:
+            result = self._fast.call(wire[0])
+            if result is not None:
+                return result_from_wire(result)
+        return result_from_wire(ray.get(self._coordinator.submit.remote(wire))[0])
 
     async def acall(
         self, source: str, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD,
@@ -309,6 +325,9 @@ class Mesh:
         summary: dict[str, Any] = {}
         if self._coordinator is None:
             return summary
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         if self._owner:
             summary = ray.get(self._coordinator.close.remote())
             self._kill_actors()
@@ -366,6 +385,7 @@ class Mesh:
         coordinator = EscrowCoordinator.options(name=config.actor_name("coordinator"), **common).remote(slim)
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
+        self._fast = FastPath(config, coordinator, shards, writer)
         return coordinator
 
     def _write_agent_caps(self) -> Optional[str]:

@@ -36,6 +36,8 @@ class MeshConfig(BaseModel):
     # Batching and backpressure
     max_batch_messages: int = Field(default=5_000, ge=1, le=100_000)
     max_inflight_batches: int = Field(default=8, ge=1, le=256)
+    # Single calls from the owning driver run through a Ray Compiled Graph (actors/fast_lane.py)
+    fast_lane: bool = True
     # Limits
     handler_timeout_s: float = Field(default=30.0, gt=0, le=3_600, allow_inf_nan=False)
     escrow_timeout_s: Optional[float] = Field(default=300.0, gt=0, allow_inf_nan=False)

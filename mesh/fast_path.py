@@ -1,0 +1,141 @@
+"""The owning driver's side of the fast lane: which calls take it, and their results.
+
+:class:`FastPath` keeps what the driver needs to plan a call without asking the
+coordinator (its hosts, and each agent's host and prices, as it added them), compiles
+the :class:`~actors.fast_lane.FastLane` on first use (and again once hosts were added),
+and answers :meth:`FastPath.call` with a result, or None when the call must take the
+coordinator's way: a target another driver added, a paid call (x402), a payload over the
+limit, a manual clock, another thread already in the lane, or a lane that broke less than
+``RETRY_AFTER_S`` ago.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+import ray
+
+from actors.agent_host import OK, STUCK
+from actors.fast_lane import MAX_FAST_LANE_ACTORS, FastAnswer, FastLane, FastLaneBrokenError, FastPlan, fast_locked
+from mesh.agent import PriceTable, WireMessage
+from mesh.mesh_config import MeshConfig
+from mesh.records import SettlementStatus
+from mesh.sharding import shard_of
+
+logger = logging.getLogger("tollmesh.fast_path")
+
+RETRY_AFTER_S = 10.0
+_RELEASED = SettlementStatus.RELEASED.value
+_STATUS, _REASON = 5, 11
+
+
+class FastPath:
+    """See the module doc. Thread-safe: one call at a time takes the lane, the others go around it."""
+
+    def __init__(self, config: MeshConfig, coordinator: Any, shards: list[Any], writer: Any) -> None:
+        self._config = config
+        self._coordinator, self._shards, self._writer = coordinator, shards, writer
+        self._hosts: list[Any] = []
+        self._agents: dict[str, tuple[int, PriceTable]] = {}  # agent id -> (host index, prices)
+        self._lane: Optional[FastLane] = None
+        self._busy = threading.Lock()
+        self._retry_at = 0.0
+        timeout_s = config.escrow_timeout_s
+        # the lane's own lock must never expire under it: its events are written when it settles
+        self.enabled = (config.fast_lane and config.clock == "system"
+                        and (timeout_s is None or timeout_s > config.handler_timeout_s * 1.5 + 10.0))
+
+    def add_host(self, host: Any, groups: list[tuple[list[str], PriceTable]]) -> None:
+        """A host this driver started, with its agents (the lane is compiled again on its next use)."""
+        with self._busy:
+            index = len(self._hosts)
+            self._hosts.append(host)
+            for agent_ids, prices in groups:
+                for agent_id in agent_ids:
+                    self._agents[agent_id] = (index, prices)
+            self._close_lane()
+
+    def call(self, message: WireMessage) -> Optional[tuple]:
+        """Run ``message`` through the lane; its result (:func:`mesh.agent.result_to_wire` form), or None."""
+        task_id, source, target, method, payload, wallet, signature, problem = message
+        entry = self._agents.get(target)
+        if not self.enabled or entry is None or wallet or signature or problem is not None:
+            return None
+        price_micros = entry[1].price_micros(method)
+        if price_micros is None or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            lane = self._ready_lane()
+            if lane is None:
+                return None
+            shards = self._config.shards
+            plan = FastPlan(task_id, source, target, method, payload, price_micros, shard_of(source, shards),
+                            shard_of(target, shards), entry[0], time.time_ns() // 1_000)
+            try:
+                answer = lane.run(plan)
+            except FastLaneBrokenError as exc:
+                return self._recover(plan, exc)
+            if answer.outcome is not None and answer.outcome[0] == STUCK:
+                self._restart_host(plan.host)
+            return self._result(answer)
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        with self._busy:
+            self._close_lane()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _ready_lane(self) -> Optional[FastLane]:
+        if self._lane is not None:
+            return self._lane
+        if time.monotonic() < self._retry_at or len(self._shards) + len(self._hosts) > MAX_FAST_LANE_ACTORS:
+            return None
+        try:
+            self._lane = FastLane(self._shards, self._hosts, self._writer, handler_timeout_s=self._config.handler_timeout_s,
+                                  track_balances=self._config.track_balances)
+        except Exception as exc:  # noqa: BLE001 - no lane: calls take the coordinator's way
+            logger.warning("fast lane not compiled (%s: %s); calls go through the coordinator", type(exc).__name__, exc)
+            self._retry_at = time.monotonic() + RETRY_AFTER_S
+        return self._lane
+
+    def _result(self, answer: FastAnswer) -> tuple:
+        lock = answer.lock[0][0]
+        if answer.lock[4]:  # a task id already seen: nothing ran, nothing was written
+            return (lock, lock[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
+        events = answer.seqs[1] - answer.seqs[0] + 1 if answer.seqs is not None else 0
+        if not fast_locked(answer.lock):
+            self._coordinator.count_fast_call.remote(lock, None, events)
+            return (lock, False, None, f"refused: {lock[_REASON]}")
+        record = answer.settle[0][0]
+        self._coordinator.count_fast_call.remote(lock, record, events)
+        code, value = answer.outcome
+        if record[_STATUS] == _RELEASED:
+            return (record, True, value, None)
+        return (record, False, None, value if code != OK else f"refunded: {record[_REASON]}")
+
+    def _recover(self, plan: FastPlan, exc: FastLaneBrokenError) -> Optional[tuple]:
+        """The lane broke: close it, have the shards rebuilt from the ledger; the call's result, or
+        None if nothing of it was written (it then goes the coordinator's way)."""
+        logger.warning("fast lane broke during %s (%s); rebuilding the shards from the ledger", plan.task_id, exc)
+        self._close_lane()
+        self._retry_at = time.monotonic() + RETRY_AFTER_S
+        record = ray.get(self._coordinator.recover_fast_call.remote(plan.task_id, plan.source))
+        if record is None:
+            return None
+        return (record, record[_STATUS] == _RELEASED, None, f"the fast lane broke during this call: {exc}")
+
+    def _restart_host(self, index: int) -> None:
+        """A sync handler blocks the host's event loop: restart the host (as the coordinator does)."""
+        logger.error("host %d stuck past the handler timeout: restarting it", index)
+        self._close_lane()
+        ray.kill(self._hosts[index], no_restart=False)
+
+    def _close_lane(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
