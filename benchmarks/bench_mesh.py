@@ -5,8 +5,9 @@ One local Ray (or ``RAY_ADDRESS``) for the whole run; each mesh is shut down bef
 - **seed**: nano-empire-tollbooth 0.3.0 in process, charge + release with its JSONL ledger (``--skip-seed``);
 - **mesh**: ``mesh.send(messages)`` between 1,000 light agents whose handler returns its payload:
   lock -> deliver -> release, every event durable in JSONL (and written to Parquet), and its ratio to the seed;
-- **latency**: ``mesh.call(source, target, payload)`` one at a time, p50/p90/p99/max in ms; then as many
-  ``mesh.acall`` s all at once (coalesced into batches): calls per second;
+- **latency**: ``mesh.call(source, target, payload)`` one at a time (the fast lane), p50/p90/p99/max
+  in ms; the same through the coordinator (one-message ``mesh.send``); then as many ``mesh.acall`` s
+  all at once (coalesced into batches): calls per second;
 - **curve** (``--skip-curve``): lifecycles/s as shards, batch size and batches in flight vary one at a
   time around the main run's layout; 1,000 against 100,000 agents (host memory per agent); and
   the shards' memory per open escrow (locked through ``mesh.tollbooth(...)``).
@@ -298,19 +299,29 @@ def timed_send(mesh: Mesh, messages: list[Message]) -> dict[str, Any]:
     }
 
 
-def measure_latency(mesh: Mesh, ids: list[str], calls: int, warmup_calls: int) -> dict[str, Any]:
-    """Round trips of ``mesh.call``, one at a time, after ``warmup_calls`` untimed ones."""
+def measure_latency(mesh: Mesh, ids: list[str], calls: int, warmup_calls: int, *, via: str = "fast_lane") -> dict[str, Any]:
+    """Round trips of single calls, one at a time, after ``warmup_calls`` untimed ones: ``mesh.call``
+    (``via="fast_lane"``: the compiled graph) or a one-message ``mesh.send`` (``"coordinator"``)."""
+    if via == "fast_lane":
+        def one(source: str, target: str, payload: Any) -> Any:
+            return mesh.call(source, target, payload)
+    else:
+        def one(source: str, target: str, payload: Any) -> Any:
+            return mesh.send([Message(source, target, payload)])[0]
     rng = random.Random(RNG_SEED + 1)
     pairs = [rng.sample(ids, 2) for _ in range(warmup_calls + calls)]
+    fast_before = mesh.stats()["fast_lane_calls"]
     for source, target in pairs[:warmup_calls]:
-        mesh.call(source, target, "warm-up")
+        one(source, target, "warm-up")
     latencies_ms, failures = [], 0
     for n, (source, target) in enumerate(pairs[warmup_calls:]):
         started = time.perf_counter_ns()
-        result = mesh.call(source, target, n)
+        result = one(source, target, n)
         latencies_ms.append((time.perf_counter_ns() - started) / 1e6)
         failures += not result.ok
-    return {"calls": calls, "warmup_calls": warmup_calls, "failures": failures, **percentiles_ms(latencies_ms)}
+    fast_calls = mesh.stats()["fast_lane_calls"] - fast_before
+    return {"via": via, "calls": calls, "warmup_calls": warmup_calls, "failures": failures,
+            "fast_lane_calls": fast_calls, **percentiles_ms(latencies_ms)}
 
 
 def measure_concurrent_calls(mesh: Mesh, ids: list[str], calls: int) -> dict[str, Any]:
@@ -349,18 +360,19 @@ def run_main(plan: Plan, root: Path) -> dict[str, Any]:
         setup_s = time.perf_counter() - started
         memory = memory_mb(mesh)
         latency = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls)
+        latency_coordinator = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls, via="coordinator")
         concurrent = measure_concurrent_calls(mesh, ids, plan.latency_calls)
         messages = make_messages(ids, plan.messages)
         throughput = timed_send(mesh, messages)
         stats = mesh.stats()
     finally:
         closed = close_mesh(mesh)
-    expected_events = 2 * (plan.messages + 2 * plan.latency_calls + plan.warmup_calls)
+    expected_events = 2 * (plan.messages + 3 * plan.latency_calls + 2 * plan.warmup_calls)
     return {
         "layout": asdict(layout), "setup_s": round(setup_s, 2), "memory_after_setup": memory,
         "throughput": {**throughput, "lifecycles_per_s_with_shutdown": round(
             plan.messages / (throughput["elapsed_s"] + closed["shutdown_s"]))},
-        "latency": latency, "concurrent_calls": concurrent, "open_escrows_after": stats["open_escrows"],
+        "latency": latency, "latency_via_coordinator": latency_coordinator, "concurrent_calls": concurrent, "open_escrows_after": stats["open_escrows"],
         "events_expected": expected_events, **closed,
         "ledger_bytes_per_lifecycle": round(closed["jsonl_bytes"] / (expected_events / 2), 1),
     }
@@ -523,8 +535,11 @@ def print_table(report: dict[str, Any]) -> None:
         ratio = f"{tp['lifecycles_per_s'] / seed_rate:.2f}" if seed_rate else "-"
         print(f"{name:58} {tp['messages']:>9,} {tp['lifecycles_per_s']:>13,} {ratio:>7}")
         lat = main["latency"]
-        print(f"\nmesh.call round trip ({lat['calls']:,} calls): p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  "
-              f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+        print(f"\nmesh.call round trip, fast lane ({lat['calls']:,} calls, {lat['fast_lane_calls']:,} took it): "
+              f"p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
+        lat = main["latency_via_coordinator"]
+        print(f"one-message mesh.send, through the coordinator ({lat['calls']:,} calls): "
+              f"p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
         together = main["concurrent_calls"]
         print(f"mesh.acall, {together['calls']:,} at once (coalesced): {together['calls_per_s']:,} calls/s")
     print_curve(report)

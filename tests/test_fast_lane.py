@@ -1,0 +1,133 @@
+"""The fast lane (single calls through a Ray Compiled Graph): the coordinator's outcomes, a ledger that
+replays, calls mixed with batches under caps and balances, and actors killed under it."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+import ray
+from test_mesh import Echo, Relay, Sleeper, assert_replay_matches
+from test_mesh_faults import AGENTS, CAP_MICROS, check_after_faults
+
+from ledger import verify
+from mesh import Message
+
+
+def script(mesh) -> list[tuple]:
+    """The same calls on any mesh; what each one ended as."""
+    mesh.add_agents(Echo, ["echo"])
+    mesh.add_agents(Sleeper, ["sleeper"])
+    first = mesh.call("alice", "echo", "hi")
+    calls = [
+        first,
+        mesh.call("alice", "echo", "boom"),  # the handler raises: refunded
+        mesh.call("bob", "echo", "x", method="shout"),  # a method's own price
+        mesh.call("alice", "echo", "again", task_id=first.task_id),  # a task id already seen: not run again
+        mesh.call("alice", "echo", 1, method="nope"),  # an unknown method: the coordinator's way, FAILED
+        mesh.call("alice", "nobody", 1),  # an unknown agent: the coordinator's way, FAILED
+        mesh.call("carol", "sleeper", 5),  # past the handler timeout: refunded
+        *(mesh.call("alice", "echo", n) for n in range(4)),  # the last passes alice's cap: refused
+    ]
+    return [(r.status.value, r.reason, r.value, r.record.amount_micros, r.ok) for r in calls]
+
+
+def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh):
+    options = {"agent_daily_caps_usd": {"alice": "0.004"}, "handler_timeout_s": 0.5}
+    fast = make_mesh(**options)
+    outcomes = script(fast)
+    slow = make_mesh(fast_lane=False, **options)
+    assert script(slow) == outcomes
+    assert [o[:2] for o in outcomes] == [
+        ("released", None), ("refunded", "handler_error"), ("released", None), ("released", None),
+        ("failed", "unknown_method"), ("failed", "unknown_agent"), ("refunded", "handler_timeout"),
+        ("released", None), ("released", None), ("released", None), ("failed", "over_daily_cap"),
+    ]
+    stats = fast.stats()
+    assert stats["fast_lane_calls"] == 8 and slow.stats()["fast_lane_calls"] == 0  # all but the repeat and the two unknowns
+    assert stats["released"] == slow.stats()["released"] == 5
+    assert stats["events_written"] == slow.stats()["events_written"]
+    for mesh in (fast, slow):
+        assert_replay_matches(mesh, mesh.snapshot())
+        mesh.shutdown()
+        assert verify(mesh.ledger_path).ok
+
+
+def test_a_manual_clock_or_a_paid_call_goes_through_the_coordinator(make_mesh):
+    mesh = make_mesh(clock="manual", start_s=1_767_225_600)
+    mesh.add_agents(Echo, ["echo"])
+    assert mesh.call("alice", "echo", "hi").ok
+    assert mesh.stats()["fast_lane_calls"] == 0
+    live = make_mesh()
+    live.add_agents(Echo, ["echo"])
+    assert live.call("alice", "echo", "hi", payer_wallet="0xabc", tx_signature="0xsig").ok  # no verifier: it runs
+    assert live.stats()["fast_lane_calls"] == 0
+
+
+def balanced_mesh(make_mesh):
+    # the fast lane needs escrows to outlive its own wait (handler timeout x 1.5 + 10 s)
+    mesh = make_mesh(shards=3, track_balances=True, max_daily_toll_per_agent=CAP_MICROS / 1e6, handler_timeout_s=1.0,
+                     escrow_timeout_s=12.0, sweep_interval_s=0.2, max_batch_messages=50)
+    mesh.add_agents(Echo, AGENTS, hosts=2)
+    mesh.add_agents(Relay, ["relay"])
+    mesh.deposit_many({agent: "0.05" for agent in AGENTS + ["relay"]})
+    return mesh
+
+
+def random_call(rng: random.Random, n: int) -> tuple[str, str, object]:
+    source = rng.choice(AGENTS)
+    if rng.random() < 0.15:  # a relay pays an echo from inside its handler: a nested call
+        return source, "relay", rng.choice(AGENTS)
+    return source, rng.choice(AGENTS), "boom" if rng.random() < 0.2 else n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_mesh, seed):
+    mesh = balanced_mesh(make_mesh)
+    rng = random.Random(seed)
+    batch_results: list = []
+
+    def batches() -> None:
+        batch_rng = random.Random(seed + 100)
+        for n in range(16):
+            batch_results.extend(mesh.send([Message(*random_call(batch_rng, n)) for _ in range(80)]))
+            time.sleep(batch_rng.uniform(0, 0.05))
+
+    thread = threading.Thread(target=batches)
+    thread.start()
+    single = [mesh.call(*random_call(rng, n)) for n in range(300)]
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    stats = mesh.stats()
+    assert stats["fast_lane_calls"] > 100  # most single calls found the lane free
+    assert {r.status.value for r in single + batch_results} >= {"released", "refunded", "failed"}  # caps were hit
+    check_after_faults(mesh, single + batch_results)  # replay = live, conservation, caps in ledger order, verify
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("roles", [["shard.0", "shard.1", "shard.2"], ["writer"]])
+def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles):
+    mesh = balanced_mesh(make_mesh)
+    rng = random.Random(len(roles))
+    acknowledged: list = []
+    done = threading.Event()
+
+    def caller() -> None:
+        for n in range(400):
+            acknowledged.append(mesh.call(*random_call(rng, n)))
+        done.set()
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    for _ in range(2):
+        time.sleep(rng.uniform(0.3, 1.0))
+        if done.is_set():
+            break
+        ray.kill(mesh.actor(rng.choice(roles)), no_restart=False)
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the caller is stuck"
+    assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] > 100
+    check_after_faults(mesh, acknowledged)
