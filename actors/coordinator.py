@@ -573,16 +573,22 @@ class EscrowCoordinator:
 
     # -- the fast lane (actors.fast_lane): the owning driver runs single calls past this actor --
 
-    def count_fast_call(self, lock: tuple, settle: Optional[tuple], events: int) -> None:
-        """Count a call the fast lane ran (its lock record, its settled record or None, its events written)."""
-        if lock[_STATUS] == _LOCKED:
-            self._count_locks([(0, lock)], Tally())
-        elif lock[_STATUS] == _FAILED:
-            self._count_locks([], Tally([lock[_REASON]]))
-        if settle is not None:
-            self._count_settled([settle])
-        self._fast_events += events
-        self._counts["fast_lane"] += 1
+    def count_fast_calls(self, calls: list[tuple[tuple, Optional[tuple], int]]) -> None:
+        """Count calls the fast lane ran: ``(lock record, settled record or None, events written)`` each."""
+        locked: list[tuple[int, tuple]] = []
+        rejected: Tally = Tally()
+        settled: list[tuple] = []
+        for lock, settle, events in calls:
+            if lock[_STATUS] == _LOCKED:
+                locked.append((0, lock))
+            elif lock[_STATUS] == _FAILED:
+                rejected[lock[_REASON]] += 1
+            if settle is not None:
+                settled.append(settle)
+            self._fast_events += events
+        self._count_locks(locked, rejected)
+        self._count_settled(settled)
+        self._counts["fast_lane"] += len(calls)
 
     async def recover_fast_call(self, task_id: str, source: str) -> Optional[tuple]:
         """After the fast lane broke during ``task_id``: rebuild every shard from the ledger (a lock

@@ -28,6 +28,8 @@ from mesh.sharding import shard_of
 logger = logging.getLogger("tollmesh.fast_path")
 
 RETRY_AFTER_S = 10.0
+COUNTS_EVERY_CALLS = 1_000  # the lane's outcomes reach the coordinator's counters in batches of at most
+COUNTS_EVERY_S = 0.5  # this many calls or seconds (a Ray call per call would cost the next call ~1 ms)
 _RELEASED = SettlementStatus.RELEASED.value
 _STATUS, _REASON = 5, 11
 
@@ -43,6 +45,8 @@ class FastPath:
         self._lane: Optional[FastLane] = None
         self._busy = threading.Lock()
         self._retry_at = 0.0
+        self._counts: list[tuple] = []  # (lock record, settled record or None, events), not yet sent
+        self._counts_sent_at = time.monotonic()
         timeout_s = config.escrow_timeout_s
         # the lane's own lock must never expire under it: its events are written when it settles
         self.enabled = (config.fast_lane and config.clock == "system"
@@ -84,8 +88,14 @@ class FastPath:
         finally:
             self._busy.release()
 
+    def flush_counts(self) -> None:
+        """Send the coordinator the outcomes it has not counted yet (before anything reads its counters)."""
+        with self._busy:
+            self._send_counts()
+
     def close(self) -> None:
         with self._busy:
+            self._send_counts()
             self._close_lane()
 
     # -- internals ------------------------------------------------------------------------------
@@ -109,19 +119,31 @@ class FastPath:
             return (lock, lock[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
         events = answer.seqs[1] - answer.seqs[0] + 1 if answer.seqs is not None else 0
         if not fast_locked(answer.lock):
-            self._coordinator.count_fast_call.remote(lock, None, events)
+            self._count(lock, None, events)
             return (lock, False, None, f"refused: {lock[_REASON]}")
         record = answer.settle[0][0]
-        self._coordinator.count_fast_call.remote(lock, record, events)
+        self._count(lock, record, events)
         code, value = answer.outcome
         if record[_STATUS] == _RELEASED:
             return (record, True, value, None)
         return (record, False, None, value if code != OK else f"refunded: {record[_REASON]}")
 
+    def _count(self, lock: tuple, settled: Optional[tuple], events: int) -> None:
+        self._counts.append((lock, settled, events))
+        if len(self._counts) >= COUNTS_EVERY_CALLS or time.monotonic() - self._counts_sent_at >= COUNTS_EVERY_S:
+            self._send_counts()
+
+    def _send_counts(self) -> None:
+        if self._counts:
+            self._coordinator.count_fast_calls.remote(self._counts)  # a later call of this driver sees them
+            self._counts = []
+        self._counts_sent_at = time.monotonic()
+
     def _recover(self, plan: FastPlan, exc: FastLaneBrokenError) -> Optional[tuple]:
         """The lane broke: close it, have the shards rebuilt from the ledger; the call's result, or
         None if nothing of it was written (it then goes the coordinator's way)."""
         logger.warning("fast lane broke during %s (%s); rebuilding the shards from the ledger", plan.task_id, exc)
+        self._send_counts()
         self._close_lane()
         self._retry_at = time.monotonic() + RETRY_AFTER_S
         record = ray.get(self._coordinator.recover_fast_call.remote(plan.task_id, plan.source))

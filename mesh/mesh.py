@@ -301,6 +301,7 @@ class Mesh:
 
     def stats(self) -> dict[str, Any]:
         """Counts and amounts by outcome and reason, open escrows, agents, each shard's state."""
+        self._flush_fast_counts()
         return ray.get(self._coordinator.stats.remote())
 
     def memory(self) -> dict[str, Any]:
@@ -344,6 +345,11 @@ class Mesh:
         self.shutdown()
 
     # -- internals --------------------------------------------------------------------------
+
+    def _flush_fast_counts(self) -> None:
+        """The fast lane counts its calls in batches: the coordinator has them before it answers."""
+        if self._fast is not None:
+            self._fast.flush_counts()
 
     def _lifetime(self) -> Optional[str]:
         return "detached" if self.config.detached else None

@@ -122,12 +122,13 @@ def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles):
 
     thread = threading.Thread(target=caller)
     thread.start()
-    for _ in range(2):
-        time.sleep(rng.uniform(0.3, 1.0))
+    for kill in range(2):
+        while len(acknowledged) < 60 * (kill + 1) and not done.is_set():  # calls in the lane when it dies
+            time.sleep(0.01)
         if done.is_set():
             break
         ray.kill(mesh.actor(rng.choice(roles)), no_restart=False)
     thread.join(timeout=300)
     assert not thread.is_alive(), "the caller is stuck"
-    assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] > 100
+    assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] >= 50
     check_after_faults(mesh, acknowledged)
