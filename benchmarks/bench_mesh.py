@@ -359,6 +359,7 @@ def run_main(plan: Plan, root: Path) -> dict[str, Any]:
         mesh.add_agents(Echo, ids)
         setup_s = time.perf_counter() - started
         memory = memory_mb(mesh)
+        mesh.open_fast_lane()
         latency = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls)
         latency_coordinator = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls, via="coordinator")
         concurrent = measure_concurrent_calls(mesh, ids, plan.latency_calls)

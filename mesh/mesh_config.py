@@ -36,8 +36,10 @@ class MeshConfig(BaseModel):
     # Batching and backpressure
     max_batch_messages: int = Field(default=5_000, ge=1, le=100_000)
     max_inflight_batches: int = Field(default=8, ge=1, le=256)
-    # Single calls from the owning driver run through a Ray Compiled Graph (actors/fast_lane.py)
+    # Single calls from the owning driver run through a Ray Compiled Graph (actors/fast_lane.py),
+    # opened on demand and parked after fast_lane_idle_s without a call (mesh/fast_path.py)
     fast_lane: bool = True
+    fast_lane_idle_s: float = Field(default=5.0, gt=0, le=86_400, allow_inf_nan=False)
     # Limits
     handler_timeout_s: float = Field(default=30.0, gt=0, le=3_600, allow_inf_nan=False)
     escrow_timeout_s: Optional[float] = Field(default=300.0, gt=0, allow_inf_nan=False)

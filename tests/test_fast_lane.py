@@ -20,6 +20,7 @@ def script(mesh) -> list[tuple]:
     """The same calls on any mesh; what each one ended as."""
     mesh.add_agents(Echo, ["echo"])
     mesh.add_agents(Sleeper, ["sleeper"])
+    assert mesh.open_fast_lane() == mesh.config.fast_lane
     first = mesh.call("alice", "echo", "hi")
     calls = [
         first,
@@ -58,10 +59,12 @@ def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh):
 def test_a_manual_clock_or_a_paid_call_goes_through_the_coordinator(make_mesh):
     mesh = make_mesh(clock="manual", start_s=1_767_225_600)
     mesh.add_agents(Echo, ["echo"])
+    assert not mesh.open_fast_lane()
     assert mesh.call("alice", "echo", "hi").ok
     assert mesh.stats()["fast_lane_calls"] == 0
     live = make_mesh()
     live.add_agents(Echo, ["echo"])
+    assert live.open_fast_lane()
     assert live.call("alice", "echo", "hi", payer_wallet="0xabc", tx_signature="0xsig").ok  # no verifier: it runs
     assert live.stats()["fast_lane_calls"] == 0
 
@@ -73,6 +76,7 @@ def balanced_mesh(make_mesh):
     mesh.add_agents(Echo, AGENTS, hosts=2)
     mesh.add_agents(Relay, ["relay"])
     mesh.deposit_many({agent: "0.05" for agent in AGENTS + ["relay"]})
+    assert mesh.open_fast_lane()
     return mesh
 
 
@@ -132,3 +136,20 @@ def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles):
     assert not thread.is_alive(), "the caller is stuck"
     assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] >= 50
     check_after_faults(mesh, acknowledged)
+
+
+def test_the_lane_opens_in_the_background_and_parks_when_idle(make_mesh):
+    mesh = make_mesh(fast_lane_idle_s=0.5)
+    mesh.add_agents(Echo, ["echo"])
+    assert mesh.call("alice", "echo", 1).ok  # the lane is closed: the coordinator's way, and it starts compiling
+    deadline = time.monotonic() + 30
+    while mesh.stats()["fast_lane_calls"] == 0:  # once compiled, single calls take it
+        assert mesh.call("alice", "echo", 2).ok and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.0)  # idle past fast_lane_idle_s: parked
+    before = mesh.stats()["fast_lane_calls"]
+    assert mesh.call("alice", "echo", 3).ok and mesh.stats()["fast_lane_calls"] == before
+    mesh.add_agents(Echo, ["echo2"])  # a new host: the lane opens again with it
+    assert mesh.open_fast_lane() and mesh.call("alice", "echo2", 4).value == 4
+    assert mesh.stats()["fast_lane_calls"] == before + 1
+    assert_replay_matches(mesh, mesh.snapshot())
