@@ -8,10 +8,11 @@ manual clock, another thread already in the lane, or no lane open.
 
 A compiled graph's stages wait for their input by spinning (Ray's ``ReadAcquire`` yields
 the core in a loop), so an open lane costs its actors CPU even when idle (~12% off
-``mesh.send`` on 2 cores). The lane therefore opens on demand and parks when idle: the
-first single call finds it closed, goes the coordinator's way and starts compiling it
-in the background (~0.5 s); it closes after ``fast_lane_idle_s`` without a call, when
-hosts are added, and when it breaks (then it stays closed ``RETRY_AFTER_S``).
+``mesh.send`` on 2 cores). The lane therefore opens on demand and parks when idle: single
+calls that find it closed go the coordinator's way, and once ``OPEN_AFTER_CALLS`` of them
+came within ``fast_lane_idle_s`` it is compiled in the background (~0.5 s); it closes after
+``fast_lane_idle_s`` without a call, when hosts are added, and when it breaks (then it stays
+closed ``RETRY_AFTER_S``).
 :meth:`FastPath.open` compiles it now, for callers that want the first calls fast.
 """
 
@@ -34,6 +35,7 @@ from mesh.sharding import shard_of
 logger = logging.getLogger("tollmesh.fast_path")
 
 RETRY_AFTER_S = 10.0
+OPEN_AFTER_CALLS = 8  # single calls within fast_lane_idle_s that open the lane (a few calls are not worth it)
 COUNTS_EVERY_CALLS = 1_000  # the lane's outcomes reach the coordinator's counters in batches of at most
 COUNTS_EVERY_S = 0.5  # this many calls or seconds (a Ray call per call would cost the next call ~1 ms)
 _RELEASED = SettlementStatus.RELEASED.value
@@ -54,6 +56,7 @@ class FastPath:
         self._generation = 0  # moves on when hosts are added: a lane compiled before is stale
         self._opening: Optional[threading.Thread] = None
         self._last_used = time.monotonic()
+        self._calls_around: list[float] = []  # when the last calls went around a closed lane
         self._closed = threading.Event()
         self._parker: Optional[threading.Thread] = None
         self._counts: list[tuple] = []  # (lock record, settled record or None, events), not yet sent
@@ -86,7 +89,7 @@ class FastPath:
         try:
             lane = self._lane
             if lane is None:
-                self._open_in_background()
+                self._note_call_around()
                 return None
             self._last_used = time.monotonic()
             shards = self._config.shards
@@ -109,12 +112,13 @@ class FastPath:
 
     def open(self, timeout_s: float = 60.0) -> bool:
         """Compile the lane now (if it may open) and wait for it; whether it is open."""
-        if not self.enabled:
-            return False
-        self._open_in_background()
-        opening = self._opening
-        if opening is not None:
-            opening.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self.enabled and self._lane is None and time.monotonic() < deadline:
+            self._open_in_background()
+            opening = self._opening
+            if opening is None:  # it may not open (too many actors, closing, or it just failed)
+                break
+            opening.join(max(0.0, deadline - time.monotonic()))  # a compile of older hosts ends, then ours
         return self._lane is not None
 
     def close(self) -> None:
@@ -127,6 +131,15 @@ class FastPath:
             self._close_lane()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _note_call_around(self) -> None:
+        """Open the lane once ``OPEN_AFTER_CALLS`` single calls came within ``fast_lane_idle_s``."""
+        now = time.monotonic()
+        recent = [t for t in self._calls_around if now - t <= self._config.fast_lane_idle_s]
+        recent.append(now)
+        self._calls_around = recent[-OPEN_AFTER_CALLS:]
+        if len(self._calls_around) >= OPEN_AFTER_CALLS:
+            self._open_in_background()
 
     def _open_in_background(self) -> None:
         """Start compiling the lane, unless it is compiling, may not open, or broke a moment ago."""
