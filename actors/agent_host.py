@@ -33,6 +33,7 @@ from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
 from actors.wire import pack, unpack
 from mesh.agent import Agent, CallContext
+from mesh.files import write_whole
 from mesh.coalesce import Coalescer
 from mesh.memory import rss_bytes
 from mesh.records import Reason
@@ -57,10 +58,7 @@ class HostSettings:
 
 def write_groups(path: str | os.PathLike, groups: list[AgentGroup]) -> None:
     """Save a host's agent groups (classes by value where Ray would send them so) for :class:`AgentHost`."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(cloudpickle.dumps(groups))
-    os.replace(tmp, path)
+    write_whole(path, cloudpickle.dumps(groups))
 
 
 def read_groups(path: str | os.PathLike) -> list[AgentGroup]:

@@ -73,6 +73,7 @@ class ShardSpec:
     max_settled_records: int = DEFAULT_MAX_SETTLED_RECORDS
     ledger_path: Optional[str] = None  # rebuild from here; None: start empty
     agent_caps_path: Optional[str] = None  # more per-agent caps, a JSON object {agent: micros or null} (large maps)
+    runtime_caps_path: Optional[str] = None  # caps changed while the mesh runs (written by the coordinator)
 
     def caps_micros(self) -> dict[str, Optional[int]]:
         """Every per-agent cap: the file's (read at each build, so a restarted shard has them), then the spec's."""
@@ -81,6 +82,17 @@ class ShardSpec:
             with open(self.agent_caps_path, "rb") as f:
                 caps = orjson.loads(f.read())
         return {**caps, **self.agent_caps_micros}
+
+    def caps(self) -> tuple[Optional[int], dict[str, Optional[int]]]:
+        """The default cap and every per-agent cap, with the changes made while the mesh runs
+        (read at each build: a restarted shard keeps a cap set after the mesh started)."""
+        default_cap_micros, agent_caps_micros = self.default_cap_micros, self.caps_micros()
+        if self.runtime_caps_path is not None and os.path.exists(self.runtime_caps_path):
+            with open(self.runtime_caps_path, "rb") as f:
+                runtime = orjson.loads(f.read())
+            default_cap_micros = runtime["default_cap_micros"]
+            agent_caps_micros.update(runtime["agent_caps_micros"])
+        return default_cap_micros, agent_caps_micros
 
 
 class ShardCore:
@@ -178,7 +190,7 @@ class ShardCore:
                 self.book, self.spec.ledger_path, shard=self.spec.index, shards=self.spec.shards
             )
         self.book.journal = self._journal
-        self.set_caps(self.spec.default_cap_micros, self.spec.caps_micros())
+        self.set_caps(*self.spec.caps())
         return self.rebuilt_through_seq
 
     # -- queries ----------------------------------------------------------------

@@ -55,6 +55,7 @@ from ledger.reader import last_ts_us
 from mesh.agent import PriceTable, WireMessage
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
+from mesh.files import write_whole
 from mesh.memory import rss_bytes
 from mesh.mesh_config import MeshConfig
 from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
@@ -690,8 +691,13 @@ class EscrowCoordinator:
         self._verifier = verifier
 
     async def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
-        """Change the daily caps on every shard (from now on; usage so far counts)."""
+        """Change the daily caps on every shard (from now on; usage so far counts). They are kept in
+        ``runtime_caps.json`` first, so a shard that restarts later builds with them."""
         await self._ready()
+        path = self.config.runtime_caps_path
+        known = orjson.loads(path.read_bytes())["agent_caps_micros"] if path.exists() else {}
+        write_whole(path, orjson.dumps({"default_cap_micros": default_cap_micros,
+                                        "agent_caps_micros": {**known, **agent_caps_micros}}))
         await asyncio.gather(*(s.set_caps.remote(default_cap_micros, agent_caps_micros) for s in self._shards))
 
     def get_config(self) -> MeshConfig:

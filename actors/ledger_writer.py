@@ -138,10 +138,10 @@ class LedgerWriterActor:
                 if self._closed:
                     raise LedgerError("the ledger writer is closed")
                 first_seq = self._jsonl.next_seq
-                lines = self._jsonl.append_bodies(bodies)
+                self._buffer_for_parquet(self._jsonl.append_bodies(bodies), len(bodies))
                 self._count_commit(1, len(bodies))
             seqs = (first_seq, first_seq + len(bodies) - 1)
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._send_to_parquet(lines, len(bodies))))
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._send_to_parquet()))
         return FastAnswer(lock, outcome, settle, seqs)
 
     async def _enqueue(self, bodies: list[bytes]) -> tuple[int, int]:
@@ -195,14 +195,14 @@ class LedgerWriterActor:
                 try:  # appends arriving during the write and its fsync wait, then go out together
                     with self._write_lock:
                         first_seq = self._jsonl.next_seq
-                        lines = self._jsonl.append_bodies(bodies)
+                        self._buffer_for_parquet(self._jsonl.append_bodies(bodies), len(bodies))
                         self._count_commit(len(batch), len(bodies))
                 except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
                     for _, done in batch:
                         done.set_exception(exc)
                     continue
                 self._acknowledge(batch, first_seq)
-                await self._send_to_parquet(lines, len(bodies))
+                await self._send_to_parquet()
         finally:
             self._committer = None
 
@@ -225,14 +225,18 @@ class LedgerWriterActor:
         self._stats["commits"] += 1
         self._stats["events"] += events
 
-    async def _send_to_parquet(self, lines: bytes, events: int) -> None:
-        """Small commits (single calls) wait here, up to ``PARQUET_MIN_EVENTS`` or
+    def _buffer_for_parquet(self, lines: bytes, events: int) -> None:
+        """Keep committed lines for the sink, in seq order (the caller holds ``_write_lock``)."""
+        if self._sink is not None and lines:
+            self._parquet_lines.append(lines)
+            self._parquet_events += events
+
+    async def _send_to_parquet(self) -> None:
+        """Small commits (single calls) wait in the buffer, up to ``PARQUET_MIN_EVENTS`` or
         ``PARQUET_MAX_WAIT_S``, and go to the sink together: a Ray call per commit would cost
         the single-call path more than the commit itself."""
-        if self._sink is None or not lines:
+        if self._sink is None or not self._parquet_lines:
             return
-        self._parquet_lines.append(lines)
-        self._parquet_events += events
         if self._parquet_events >= PARQUET_MIN_EVENTS:
             await self._flush_parquet()
         elif self._parquet_timer is None:
@@ -243,10 +247,11 @@ class LedgerWriterActor:
         if self._parquet_timer is not None:
             self._parquet_timer.cancel()
             self._parquet_timer = None
-        if self._sink is None or not self._parquet_lines:
-            return
-        lines, events = b"".join(self._parquet_lines), self._parquet_events
-        self._parquet_lines, self._parquet_events = [], 0
+        with self._write_lock:
+            if self._sink is None or not self._parquet_lines:
+                return
+            lines, events = b"".join(self._parquet_lines), self._parquet_events
+            self._parquet_lines, self._parquet_events = [], 0
         self._in_flight.append(self._sink.append_lines.remote(lines, events))
         try:
             while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:

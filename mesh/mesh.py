@@ -45,6 +45,7 @@ from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
 from mesh.fast_path import FastPath
+from mesh.files import write_whole
 from mesh.mesh_config import MeshConfig
 from mesh.money import UsdLike, usd_to_micros
 from mesh.verifier import Verifier
@@ -372,6 +373,7 @@ class Mesh:
             raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False")
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
+        config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
         shutil.rmtree(config.out_dir / "hosts", ignore_errors=True)
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
         writer = LedgerWriterActor.options(name=config.actor_name("writer"), **common).remote(
@@ -384,7 +386,8 @@ class Mesh:
             BudgetShard.options(name=config.actor_name(f"shard.{i}"), scheduling_strategy="SPREAD", **common).remote(
                 ShardSpec(
                     index=i, shards=config.shards, default_cap_micros=config.default_cap_micros,
-                    agent_caps_path=caps_path, track_balances=config.track_balances,
+                    agent_caps_path=caps_path, runtime_caps_path=str(config.runtime_caps_path),
+                    track_balances=config.track_balances,
                     escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
                     ledger_path=str(config.ledger_path) if config.restore_from_ledger else None,
                 )
@@ -406,9 +409,7 @@ class Mesh:
         if not caps:
             return None
         path = self.config.out_dir / "agent_caps.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_bytes(orjson.dumps(caps))
-        os.replace(tmp, path)
+        write_whole(path, orjson.dumps(caps))
         return str(path)
 
     def _kill_actors(self) -> None:

@@ -103,6 +103,11 @@ class MeshConfig(BaseModel):
         return self.out_dir / "agents.ndjson"
 
     @property
+    def runtime_caps_path(self) -> Path:
+        """Where the coordinator keeps caps changed while the mesh runs (for shards that restart)."""
+        return self.out_dir / "runtime_caps.json"
+
+    @property
     def default_cap_micros(self) -> Optional[int]:
         cap = self.max_daily_toll_per_agent
         return None if cap is None else usd_to_micros(cap, field="max_daily_toll_per_agent")

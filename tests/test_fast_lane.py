@@ -7,6 +7,7 @@ import random
 import threading
 import time
 
+import pyarrow.parquet as pq
 import pytest
 import ray
 from test_mesh import Echo, Relay, Sleeper, assert_replay_matches
@@ -109,6 +110,12 @@ def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_me
     assert stats["fast_lane_calls"] > 100  # most single calls found the lane free
     assert {r.status.value for r in single + batch_results} >= {"released", "refunded", "failed"}  # caps were hit
     check_after_faults(mesh, single + batch_results)  # replay = live, conservation, caps in ledger order, verify
+    rows = 0
+    for path in mesh.config.parquet_dir.rglob("*.parquet"):  # the lane's rows reach Parquet in seq order too
+        seqs = pq.read_table(path, columns=["seq"]).column("seq").to_pylist()
+        assert seqs == sorted(seqs)
+        rows += len(seqs)
+    assert rows == verify(mesh.ledger_path).events
 
 
 @pytest.mark.slow

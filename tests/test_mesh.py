@@ -474,6 +474,29 @@ def test_per_agent_caps_survive_a_shard_restart(make_mesh):
     assert verify(mesh.ledger_path).ok
 
 
+@pytest.mark.slow
+def test_caps_set_while_running_survive_a_shard_restart(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    mesh.tollbooth(TollboothConfig(paper_mode=False, agent_daily_caps_usd={"capped": "0.002"}))  # caps for the mesh
+    assert [mesh.call("capped", "echo", n).ok for n in range(3)] == [True, True, False]
+    shard = mesh.actor(f"shard.{shard_of('capped', 2)}")
+    old_pid = ray_pid(shard)
+    import ray
+
+    ray.kill(shard, no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:  # the restarted shard builds with the caps in runtime_caps.json, then replays today's usage
+        result = mesh.call("capped", "echo", "again")
+        if ray_pid(shard, default=old_pid) != old_pid:
+            break
+        assert time.monotonic() < deadline
+    assert result.reason == "over_daily_cap"
+    assert mesh.call("capped", "echo", "after").reason == "over_daily_cap"
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
+
+
 def ray_pid(actor: Any, default: Any = None) -> Any:
     import ray
 
