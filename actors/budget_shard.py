@@ -34,7 +34,7 @@ import orjson
 import ray
 
 from actors.agent_host import OK, refund_reason
-from actors.fast_lane import FastAnswer, FastPlan, fast_locked, only
+from actors.fast_lane import GO_AROUND, FastAnswer, FastPlan, fast_locked, only
 from actors.gc_tuning import tune_gc
 from actors.wire import unpack
 from ledger.events import record_event
@@ -351,13 +351,15 @@ class BudgetShard:
 
     # -- the fast lane's stages (actors.fast_lane): each acts only on its own calls --------
 
-    def fast_lock(self, plan: FastPlan) -> Optional[ShardAnswer]:
-        """Lock the plan's toll if its caller is this shard's."""
+    def fast_lock(self, plan: FastPlan) -> Optional[ShardAnswer] | str:
+        """Lock the plan's toll if its caller is this shard's (:data:`GO_AROUND` if a lock is due to expire)."""
         if plan.shard != self._core.spec.index:
             return None
         op = (LOCK, plan.task_id, plan.source, plan.target, plan.price_micros, 0.0, None, None, None)
         with self._lock:
             self._check_fresh()
+            if self._core.book.expiry_due(plan.now_us):
+                return GO_AROUND
             return _to_wire(self._core.lock_batch([op], plan.now_us, "live"))
 
     def fast_settle(self, plan: FastPlan, *answers: Any) -> Optional[ShardAnswer]:

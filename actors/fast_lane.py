@@ -44,6 +44,10 @@ import ray
 logger = logging.getLogger("tollmesh.fast_lane")
 
 _LOCKED = "escrow_locked"  # SettlementStatus.ESCROW_LOCKED.value, as records travel
+#: A shard's answer to ``fast_lock`` when a lock of its is past its deadline: the call goes the
+#: coordinator's way, whose sweep writes the expiry through its ordered log (the lane would
+#: write it only once its own call settles, after a caller might have heard of it).
+GO_AROUND = "go_around"
 MAX_FAST_LANE_ACTORS = 24  # shards + hosts: past this, every call would wake too many idle stages
 
 
@@ -127,6 +131,6 @@ def only(answers: tuple) -> Any:
 def fast_locked(answer: Optional[tuple]) -> bool:
     """Whether a shard's answer to ``fast_lock`` took a fresh lock (not: another shard's call, a
     task id already seen, a refusal)."""
-    if answer is None or answer[4]:
+    if answer is None or answer == GO_AROUND or answer[4]:
         return False
     return answer[0][0][5] == _LOCKED

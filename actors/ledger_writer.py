@@ -130,7 +130,7 @@ class LedgerWriterActor:
         group commit (a hop to the event loop would cost the call ~0.25 ms)."""
         lock, settle = answers[plan.shard], answers[-shards + plan.shard]
         outcome = answers[shards + plan.host]
-        blob = b"".join(answer[1] for answer in (lock, settle) if answer is not None and answer[2])
+        blob = b"".join(answer[1] for answer in (lock, settle) if isinstance(answer, tuple) and answer[2])
         seqs = None
         if blob:
             bodies = split_encoded(blob)

@@ -83,6 +83,10 @@ class EscrowBook:
     def open_escrows(self) -> Iterator[TollRecord]:
         return (entry.record for entry in self._open.values())
 
+    def expiry_due(self, now_us: int) -> bool:
+        """Whether a lock's deadline has passed (the next transition would expire it first)."""
+        return bool(self._open) and next(iter(self._open.values())).deadline_us <= now_us
+
     # -- transitions ----------------------------------------------------------
 
     def deposit(self, agent: str, amount_micros: int, now_us: int) -> None:

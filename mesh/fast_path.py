@@ -26,7 +26,15 @@ from typing import Any, Optional
 import ray
 
 from actors.agent_host import OK, STUCK
-from actors.fast_lane import MAX_FAST_LANE_ACTORS, FastAnswer, FastLane, FastLaneBrokenError, FastPlan, fast_locked
+from actors.fast_lane import (
+    GO_AROUND,
+    MAX_FAST_LANE_ACTORS,
+    FastAnswer,
+    FastLane,
+    FastLaneBrokenError,
+    FastPlan,
+    fast_locked,
+)
 from mesh.agent import PriceTable, WireMessage
 from mesh.mesh_config import MeshConfig
 from mesh.records import SettlementStatus
@@ -181,7 +189,9 @@ class FastPath:
                 finally:
                     self._busy.release()
 
-    def _result(self, answer: FastAnswer) -> tuple:
+    def _result(self, answer: FastAnswer) -> Optional[tuple]:
+        if answer.lock == GO_AROUND:  # an expiry is due on the caller's shard: nothing ran, nothing was written
+            return None
         lock = answer.lock[0][0]
         if answer.lock[4]:  # a task id already seen: nothing ran, nothing was written
             return (lock, lock[_STATUS] == _RELEASED, None, "task_id already seen: not run again")

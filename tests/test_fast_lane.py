@@ -13,8 +13,8 @@ import ray
 from test_mesh import Echo, Relay, Sleeper, assert_replay_matches
 from test_mesh_faults import AGENTS, CAP_MICROS, check_after_faults
 
-from ledger import verify
-from mesh import Message
+from ledger import read_events, verify
+from mesh import Message, TollboothConfig
 
 
 def script(mesh) -> list[tuple]:
@@ -160,3 +160,18 @@ def test_the_lane_opens_in_the_background_and_parks_when_idle(make_mesh):
     assert mesh.open_fast_lane() and mesh.call("alice", "echo2", 4).value == 4
     assert mesh.stats()["fast_lane_calls"] == before + 1
     assert_replay_matches(mesh, mesh.snapshot())
+
+
+@pytest.mark.slow
+def test_a_lock_due_to_expire_sends_the_call_around_the_lane(make_mesh):
+    mesh = make_mesh(shards=1, handler_timeout_s=0.5, escrow_timeout_s=11.0, sweep_interval_s=3_600, fast_lane_idle_s=60)
+    mesh.add_agents(Echo, ["echo"])
+    booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01"))
+    assert booth.charge_sync("held", "alice", "bob").status.value == "escrow_locked"
+    assert mesh.open_fast_lane()
+    assert mesh.call("carol", "echo", 1).ok and mesh.stats()["fast_lane_calls"] == 1  # nothing due yet
+    time.sleep(11.5)
+    assert mesh.call("carol", "echo", 2).ok  # "held" is due: around the lane, and the coordinator expires it
+    assert mesh.stats()["fast_lane_calls"] == 1
+    assert [e["kind"] for e in read_events(mesh.ledger_path).events if e.get("task_id") == "held"] == ["lock", "expire"]
+    assert mesh.call("carol", "echo", 3).ok and mesh.stats()["fast_lane_calls"] == 2
