@@ -18,6 +18,7 @@ closed ``RETRY_AFTER_S``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from mesh.sharding import shard_of
 logger = logging.getLogger("tollmesh.fast_path")
 
 RETRY_AFTER_S = 10.0
+MAX_RETRY_AFTER_S = 600.0  # a graph that will not compile (a cluster where it cannot) is tried ever less often
 OPEN_AFTER_CALLS = 8  # single calls within fast_lane_idle_s that open the lane (a few calls are not worth it)
 COUNTS_EVERY_CALLS = 1_000  # the lane's outcomes reach the coordinator's counters in batches of at most
 COUNTS_EVERY_S = 0.5  # this many calls or seconds (a Ray call per call would cost the next call ~1 ms)
@@ -67,6 +69,9 @@ class FastPath:
         self._calls_around: list[float] = []  # when the last calls went around a closed lane
         self._closed = threading.Event()
         self._parker: Optional[threading.Thread] = None
+        self._compile_failures = 0
+        # Ray's own exit hook tears compiled graphs down killing their actors: a detached mesh must outlive us
+        atexit.register(self.close)
         self._counts: list[tuple] = []  # (lock record, settled record or None, events), not yet sent
         self._counts_sent_at = time.monotonic()
         timeout_s = config.escrow_timeout_s
@@ -130,6 +135,8 @@ class FastPath:
         return self._lane is not None
 
     def close(self) -> None:
+        """Close the lane for good (the mesh shuts down, or the process exits)."""
+        atexit.unregister(self.close)
         self._closed.set()
         opening = self._opening
         if opening is not None:
@@ -164,14 +171,17 @@ class FastPath:
                 lane = FastLane(self._shards, hosts, self._writer, handler_timeout_s=self._config.handler_timeout_s,
                                 track_balances=self._config.track_balances)
             except Exception as exc:  # noqa: BLE001 - no lane: calls take the coordinator's way
-                logger.warning("fast lane not compiled (%s: %s); calls go through the coordinator", type(exc).__name__, exc)
-                self._retry_at = time.monotonic() + RETRY_AFTER_S
+                self._compile_failures += 1
+                wait_s = min(MAX_RETRY_AFTER_S, RETRY_AFTER_S * 2 ** (self._compile_failures - 1))
+                logger.warning("fast lane not compiled (%s: %s); calls go through the coordinator, next try in %.0f s",
+                               type(exc).__name__, exc, wait_s)
+                self._retry_at = time.monotonic() + wait_s
                 return
             with self._busy:
                 if generation != self._generation or self._closed.is_set() or self._lane is not None:
                     lane.close()  # hosts were added meanwhile, or the mesh is closing
                     return
-                self._lane, self._last_used = lane, time.monotonic()
+                self._lane, self._last_used, self._compile_failures = lane, time.monotonic(), 0
             if self._parker is None:
                 self._parker = threading.Thread(target=self._park_when_idle, name="tollmesh-fast-lane-park", daemon=True)
                 self._parker.start()

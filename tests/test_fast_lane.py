@@ -175,3 +175,40 @@ def test_a_lock_due_to_expire_sends_the_call_around_the_lane(make_mesh):
     assert mesh.stats()["fast_lane_calls"] == 1
     assert [e["kind"] for e in read_events(mesh.ledger_path).events if e.get("task_id") == "held"] == ["lock", "expire"]
     assert mesh.call("carol", "echo", 3).ok and mesh.stats()["fast_lane_calls"] == 2
+
+
+DETACHED_DRIVER = """
+import sys
+from mesh import Mesh, MeshConfig
+from test_mesh import Echo
+
+mesh = Mesh(MeshConfig(name=sys.argv[1], namespace="tollmesh-tests", out_dir=sys.argv[2], detached=True, shards=2),
+            address=sys.argv[3])
+mesh.add_agents(Echo, ["echo"])
+assert mesh.open_fast_lane()
+assert all(mesh.call("alice", "echo", n).ok for n in range(10))
+# leaves without shutdown(): the detached mesh must outlive this driver, lane and all
+"""
+
+
+@pytest.mark.slow
+def test_a_detached_mesh_outlives_the_driver_that_opened_its_lane(ray_session, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from mesh import Mesh
+
+    name = f"detached-{os.getpid()}"
+    address = ray_session.get_runtime_context().gcs_address
+    subprocess.run([sys.executable, "-c", DETACHED_DRIVER, name, str(tmp_path / name), address],
+                   check=True, timeout=180, env={**os.environ})
+    mesh = Mesh.attach(name, namespace="tollmesh-tests")
+    coordinator = ray.get_actor(f"{name}.coordinator", namespace="tollmesh-tests")
+    hosts = ray.get(coordinator.host_names.remote())
+    try:
+        assert mesh.call("bob", "echo", "still here").value == "still here"  # the coordinator's way: not the owner
+        assert mesh.stats()["fast_lane_calls"] == 10
+    finally:  # a detached mesh is stopped by name
+        for actor in [*hosts, f"{name}.shard.0", f"{name}.shard.1", f"{name}.writer", f"{name}.coordinator"]:
+            ray.kill(ray.get_actor(actor, namespace="tollmesh-tests"), no_restart=True)
