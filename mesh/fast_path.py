@@ -92,6 +92,12 @@ class FastPath:
 
     def call(self, message: WireMessage) -> Optional[tuple]:
         """Run ``message`` through the lane; its result (:func:`mesh.agent.result_to_wire` form), or None."""
+        plan = self.reserve(message)
+        return None if plan is None else self.run_reserved(plan)
+
+    def reserve(self, message: WireMessage) -> Optional[FastPlan]:
+        """Take the lane for ``message`` (it may not, then None): its plan, for :meth:`run_reserved`,
+        which must follow (on any thread: async callers reserve on their loop, run on a thread)."""
         task_id, source, target, method, payload, wallet, signature, problem = message
         entry = self._agents.get(target)
         if not self.enabled or entry is None or wallet or signature or problem is not None:
@@ -99,17 +105,20 @@ class FastPath:
         price_micros = entry[1].price_micros(method)
         if price_micros is None or not self._busy.acquire(blocking=False):
             return None
+        if self._lane is None:
+            self._note_call_around()
+            self._busy.release()
+            return None
+        self._last_used = time.monotonic()
+        shards = self._config.shards
+        return FastPlan(task_id, source, target, method, payload, price_micros, shard_of(source, shards),
+                        shard_of(target, shards), entry[0], time.time_ns() // 1_000)
+
+    def run_reserved(self, plan: FastPlan) -> Optional[tuple]:
+        """Run a call :meth:`reserve` took the lane for, and give the lane back; as :meth:`call`."""
         try:
-            lane = self._lane
-            if lane is None:
-                self._note_call_around()
-                return None
-            self._last_used = time.monotonic()
-            shards = self._config.shards
-            plan = FastPlan(task_id, source, target, method, payload, price_micros, shard_of(source, shards),
-                            shard_of(target, shards), entry[0], time.time_ns() // 1_000)
             try:
-                answer = lane.run(plan)
+                answer = self._lane.run(plan)
             except FastLaneBrokenError as exc:
                 return self._recover(plan, exc)
             if answer.outcome is not None and answer.outcome[0] == STUCK:

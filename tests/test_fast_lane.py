@@ -3,6 +3,7 @@ replays, calls mixed with batches under caps and balances, and actors killed und
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -68,6 +69,22 @@ def test_a_manual_clock_or_a_paid_call_goes_through_the_coordinator(make_mesh):
     assert live.open_fast_lane()
     assert live.call("alice", "echo", "hi", payer_wallet="0xabc", tx_signature="0xsig").ok  # no verifier: it runs
     assert live.stats()["fast_lane_calls"] == 0
+
+
+def test_async_calls_take_the_lane_one_at_a_time_and_go_together_when_concurrent(make_mesh):
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+    assert mesh.open_fast_lane()
+
+    async def run() -> tuple[list, list]:
+        one_by_one = [await mesh.acall("alice", "echo", n) for n in range(5)]
+        together = await asyncio.gather(*(mesh.acall("bob", "echo", n) for n in range(200)))
+        return one_by_one, together
+
+    one_by_one, together = asyncio.run(run())
+    assert [r.value for r in one_by_one] == list(range(5)) and [r.value for r in together] == list(range(200))
+    assert mesh.stats()["fast_lane_calls"] == 6  # the five, and the first of the 200 (the rest are batched)
+    assert_replay_matches(mesh, mesh.snapshot())
 
 
 def balanced_mesh(make_mesh):
