@@ -26,8 +26,9 @@ balances than the shard had at that point, so every prefix of the ledger replays
 
 A stage that fails (an actor died, a shard was stale) fails the run: the lane is torn
 down, the caller has the coordinator rebuild every shard from the ledger (a lock taken
-but never written is dropped there) and the call goes the coordinator's way. Actors take
-no part in a graph once it is torn down; ``teardown`` waits for their stages to end.
+but never written is dropped there) and refund the call if its lock was written and its
+settlement was not; a call of which nothing was written goes the coordinator's way. Actors
+take no part in a graph once it is torn down; ``teardown`` waits for their stages to end.
 
 >>> lane = FastLane(shards, hosts, writer, handler_timeout_s=30.0, track_balances=False)  # doctest: +SKIP
 >>> lock, outcome, settle, seqs = lane.run(plan)                                         # doctest: +SKIP
