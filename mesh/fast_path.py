@@ -10,7 +10,8 @@ A compiled graph's stages wait for their input by spinning (Ray's ``ReadAcquire`
 the core in a loop), so an open lane costs its actors CPU even when idle (~12% off
 ``mesh.send`` on 2 cores). The lane therefore opens on demand and parks when idle: single
 calls that find it closed go the coordinator's way, and once ``OPEN_AFTER_CALLS`` of them
-came within ``fast_lane_idle_s`` it is compiled in the background (~0.5 s); it closes after
+came one after another within ``fast_lane_idle_s`` it is compiled in the background
+(~0.5 s; a burst of concurrent calls counts as one); it closes after
 ``fast_lane_idle_s`` without a call, when hosts are added, and when it breaks (then it stays
 closed ``RETRY_AFTER_S``).
 :meth:`FastPath.open` compiles it now, for callers that want the first calls fast.
@@ -46,6 +47,7 @@ logger = logging.getLogger("tollmesh.fast_path")
 RETRY_AFTER_S = 10.0
 MAX_RETRY_AFTER_S = 600.0  # a graph that will not compile (a cluster where it cannot) is tried ever less often
 OPEN_AFTER_CALLS = 8  # single calls within fast_lane_idle_s that open the lane (a few calls are not worth it)
+SEQUENTIAL_GAP_S = 0.002  # a call through the coordinator takes ~10 ms: calls closer than this came together
 COUNTS_EVERY_CALLS = 1_000  # the lane's outcomes reach the coordinator's counters in batches of at most
 COUNTS_EVERY_S = 0.5  # this many calls or seconds (a Ray call per call would cost the next call ~1 ms)
 _RELEASED = SettlementStatus.RELEASED.value
@@ -157,8 +159,12 @@ class FastPath:
     # -- internals ------------------------------------------------------------------------------
 
     def _note_call_around(self) -> None:
-        """Open the lane once ``OPEN_AFTER_CALLS`` single calls came within ``fast_lane_idle_s``."""
+        """Open the lane once ``OPEN_AFTER_CALLS`` single calls came within ``fast_lane_idle_s``, one
+        after another: calls less than ``SEQUENTIAL_GAP_S`` apart are a burst of concurrent calls
+        (the coordinator batches those well; compiling under them would only slow them down)."""
         now = time.monotonic()
+        if self._calls_around and now - self._calls_around[-1] < SEQUENTIAL_GAP_S:
+            return
         recent = [t for t in self._calls_around if now - t <= self._config.fast_lane_idle_s]
         recent.append(now)
         self._calls_around = recent[-OPEN_AFTER_CALLS:]
