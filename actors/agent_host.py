@@ -33,8 +33,8 @@ from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
 from actors.wire import pack, unpack
 from mesh.agent import Agent, CallContext
-from mesh.files import write_whole
 from mesh.coalesce import Coalescer
+from mesh.files import write_whole
 from mesh.memory import rss_bytes
 from mesh.records import Reason
 

@@ -43,8 +43,8 @@ from ledger.replay import replay_shard, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import iso_utc
 from mesh.errors import TollmeshError
-from mesh.memory import rss_bytes
 from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
+from mesh.memory import rss_bytes
 from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
 from mesh.sharding import shard_of
 

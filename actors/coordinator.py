@@ -58,7 +58,13 @@ from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.files import write_whole
 from mesh.memory import rss_bytes
 from mesh.mesh_config import MeshConfig
-from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
+from mesh.records import (
+    Reason,
+    SettlementStatus,
+    TollRecord,
+    record_from_wire,
+    record_to_wire,
+)
 from mesh.sharding import shard_of
 from mesh.verifier import Verifier, verify_async
 
