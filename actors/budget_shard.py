@@ -27,6 +27,8 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -47,6 +49,8 @@ from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.memory import rss_bytes
 from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
 from mesh.sharding import shard_of
+
+FAST_SETTLE_WAIT_S = 10.0  # an ordinary call waits at most this long for the lane's settlement to be written
 
 # What lock_batch does with a draft (the first item of each op).
 LOCK, INSTANT, REJECT, PEND = 0, 1, 2, 3
@@ -255,7 +259,8 @@ class BudgetShard:
     """A Ray actor around :class:`ShardCore`; see the module doc. Calls run one at a time, in order.
 
     The fast lane's stages (``fast_*``) run on the compiled graph's thread, so every method
-    that touches the core holds ``_lock``.
+    that touches the core holds ``_lock``; calls that write events also wait for the lane's
+    last settlement to be on disk (:meth:`_book`).
     """
 
     def __init__(self, spec: ShardSpec) -> None:
@@ -266,6 +271,8 @@ class BudgetShard:
         self._core.spec = spec
         self._stale = restarted
         self._lock = threading.Lock()
+        self._settle_written = threading.Event()  # cleared from a lane settlement until it is on disk
+        self._settle_written.set()
 
     def ready(self) -> int:
         """The pid of the shard's process (a cheap call that waits for the constructor)."""
@@ -281,40 +288,41 @@ class BudgetShard:
         with self._lock:
             through = self._core.rebuild()
             self._stale = False
+            self._settle_written.set()  # a settlement the lane never wrote is gone with the old book
             return through
 
     def lock_batch(self, ops: list[tuple] | bytes, now_us: int, mode: str) -> ShardAnswer:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return _to_wire(self._core.lock_batch(unpack(ops), now_us, mode))
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]] | bytes, now_us: int, mode: str) -> ShardAnswer:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return _to_wire(self._core.settle_batch(unpack(ops), now_us, mode))
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return _to_wire(self._core.expire_due(now_us, mode))
 
     def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
 
     def deposit_batch(self, deposits: list[tuple[str, int]], now_us: int, mode: str) -> ShardAnswer:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
 
     def credit(self, credits: list[tuple[str, int, int]] | bytes) -> int:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             return self._core.credit(unpack(credits))
 
     def reset_usage(self) -> None:
-        with self._lock:
+        with self._book():
             self._check_fresh()
             self._core.reset_usage()
 
@@ -375,19 +383,51 @@ class BudgetShard:
         now_us = max(plan.now_us, time.time_ns() // 1_000)
         with self._lock:
             self._check_fresh()
-            return _to_wire(self._core.settle_batch([op], now_us, "live"))
+            answer = _to_wire(self._core.settle_batch([op], now_us, "live"))
+            self._settle_written.clear()  # ordinary calls wait until the writer has it (see _book)
+            return answer
 
-    def fast_credit(self, plan: FastPlan, answer: FastAnswer) -> int:
-        """Credit this shard's agent the release the caller's shard paid it (with balances), now that
-        its event is durable; the amount credited."""
+    def fast_settled(self, plan: FastPlan, answer: FastAnswer) -> int:
+        """The fast lane's last stage, once the writer has the call's events on disk: the caller's
+        shard lets ordinary calls in again; the target's shard credits the release the caller's shard
+        paid it (with balances, on another shard). The amount credited."""
+        index = self._core.spec.index
+        if plan.shard == index:
+            self._settle_written.set()
         settle = answer.settle
-        if plan.target_shard != self._core.spec.index or settle is None or not settle[3] or answer.seqs is None:
+        if plan.target_shard != index or settle is None or not settle[3] or answer.seqs is None:
             return 0
         first_settle_seq = answer.seqs[0] + answer.lock[2]
         credits = [(agent, amount, first_settle_seq + i) for agent, amount, i in settle[3]]
         with self._lock:
             self._check_fresh()
             return self._core.credit(credits)
+
+    @contextmanager
+    def _book(self) -> Iterator[None]:
+        """Hold the core for an ordinary call, once the lane's last settlement is on disk.
+
+        A settlement gives room back (a refund to the caller's cap and balance, a release to the
+        target's balance). A call that used that room must not reach the ledger before it: the
+        lane writes from the writer's side of the graph, so ordinary calls wait for it here. If
+        it never comes (the lane broke, its driver died), the shard refuses and is rebuilt from
+        the ledger, where that settlement is not.
+        """
+        deadline = time.monotonic() + FAST_SETTLE_WAIT_S
+        while True:
+            if not self._settle_written.wait(max(0.0, deadline - time.monotonic())):
+                self._stale = True
+                self._settle_written.set()
+                raise ShardRecoveringError(f"budget shard {self._core.spec.index}: a fast-lane settlement was "
+                                           f"not written within {FAST_SETTLE_WAIT_S} s; rebuild from the ledger")
+            self._lock.acquire()
+            if self._settle_written.is_set():
+                break
+            self._lock.release()  # the lane settled again meanwhile: wait for that one too
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _check_fresh(self) -> None:
         if self._stale:

@@ -9,8 +9,7 @@ shard and host is a stage and each acts only on the calls that are its own (the
 others answer None at once):
 
     plan -> shard.fast_lock (each shard) -> host.fast_deliver (each host)
-         -> shard.fast_settle (each shard) -> writer.fast_append
-         [-> shard.fast_credit (each shard), with balances]
+         -> shard.fast_settle (each shard) -> writer.fast_append -> shard.fast_settled (each shard)
 
 The :class:`~mesh.Mesh` that owns the actors compiles it (only the process that compiles a
 graph may run it) and sends it a call only when the call is plain: a known target and
@@ -20,9 +19,12 @@ the same shards, so caps, funds and idempotency by ``task_id`` hold across them.
 
 Order in the ledger: the lane's lock and settle events are written together once the
 call is settled, so other calls' events (a handler's own nested calls among them) may be
-written between the lock being taken and its event. Moving a lock's debit later, and
-its release or refund with it, only ever shows a replay more room under caps and
-balances than the shard had at that point, so every prefix of the ledger replays.
+written between the lock being taken and its event. A debit written later than it was
+taken only ever shows a replay more room than the shard had. The settlement is the other
+way round: it gives room back (to the caller's cap and balance, or the target's balance),
+so from ``fast_settle`` until ``fast_settled`` (the events are on disk) the caller's shard
+holds its ordinary calls back; none of them can use that room before the ledger has it.
+Every prefix of the ledger is then a state the shards went through, or one with more room.
 
 A stage that fails (an actor died, a shard was stale) fails the run: the lane is torn
 down, the caller has the coordinator rebuild every shard from the ledger (a lock taken
@@ -30,7 +32,7 @@ but never written is dropped there) and refund the call if its lock was written 
 settlement was not; a call of which nothing was written goes the coordinator's way. Actors
 take no part in a graph once it is torn down; ``teardown`` waits for their stages to end.
 
->>> lane = FastLane(shards, hosts, writer, handler_timeout_s=30.0, track_balances=False)  # doctest: +SKIP
+>>> lane = FastLane(shards, hosts, writer, handler_timeout_s=30.0)                        # doctest: +SKIP
 >>> lock, outcome, settle, seqs = lane.run(plan)                                         # doctest: +SKIP
 """
 
@@ -83,8 +85,7 @@ class FastLaneBrokenError(RuntimeError):
 class FastLane:
     """A compiled graph over a mesh's shards, hosts and writer; see the module doc."""
 
-    def __init__(self, shards: list[Any], hosts: list[Any], writer: Any, *, handler_timeout_s: float,
-                 track_balances: bool) -> None:
+    def __init__(self, shards: list[Any], hosts: list[Any], writer: Any, *, handler_timeout_s: float) -> None:
         from ray.dag import InputNode, MultiOutputNode
 
         # the host stage waits for its handler up to its timeout: the run waits a little longer
@@ -95,10 +96,8 @@ class FastLane:
             outcomes = [host.fast_deliver.bind(index, plan, *locks) for index, host in enumerate(hosts)]
             settles = [shard.fast_settle.bind(plan, *locks, *outcomes) for shard in shards]
             answer = writer.fast_append.bind(plan, len(shards), *locks, *outcomes, *settles)
-            if track_balances:  # the release's credit, on the target's shard, before the call answers
-                graph = MultiOutputNode([answer, *(shard.fast_credit.bind(plan, answer) for shard in shards)])
-            else:
-                graph = MultiOutputNode([answer])
+            # the caller's shard lets ordinary calls in again; the target's credits the release
+            graph = MultiOutputNode([answer, *(shard.fast_settled.bind(plan, answer) for shard in shards)])
         self._graph = graph.experimental_compile(_submit_timeout=self.timeout_s)
 
     def run(self, plan: FastPlan) -> FastAnswer:

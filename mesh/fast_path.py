@@ -75,6 +75,7 @@ class FastPath:
         # Ray's own exit hook tears compiled graphs down killing their actors: a detached mesh must outlive us
         atexit.register(self.close)
         self._counts: list[tuple] = []  # (lock record, settled record or None, events), not yet sent
+        self._counts_in_flight: list[Any] = []  # refs of counts sent, not yet known to be counted
         self._counts_sent_at = time.monotonic()
         timeout_s = config.escrow_timeout_s
         # the lane's own lock must never expire under it: its events are written when it settles
@@ -130,9 +131,12 @@ class FastPath:
             self._busy.release()
 
     def flush_counts(self) -> None:
-        """Send the coordinator the outcomes it has not counted yet (before anything reads its counters)."""
+        """Have the coordinator count every outcome so far (before anything reads its counters: Ray
+        does not promise an async actor runs one caller's calls in the order they were sent)."""
         with self._busy:
             self._send_counts()
+            ray.get(self._counts_in_flight)
+            self._counts_in_flight = []
 
     def open(self, timeout_s: float = 60.0) -> bool:
         """Compile the lane now (if it may open) and wait for it; whether it is open."""
@@ -183,8 +187,7 @@ class FastPath:
         try:
             generation, hosts = self._generation, list(self._hosts)
             try:
-                lane = FastLane(self._shards, hosts, self._writer, handler_timeout_s=self._config.handler_timeout_s,
-                                track_balances=self._config.track_balances)
+                lane = FastLane(self._shards, hosts, self._writer, handler_timeout_s=self._config.handler_timeout_s)
             except Exception as exc:  # noqa: BLE001 - no lane: calls take the coordinator's way
                 self._compile_failures += 1
                 wait_s = min(MAX_RETRY_AFTER_S, RETRY_AFTER_S * 2 ** (self._compile_failures - 1))
@@ -238,8 +241,11 @@ class FastPath:
 
     def _send_counts(self) -> None:
         if self._counts:
-            self._coordinator.count_fast_calls.remote(self._counts)  # a later call of this driver sees them
+            self._counts_in_flight.append(self._coordinator.count_fast_calls.remote(self._counts))
             self._counts = []
+            if len(self._counts_in_flight) > 8:  # forget the ones already counted
+                _, self._counts_in_flight = ray.wait(self._counts_in_flight, num_returns=len(self._counts_in_flight),
+                                                     timeout=0)
         self._counts_sent_at = time.monotonic()
 
     def _recover(self, plan: FastPlan, exc: FastLaneBrokenError) -> Optional[tuple]:
