@@ -27,6 +27,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -273,6 +274,11 @@ class BudgetShard:
         self._lock = threading.Lock()
         self._settle_written = threading.Event()  # cleared from a lane settlement until it is on disk
         self._settle_written.set()
+        # ordinary calls that wrote events: how many this process applied, and how many of them the
+        # coordinator has seen on disk (mark_durable); the lane locks only when the two are equal
+        self._epoch = uuid.uuid4().hex
+        self._ordinary_applied = 0
+        self._ordinary_durable = 0
 
     def ready(self) -> int:
         """The pid of the shard's process (a cheap call that waits for the constructor)."""
@@ -289,32 +295,40 @@ class BudgetShard:
             through = self._core.rebuild()
             self._stale = False
             self._settle_written.set()  # a settlement the lane never wrote is gone with the old book
+            self._ordinary_durable = self._ordinary_applied  # the book is now what the ledger holds
             return through
+
+    def mark_durable(self, epoch: str, op: int) -> None:
+        """The coordinator has on disk the events of this process's ordinary calls up to ``op``
+        (the third item of their answers' mark; a mark of an earlier process is ignored)."""
+        with self._lock:
+            if epoch == self._epoch and op > self._ordinary_durable:
+                self._ordinary_durable = op
 
     def lock_batch(self, ops: list[tuple] | bytes, now_us: int, mode: str) -> ShardAnswer:
         with self._book():
             self._check_fresh()
-            return _to_wire(self._core.lock_batch(unpack(ops), now_us, mode))
+            return self._mark(_to_wire(self._core.lock_batch(unpack(ops), now_us, mode)))
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]] | bytes, now_us: int, mode: str) -> ShardAnswer:
         with self._book():
             self._check_fresh()
-            return _to_wire(self._core.settle_batch(unpack(ops), now_us, mode))
+            return self._mark(_to_wire(self._core.settle_batch(unpack(ops), now_us, mode)))
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
         with self._book():
             self._check_fresh()
-            return _to_wire(self._core.expire_due(now_us, mode))
+            return self._mark(_to_wire(self._core.expire_due(now_us, mode)))
 
     def deposit(self, agent: str, amount_micros: int, now_us: int, mode: str) -> ShardAnswer:
         with self._book():
             self._check_fresh()
-            return _to_wire(self._core.deposit(agent, amount_micros, now_us, mode))
+            return self._mark(_to_wire(self._core.deposit(agent, amount_micros, now_us, mode)))
 
     def deposit_batch(self, deposits: list[tuple[str, int]], now_us: int, mode: str) -> ShardAnswer:
         with self._book():
             self._check_fresh()
-            return _to_wire(self._core.deposit_batch(deposits, now_us, mode))
+            return self._mark(_to_wire(self._core.deposit_batch(deposits, now_us, mode)))
 
     def credit(self, credits: list[tuple[str, int, int]] | bytes) -> int:
         with self._book():
@@ -366,7 +380,7 @@ class BudgetShard:
         op = (LOCK, plan.task_id, plan.source, plan.target, plan.price_micros, 0.0, None, None, None)
         with self._lock:
             self._check_fresh()
-            if self._core.book.expiry_due(plan.now_us):
+            if self._ordinary_durable < self._ordinary_applied or self._core.book.expiry_due(plan.now_us):
                 return GO_AROUND
             return _to_wire(self._core.lock_batch([op], plan.now_us, "live"))
 
@@ -428,6 +442,14 @@ class BudgetShard:
             yield
         finally:
             self._lock.release()
+
+    def _mark(self, answer: ShardAnswer) -> tuple:
+        """``answer`` with a sixth item for an ordinary call that wrote events: ``(shard, epoch, op)``,
+        which the coordinator hands back through :meth:`mark_durable` once they are on disk."""
+        if not answer[2]:
+            return (*answer, None)
+        self._ordinary_applied += 1
+        return (*answer, (self._core.spec.index, self._epoch, self._ordinary_applied))
 
     def _check_fresh(self) -> None:
         if self._stale:

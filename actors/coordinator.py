@@ -453,6 +453,15 @@ class EscrowCoordinator:
             task.add_done_callback(lambda _: self._recoveries.pop(shard, None))
         await asyncio.wait([task])
 
+    def _tell_shards_durable(self, marks: list[tuple[int, str, int]]) -> None:
+        """Tell each shard how far its ordinary calls' events are on disk (the fast lane locks only
+        when all are): ``(shard, epoch, op)`` marks of one append, the latest per shard."""
+        latest: dict[int, tuple[str, int]] = {}
+        for shard, epoch, op in marks:
+            latest[shard] = (epoch, op)
+        for shard, (epoch, op) in latest.items():
+            self._shards[shard].mark_durable.remote(epoch, op)
+
     def _on_append_lost(self) -> None:
         if self._global_recovery is None:
             self._global_recovery = asyncio.get_running_loop().create_task(self._recover_all())
@@ -778,7 +787,8 @@ class EscrowCoordinator:
 
     async def _start(self) -> None:
         self._admission = asyncio.Semaphore(self.config.max_inflight_batches)
-        self._log = OrderedLog(self._writer.append_encoded.remote, on_lost=self._on_append_lost, max_appends_in_flight=1)
+        self._log = OrderedLog(self._writer.append_encoded.remote, on_lost=self._on_append_lost,
+                               on_durable=self._tell_shards_durable, max_appends_in_flight=1)
         if self._restarted:  # events in the old instance's log are lost: the shards go back to the ledger
             logger.warning("coordinator restarted: rebuilding every shard from the ledger")
             await self._rebuild(list(range(self.config.shards)))

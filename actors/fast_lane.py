@@ -47,9 +47,11 @@ import ray
 logger = logging.getLogger("tollmesh.fast_lane")
 
 _LOCKED = "escrow_locked"  # SettlementStatus.ESCROW_LOCKED.value, as records travel
-#: A shard's answer to ``fast_lock`` when a lock of its is past its deadline: the call goes the
-#: coordinator's way, whose sweep writes the expiry through its ordered log (the lane would
-#: write it only once its own call settles, after a caller might have heard of it).
+#: A shard's answer to ``fast_lock`` when the call must go the coordinator's way: events of the
+#: shard's ordinary calls are not all on disk yet (the lane's lock may use room one of them gave
+#: back, and must not reach the ledger before it), or a lock of its is past its deadline (the
+#: coordinator's sweep writes that expiry through its ordered log; the lane would write it only
+#: once its own call settles, after a caller might have heard of it).
 GO_AROUND = "go_around"
 MAX_FAST_LANE_ACTORS = 24  # shards + hosts: past this, every call would wake too many idle stages
 

@@ -57,11 +57,13 @@ class OrderedLog:
         append: Appender,
         *,
         on_lost: Optional[Callable[[], None]] = None,
+        on_durable: Optional[Callable[[list[tuple]], None]] = None,
         max_append_events: int = DEFAULT_MAX_APPEND_EVENTS,
         max_appends_in_flight: int = DEFAULT_MAX_APPENDS_IN_FLIGHT,
     ) -> None:
         self._append = append
         self._on_lost = on_lost
+        self._on_durable = on_durable
         self.lost: Optional[LedgerAppendLostError] = None  # set from a lost append until resume()
         self._max_append_events = max_append_events
         self._slots = asyncio.Semaphore(max_appends_in_flight)
@@ -160,6 +162,10 @@ class OrderedLog:
                     if self._on_lost is not None:
                         self._on_lost()
                     return
+            if self._on_durable is not None:
+                marks = [answer[5] for _, answer in batch if answer is not None and len(answer) > 5 and answer[5]]
+                if marks:
+                    self._on_durable(marks)
             seq = first_seq
             for entry, answer in batch:
                 count = answer[2] if answer is not None else 0

@@ -99,6 +99,23 @@ def test_a_burst_of_concurrent_calls_does_not_open_the_lane(make_mesh):
     assert mesh.call("alice", "echo", "after").ok and mesh.stats()["fast_lane_calls"] == 0
 
 
+def test_a_shard_locks_in_the_lane_only_once_its_other_events_are_on_disk(ray_session):
+    from actors.budget_shard import LOCK, BudgetShard, ShardSpec
+    from actors.fast_lane import GO_AROUND, FastPlan
+
+    now_us = 1_767_225_600_000_000
+    shard = BudgetShard.remote(ShardSpec(index=0, shards=1, default_cap_micros=None))
+    answer = ray.get(shard.lock_batch.remote([(LOCK, "t1", "alice", "bob", 10, 0.0, None, None, None)], now_us, "live"))
+    _, epoch, op = answer[5]  # the coordinator hands this back once t1's lock is on disk
+    plan = FastPlan("t2", "alice", "bob", "handle", None, 10, 0, 0, 0, now_us)
+    assert ray.get(shard.fast_lock.remote(plan)) == GO_AROUND  # t1's event may still be on its way
+    ray.get(shard.mark_durable.remote("an earlier process", op))
+    assert ray.get(shard.fast_lock.remote(plan)) == GO_AROUND
+    ray.get(shard.mark_durable.remote(epoch, op))
+    assert ray.get(shard.fast_lock.remote(plan))[0][0][5] == "escrow_locked"
+    ray.kill(shard)
+
+
 def balanced_mesh(make_mesh):
     # the fast lane needs escrows to outlive its own wait (handler timeout x 1.5 + 10 s)
     mesh = make_mesh(shards=3, track_balances=True, max_daily_toll_per_agent=CAP_MICROS / 1e6, handler_timeout_s=1.0,
