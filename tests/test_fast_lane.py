@@ -15,7 +15,7 @@ from test_mesh import Echo, Relay, Sleeper, assert_replay_matches
 from test_mesh_faults import AGENTS, CAP_MICROS, check_after_faults
 
 from ledger import read_events, verify
-from mesh import Message, TollboothConfig
+from mesh import InvalidArgumentError, Message, TollboothConfig
 
 
 def script(mesh) -> list[tuple]:
@@ -61,6 +61,9 @@ def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh):
 def test_a_manual_clock_or_a_paid_call_goes_through_the_coordinator(make_mesh):
     mesh = make_mesh(clock="manual", start_s=1_767_225_600)
     mesh.add_agents(Echo, ["echo"])
+    for bad in (0, -1.0, float("nan"), "5", True):
+        with pytest.raises(InvalidArgumentError, match="timeout_s"):
+            mesh.open_fast_lane(bad)
     assert not mesh.open_fast_lane()
     assert mesh.call("alice", "echo", "hi").ok
     assert mesh.stats()["fast_lane_calls"] == 0
