@@ -74,7 +74,7 @@ class FastPlan(NamedTuple):
 class FastAnswer(NamedTuple):
     """What the lane hands back: the shard answers (wire records), the handler's outcome, the ledger seqs."""
 
-    lock: tuple  # the caller's shard's ShardAnswer of the lock
+    lock: tuple | str  # the caller's shard's ShardAnswer of the lock, or GO_AROUND
     outcome: Optional[tuple[int, Any]]  # (code, value) from the host; None when nothing was locked
     settle: Optional[tuple]  # the ShardAnswer of the release or refund; None when nothing was locked
     seqs: Optional[tuple[int, int]]  # (first seq, last seq) of the events written; None if none
