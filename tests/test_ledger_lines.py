@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ledger import JsonlWriter, read_events
 from mesh import LedgerError
@@ -89,3 +92,25 @@ def test_bad_encoded_events_are_refused_and_nothing_is_written(tmp_path, blob, p
         writer.append_encoded(blob)
     writer.close()
     assert (tmp_path / "l.jsonl").read_bytes() == b""
+
+
+text_with_joins = st.text() | st.sampled_from(['},{"v":1,"seq":null,', '}\n{"v":1,"seq":null,', '"', "\\", "["])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"v": st.sampled_from([1, 1, 1, 2]), "seq": st.sampled_from([None, None, None, 0])},
+            optional={"task_id": text_with_joins, "nested": st.lists(st.fixed_dictionaries({"v": st.just(1), "seq": st.none(), "x": st.just(0)}), max_size=3)},
+        ),
+        max_size=8,
+    )
+)
+@example([{"v": 1, "seq": None, "a": 0}, {"v": 2, "seq": None, "nested": [{"v": 1, "seq": None, "x": 0}] * 2}])
+def test_a_batch_encodes_as_its_events_one_by_one(events):
+    from ledger.jsonl import encode_events
+
+    """Including batches the cuts cannot serve: an event without the placeholder beside a list of event-like dicts."""
+    one_by_one = b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
+    assert encode_events(events) == one_by_one
