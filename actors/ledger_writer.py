@@ -13,9 +13,12 @@ other core instead of waiting on this process's GIL; small commits are gathered 
 The writer is restartable: a new instance reopens the JSONL family and continues the
 sequence and the hash chain (a torn last line is marked with a ``recover`` event).
 A batch whose caller saw the writer die may or may not be on disk; the caller decides
-by reading the ledger (tasks are idempotent by ``task_id``). If the sink dies, the
-Parquet dataset misses the rows of its open files: ``tollmesh ledger compact`` rebuilds
-it from the JSONL, the source.
+by reading the ledger (tasks are idempotent by ``task_id``). The sink runs on the
+writer's node. Each sink's first call catches the dataset up with the JSONL
+(:mod:`ledger.catch_up`), so when a sink fails (it is replaced, up to
+``MAX_SINK_STARTS`` sinks in all) or the writer dies (its restart starts a new sink),
+the rows they had not written yet come again from the JSONL: the dataset ends up
+holding each event once.
 
 >>> import ray, tempfile, pathlib                                  # doctest: +SKIP
 >>> writer = LedgerWriterActor.remote(pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl")  # doctest: +SKIP
@@ -35,15 +38,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.fast_lane import FastAnswer, FastPlan
 from actors.gc_tuning import tune_gc
+from ledger.catch_up import catch_up
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from mesh.errors import LedgerError
 from mesh.memory import rss_bytes
 
 MAX_PARQUET_BATCHES_IN_FLIGHT = 4
+MAX_SINK_STARTS = 4  # a sink that fails is replaced three times; then Parquet stops (the JSONL goes on)
 PARQUET_MIN_EVENTS = 2_000  # smaller commits are gathered before they go to the sink...
 PARQUET_MAX_WAIT_S = 0.2  # ...for at most this long
 DEFAULT_MAX_COMMIT_EVENTS = 200_000
@@ -54,16 +60,25 @@ logger = logging.getLogger("tollmesh.ledger_writer")
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class ParquetSink:
-    """Writes ledger lines to the day-partitioned Parquet dataset under ``root``."""
+    """Writes ledger lines to the day-partitioned Parquet dataset under ``root``.
+
+    It waits for the dataset's lock (a sink or writer that died drops it with its process),
+    then its first call, :meth:`catch_up`, writes what the dataset lacks of the JSONL.
+    """
 
     def __init__(self, root: str, row_group_events: int = DEFAULT_ROW_GROUP_EVENTS) -> None:
         self._writer = ParquetLedgerWriter(root, row_group_events=row_group_events)
 
+    def catch_up(self, jsonl_path: str, through_seq: int) -> int:
+        """Write the events up to ``through_seq`` that the dataset's whole files lack; return how many."""
+        return catch_up(self._writer, jsonl_path, through_seq=through_seq)
+
     def append_lines(self, blob: bytes, events: int) -> None:
         self._writer.append_lines(blob, events)
 
-    def rss_bytes(self) -> int:
-        return rss_bytes()
+    def process(self) -> tuple[int, int]:
+        """The sink's pid and resident memory in bytes."""
+        return os.getpid(), rss_bytes()
 
     def close(self) -> list[str]:
         """Write out what is buffered, close every file; return the files written."""
@@ -90,7 +105,10 @@ class LedgerWriterActor:
         if max_commit_events < 1:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
-        self._sink = ParquetSink.remote(str(parquet_dir), row_group_events) if parquet_dir is not None else None
+        self._jsonl_path = str(jsonl_path)
+        self._parquet = None if parquet_dir is None else (str(parquet_dir), row_group_events)
+        self._sink: Optional[ray.actor.ActorHandle] = None
+        self._sink_starts = 0
         self._max_commit_events = max_commit_events
         self._waiting: deque[tuple[list[bytes], asyncio.Future]] = deque()
         self._committer: Optional[asyncio.Task] = None
@@ -103,6 +121,8 @@ class LedgerWriterActor:
         self._parquet_lines: list[bytes] = []  # committed, not yet sent to the sink
         self._parquet_events = 0
         self._parquet_timer: Optional[asyncio.TimerHandle] = None
+        if self._parquet is not None:
+            self._start_sink()
 
     async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Append ``events`` (dicts starting ``"v": 1, "seq": None``); ``(first seq, last seq)`` once durable."""
@@ -159,32 +179,34 @@ class LedgerWriterActor:
         if self._committer is not None:
             await self._committer
         files: list[str] = []
-        if self._sink is not None:
+        while self._sink is not None:
+            sink = self._sink
             try:
                 await self._flush_parquet()
                 await asyncio.gather(*self._in_flight)
-                files = await self._sink.close.remote()
-            except Exception as exc:  # noqa: BLE001 - the JSONL is whole; Parquet is rebuilt by compact
-                self._drop_sink(exc)
+                files = await sink.close.remote()
+                break
+            except Exception as exc:  # noqa: BLE001 - a new sink catches up from the JSONL, which is whole
+                self._replace_sink(sink, exc)
         with self._write_lock:
             self._jsonl.close()
         return {**self.stats(), "parquet_files": files}
 
     async def memory(self) -> dict[str, Any]:
-        """The writer's and its Parquet sink's process memory (RSS)."""
-        sink = None
+        """The writer's and its Parquet sink's process memory (RSS), and the sink's pid."""
+        sink_pid = sink_rss = None
         if self._sink is not None:
             try:
-                sink = await self._sink.rss_bytes.remote()
+                sink_pid, sink_rss = await self._sink.process.remote()
             except Exception:  # noqa: BLE001 - a failed sink is reported by stats; memory says what it can
-                sink = None
-        return {"rss_bytes": rss_bytes(), "parquet_sink_rss_bytes": sink}
+                sink_pid = sink_rss = None
+        return {"rss_bytes": rss_bytes(), "parquet_sink_rss_bytes": sink_rss, "parquet_sink_pid": sink_pid}
 
     def stats(self) -> dict[str, Any]:
         """Appends, commits (group commits gather several appends), events written, the next seq, the pid."""
         return {
             **self._stats, "next_seq": self._jsonl.next_seq, "last_hash": self._jsonl.last_hash,
-            "pid": os.getpid(), "parquet_error": self._sink_error,
+            "pid": os.getpid(), "parquet_error": self._sink_error, "parquet_sink_starts": self._sink_starts,
         }
 
     async def _commit_waiting(self) -> None:
@@ -252,19 +274,49 @@ class LedgerWriterActor:
                 return
             lines, events = b"".join(self._parquet_lines), self._parquet_events
             self._parquet_lines, self._parquet_events = [], 0
-        self._in_flight.append(self._sink.append_lines.remote(lines, events))
-        try:
-            while len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT:
+            sink = self._sink
+            self._in_flight.append(sink.append_lines.remote(lines, events))
+        try:  # answers that are in are read now, so a failed sink is heard of at once
+            while self._in_flight and (len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT or _is_ready(self._in_flight[0])):
                 await self._in_flight.popleft()
-        except Exception as exc:  # noqa: BLE001 - the JSONL is whole; Parquet is rebuilt by compact
-            self._drop_sink(exc)
+        except Exception as exc:  # noqa: BLE001 - a new sink catches up from the JSONL, which is whole
+            self._replace_sink(sink, exc)
 
-    def _drop_sink(self, exc: Exception) -> None:
-        """Stop feeding a failed Parquet sink; the JSONL goes on (``tollmesh ledger compact`` rebuilds)."""
-        logger.error("the Parquet sink failed, Parquet writing stops (run tollmesh ledger compact): %s", exc)
-        self._sink, self._sink_error = None, f"{type(exc).__name__}: {exc}"
+    def _start_sink(self) -> None:
+        """Start a Parquet sink on this node whose first call catches the dataset up with the
+        JSONL written so far: what a sink or writer that died left unwritten, the buffer dropped here."""
+        root, row_group_events = self._parquet
+        self._sink_starts += 1
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        with self._write_lock:
+            through_seq = self._jsonl.next_seq - 1
+            self._parquet_lines, self._parquet_events = [], 0
+            self._sink = ParquetSink.options(scheduling_strategy=here).remote(root, row_group_events)
+            self._in_flight.append(self._sink.catch_up.remote(self._jsonl_path, through_seq))
+
+    def _replace_sink(self, failed: ray.actor.ActorHandle, exc: Exception) -> None:
+        """``failed`` failed: stop it and start another (at most ``MAX_SINK_STARTS`` in all); then Parquet
+        stops and the JSONL goes on (``tollmesh ledger compact`` rebuilds the dataset). A failure of
+        a sink already replaced (heard late by another caller) changes nothing."""
+        if failed is not self._sink:
+            return
+        with self._write_lock:
+            self._sink = None
+            self._parquet_lines, self._parquet_events = [], 0
         self._in_flight.clear()
-        self._parquet_lines, self._parquet_events = [], 0
+        ray.kill(failed)  # its process drops the dataset's lock as it dies; the next sink waits for that
+        if self._sink_starts >= MAX_SINK_STARTS:
+            logger.error("the Parquet sink failed %d times, Parquet writing stops (run tollmesh ledger compact): %s",
+                         self._sink_starts, exc)
+            self._sink_error = f"{type(exc).__name__}: {exc}"
+            return
+        logger.warning("the Parquet sink failed (%s: %s): starting another, which catches up from the JSONL",
+                       type(exc).__name__, exc)
+        self._start_sink()
+
+
+def _is_ready(ref: ray.ObjectRef) -> bool:
+    return bool(ray.wait([ref], timeout=0)[0])
 
 
 def _check_batch(events: Any) -> None:

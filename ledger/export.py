@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ledger.catch_up import catch_up
 from ledger.files import segments
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
-from ledger.reader import event_lines, read_table
+from ledger.reader import read_table
 from mesh.errors import InvalidArgumentError, LedgerError
 
 FORMATS = ("csv", "json", "parquet")
@@ -58,15 +59,9 @@ def compact(ledger: Path | str, out_dir: Path | str, *, row_group_events: int = 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.glob("day=*")):
         raise LedgerError(f"{out_dir} holds a Parquet dataset already: compact into a new directory")
+    segments(ledger)  # a missing ledger is an error here, not an empty dataset
     writer = ParquetLedgerWriter(out_dir, row_group_events=row_group_events)
-    batch: list[bytes] = []
-    for line in event_lines(segments(ledger)):
-        batch.append(line.raw)
-        if len(batch) == row_group_events:
-            writer.append_lines(b"\n".join(batch) + b"\n", len(batch))
-            batch = []
-    if batch:
-        writer.append_lines(b"\n".join(batch) + b"\n", len(batch))
+    catch_up(writer, ledger)
     writer.close()
     return writer.files_written
 

@@ -6,7 +6,9 @@ Rows come from the very JSONL bytes the ledger wrote, parsed by Arrow's C++ JSON
 (the JSONL is the source; the Parquet is derived from it). A row group is written per
 ``row_group_events``; a file is ``day=<day>/part-<first seq>.parquet``, written as
 ``.parquet.tmp`` and renamed when closed (at ``max_file_rows``, on a new day, on
-:meth:`ParquetLedgerWriter.close`), so readers only ever see whole files.
+:meth:`ParquetLedgerWriter.close`), so readers only ever see whole files. One writer
+at a time holds a dataset (a lock file, ``.writer.lock``); see :mod:`ledger.catch_up` for
+what a writer that died leaves, and how the next one repairs it.
 
 It runs on the caller's thread: on a thread of its own it gains nothing while the
 caller formats JSONL, because every return from Arrow's C++ code waits for the GIL
@@ -20,9 +22,13 @@ caller formats JSONL, because every return from Arrow's C++ code waits for the G
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import time
 from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +41,9 @@ from mesh.errors import LedgerError
 
 DEFAULT_ROW_GROUP_EVENTS = 10_000
 DEFAULT_MAX_FILE_ROWS = 1_000_000
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+DATASET_LOCK_NAME = ".writer.lock"  # one writer at a time (readers skip dot files)
+LOCK_POLL_S = 0.05
 
 #: A JSONL line as Arrow's JSON reader sees it (any other field is an error).
 JSONL_ARROW_SCHEMA = pa.schema(
@@ -90,6 +99,31 @@ def micros_to_decimal(micros: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.decimal128(18, 6), len(micros), [None, pa.py_buffer(words)])
 
 
+def _lock_dataset(root: Path, timeout_s: float) -> int:
+    """Take the dataset's writer lock, waiting up to ``timeout_s``; return its file descriptor.
+
+    An ``flock``: the OS drops it when its holder dies, so a writer that replaces a dead
+    one waits only while the old process is still going (it may be closing a file).
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / DATASET_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerError(f"cannot write the Parquet dataset {root}: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LedgerError(
+                    f"{root} is being written by another process (it holds {DATASET_LOCK_NAME}); waited {timeout_s} s"
+                ) from None
+            time.sleep(LOCK_POLL_S)
+
+
 def _empty_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
@@ -103,6 +137,7 @@ class ParquetLedgerWriter:
         *,
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> None:
         if not 1 <= row_group_events <= max_file_rows:
             raise LedgerError(
@@ -116,6 +151,17 @@ class ParquetLedgerWriter:
         self._blobs: list[bytes] = []
         self._buffered_events = 0
         self._open: dict[str, _OpenFile] = {}  # day -> the file being written
+        self._lock_fd: Optional[int] = _lock_dataset(self.root, lock_timeout_s)
+
+    @property
+    def buffered_events(self) -> int:
+        """Events appended and not yet written out as a row group."""
+        return self._buffered_events
+
+    @property
+    def open_files(self) -> int:
+        """Files being written (one per day at most), still under their ``.tmp`` names."""
+        return len(self._open)
 
     def append_lines(self, blob: bytes, events: int) -> None:
         """Add ``events`` whole ledger lines; a row group goes out per ``row_group_events``."""
@@ -132,10 +178,13 @@ class ParquetLedgerWriter:
         self._write(blob)
 
     def close(self) -> None:
-        """Write what is buffered and close every file cleanly."""
+        """Write what is buffered, close every file cleanly and let the dataset go."""
         self.flush()
         for day in list(self._open):
             self._close_day(day)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the lock
+            self._lock_fd = None
 
     def _write(self, blob: bytes) -> None:
         table = jsonl_to_table(blob)

@@ -1,7 +1,8 @@
 """The ledger writer: every batch to JSONL (durable per the fsync policy), then to Parquet.
 
 The JSONL is the truth and is written first; the same bytes feed the Parquet dataset,
-which is derived (buffered into row groups, rebuilt by ``compact`` after a crash).
+which is derived: buffered into row groups, and brought up to the JSONL when a writer
+opens it (:func:`ledger.catch_up.catch_up`), so the rows a crash lost are written then.
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from ledger.catch_up import catch_up
 from ledger.jsonl import FsyncPolicy, JsonlWriter
 from ledger.parquet import DEFAULT_MAX_FILE_ROWS, DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 
@@ -39,6 +41,8 @@ class LedgerWriter:
         self.parquet: Optional[ParquetLedgerWriter] = None
         if parquet_dir is not None:
             self.parquet = ParquetLedgerWriter(parquet_dir, row_group_events=row_group_events, max_file_rows=max_file_rows)
+            # what a crash left unwritten (the buffer, the open files) comes again from the JSONL
+            catch_up(self.parquet, jsonl_path, through_seq=self.jsonl.next_seq - 1)
 
     def append(self, events: list[dict[str, Any]]) -> None:
         """Append a batch: durable in JSONL when this returns; buffered for Parquet."""

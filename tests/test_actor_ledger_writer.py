@@ -7,10 +7,12 @@ import time
 import pytest
 
 from actors import LedgerWriterActor
+from actors.ledger_writer import MAX_SINK_STARTS
 from ledger import read_events, read_table, verify
 from ledger.export import _plain
 from mesh import LedgerError
 from restarts import answer_once_restarted
+from test_parquet_catch_up import assert_dataset_is_the_ledger
 
 
 def events(count: int, start_us: int = 1_767_225_600_000_000, agent: str = "a") -> list[dict]:
@@ -92,7 +94,7 @@ def test_a_failed_parquet_sink_stops_parquet_but_never_the_jsonl(ray_session, tm
         assert ray.get(writer.append.remote(events(10, agent=f"a{i}"))) == (10 * i, 10 * i + 9)
     summary = ray.get(writer.close.remote())
     assert summary["events"] == 80 and summary["parquet_files"] == []
-    assert "LedgerError" in summary["parquet_error"]
+    assert "LedgerError" in summary["parquet_error"] and summary["parquet_sink_starts"] == MAX_SINK_STARTS
     assert verify(tmp_path / "toll_ledger.jsonl").ok
 
 
@@ -107,7 +109,8 @@ def test_random_kills_never_lose_an_acknowledged_batch(ray_session, tmp_path):
 
     ray = ray_session
     rng = random.Random(11)
-    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"))
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(tmp_path / "parquet"),
+                                      row_group_events=25)
     acked: dict[str, tuple[int, int]] = {}
     pending: dict[str, ray.ObjectRef] = {}
     kills = 0
@@ -136,6 +139,29 @@ def test_random_kills_never_lose_an_acknowledged_batch(ray_session, tmp_path):
     runs = [m for i, m in enumerate(seen) if i == 0 or seen[i - 1] != m]
     assert len(runs) == len(set(runs)), "no batch is written twice"
     assert verify(tmp_path / "toll_ledger.jsonl").ok
+    assert_dataset_is_the_ledger(tmp_path)  # each restart's sink wrote what the dead one had not
+
+
+@pytest.mark.slow
+def test_a_killed_parquet_sink_is_replaced_and_the_next_one_catches_up(ray_session, tmp_path):
+    import os
+    import signal
+
+    ray = ray_session
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(tmp_path / "parquet"),
+                                      row_group_events=40)
+    kills, killed_pid = 0, None
+    for n in range(60):
+        ray.get(writer.append.remote(events(17, start_us=1_767_225_600_000_000 + 1_000 * n, agent=f"a{n}")))
+        pid = ray.get(writer.memory.remote())["parquet_sink_pid"]  # None while a dead sink is being replaced
+        if kills < 2 and n >= 8 * (kills + 1) and pid not in (None, killed_pid):
+            os.kill(pid, signal.SIGKILL)  # rows of its buffer and its open file die with it
+            kills, killed_pid = kills + 1, pid
+        time.sleep(0.05)
+    assert kills == 2
+    summary = ray.get(writer.close.remote())
+    assert summary["parquet_sink_starts"] == 3 and summary["parquet_error"] is None
+    assert_dataset_is_the_ledger(tmp_path)
 
 
 def _wait_alive(ray, writer, deadline_s: float = 30.0) -> None:

@@ -19,6 +19,7 @@ from ledger import read_events, verify
 from mesh import Message, TollboothConfig
 from mesh.clock import US_PER_DAY
 from restarts import answer_once_restarted
+from test_parquet_catch_up import assert_dataset_is_the_ledger
 from test_mesh import Echo, assert_replay_matches
 
 CAP_MICROS = 40_000
@@ -80,6 +81,7 @@ def check_after_faults(mesh, acknowledged: list) -> None:
     mesh.shutdown()
     result = verify(mesh.ledger_path)
     assert result.ok, result.problems[:5]
+    assert_dataset_is_the_ledger(mesh.config.out_dir)  # a dead writer's unwritten rows were caught up
 
 
 def funded_mesh(make_mesh, **options):
