@@ -62,7 +62,7 @@ def catch_up(writer: ParquetLedgerWriter, ledger: Path | str, *, through_seq: Op
         return 0
     written, batch, runs = 0, [], iter(held)
     run = next(runs, None)
-    for line in event_lines(_segments_from(ledger, first_missing)):
+    for line in event_lines(_segments_from(ledger, first_missing), from_seq=first_missing):
         seq = line.event["seq"]
         if through_seq is not None and seq > through_seq:
             break

@@ -114,3 +114,23 @@ def test_a_batch_encodes_as_its_events_one_by_one(events):
     """Including batches the cuts cannot serve: an event without the placeholder beside a list of event-like dicts."""
     one_by_one = b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
     assert encode_events(events) == one_by_one
+
+
+def test_reading_from_a_seq_skips_exactly_the_earlier_events_torn_lines_and_all(tmp_path):
+    from ledger.files import segments
+    from ledger.reader import event_lines
+
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path, max_segment_bytes=600)
+    writer.append([event(ts_us=n) for n in range(6)])
+    writer.close()
+    with open(segments(path)[-1], "ab") as f:
+        f.write(b'{"v":1,"seq":6,"ts_us":0,"ki')  # torn by a crash; the next writer marks it
+    writer = JsonlWriter(path, max_segment_bytes=600)
+    writer.append([event(ts_us=n) for n in range(4)])
+    writer.close()
+    files = segments(path)
+    every = [line.event for line in event_lines(files)]
+    assert len(files) > 1 and [e["kind"] for e in every].count("recover") == 1
+    for from_seq in range(len(every) + 2):
+        assert [line.event for line in event_lines(files, from_seq=from_seq)] == [e for e in every if e["seq"] >= from_seq]
