@@ -4,7 +4,8 @@ One local Ray (or ``RAY_ADDRESS``) for the whole run; each mesh is shut down bef
 
 - **seed**: nano-empire-tollbooth 0.3.0 in process, charge + release with its JSONL ledger (``--skip-seed``);
 - **mesh**: ``mesh.send(messages)`` between 1,000 light agents whose handler returns its payload:
-  lock -> deliver -> release, every event durable in JSONL (and written to Parquet), and its ratio to the seed;
+  lock -> deliver -> release, every event durable in JSONL (and written to Parquet), and its ratio to the seed,
+  with the CPU each of the mesh's processes spent per lifecycle (psutil, this node's processes);
 - **latency**: ``mesh.call(source, target, payload)`` one at a time (the fast lane), p50/p90/p99/max
   in ms; the same through the coordinator (one-message ``mesh.send``); then as many ``mesh.acall`` s
   all at once (coalesced into batches): calls per second;
@@ -220,6 +221,38 @@ def memory_mb(mesh: Mesh) -> dict[str, Optional[float]]:
     return {key: None if size is None else round(size / 1e6, 1) for key, size in sizes.items()}
 
 
+def role_pids(mesh: Mesh) -> dict[str, list[int]]:
+    """The pids of the mesh's processes by role (the driver is this process)."""
+    writer = mesh.actor("writer")
+    sink_pid = ray.get(writer.memory.remote())["parquet_sink_pid"]
+    return {
+        "driver": [os.getpid()], "coordinator": [mesh.stats()["pid"]], "budget_shards": shard_pids(mesh),
+        "agent_hosts": host_pids(mesh), "ledger_writer": [ray.get(writer.stats.remote())["pid"]],
+        "parquet_sink": [] if sink_pid is None else [sink_pid],
+    }
+
+
+def cpu_seconds(pids_by_role: dict[str, list[int]]) -> Optional[dict[str, float]]:
+    """User + system CPU seconds used so far by each role's processes; None without psutil or off this node."""
+    try:
+        import psutil
+
+        return {
+            role: sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+            for role, pids in pids_by_role.items()
+        }
+    except Exception:  # noqa: BLE001 - no psutil, or a process on another node or gone
+        return None
+
+
+def cpu_us_per_lifecycle(before: Optional[dict], after: Optional[dict], lifecycles: int) -> Optional[dict[str, float]]:
+    """Where a send's CPU went: microseconds per lifecycle by role, and their total."""
+    if before is None or after is None:
+        return None
+    split = {role: round((after[role] - before[role]) / lifecycles * 1e6, 1) for role in before}
+    return {**split, "total": round(sum(split.values()), 1)}
+
+
 def mesh_actor_processes() -> Optional[int]:
     """Local worker processes still titled as a mesh actor (``ray::BudgetShard``...); None without psutil."""
     try:
@@ -364,7 +397,10 @@ def run_main(plan: Plan, root: Path) -> dict[str, Any]:
         latency_coordinator = measure_latency(mesh, ids, plan.latency_calls, plan.warmup_calls, via="coordinator")
         concurrent = measure_concurrent_calls(mesh, ids, plan.latency_calls)
         messages = make_messages(ids, plan.messages)
+        pids = role_pids(mesh)
+        cpu_before = cpu_seconds(pids)
         throughput = timed_send(mesh, messages)
+        throughput["cpu_us_per_lifecycle"] = cpu_us_per_lifecycle(cpu_before, cpu_seconds(pids), plan.messages)
         stats = mesh.stats()
     finally:
         closed = close_mesh(mesh)
@@ -535,6 +571,9 @@ def print_table(report: dict[str, Any]) -> None:
         name = f"mesh.send (shards={lay['shards']} batch={lay['batch']} inflight={lay['inflight']} agents={lay['agents']:,})"
         ratio = f"{tp['lifecycles_per_s'] / seed_rate:.2f}" if seed_rate else "-"
         print(f"{name:58} {tp['messages']:>9,} {tp['lifecycles_per_s']:>13,} {ratio:>7}")
+        if tp.get("cpu_us_per_lifecycle"):
+            split = ", ".join(f"{role} {us}" for role, us in tp["cpu_us_per_lifecycle"].items())
+            print(f"  CPU per lifecycle in us, by process: {split}")
         lat = main["latency"]
         print(f"\nmesh.call round trip, fast lane ({lat['calls']:,} calls, {lat['fast_lane_calls']:,} took it): "
               f"p50 {lat['p50_ms']} ms  p90 {lat['p90_ms']} ms  p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
