@@ -27,7 +27,8 @@ AGENTS = [f"agent-{i}" for i in range(30)]
 
 
 def run_with_kills(mesh, roles: list[str], *, seed: int, batches: int = 30, kills: int = 3) -> list:
-    """Send batches from one thread while another kills random actors among ``roles``; the results acknowledged."""
+    """Send batches from one thread while another kills random actors among ``roles`` (a role, or
+    ``host`` for one of the agent hosts); the results acknowledged."""
     rng = random.Random(seed)
     acknowledged: list = []
     done = threading.Event()
@@ -48,7 +49,13 @@ def run_with_kills(mesh, roles: list[str], *, seed: int, batches: int = 30, kill
         time.sleep(rng.uniform(0.1, 0.6))
         if done.is_set():
             break
-        ray.kill(mesh.actor(rng.choice(roles)), no_restart=False)
+        role = rng.choice(roles)
+        if role == "host":
+            name = rng.choice(ray.get(mesh.actor("coordinator").host_names.remote()))
+            victim = ray.get_actor(name, namespace=mesh.config.namespace)
+        else:
+            victim = mesh.actor(role)
+        ray.kill(victim, no_restart=False)
     thread.join(timeout=300)
     assert not thread.is_alive(), "the sender is stuck"
     return acknowledged
@@ -107,6 +114,18 @@ def test_killing_the_ledger_writer_mid_run_loses_nothing(make_mesh):
     mesh = funded_mesh(make_mesh)
     acknowledged = run_with_kills(mesh, ["writer"], seed=3, kills=2)
     check_after_faults(mesh, acknowledged)
+
+
+@pytest.mark.slow
+def test_killing_agent_hosts_mid_run_refunds_their_calls_and_loses_nothing(make_mesh):
+    mesh = funded_mesh(make_mesh)
+    acknowledged = run_with_kills(mesh, ["host"], seed=5, kills=3)
+    refunded = [r for r in acknowledged if r.status.value == "refunded" and "agent_unavailable" in (r.record.reason or "")]
+    assert refunded, "calls in flight on a killed host are refunded"  # the restarted hosts serve their agents again:
+    mesh.deposit("late-payer", "1")
+    after = [mesh.call("late-payer", agent, n) for n, agent in enumerate(AGENTS)]  # every agent, on every host
+    assert all(r.ok for r in after), [r.error for r in after if not r.ok][:3]
+    check_after_faults(mesh, acknowledged + after)
 
 
 @pytest.mark.slow
