@@ -26,24 +26,26 @@ CAP_MICROS = 40_000
 AGENTS = [f"agent-{i}" for i in range(30)]
 
 
+def run_batches(mesh, acknowledged: list, done: threading.Event, *, seed: int, batches: int = 30) -> None:
+    """Send ``batches`` random batches of 150 (a fifth of them fail in their handler); keep what is acknowledged."""
+    rng = random.Random(seed)
+    for n in range(batches):
+        messages = [Message(rng.choice(AGENTS), rng.choice(AGENTS), "boom" if rng.random() < 0.2 else n)
+                    for _ in range(150)]
+        try:
+            acknowledged.extend(mesh.send(messages))
+        except ray.exceptions.RayActorError:  # the coordinator died under this batch: nothing acknowledged
+            time.sleep(0.2)
+    done.set()
+
+
 def run_with_kills(mesh, roles: list[str], *, seed: int, batches: int = 30, kills: int = 3) -> list:
     """Send batches from one thread while another kills random actors among ``roles`` (a role, or
     ``host`` for one of the agent hosts); the results acknowledged."""
     rng = random.Random(seed)
     acknowledged: list = []
     done = threading.Event()
-
-    def sender() -> None:
-        for n in range(batches):
-            messages = [Message(rng.choice(AGENTS), rng.choice(AGENTS), "boom" if rng.random() < 0.2 else n)
-                        for _ in range(150)]
-            try:
-                acknowledged.extend(mesh.send(messages))
-            except ray.exceptions.RayActorError:  # the coordinator died under this batch: nothing acknowledged
-                time.sleep(0.2)
-        done.set()
-
-    thread = threading.Thread(target=sender)
+    thread = threading.Thread(target=run_batches, args=(mesh, acknowledged, done), kwargs={"seed": seed, "batches": batches})
     thread.start()
     for _ in range(kills):
         time.sleep(rng.uniform(0.1, 0.6))

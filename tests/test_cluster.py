@@ -1,0 +1,26 @@
+"""A Ray cluster that loses a node mid-run: the mesh's actors on it restart on the other node and lose nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+
+@pytest.mark.slow
+def test_a_mesh_loses_a_node_mid_run_and_its_actors_come_back_on_the_other(tmp_path):
+    """``cluster_run.py``: a two-node cluster (``ray.cluster_utils``), 4 shards spread over the
+    nodes, 4 hosts; the worker node is removed while batches go on. Its actors restart on the
+    head, rebuild from the ledger and serve again; every check of the randomized fault tests holds."""
+    script = Path(__file__).with_name("cluster_run.py")
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "mesh")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3_000:]
+    seen = orjson.loads(run.stdout.strip().splitlines()[-1])
+    on_worker = [role for role, node in seen["before"].items() if node == seen["worker"]]
+    on_worker += [f"host {i}" for i, node in enumerate(seen["hosts_before"]) if node == seen["worker"]]
+    assert on_worker, "some of the mesh's actors ran on the node that was lost"
+    assert set(seen["after"].values()) == set(seen["hosts_after"]) == {seen["head"]}, "they all came back on the head"
+    assert seen["acknowledged"] > seen["acknowledged_before_the_loss"] > 0 and seen["ok"] > 0
