@@ -86,7 +86,9 @@ def test_async_calls_take_the_lane_one_at_a_time_and_go_together_when_concurrent
 
     one_by_one, together = asyncio.run(run())
     assert [r.value for r in one_by_one] == list(range(5)) and [r.value for r in together] == list(range(200))
-    assert mesh.stats()["fast_lane_calls"] == 6  # the five, and the first of the 200 (the rest are batched)
+    # the five one by one; of the 200 at most the first (the rest are batched), and it goes around the lane
+    # when the batch of the others reaches bob's shard first (GO_AROUND: those events are not on disk yet)
+    assert mesh.stats()["fast_lane_calls"] in (5, 6)
     assert_replay_matches(mesh, mesh.snapshot())
 
 
