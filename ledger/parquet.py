@@ -139,6 +139,8 @@ class ParquetLedgerWriter:
         max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
         lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     ) -> None:
+        if not isinstance(lock_timeout_s, (int, float)) or not 0 <= lock_timeout_s < float("inf"):
+            raise LedgerError(f"lock_timeout_s={lock_timeout_s!r}: must be a finite number of seconds, 0 or more")
         if not 1 <= row_group_events <= max_file_rows:
             raise LedgerError(
                 f"row_group_events={row_group_events!r}, max_file_rows={max_file_rows!r}: "
@@ -179,12 +181,14 @@ class ParquetLedgerWriter:
 
     def close(self) -> None:
         """Write what is buffered, close every file cleanly and let the dataset go."""
-        self.flush()
-        for day in list(self._open):
-            self._close_day(day)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # drops the lock
-            self._lock_fd = None
+        try:
+            self.flush()
+            for day in list(self._open):
+                self._close_day(day)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # drops the lock
+                self._lock_fd = None
 
     def _write(self, blob: bytes) -> None:
         table = jsonl_to_table(blob)

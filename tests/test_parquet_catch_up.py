@@ -120,6 +120,9 @@ def test_one_writer_at_a_time_holds_a_dataset(tmp_path):
         ParquetLedgerWriter(tmp_path / "pq", lock_timeout_s=0.2)
     first.close()
     ParquetLedgerWriter(tmp_path / "pq", lock_timeout_s=0.2).close()  # closing let it go
+    for bad in (-1, float("nan"), float("inf"), "5"):
+        with pytest.raises(LedgerError, match="lock_timeout_s=.*must be a finite number of seconds"):
+            ParquetLedgerWriter(tmp_path / "pq", lock_timeout_s=bad)
 
 
 def test_catch_up_comes_before_any_append(tmp_path):
