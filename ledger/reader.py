@@ -16,6 +16,7 @@ everything else (schema, hash chain, sequence, transitions, conservation).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -31,6 +32,7 @@ from mesh.errors import LedgerError
 
 _KINDS = frozenset(kind.value for kind in EventKind)
 _SEQ_PREFIX = b'{"v":%d,"seq":' % SCHEMA_VERSION
+BISECT_STOP_BYTES = 1 << 16  # reading from a seq bisects a file down to this much, then reads on
 
 
 @dataclass
@@ -51,14 +53,16 @@ class RawLine:
     """
 
     path: Path
-    line_no: int
+    line_no: int  # counted from the line at ``after_byte``
     raw: bytes
     event: dict[str, Any] | None
     problem: str | None = None
     torn: bool = False
+    after_byte: int = 0  # where reading began: 0 but when read from a seq (see event_lines)
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line_no}: {self.problem}"
+        where = f"{self.path}:{self.line_no}" if not self.after_byte else f"{self.path}, line {self.line_no} after byte {self.after_byte}"
+        return f"{where}: {self.problem}"
 
 
 def read_events(ledger: Path | str) -> LedgerRead:
@@ -146,8 +150,10 @@ def _parquet_dataset(root: Path, files: list[Path]) -> ds.Dataset:
 def event_lines(paths: list[Path], *, from_seq: int = 0) -> Iterator[RawLine]:
     """The lines of ``paths`` that are events; torn lines skipped; LedgerError on a corrupt one.
 
-    ``from_seq``: lines whose ``seq`` (read from their first bytes, ~6x faster than parsing
-    them) is below it are skipped unchecked.
+    ``from_seq``: lines whose ``seq`` is below it are skipped unchecked. Reading starts near
+    the first such line of the first file, found by bisecting it on the ``seq`` that starts
+    each line (so lines are then numbered from there: see :class:`RawLine`), and lines
+    still below it are passed over by that ``seq``, unparsed.
     """
     for line in iter_lines(paths, from_seq=from_seq):
         if line.event is not None:
@@ -167,7 +173,8 @@ def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0) -> Iterator[Raw
     """The lines of one file, read as a stream (a ledger file of a gigabyte is never held whole)."""
     bad: RawLine | None = None  # a line that is not an event, until we know if it is torn
     line_no, unfinished = 0, False
-    for raw in _raw_lines(path):
+    start = _start_offset(path, from_seq) if from_seq else 0
+    for raw in _raw_lines(path, start):
         line_no += 1
         if from_seq and bad is None and _seq_below(raw, from_seq):
             continue
@@ -180,13 +187,15 @@ def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0) -> Iterator[Raw
         except ValueError as exc:
             if bad is not None:
                 yield bad
-            bad = RawLine(path, line_no, raw, None, str(exc))
+            bad = RawLine(path, line_no, raw, None, str(exc), after_byte=start)
             continue
         if bad is not None:
             bad.torn = event["kind"] == EventKind.RECOVER.value  # the writer marked it torn
             yield bad
             bad = None
-        yield RawLine(path, line_no, raw, event)
+        if from_seq and isinstance(event.get("seq"), int) and event["seq"] < from_seq:
+            continue  # read only to tell whether the line before it was torn
+        yield RawLine(path, line_no, raw, event, after_byte=start)
     if bad is not None:
         bad.torn = is_last and unfinished and bad.line_no == line_no  # the crash's last line
         yield bad
@@ -194,17 +203,56 @@ def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0) -> Iterator[Raw
 
 def _seq_below(raw: bytes, seq: int) -> bool:
     """Whether a whole line starts as the writer writes (``{"v":1,"seq":N,``) with N below ``seq``."""
+    line_seq = _line_seq(raw)
+    return line_seq is not None and line_seq < seq
+
+
+def _line_seq(raw: bytes) -> int | None:
+    """The ``seq`` a whole line (with its newline) starts with, as the writer writes it; None if it has none."""
     if not raw.startswith(_SEQ_PREFIX) or not raw.endswith(b"\n"):
-        return False
+        return None
     end = raw.find(b",", len(_SEQ_PREFIX), len(_SEQ_PREFIX) + 20)
     digits = raw[len(_SEQ_PREFIX):end]
-    return end > 0 and digits.isdigit() and int(digits) < seq
+    return int(digits) if end > 0 and digits.isdigit() else None
 
 
-def _raw_lines(path: Path) -> Iterator[bytes]:
-    """Each line of ``path`` with its newline (the last may have none); LedgerError if it cannot be read."""
+def _start_offset(path: Path, seq: int) -> int:
+    """The start of a line of ``path`` before which every line's ``seq`` is below ``seq`` (0 if none
+    is known to be): bisection over the file's bytes, down to ``BISECT_STOP_BYTES``. The writer
+    numbers lines in file order; lines without a readable ``seq`` (torn ones) are stepped over."""
     try:
         with path.open("rb") as f:
+            low, high = 0, f.seek(0, os.SEEK_END)
+            while high - low > BISECT_STOP_BYTES:
+                middle = (low + high) // 2
+                found = _next_seq_line(f, middle, high)
+                if found is None or found[1] >= seq:
+                    high = middle
+                else:
+                    low = found[0]
+            return low
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+
+
+def _next_seq_line(f: Any, position: int, stop: int) -> tuple[int, int] | None:
+    """(start, seq) of the first line starting after ``position`` and before ``stop`` that has a readable ``seq``."""
+    f.seek(position)
+    f.readline()  # the rest of the line ``position`` falls in
+    while f.tell() < stop:
+        start = f.tell()
+        line_seq = _line_seq(f.readline())
+        if line_seq is not None:
+            return start, line_seq
+    return None
+
+
+def _raw_lines(path: Path, start: int = 0) -> Iterator[bytes]:
+    """Each line of ``path`` from byte ``start`` (a line's start) with its newline (the last may have
+    none); LedgerError if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
             while True:
                 raw = f.readline()
                 if not raw:

@@ -116,21 +116,46 @@ def test_a_batch_encodes_as_its_events_one_by_one(events):
     assert encode_events(events) == one_by_one
 
 
-def test_reading_from_a_seq_skips_exactly_the_earlier_events_torn_lines_and_all(tmp_path):
+@pytest.mark.parametrize("bisect_stop_bytes", [1, 300, 1 << 16])
+def test_reading_from_a_seq_skips_exactly_the_earlier_events_torn_lines_and_all(tmp_path, monkeypatch, bisect_stop_bytes):
+    """Reading from a seq bisects the first file down to ``BISECT_STOP_BYTES`` (1: to the line), then
+    passes over lines by their seq: the events are exactly those at or past it, torn lines or not."""
+    import ledger.reader
     from ledger.files import segments
     from ledger.reader import event_lines
 
+    monkeypatch.setattr(ledger.reader, "BISECT_STOP_BYTES", bisect_stop_bytes)
     path = tmp_path / "l.jsonl"
-    writer = JsonlWriter(path, max_segment_bytes=600)
-    writer.append([event(ts_us=n) for n in range(6)])
-    writer.close()
-    with open(segments(path)[-1], "ab") as f:
-        f.write(b'{"v":1,"seq":6,"ts_us":0,"ki')  # torn by a crash; the next writer marks it
-    writer = JsonlWriter(path, max_segment_bytes=600)
+    for life in range(3):  # each life ends torn by a crash; the next writer marks the torn line
+        writer = JsonlWriter(path, max_segment_bytes=4_000)
+        writer.append([event(ts_us=n, task_id=f"life{life}-{n}") for n in range(7 + 5 * life)])
+        writer.close()
+        with open(segments(path)[-1], "ab") as f:
+            f.write(b'{"v":1,"seq":' + str(1_000 + life).encode() + b',"ts_us":0,"ki')
+    writer = JsonlWriter(path, max_segment_bytes=4_000)
     writer.append([event(ts_us=n) for n in range(4)])
     writer.close()
     files = segments(path)
     every = [line.event for line in event_lines(files)]
-    assert len(files) > 1 and [e["kind"] for e in every].count("recover") == 1
-    for from_seq in range(len(every) + 2):
-        assert [line.event for line in event_lines(files, from_seq=from_seq)] == [e for e in every if e["seq"] >= from_seq]
+    assert [e["kind"] for e in every].count("recover") == 3
+    for first in range(len(files)):
+        for from_seq in range(len(every) + 2):
+            read = [line.event for line in event_lines(files[first:], from_seq=from_seq)]
+            assert read == [e for e in [line.event for line in event_lines(files[first:])] if e["seq"] >= from_seq]
+
+
+def test_a_corrupt_line_read_from_a_seq_is_named_by_its_place_after_the_start(tmp_path, monkeypatch):
+    import ledger.reader
+    from ledger.reader import event_lines
+
+    monkeypatch.setattr(ledger.reader, "BISECT_STOP_BYTES", 1)
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path)
+    writer.append([event(ts_us=n) for n in range(20)])
+    writer.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:15] + [b"garbage\n"] + lines[15:]))
+    with pytest.raises(LedgerError, match=r"l\.jsonl, line \d+ after byte \d+: malformed JSON"):
+        list(event_lines([path], from_seq=12))
+    with pytest.raises(LedgerError, match=r"l\.jsonl:16: malformed JSON"):
+        list(event_lines([path]))
