@@ -150,10 +150,10 @@ def _parquet_dataset(root: Path, files: list[Path]) -> ds.Dataset:
 def event_lines(paths: list[Path], *, from_seq: int = 0) -> Iterator[RawLine]:
     """The lines of ``paths`` that are events; torn lines skipped; LedgerError on a corrupt one.
 
-    ``from_seq``: lines whose ``seq`` is below it are skipped unchecked. Reading starts near
-    the first such line of the first file, found by bisecting it on the ``seq`` that starts
-    each line (so lines are then numbered from there: see :class:`RawLine`), and lines
-    still below it are passed over by that ``seq``, unparsed.
+    ``from_seq``: lines whose ``seq`` is below it are skipped unchecked. Each file is read from
+    near its first line at or past it, found by bisecting the file on the ``seq`` each line
+    starts with (lines are then numbered from there: see :class:`RawLine`); lines still below
+    it are passed over by that ``seq``, unparsed.
     """
     for line in iter_lines(paths, from_seq=from_seq):
         if line.event is not None:
