@@ -31,10 +31,10 @@ from ray import cloudpickle
 
 from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
+from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import pack, unpack
 from mesh.agent import Agent, CallContext
 from mesh.coalesce import Coalescer
-from mesh.files import write_whole
 from mesh.memory import rss_bytes
 from mesh.records import Reason
 
@@ -54,16 +54,20 @@ class HostSettings:
     handler_timeout_s: float = 30.0
     max_payload_bytes: int = 1 << 20
     max_threads: int = 16
+    writer_name: Optional[str] = None  # the mesh's ledger writer, which serves the agents' groups file on any node
 
 
-def write_groups(path: str | os.PathLike, groups: list[AgentGroup]) -> None:
-    """Save a host's agent groups (classes by value where Ray would send them so) for :class:`AgentHost`."""
-    write_whole(path, cloudpickle.dumps(groups))
+def write_groups(path: str | os.PathLike, groups: list[AgentGroup], files: Optional[RunFiles] = None) -> None:
+    """Save a host's agent groups (classes by value where Ray would send them so) for :class:`AgentHost`,
+    on this disk or through ``files`` (:mod:`actors.run_files`)."""
+    (files or LocalFiles()).write(os.fspath(path), cloudpickle.dumps(groups))
 
 
-def read_groups(path: str | os.PathLike) -> list[AgentGroup]:
-    with open(path, "rb") as f:
-        return cloudpickle.loads(f.read())
+def read_groups(path: str | os.PathLike, files: Optional[RunFiles] = None) -> list[AgentGroup]:
+    data = (files or LocalFiles()).read(os.fspath(path))
+    if data is None:
+        raise FileNotFoundError(f"agent groups not found: {path}")
+    return cloudpickle.loads(data)
 
 
 class HostCore:
@@ -171,7 +175,7 @@ class AgentHost:
 
     def __init__(self, groups_path: str, settings: HostSettings) -> None:
         coordinator = ray.get_actor(settings.coordinator_name, namespace=settings.namespace)
-        self._core = HostCore(read_groups(groups_path), settings, coordinator)
+        self._core = HostCore(read_groups(groups_path, files_from(settings.writer_name, settings.namespace)), settings, coordinator)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         tune_gc()
 

@@ -39,6 +39,7 @@ import ray
 from actors.agent_host import OK, refund_reason
 from actors.fast_lane import GO_AROUND, FastAnswer, FastPlan, fast_locked, only
 from actors.gc_tuning import tune_gc
+from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
@@ -80,31 +81,34 @@ class ShardSpec:
     agent_caps_path: Optional[str] = None  # more per-agent caps, a JSON object {agent: micros or null} (large maps)
     runtime_caps_path: Optional[str] = None  # caps changed while the mesh runs (written by the coordinator)
 
-    def caps_micros(self) -> dict[str, Optional[int]]:
+    def caps_micros(self, files: RunFiles) -> dict[str, Optional[int]]:
         """Every per-agent cap: the file's (read at each build, so a restarted shard has them), then the spec's."""
         caps: dict[str, Optional[int]] = {}
         if self.agent_caps_path is not None:
-            with open(self.agent_caps_path, "rb") as f:
-                caps = orjson.loads(f.read())
+            data = files.read(self.agent_caps_path)
+            if data is None:
+                raise FileNotFoundError(f"per-agent caps not found: {self.agent_caps_path}")
+            caps = orjson.loads(data)
         return {**caps, **self.agent_caps_micros}
 
-    def caps(self) -> tuple[Optional[int], dict[str, Optional[int]]]:
+    def caps(self, files: RunFiles) -> tuple[Optional[int], dict[str, Optional[int]]]:
         """The default cap and every per-agent cap, with the changes made while the mesh runs
         (read at each build: a restarted shard keeps a cap set after the mesh started)."""
-        default_cap_micros, agent_caps_micros = self.default_cap_micros, self.caps_micros()
-        if self.runtime_caps_path is not None and os.path.exists(self.runtime_caps_path):
-            with open(self.runtime_caps_path, "rb") as f:
-                runtime = orjson.loads(f.read())
-            default_cap_micros = runtime["default_cap_micros"]
-            agent_caps_micros.update(runtime["agent_caps_micros"])
+        default_cap_micros, agent_caps_micros = self.default_cap_micros, self.caps_micros(files)
+        runtime = None if self.runtime_caps_path is None else files.read(self.runtime_caps_path)
+        if runtime is not None:
+            changed = orjson.loads(runtime)
+            default_cap_micros = changed["default_cap_micros"]
+            agent_caps_micros.update(changed["agent_caps_micros"])
         return default_cap_micros, agent_caps_micros
 
 
 class ShardCore:
     """The shard's logic without Ray (unit-tested directly; the actor wraps it)."""
 
-    def __init__(self, spec: ShardSpec) -> None:
+    def __init__(self, spec: ShardSpec, files: Optional[RunFiles] = None) -> None:
         self.spec = spec
+        self.files: RunFiles = LocalFiles() if files is None else files  # where the ledger and caps are read
         self.rebuilt_through_seq = 0  # credits of releases before this seq are in the rebuilt state
         self._events: list[dict[str, Any]] = []
         self._credits: list[tuple[str, int, int]] = []
@@ -192,10 +196,10 @@ class ShardCore:
         self.book = self._new_book()
         if self.spec.ledger_path is not None:
             self.rebuilt_through_seq = replay_shard(
-                self.book, self.spec.ledger_path, shard=self.spec.index, shards=self.spec.shards
+                self.book, self.spec.ledger_path, shard=self.spec.index, shards=self.spec.shards, files=self.files
             )
         self.book.journal = self._journal
-        self.set_caps(*self.spec.caps())
+        self.set_caps(*self.spec.caps(self.files))
         return self.rebuilt_through_seq
 
     # -- queries ----------------------------------------------------------------
@@ -264,11 +268,14 @@ class BudgetShard:
     last settlement to be on disk (:meth:`_book`).
     """
 
-    def __init__(self, spec: ShardSpec) -> None:
+    def __init__(self, spec: ShardSpec, writer_name: Optional[str] = None, namespace: Optional[str] = None) -> None:
+        """``writer_name`` (in ``namespace``): the mesh's ledger writer, through which the shard reads the
+        ledger and the caps files on any node (:mod:`actors.run_files`); None reads them from this node's disk."""
         tune_gc()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # A restarted shard must not replay yet: events it made before the crash may still be on their way to the ledger.
-        self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec)
+        files = files_from(writer_name, namespace)
+        self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec, files)
         self._core.spec = spec
         self._stale = restarted
         self._lock = threading.Lock()

@@ -42,6 +42,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.fast_lane import FastAnswer, FastPlan
 from actors.gc_tuning import tune_gc
+from actors.run_files import RunDirectory
 from ledger.catch_up import catch_up
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
@@ -106,6 +107,7 @@ class LedgerWriterActor:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
         self._jsonl_path = str(jsonl_path)
+        self._run_dir = RunDirectory(Path(jsonl_path).absolute().parent)
         self._parquet = None if parquet_dir is None else (str(parquet_dir), row_group_events)
         self._sink: Optional[ray.actor.ActorHandle] = None
         self._sink_starts = 0
@@ -138,6 +140,24 @@ class LedgerWriterActor:
         if not isinstance(lines, bytes) or not lines:
             raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
         return await self._enqueue(split_encoded(lines))
+
+    # -- the run directory, for actors on other nodes (actors.run_files) -----------------
+
+    def run_file_segments(self, ledger: str) -> list[str]:
+        """The files of the JSONL ledger ``ledger`` (in the run directory), in order."""
+        return self._run_dir.segments(ledger)
+
+    def run_file_chunk(self, path: str, offset: int, max_bytes: int) -> bytes:
+        """At most ``max_bytes`` of a file of the run directory from ``offset`` (empty at its end)."""
+        return self._run_dir.chunk(path, offset, max_bytes)
+
+    def run_file_read(self, path: str) -> Optional[bytes]:
+        """A whole file of the run directory, or None if there is none."""
+        return self._run_dir.read(path)
+
+    def run_file_write(self, path: str, data: bytes) -> None:
+        """Replace a file of the run directory whole."""
+        self._run_dir.write(path, data)
 
     async def bind_loop(self) -> None:
         """Note this actor's event loop, where the fast lane's events go on to Parquet."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import orjson
 import pyarrow as pa
@@ -33,6 +33,9 @@ from mesh.errors import LedgerError
 _KINDS = frozenset(kind.value for kind in EventKind)
 _SEQ_PREFIX = b'{"v":%d,"seq":' % SCHEMA_VERSION
 BISECT_STOP_BYTES = 1 << 16  # reading from a seq bisects a file down to this much, then reads on
+
+#: Reads one ledger file's lines, each with its newline (the last may have none).
+ReadLines = Callable[[Path], Iterator[bytes]]
 
 
 @dataclass
@@ -147,34 +150,35 @@ def _parquet_dataset(root: Path, files: list[Path]) -> ds.Dataset:
     )
 
 
-def event_lines(paths: list[Path], *, from_seq: int = 0) -> Iterator[RawLine]:
+def event_lines(paths: list[Path], *, from_seq: int = 0, read_lines: Optional[ReadLines] = None) -> Iterator[RawLine]:
     """The lines of ``paths`` that are events; torn lines skipped; LedgerError on a corrupt one.
 
     ``from_seq``: lines whose ``seq`` is below it are skipped unchecked. Each file is read from
     near its first line at or past it, found by bisecting the file on the ``seq`` each line
     starts with (lines are then numbered from there: see :class:`RawLine`); lines still below
     it are passed over by that ``seq``, unparsed.
+    ``read_lines``: how to read a file's lines (from another node, say); read from its start.
     """
-    for line in iter_lines(paths, from_seq=from_seq):
+    for line in iter_lines(paths, from_seq=from_seq, read_lines=read_lines):
         if line.event is not None:
             yield line
         elif not line.torn:
             raise LedgerError(str(line))
 
 
-def iter_lines(paths: list[Path], *, from_seq: int = 0) -> Iterator[RawLine]:
+def iter_lines(paths: list[Path], *, from_seq: int = 0, read_lines: Optional[ReadLines] = None) -> Iterator[RawLine]:
     """Every line of ``paths``, with its event, or why it is not one (see :class:`RawLine`);
     lines of a ``seq`` below ``from_seq`` skipped (see :func:`event_lines`)."""
     for index, path in enumerate(paths):
-        yield from _file_lines(path, is_last=index == len(paths) - 1, from_seq=from_seq)
+        yield from _file_lines(path, is_last=index == len(paths) - 1, from_seq=from_seq, read_lines=read_lines)
 
 
-def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0) -> Iterator[RawLine]:
+def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0, read_lines: Optional[ReadLines] = None) -> Iterator[RawLine]:
     """The lines of one file, read as a stream (a ledger file of a gigabyte is never held whole)."""
     bad: RawLine | None = None  # a line that is not an event, until we know if it is torn
     line_no, unfinished = 0, False
-    start = _start_offset(path, from_seq) if from_seq else 0
-    for raw in _raw_lines(path, start):
+    start = _start_offset(path, from_seq) if from_seq and read_lines is None else 0
+    for raw in _raw_lines(path, start) if read_lines is None else read_lines(path):
         line_no += 1
         if from_seq and bad is None and _seq_below(raw, from_seq):
             continue
@@ -199,6 +203,22 @@ def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0) -> Iterator[Raw
     if bad is not None:
         bad.torn = is_last and unfinished and bad.line_no == line_no  # the crash's last line
         yield bad
+
+
+def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a file given in pieces, each with its newline (the last may have none).
+
+    >>> list(lines_of([b'{"a":1}\\n{"b"', b':2}\\n{"c']))
+    [b'{"a":1}\\n', b'{"b":2}\\n', b'{"c']
+    """
+    rest = b""
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if rest:
+        yield rest
 
 
 def _seq_below(raw: bytes, seq: int) -> bool:

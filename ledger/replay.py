@@ -15,11 +15,11 @@ escrows; :func:`snapshot` gives a plain dict to compare the two.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Optional, Protocol
 
 from ledger.files import segments
 from ledger.schema import EventKind
-from ledger.reader import event_lines
+from ledger.reader import event_lines, lines_of
 from mesh.clock import day_of
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
@@ -40,19 +40,29 @@ def replay_file(book: EscrowBook, path: Path | str) -> int:
     return next_seq
 
 
-def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int) -> int:
+class LedgerFiles(Protocol):
+    """Where a ledger's files are read from: this disk, or another node's (``actors.run_files``)."""
+
+    def segments(self, ledger: str) -> list[str]: ...
+
+    def chunks(self, path: str) -> Iterator[bytes]: ...
+
+
+def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int, files: Optional[LedgerFiles] = None) -> int:
     """Rebuild budget shard ``shard`` of ``shards`` from the JSONL ledger at ``path``; return the next ``seq``.
 
     The shard takes the events of the agents it holds (by :func:`~mesh.sharding.shard_of`
     of the source, or of the target for a deposit), every ``reset_daily``, and the
     releases other shards paid to its agents (credited to their balances). Streams the
-    files; an absent or empty ledger gives 0.
+    files, from this disk or through ``files``; an absent or empty ledger gives 0.
     """
-    path = Path(path)
-    if not path.exists():
-        return 0
+    if files is None:
+        paths, read_lines = (segments(path) if Path(path).exists() else []), None
+    else:
+        paths = [Path(p) for p in files.segments(str(path))]
+        read_lines = lambda p: lines_of(files.chunks(str(p)))  # noqa: E731
     next_seq = 0
-    for line in event_lines(segments(path)):
+    for line in event_lines(paths, read_lines=read_lines):
         event = line.event
         next_seq = event["seq"] + 1
         try:

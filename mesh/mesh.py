@@ -34,11 +34,13 @@ from typing import Any, Optional
 
 import orjson
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.agent_host import AgentHost, HostSettings, write_groups
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
+from actors.run_files import WriterFiles
 from actors.wire import pack
 from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
 from mesh.coalesce import Coalescer
@@ -145,10 +147,11 @@ class Mesh:
         settings = HostSettings(
             coordinator_name=config.actor_name("coordinator"), namespace=config.namespace,
             handler_timeout_s=config.handler_timeout_s, max_payload_bytes=config.max_payload_bytes,
+            writer_name=config.actor_name("writer"),
         )
-        groups_path = config.out_dir / "hosts" / f"{name}.pkl"
-        groups_path.parent.mkdir(parents=True, exist_ok=True)
-        write_groups(groups_path, [(cls, ids, kwargs) for cls, ids, kwargs, _ in groups])
+        groups_path = config.out_dir / "hosts" / f"{name}.pkl"  # on the writer's node, whichever node we are on
+        write_groups(groups_path, [(cls, ids, kwargs) for cls, ids, kwargs, _ in groups],
+                     WriterFiles(config.actor_name("writer"), config.namespace))
         host = AgentHost.options(name=name, namespace=config.namespace, lifetime=self._lifetime(), **options).remote(
             str(groups_path), settings
         )
@@ -389,7 +392,9 @@ class Mesh:
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
         shutil.rmtree(config.out_dir / "hosts", ignore_errors=True)
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
-        writer = LedgerWriterActor.options(name=config.actor_name("writer"), **common).remote(
+        # the run directory is on this node's disk: the writer and the coordinator, which use it, stay here
+        home = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        writer = LedgerWriterActor.options(name=config.actor_name("writer"), scheduling_strategy=home, **common).remote(
             str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
             fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
             rotate_daily=config.ledger_rotate_daily,
@@ -403,13 +408,16 @@ class Mesh:
                     track_balances=config.track_balances,
                     escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
                     ledger_path=str(config.ledger_path) if config.restore_from_ledger else None,
-                )
+                ),
+                config.actor_name("writer"), config.namespace,
             )
             for i in range(config.shards)
         ]
         ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
         slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file
-        coordinator = EscrowCoordinator.options(name=config.actor_name("coordinator"), **common).remote(slim)
+        coordinator = EscrowCoordinator.options(
+            name=config.actor_name("coordinator"), scheduling_strategy=home, **common
+        ).remote(slim)
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
         self._fast = FastPath(config, coordinator, shards, writer)
