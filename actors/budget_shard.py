@@ -106,7 +106,9 @@ class ShardSpec:
 class ShardCore:
     """The shard's logic without Ray (unit-tested directly; the actor wraps it)."""
 
-    def __init__(self, spec: ShardSpec, files: Optional[RunFiles] = None) -> None:
+    def __init__(self, spec: ShardSpec, files: Optional[RunFiles] = None, *, build: bool = True) -> None:
+        """``build``: rebuild from the ledger and read the caps now (False: an empty book, for a
+        restarted shard that waits for the coordinator's :meth:`rebuild`)."""
         self.spec = spec
         self.files: RunFiles = LocalFiles() if files is None else files  # where the ledger and caps are read
         self.rebuilt_through_seq = 0  # credits of releases before this seq are in the rebuilt state
@@ -114,7 +116,8 @@ class ShardCore:
         self._credits: list[tuple[str, int, int]] = []
         self._mode: Optional[str] = None
         self.book = self._new_book()
-        self.rebuild()
+        if build:
+            self.rebuild()
 
     # -- batches ----------------------------------------------------------------
 
@@ -273,10 +276,10 @@ class BudgetShard:
         ledger and the caps files on any node (:mod:`actors.run_files`); None reads them from this node's disk."""
         tune_gc()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        # A restarted shard must not replay yet: events it made before the crash may still be on their way to the ledger.
-        files = files_from(writer_name, namespace)
-        self._core = ShardCore(ShardSpec(**{**spec.__dict__, "ledger_path": None}) if restarted else spec, files)
-        self._core.spec = spec
+        # A restarted shard must not replay yet: events it made before the crash may still be on their way
+        # to the ledger. It reads nothing either (a constructor that raises ends the actor for good): it
+        # refuses work until the coordinator has it rebuild, which reads the ledger and the caps, with retries.
+        self._core = ShardCore(spec, files_from(writer_name, namespace), build=not restarted)
         self._stale = restarted
         self._lock = threading.Lock()
         self._settle_written = threading.Event()  # cleared from a lane settlement until it is on disk

@@ -21,6 +21,7 @@ calls from the local disk. No shared filesystem is needed.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol
 
@@ -32,6 +33,8 @@ from mesh.errors import LedgerError
 from mesh.files import write_whole
 
 CHUNK_BYTES = 8 << 20  # a ledger travels to a rebuilding shard in pieces of at most this much
+RETRY_WINDOW_S = 60.0  # a call cut short by the writer's death is made again for this long...
+RETRY_PAUSE_S = 0.2  # ...this far apart
 
 
 class RunFiles(Protocol):
@@ -114,25 +117,39 @@ class RunDirectory:
 
 
 class WriterFiles:
-    """The run directory as the ledger writer actor named ``writer_name`` serves it (any node)."""
+    """The run directory as the ledger writer actor named ``writer_name`` serves it (any node).
+
+    Every call is a read, or a write of a whole file, so one that the writer's death cut short
+    is made again once Ray has restarted it, for up to ``RETRY_WINDOW_S``.
+    """
 
     def __init__(self, writer_name: str, namespace: Optional[str] = None) -> None:
         self._writer: Any = ray.get_actor(writer_name, namespace=namespace)
 
     def segments(self, ledger: str) -> list[str]:
-        return ray.get(self._writer.run_file_segments.remote(ledger))
+        return self._call("run_file_segments", ledger)
 
     def chunks(self, path: str) -> Iterator[bytes]:
         offset = 0
-        while chunk := ray.get(self._writer.run_file_chunk.remote(path, offset, CHUNK_BYTES)):
+        while chunk := self._call("run_file_chunk", path, offset, CHUNK_BYTES):
             offset += len(chunk)
             yield chunk
 
     def read(self, path: str) -> Optional[bytes]:
-        return ray.get(self._writer.run_file_read.remote(path))
+        return self._call("run_file_read", path)
 
     def write(self, path: str, data: bytes) -> None:
-        ray.get(self._writer.run_file_write.remote(path, data))
+        self._call("run_file_write", path, data)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        deadline = time.monotonic() + RETRY_WINDOW_S
+        while True:
+            try:
+                return ray.get(getattr(self._writer, method).remote(*args))
+            except ray.exceptions.RayActorError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RETRY_PAUSE_S)
 
 
 def files_from(writer_name: Optional[str], namespace: Optional[str]) -> RunFiles:

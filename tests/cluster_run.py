@@ -26,6 +26,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from mesh import Mesh, MeshConfig  # noqa: E402
 from test_mesh_faults import AGENTS, CAP_MICROS, check_after_faults, run_batches  # noqa: E402
@@ -92,18 +93,21 @@ def main(out_dir: Path, audit_dir: Path) -> None:
 def restore_on_a_new_node(cluster: Cluster, out_dir: Path) -> dict:
     """A second mesh over the first one's ledger, on the head and a new worker node: the shards that
     land on the new node rebuild their books (and caps) from the ledger on the head's disk, the hosts
-    there build their agents from the head's files; the same checks hold over both meshes' events."""
+    there build their agents from the head's files (a heavy agent is placed there on purpose, so one
+    surely does); the same checks hold over both meshes' events."""
     new_worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     mesh = Mesh(mesh_config(out_dir, restore_from_ledger=True))
     mesh.add_agents(Echo, AGENTS)
+    on_new_node = NodeAffinitySchedulingStrategy(new_worker.node_id, soft=False)
+    mesh.add_agent("heavy-on-new-node", Echo, actor_options={"scheduling_strategy": on_new_node})
     shards = {f"shard.{i}": node_of(mesh.actor(f"shard.{i}")) for i in range(4)}
     hosts = [node_of(ray.get_actor(name, namespace="tollmesh-cluster"))
              for name in ray.get(mesh.actor("coordinator").host_names.remote())]
     acknowledged: list = []
     run_batches(mesh, acknowledged, threading.Event(), seed=7, batches=10)  # many of these callers are at their cap
     mesh.deposit("restored-payer", "1")
-    fresh = [mesh.call("restored-payer", agent, n) for n, agent in enumerate(AGENTS)]
+    fresh = [mesh.call("restored-payer", agent, n) for n, agent in enumerate([*AGENTS, "heavy-on-new-node"])]
     assert all(r.ok for r in fresh), [r.error for r in fresh if not r.ok][:3]
     check_after_faults(mesh, acknowledged + fresh)
     return {"new_worker": new_worker.node_id, "restored_shards": shards, "restored_hosts": hosts,

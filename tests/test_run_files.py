@@ -131,3 +131,25 @@ def test_a_shard_rebuilt_through_the_writer_equals_one_rebuilt_from_the_disk(tmp
 
 def _deposit(driver: Driver, agent: str, amount_micros: int) -> None:
     driver.record(driver.shards[shard_of(agent, SHARDS)].deposit(agent, amount_micros, driver.now_us, "live"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_read_cut_short_by_the_writers_death_goes_on_once_it_is_back(tmp_path, monkeypatch):
+    import ray
+
+    ledger = tmp_path / "toll_ledger.jsonl"
+    torn_rotated_ledger(ledger)
+    name = "run-files-dying-writer"
+    writer = LedgerWriterActor.options(name=name).remote(str(tmp_path / "other.jsonl"))
+    monkeypatch.setattr(actors.run_files, "CHUNK_BYTES", 101)
+    try:
+        remote = WriterFiles(name)
+        pid = ray.get(writer.stats.remote())["pid"]
+        pieces = remote.chunks(str(ledger))
+        read = [next(pieces)]
+        ray.kill(writer, no_restart=False)  # Ray restarts it; the calls after this one fail until then
+        read.extend(pieces)
+        assert b"".join(read) == ledger.read_bytes()
+        assert ray.get(writer.stats.remote())["pid"] != pid, "the writer did die in between"
+    finally:
+        ray.kill(writer)
