@@ -35,6 +35,7 @@ from mesh.files import write_whole
 CHUNK_BYTES = 8 << 20  # a ledger travels to a rebuilding shard in pieces of at most this much
 RETRY_WINDOW_S = 60.0  # a call cut short by the writer's death is made again for this long...
 RETRY_PAUSE_S = 0.2  # ...this far apart
+WRITABLE_DIRS = ("hosts",)  # what others may write through the writer: each host's agent groups
 
 
 class RunFiles(Protocol):
@@ -56,11 +57,10 @@ class LocalFiles:
         """The ledger's files in order; none if it has none yet."""
         return [str(p) for p in segments(ledger)] if Path(ledger).exists() else []
 
-    def chunks(self, path: str, offset: int = 0) -> Iterator[bytes]:
-        """The bytes of ``path`` from ``offset`` on, in pieces of at most ``CHUNK_BYTES``."""
+    def chunks(self, path: str) -> Iterator[bytes]:
+        """The bytes of ``path``, in pieces of at most ``CHUNK_BYTES``."""
         try:
             with open(path, "rb") as f:
-                f.seek(offset)
                 while chunk := f.read(CHUNK_BYTES):
                     yield chunk
         except OSError as exc:
@@ -81,7 +81,8 @@ class LocalFiles:
 
 
 class RunDirectory:
-    """The writer's side: :class:`LocalFiles` limited to the files under ``root``."""
+    """The writer's side: :class:`LocalFiles` limited to the files under ``root``, and writes to
+    those under ``WRITABLE_DIRS`` (the ledger and its dataset are never written this way)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).resolve()
@@ -107,7 +108,10 @@ class RunDirectory:
     def write(self, path: str, data: bytes) -> None:
         if not isinstance(data, bytes):
             raise LedgerError(f"data={type(data).__name__}: expected bytes")
-        self._local.write(self._inside(path), data)
+        inside = self._inside(path)
+        if Path(inside).relative_to(self.root).parts[0] not in WRITABLE_DIRS:
+            raise LedgerError(f"{path}: only files under {', '.join(WRITABLE_DIRS)}/ of the run directory are written this way")
+        self._local.write(inside, data)
 
     def _inside(self, path: str) -> str:
         resolved = Path(path).resolve()

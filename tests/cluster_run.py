@@ -64,7 +64,7 @@ def main(out_dir: Path, audit_dir: Path) -> None:
         hosts_before = [node_of(host) for host in hosts]
         acknowledged: list = []
         done = threading.Event()
-        sender = threading.Thread(target=run_batches, args=(mesh, acknowledged, done), kwargs={"seed": 6, "batches": 30})
+        sender = threading.Thread(target=run_batches, args=(mesh, acknowledged, done), kwargs={"seed": 6, "batches": 16})
         sender.start()
         while len(acknowledged) < 600 and not done.is_set():
             time.sleep(0.05)
@@ -105,7 +105,7 @@ def restore_on_a_new_node(cluster: Cluster, out_dir: Path) -> dict:
     hosts = [node_of(ray.get_actor(name, namespace="tollmesh-cluster"))
              for name in ray.get(mesh.actor("coordinator").host_names.remote())]
     acknowledged: list = []
-    run_batches(mesh, acknowledged, threading.Event(), seed=7, batches=10)  # many of these callers are at their cap
+    run_batches(mesh, acknowledged, threading.Event(), seed=7, batches=4)  # many of these callers are at their cap
     mesh.deposit("restored-payer", "1")
     fresh = [mesh.call("restored-payer", agent, n) for n, agent in enumerate([*AGENTS, "heavy-on-new-node"])]
     assert all(r.ok for r in fresh), [r.error for r in fresh if not r.ok][:3]

@@ -83,13 +83,21 @@ def test_a_bad_chunk_request_is_refused_by_name(tmp_path, offset, max_bytes):
         RunDirectory(tmp_path).chunk(str(tmp_path / "l.jsonl"), offset, max_bytes)
 
 
-def test_only_bytes_are_written_and_only_inside(tmp_path):
+def test_only_bytes_are_written_and_only_under_hosts(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "toll_ledger.jsonl").write_bytes(b"the ledger\n")
     run_dir = RunDirectory(tmp_path / "run")
     with pytest.raises(LedgerError, match="expected bytes"):
-        run_dir.write(str(tmp_path / "run" / "x"), "text")
+        run_dir.write(str(tmp_path / "run" / "hosts" / "x.pkl"), "text")
     with pytest.raises(LedgerError, match="not a file of the run directory"):
         run_dir.write(str(tmp_path / "x"), b"x")
-    assert not (tmp_path / "x").exists()
+    for path in ("toll_ledger.jsonl", "parquet/day=2026-01-01/part.parquet", "hosts/../toll_ledger.jsonl"):
+        with pytest.raises(LedgerError, match="only files under hosts/"):
+            run_dir.write(str(tmp_path / "run" / path), b"x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "run" / "parquet").exists()
+    assert (tmp_path / "run" / "toll_ledger.jsonl").read_bytes() == b"the ledger\n"
+    run_dir.write(str(tmp_path / "run" / "hosts" / "h.pkl"), b"agents")
+    assert (tmp_path / "run" / "hosts" / "h.pkl").read_bytes() == b"agents"
 
 
 @pytest.mark.usefixtures("ray_session")
