@@ -131,6 +131,18 @@ def test_killing_agent_hosts_mid_run_refunds_their_calls_and_loses_nothing(make_
 
 
 @pytest.mark.slow
+def test_killing_the_writer_among_shards_and_hosts_loses_nothing(make_mesh):
+    """Restarted shards rebuild, and restarted hosts read their agents, through the writer
+    (``actors.run_files``): kill it among them, so a rebuild or a restart may meet a dead writer."""
+    mesh = funded_mesh(make_mesh)
+    acknowledged = run_with_kills(mesh, ["writer", "shard.0", "shard.2", "host"], seed=9, kills=5)
+    mesh.deposit("late-payer", "1")
+    after = [mesh.call("late-payer", agent, n) for n, agent in enumerate(AGENTS)]  # every agent, on every host
+    assert all(r.ok for r in after), [r.error for r in after if not r.ok][:3]
+    check_after_faults(mesh, acknowledged + after)
+
+
+@pytest.mark.slow
 def test_killing_the_coordinator_mid_run_loses_nothing(make_mesh):
     mesh = funded_mesh(make_mesh)
     acknowledged = run_with_kills(mesh, ["coordinator", "shard.1"], seed=4, kills=2)
