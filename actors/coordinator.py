@@ -154,9 +154,11 @@ class _Clock:
 class EscrowCoordinator:
     """Drives every escrow of a mesh; see the module doc."""
 
-    def __init__(self, config: MeshConfig) -> None:
+    def __init__(self, config: MeshConfig, first_seq: int = 0) -> None:
+        """``first_seq``: the ledger's next seq when the mesh started (what it wrote is counted from there)."""
         tune_gc()
         self.config = config
+        self._first_seq = first_seq
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         names = [config.actor_name(f"shard.{i}") for i in range(config.shards)]
         self._shards = [ray.get_actor(name, namespace=config.namespace) for name in names]
@@ -177,7 +179,6 @@ class EscrowCoordinator:
         self._waiting: dict[bool, deque] = {False: deque(), True: deque()}  # submissions not yet in a batch
         self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
         self._batch_tasks: set[asyncio.Task] = set()
-        self._fast_events = 0  # events the fast lane wrote
 
     # -- calls --------------------------------------------------------------------
 
@@ -483,9 +484,10 @@ class EscrowCoordinator:
                 break
             except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
                 logger.warning("rebuild of shards %s failed (%s: %s), again", shards, type(exc).__name__, exc)
-        stats = await asyncio.gather(*(s.stats.remote() for s in self._shards))
-        self._amounts["locked"] = sum(s["locked_total_micros"] for s in stats)
         logger.warning("shards %s rebuilt from the ledger", shards)
+        # the locked gauge, summed again (a shard that is itself restarting just now is left out)
+        stats = await asyncio.gather(*(s.stats.remote() for s in self._shards), return_exceptions=True)
+        self._amounts["locked"] = sum(s["locked_total_micros"] for s in stats if isinstance(s, dict))
 
     # -- the Tollbooth API, one toll at a time ------------------------------------------
 
@@ -594,14 +596,13 @@ class EscrowCoordinator:
         locked: list[tuple[int, tuple]] = []
         rejected: Tally = Tally()
         settled: list[tuple] = []
-        for lock, settle, events in calls:
+        for lock, settle, _events in calls:
             if lock[_STATUS] == _LOCKED:
                 locked.append((0, lock))
             elif lock[_STATUS] == _FAILED:
                 rejected[lock[_REASON]] += 1
             if settle is not None:
                 settled.append(settle)
-            self._fast_events += events
         self._count_locks(locked, rejected)
         self._count_settled(settled)
         self._counts["fast_lane"] += len(calls)
@@ -738,7 +739,8 @@ class EscrowCoordinator:
     async def stats(self) -> dict[str, Any]:
         """Counts and amounts by outcome, refusals and refunds by reason, and each shard's state."""
         await self._ready()
-        shards = await asyncio.gather(*(shard.stats.remote() for shard in self._shards))
+        shards, writer = await asyncio.gather(asyncio.gather(*(shard.stats.remote() for shard in self._shards)),
+                                              self._writer.stats.remote())
         by_reason = {k[len("rejected:"):]: v for k, v in self._counts.items() if k.startswith("rejected:")}
         refunds = {k[len("refunded:"):]: v for k, v in self._counts.items() if k.startswith("refunded:")}
         return {
@@ -750,7 +752,7 @@ class EscrowCoordinator:
             "open_escrows": sum(s["open_escrows"] for s in shards),
             "fast_lane_calls": self._counts["fast_lane"],
             "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
-            "events_written": (self._log.events_written if self._log else 0) + self._fast_events,
+            "events_written": writer["next_seq"] - self._first_seq,  # both ways in, a broken lane run's too
             "shards": shards, "pid": os.getpid(),
         }
 

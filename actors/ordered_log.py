@@ -71,7 +71,6 @@ class OrderedLog:
         self._wakeup = asyncio.Event()
         self._pump = asyncio.get_running_loop().create_task(self._run())
         self._appends: set[asyncio.Task] = set()
-        self.events_written = 0
 
     def push(self, answer: Awaitable[Any]) -> LogEntry:
         """Queue the answer of a shard call just sent (an ObjectRef, or any awaitable of a ShardAnswer)."""
@@ -172,6 +171,5 @@ class OrderedLog:
                 entry.durable.set_result(seq if count else None)
                 if count:
                     seq += count
-                    self.events_written += count
         finally:
             self._slots.release()

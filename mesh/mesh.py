@@ -413,11 +413,11 @@ class Mesh:
             )
             for i in range(config.shards)
         ]
-        ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
+        writer_stats, *_ = ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
         slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file
         coordinator = EscrowCoordinator.options(
             name=config.actor_name("coordinator"), scheduling_strategy=home, **common
-        ).remote(slim)
+        ).remote(slim, writer_stats["next_seq"])
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
         self._fast = FastPath(config, coordinator, shards, writer)

@@ -109,7 +109,7 @@ def restore_on_a_new_node(cluster: Cluster, out_dir: Path) -> dict:
     mesh.deposit("restored-payer", "1")
     fresh = [mesh.call("restored-payer", agent, n) for n, agent in enumerate([*AGENTS, "heavy-on-new-node"])]
     assert all(r.ok for r in fresh), [r.error for r in fresh if not r.ok][:3]
-    check_after_faults(mesh, acknowledged + fresh)
+    check_after_faults(mesh, acknowledged + fresh, ledger_started_empty=False)
     return {"new_worker": new_worker.node_id, "restored_shards": shards, "restored_hosts": hosts,
             "restored_ok": sum(r.ok for r in acknowledged + fresh),
             "restored_statuses": dict(Counter(r.status.value for r in acknowledged))}
