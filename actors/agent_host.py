@@ -175,7 +175,8 @@ class AgentHost:
 
     def __init__(self, groups_path: str, settings: HostSettings) -> None:
         coordinator = ray.get_actor(settings.coordinator_name, namespace=settings.namespace)
-        self._core = HostCore(read_groups(groups_path, files_from(settings.writer_name, settings.namespace)), settings, coordinator)
+        groups = read_groups(groups_path, files_from(settings.writer_name, settings.namespace))
+        self._core = HostCore(groups, settings, coordinator)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         tune_gc()
 

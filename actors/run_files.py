@@ -14,6 +14,7 @@ calls from the local disk. No shared filesystem is needed.
 >>> files = LocalFiles()
 >>> [pathlib.Path(p).name for p in files.segments(str(root / "toll_ledger.jsonl"))]
 ['toll_ledger.jsonl']
+>>> from ledger.reader import lines_of
 >>> list(lines_of(files.chunks(str(root / "toll_ledger.jsonl"))))
 [b'{"v":1}\\n', b'{"v":1}\\n']
 """
@@ -28,7 +29,7 @@ from typing import Any, Iterator, Optional, Protocol
 import ray
 
 from ledger.files import segments
-from ledger.reader import lines_of  # noqa: F401 - re-exported: how a chunked file becomes lines
+from ledger.replay import LedgerFiles
 from mesh.errors import LedgerError
 from mesh.files import write_whole
 
@@ -38,12 +39,8 @@ RETRY_PAUSE_S = 0.2  # ...this far apart
 WRITABLE_DIRS = ("hosts",)  # what others may write through the writer: each host's agent groups
 
 
-class RunFiles(Protocol):
-    """What shards and hosts read (and drivers write) of the run directory."""
-
-    def segments(self, ledger: str) -> list[str]: ...
-
-    def chunks(self, path: str) -> Iterator[bytes]: ...
+class RunFiles(LedgerFiles, Protocol):
+    """What shards and hosts read (and drivers write) of the run directory: a ledger's files, and whole files."""
 
     def read(self, path: str) -> Optional[bytes]: ...
 
@@ -93,7 +90,7 @@ class RunDirectory:
 
     def chunk(self, path: str, offset: int, max_bytes: int) -> bytes:
         """At most ``max_bytes`` of ``path`` from ``offset`` (empty at its end)."""
-        if not isinstance(offset, int) or offset < 0 or not isinstance(max_bytes, int) or not 0 < max_bytes <= CHUNK_BYTES:
+        if type(offset) is not int or offset < 0 or type(max_bytes) is not int or not 0 < max_bytes <= CHUNK_BYTES:
             raise LedgerError(f"offset={offset!r}, max_bytes={max_bytes!r}: expected offset >= 0 and 0 < max_bytes <= {CHUNK_BYTES}")
         try:
             with open(self._inside(path), "rb") as f:

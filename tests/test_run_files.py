@@ -4,6 +4,7 @@ directory is served; a shard rebuilt through the writer equals one rebuilt from 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 
@@ -76,7 +77,7 @@ def test_the_writer_serves_a_ledger_as_the_disk_holds_it(tmp_path, monkeypatch):
         ray.kill(writer)
 
 
-@pytest.mark.parametrize(("offset", "max_bytes"), [(-1, 10), (0, 0), (0, actors.run_files.CHUNK_BYTES + 1), ("0", 10), (0, 2.5)])
+@pytest.mark.parametrize(("offset", "max_bytes"), [(-1, 10), (0, 0), (0, actors.run_files.CHUNK_BYTES + 1), ("0", 10), (0, 2.5), (True, 10)])
 def test_a_bad_chunk_request_is_refused_by_name(tmp_path, offset, max_bytes):
     (tmp_path / "l.jsonl").write_bytes(b"{}\n")
     with pytest.raises(LedgerError, match=r"offset=.*max_bytes=.*expected"):
@@ -122,7 +123,7 @@ def test_a_shard_rebuilt_through_the_writer_equals_one_rebuilt_from_the_disk(tmp
     monkeypatch.setattr(actors.run_files, "CHUNK_BYTES", 1_001)
     try:
         for spec in driver.specs:
-            spec = type(spec)(**{**spec.__dict__, "agent_caps_path": str(caps_path), "runtime_caps_path": str(runtime_path)})
+            spec = dataclasses.replace(spec, agent_caps_path=str(caps_path), runtime_caps_path=str(runtime_path))
             from_disk = ShardCore(spec, LocalFiles())
             through_writer = ShardCore(spec, WriterFiles(f"rebuild-writer-{seed}"))
             assert through_writer.snapshot(driver.now_us) == from_disk.snapshot(driver.now_us)
