@@ -13,8 +13,19 @@ the call returns (a process crash loses nothing). The fsync policy decides the d
 
 Rotation (``max_segment_bytes``, ``rotate_daily``) starts the next segment file of the
 family (see :mod:`ledger.files`); the chain and the numbering run on across files.
-If the last file ends in a torn line (a crash mid-write), the writer starts a new line
-and appends a ``recover`` event naming the torn bytes; it never truncates.
+
+An append that fails (a full disk, a file size limit, an I/O error) leaves the ledger as it
+was before it: the writer cuts the file back to its size before the batch (``ftruncate``,
+which works on a full disk too), the whole batch, every line and every day of it, and does
+not advance the sequence or the chain; the caller, who journals before it applies, applies
+nothing. If the cut fails too, the writer refuses every later append (a LedgerError naming
+the file and the first error) rather than write after torn bytes; reopening the ledger then
+recovers as after a crash.
+
+Reopening judges the ledger's end by the reader's rule (:func:`ledger.lines.classify_lines`):
+after the last event of the last file, a whole event that lost only its newline gets it;
+anything else there (a torn line, garbage, NUL bytes, however many lines) is torn: the writer
+starts a new line and appends a ``recover`` event naming the torn bytes; it never deletes them.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
@@ -28,23 +39,26 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from enum import Enum
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import orjson
 
 from ledger.files import segment_path, segments
+from ledger.lines import HASH_SUFFIX_BYTES, RawLine, chain_hash, classify_lines, line_body  # noqa: F401  (read from here too)
 from ledger.schema import GENESIS_HASH, SCHEMA_VERSION, EventKind
 from mesh.clock import US_PER_DAY
 from mesh.errors import LedgerError
 
-HASH_SUFFIX_BYTES = len(b',"hash":"') + 32 + len(b'"}')  # 43: the tail every line ends with
 SEQ_PLACEHOLDER = b'{"v":1,"seq":null,'  # how every encoded event starts before the writer numbers it
 _EVENT_JOIN = b"}," + SEQ_PLACEHOLDER  # between two events of a JSON array of them
 _EVENT_BREAK = b"}\n" + SEQ_PLACEHOLDER  # the same place in JSON lines
-_TAIL_BYTES = 1 << 16  # how far back we look for the last whole line when reopening
+_TAIL_BYTES = 1 << 16  # how far back we first look for the last event when reopening (then 8x as far, and so on)
+
+_Item = TypeVar("_Item")
 
 
 class FsyncPolicy(str, Enum):
@@ -53,16 +67,15 @@ class FsyncPolicy(str, Enum):
     NEVER = "never"
 
 
-def chain_hash(previous_hash: str, body: bytes) -> str:
-    """The hash of a line whose JSON without its ``hash`` field is ``body``: SHA-256, first 128 bits."""
-    return sha256(previous_hash.encode() + body).hexdigest()[:32]
+@dataclass
+class _Mark:
+    """Where the writer stood before a batch: what undoing it restores."""
 
-
-def line_body(line: bytes) -> tuple[bytes, str]:
-    """Split a written line (without its newline) into (body without ``hash``, hash); ValueError if it has none."""
-    if len(line) < HASH_SUFFIX_BYTES or line[-HASH_SUFFIX_BYTES:-34] != b',"hash":"' or line[-2:] != b'"}':
-        raise ValueError("no hash field at the end of the line")
-    return line[:-HASH_SUFFIX_BYTES] + b"}", line[-34:-2].decode("ascii", "replace")
+    segment_number: int
+    segment_bytes: int
+    next_seq: int
+    last_hash: str
+    segment_day: Optional[int]
 
 
 class JsonlWriter:
@@ -84,18 +97,16 @@ class JsonlWriter:
         self.rotate_daily = rotate_daily
         self._rotates = rotate_daily or max_segment_bytes is not None
         self._fd: Optional[int] = None
+        self._refusal: Optional[str] = None  # why the writer refuses appends, once a failed write could not be undone
         try:
             self.first_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger directory {self.first_path.parent}: {exc}") from exc
-        existing = segments(self.first_path) if self.first_path.exists() else [self.first_path]
-        self._segment_number = len(existing) - 1
-        self._open(existing[-1])
-        self.next_seq, self.last_hash, torn_bytes = _scan_tail(existing[-1])
-        self._segment_day = _first_day(existing[-1])
-        if torn_bytes:  # the recover event goes right after the torn line, in the same file
-            self._write_bytes(b"\n")
-            self._commit([orjson.dumps(_recover_event(torn_bytes))], rotate=False)
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def path(self) -> Path:
@@ -106,19 +117,14 @@ class JsonlWriter:
         """Number, chain and append ``events`` (one write); return the lines written.
 
         Each event dict has ``ts_us`` and no ``hash``; its ``seq`` is set in place. Raises
-        LedgerError on failure; then nothing of the batch counts: the sequence and the chain
-        are not advanced (a partial write is a torn line, recovered on reopening).
+        LedgerError on failure; then nothing of the batch is in the ledger (see the module doc):
+        the sequence and the chain are not advanced.
         """
         if not events:
             return b""
         if not self.rotate_daily:
-            return self._append_run(events)
-        written, start = [], 0
-        for i in range(1, len(events) + 1):
-            if i == len(events) or _day(events[i]) != _day(events[start]):
-                written.append(self._append_run(events[start:i]))
-                start = i
-        return b"".join(written)
+            return self._append_run(events, None)
+        return self._by_day(events, [_day(event) for event in events], self._append_run)
 
     def append_encoded(self, lines: bytes) -> bytes:
         """:meth:`append` for events already encoded by :func:`encode_events` (in another process, say)."""
@@ -126,15 +132,11 @@ class JsonlWriter:
 
     def append_bodies(self, bodies: list[bytes]) -> bytes:
         """:meth:`append` for the lines of :func:`split_encoded` (already checked)."""
+        if not bodies:
+            return b""
         if not self.rotate_daily:
-            return self._commit(bodies) if bodies else b""
-        written, start = [], 0
-        days = [_body_day(body) for body in bodies]
-        for i in range(1, len(bodies) + 1):
-            if i == len(bodies) or days[i] != days[start]:
-                written.append(self._commit(bodies[start:i], day=days[start]))
-                start = i
-        return b"".join(written)
+            return self._commit(bodies)
+        return self._by_day(bodies, [_body_day(body) for body in bodies], lambda run, day: self._commit(run, day=day))
 
     def append_one(self, event: dict[str, Any]) -> bytes:
         """:meth:`append` for a single event (the in-process booth's hot path)."""
@@ -144,21 +146,54 @@ class JsonlWriter:
         body = orjson.dumps(event)
         digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
         line = b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode())
-        self._write_bytes(line)
+        self._write(line)
         self.next_seq += 1
         self.last_hash = digest
         return line
 
     def close(self) -> None:
+        """Close the file; appends are refused from then on."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    # -- internals --------------------------------------------------------------
+    # -- opening ----------------------------------------------------------------
 
-    def _append_run(self, events: list[dict[str, Any]]) -> bytes:
+    def _start(self) -> None:
+        """Open the last segment and go on from the ledger's last event, mending what a crash left after it."""
+        existing = segments(self.first_path) if self.first_path.exists() else [self.first_path]
+        self._segment_number = len(existing) - 1
+        self._fd, self._segment_bytes = _open_segment(existing[-1])
+        tail = _scan_tail(existing)
+        self.next_seq, self.last_hash = tail.next_seq, tail.last_hash
+        self._segment_day = _first_day(existing[-1])
+        if tail.torn_bytes:  # a new line, then the recover event: one write, undone whole if it fails
+            lead = b"" if tail.newline else b"\n"
+            self._commit([orjson.dumps(_recover_event(tail.torn_bytes))], rotate=False, lead=lead)
+        elif not tail.newline:  # the last event lost only its newline
+            self._write(b"\n")
+
+    # -- appending --------------------------------------------------------------
+
+    def _by_day(self, items: list[_Item], days: list[int], write_run: Callable[[list[_Item], int], bytes]) -> bytes:
+        """Write ``items`` in runs of one day (``write_run(run, day)``); if a run fails, the runs before it are undone."""
+        starts = [0, *(i for i in range(1, len(items)) if days[i] != days[i - 1])]
+        if len(starts) == 1:
+            return write_run(items, days[0])
+        mark = _Mark(self._segment_number, self._segment_bytes, self.next_seq, self.last_hash, self._segment_day)
+        written: list[bytes] = []
+        try:
+            for start, end in zip(starts, [*starts[1:], len(items)]):
+                written.append(write_run(items[start:end], days[start]))
+        except BaseException:
+            if written:
+                self._roll_back(mark)
+            raise
+        return b"".join(written)
+
+    def _append_run(self, events: list[dict[str, Any]], day: Optional[int]) -> bytes:
         """Number, encode, chain and write events of one day, one pass each while it is in cache."""
-        self._rotate_if_due(_day(events[0]))
+        self._rotate_if_due(_day(events[0]) if day is None else day)
         seq, previous, dumps = self.next_seq, self.last_hash.encode(), orjson.dumps
         lines = []
         for event in events:  # the hot loop: about 2 us an event
@@ -169,8 +204,8 @@ class JsonlWriter:
             seq += 1
         return self._write_lines(lines, seq, previous)
 
-    def _commit(self, bodies: list[bytes], *, day: Optional[int] = None, rotate: bool = True) -> bytes:
-        """Number, chain and write encoded events (each starting with ``SEQ_PLACEHOLDER``)."""
+    def _commit(self, bodies: list[bytes], *, day: Optional[int] = None, rotate: bool = True, lead: bytes = b"") -> bytes:
+        """Number, chain and write encoded events (each starting with ``SEQ_PLACEHOLDER``), after ``lead``."""
         if rotate:
             self._rotate_if_due(day)
         seq, previous, skip = self.next_seq, self.last_hash.encode(), len(SEQ_PLACEHOLDER)
@@ -180,54 +215,113 @@ class JsonlWriter:
             previous = sha256(previous + body).hexdigest()[:32].encode()
             lines.append(b'%s,"hash":"%s"}\n' % (body[:-1], previous))
             seq += 1
-        return self._write_lines(lines, seq, previous)
+        return self._write_lines(lines, seq, previous, lead)
 
-    def _write_lines(self, lines: list[bytes], next_seq: int, last_hash: bytes) -> bytes:
-        """Write numbered, chained lines (one write, or one per line with fsync ``always``)."""
+    def _write_lines(self, lines: list[bytes], next_seq: int, last_hash: bytes, lead: bytes = b"") -> bytes:
+        """Write numbered, chained lines after ``lead`` (one write, or one per line with fsync ``always``,
+        the batch undone whole if one fails); then advance the sequence and the chain; return the lines."""
         data = b"".join(lines)
-        if self.fsync is FsyncPolicy.ALWAYS:
-            for line in lines:
-                self._write_bytes(line)
+        if self.fsync is FsyncPolicy.ALWAYS and len(lines) > 1:
+            batch_start = self._segment_bytes
+            self._write(lead + lines[0], cut_to=batch_start)
+            for line in lines[1:]:
+                self._write(line, cut_to=batch_start)
         else:
-            self._write_bytes(data)
+            self._write(lead + data if lead else data)
         self.next_seq, self.last_hash = next_seq, last_hash.decode()
         return data
 
+    def _write(self, data: bytes, cut_to: Optional[int] = None) -> None:
+        """Append ``data`` and fsync it per the policy. On failure, cut the file back to ``cut_to``
+        (default: its size before ``data``) and raise LedgerError (see :meth:`_cut_back`)."""
+        fd = self._fd
+        if fd is None:
+            raise self._refused()
+        start = self._segment_bytes
+        try:
+            written = os.write(fd, data)
+            if written < len(data):  # rare (a full disk, a signal): finish the line, or fail and undo it
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view):]
+            if self.fsync is not FsyncPolicy.NEVER:
+                os.fsync(fd)
+        except BaseException as exc:
+            self._cut_back(start if cut_to is None else cut_to, exc)
+            raise
+        self._segment_bytes = start + len(data)
+
+    def _cut_back(self, size: int, exc: BaseException) -> None:
+        """Undo a failed write: the file back to ``size`` bytes (made durable per the policy); raise
+        LedgerError for an OSError (the caller re-raises anything else). If the cut fails, refuse appends."""
+        try:
+            os.ftruncate(self._fd, size)
+            if self.fsync is not FsyncPolicy.NEVER:
+                os.fsync(self._fd)
+        except OSError as cut_exc:
+            self._refuse(f"an append failed ({exc!r}) and cutting the file back to {size} bytes failed too ({cut_exc})")
+            raise self._refused() from exc
+        self._segment_bytes = size
+        if isinstance(exc, OSError):
+            raise LedgerError(f"cannot append to ledger {self.path}: {exc}; the ledger is as it was before this batch") from exc
+
+    def _roll_back(self, mark: _Mark) -> None:
+        """Undo the days of a batch written before one of them failed: drop the segments they began,
+        cut the one they began in back to its size then. If that fails, refuse appends."""
+        refused = self._refusal is not None
+        try:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            while self._segment_number > mark.segment_number:
+                os.unlink(self.path)
+                self._segment_number -= 1
+            if self.fsync is not FsyncPolicy.NEVER:
+                _fsync_directory(self.first_path.parent)
+            fd, _ = _open_segment(self.path)
+            self._fd = fd
+            os.ftruncate(fd, mark.segment_bytes)
+            if self.fsync is not FsyncPolicy.NEVER:
+                os.fsync(fd)
+        except (OSError, LedgerError) as exc:
+            self._refuse(f"a batch failed on a later day, and undoing its earlier days failed ({exc})")
+            return
+        if refused:  # its files are as before the batch, but the writer had given up: it stays so
+            os.close(self._fd)
+            self._fd = None
+            return
+        self._segment_bytes, self.next_seq, self.last_hash = mark.segment_bytes, mark.next_seq, mark.last_hash
+        self._segment_day = mark.segment_day
+
+    def _refuse(self, why: str) -> None:
+        """From now on refuse every append (the first reason stays): the file may end in torn bytes."""
+        if self._refusal is None:
+            self._refusal = f"ledger {self.path} refuses appends: {why}; close it and reopen the ledger, which recovers as after a crash"
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def _refused(self) -> LedgerError:
+        return LedgerError(self._refusal or f"ledger {self.path} is closed")
+
     def _rotate_if_due(self, day: Optional[int]) -> None:
+        if self._fd is None:
+            raise self._refused()
         if self._segment_bytes == 0:
             self._segment_day = day
             return
         full = self.max_segment_bytes is not None and self._segment_bytes >= self.max_segment_bytes
         new_day = self.rotate_daily and day != self._segment_day
         if full or new_day:
-            self.close()
-            self._segment_number += 1
-            self._open(self.path)
-            self._segment_day = day
+            number = self._segment_number + 1
+            fd, size = _open_segment(segment_path(self.first_path, number))
+            os.close(self._fd)
+            self._fd, self._segment_bytes, self._segment_number, self._segment_day = fd, size, number, day
             if self.fsync is not FsyncPolicy.NEVER:
                 _fsync_directory(self.path.parent)
-
-    def _open(self, path: Path) -> None:
-        try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._segment_bytes = os.fstat(self._fd).st_size
-        except OSError as exc:
-            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
-
-    def _write_bytes(self, data: bytes) -> None:
-        if self._fd is None:
-            raise LedgerError(f"ledger {self.path} is closed")
-        try:
-            written = os.write(self._fd, data)
-            if written < len(data):  # rare (a full disk, a signal): finish the line
-                view = memoryview(data)[written:]
-                while view:
-                    view = view[os.write(self._fd, view):]
-            if self.fsync is not FsyncPolicy.NEVER:
-                os.fsync(self._fd)
-        except OSError as exc:
-            raise LedgerError(f"cannot append to ledger {self.path}: {exc}") from exc
-        self._segment_bytes += len(data)
 
 
 def encode_events(events: list[dict[str, Any]]) -> bytes:
@@ -277,37 +371,100 @@ def _body_day(body: bytes) -> int:
     return int(body[start:body.index(b",", start)]) // US_PER_DAY
 
 
-def _scan_tail(path: Path) -> tuple[int, str, int]:
-    """(next seq, last hash, length of a torn last line or 0) of a segment; earlier segments if it is empty."""
+@dataclass
+class _Tail:
+    """Where a ledger's events end, as a writer reopening it needs to know."""
+
+    next_seq: int
+    last_hash: str
+    torn_bytes: int = 0  # the bytes after the last event, in the last file: a torn run (see ledger.lines)
+    newline: bool = True  # whether the last file ends in a newline (or is empty)
+
+
+def _scan_tail(files: list[Path], *, last_file: bool = True) -> _Tail:
+    """The end of the ledger whose files are ``files``, in order (``last_file``: the last of them is the
+    ledger's last): found by :func:`ledger.lines.classify_lines` over the last file's end, read back from
+    its end until an event is in it (or the whole file is); a file with none continues the one before."""
+    path = files[-1]
     size = path.stat().st_size if path.exists() else 0
-    if size == 0:
-        earlier = _previous_segment(path)
-        return _scan_tail(earlier)[:2] + (0,) if earlier is not None else (0, GENESIS_HASH, 0)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - _TAIL_BYTES))
-        tail = f.read()
-    torn_bytes = 0
-    if not tail.endswith(b"\n"):
-        torn_bytes = len(tail) - (tail.rfind(b"\n") + 1)
-        tail = tail[: len(tail) - torn_bytes]
-    for line in reversed(tail.splitlines()):
-        try:
-            seq = orjson.loads(line).get("seq")
-            _, digest = line_body(line)
-        except (orjson.JSONDecodeError, AttributeError, ValueError):
-            continue
-        if isinstance(seq, int):
-            return seq + 1, digest, torn_bytes
-    if size > _TAIL_BYTES:
-        raise LedgerError(f"{path}: no whole hash-chained event in its last {_TAIL_BYTES} bytes")
-    earlier = _previous_segment(path)  # the segment holds nothing whole: continue the one before
-    return _scan_tail(earlier)[:2] + (torn_bytes,) if earlier is not None else (0, GENESIS_HASH, torn_bytes)
+    window, data = _TAIL_BYTES, b""
+    last: Optional[RawLine] = None
+    while size:
+        start = max(0, size - window)
+        data = _read_from(path, start)
+        last, last_end = _last_event(data, start, path, last_file=last_file)
+        if last is not None or start == 0:
+            break
+        window *= 8
+    newline = not data or data.endswith(b"\n")
+    if last is None:  # no event in the file: it is torn whole, and the chain goes on from the file before
+        before = _scan_tail(files[:-1], last_file=False) if len(files) > 1 else _Tail(0, GENESIS_HASH)
+        return _Tail(before.next_seq, before.last_hash, torn_bytes=size, newline=newline)
+    return _Tail(last.event["seq"] + 1, _chain_point(last, path, last_end), torn_bytes=size - last_end, newline=newline)
 
 
-def _previous_segment(path: Path) -> Optional[Path]:
-    family = segments(path) if path.exists() else []
-    index = family.index(path) if path in family else -1
-    return family[index - 1] if index > 0 else None
+def _last_event(data: bytes, start: int, path: Path, *, last_file: bool) -> tuple[Optional[RawLine], int]:
+    """The last event among the lines of ``data`` (the file from byte ``start``; its first line is cut
+    unless ``start`` is 0), and the offset in the file just past it (with its newline, if it has one)."""
+    offset = start
+    if start:
+        cut = data.find(b"\n") + 1  # the line ``start`` fell in (none: the data is one cut line)
+        offset, data = start + (cut or len(data)), data[cut:] if cut else b""
+    last, last_end, untorn = None, offset, None
+    for line in classify_lines(_split_lines(data), path, last_file=last_file):
+        offset += len(line.raw) + line.newline
+        if line.event is not None:
+            last, last_end, untorn = line, offset, None
+        elif not line.torn and untorn is None:
+            untorn = line
+    if untorn is not None:  # after the last event, a line no crash explains: the reader refuses it too
+        raise LedgerError(f"{untorn.path}: a line after the ledger's last event is not one and no crash explains it "
+                          f"({untorn.problem}): the ledger is corrupt there, not reopened (run `tollmesh ledger verify`)")
+    return last, last_end
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """The lines of ``data``, each with its newline (the last may have none), cut as the reader cuts them."""
+    parts = data.split(b"\n")
+    last = parts.pop()
+    return [part + b"\n" for part in parts] + ([last] if last else [])
+
+
+def _chain_point(line: RawLine, path: Path, end: int) -> str:
+    """The hash of the ledger's last event, which the next line chains onto; LedgerError if it has none."""
+    seq = line.event.get("seq")
+    try:
+        _, digest = line_body(line.raw)
+    except ValueError:
+        digest = None
+    if digest is None or not isinstance(seq, int) or isinstance(seq, bool):
+        raise LedgerError(
+            f"{path}: the last event (the line ending at byte {end}) has no hash field or no integer seq, so the "
+            "chain cannot go on from it: the ledger was not written by tollmesh, or was edited (run `tollmesh ledger verify`)"
+        )
+    return digest
+
+
+def _read_from(path: Path, start: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read()
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+
+
+def _open_segment(path: Path) -> tuple[int, int]:
+    """(descriptor, size) of a segment file opened for appending, created if need be."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+    try:
+        return fd, os.fstat(fd).st_size
+    except OSError as exc:
+        os.close(fd)
+        raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
 
 
 def _first_day(path: Path) -> Optional[int]:
@@ -327,8 +484,12 @@ def _recover_event(torn_bytes: int) -> dict[str, Any]:
 
 
 def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    """Make a file created (or removed) in ``directory`` durable; LedgerError if it cannot be."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LedgerError(f"cannot fsync the ledger directory {directory}: {exc}") from exc

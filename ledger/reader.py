@@ -1,8 +1,9 @@
 """Read a JSONL ledger back (all its segment files, in order), tolerating only what a crash leaves.
 
 A line that is not a valid event is an error naming the file and line, except a
-*torn* line: the unfinished last line of the last file, or a line the writer marked
-as torn by appending a ``recover`` event right after it when it reopened the file.
+*torn* one: what a crash left after the last event of the last file, or a run of lines
+the writer marked as torn by a ``recover`` event right after it when it reopened the
+file. The writer judges a ledger's end by the same rule (:func:`ledger.lines.classify_lines`).
 Readers check the JSON and the schema version here; ``ledger verify`` checks
 everything else (schema, hash chain, sequence, transitions, conservation).
 
@@ -21,17 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ledger.files import segments
+from ledger.lines import HASH_SUFFIX_BYTES, RawLine, classify_lines, parse_line  # noqa: F401  (RawLine, parse_line: read from here too)
 from ledger.parquet import jsonl_to_table
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
 from mesh.errors import LedgerError
 
-_KINDS = frozenset(kind.value for kind in EventKind)
 _SEQ_PREFIX = b'{"v":%d,"seq":' % SCHEMA_VERSION
+_HASH_TAIL_BYTES = HASH_SUFFIX_BYTES + 1  # a whole line's hash field, and its newline
 BISECT_STOP_BYTES = 1 << 16  # reading from a seq bisects a file down to this much, then reads on
 
 #: Reads one ledger file's lines, each with its newline (the last may have none).
@@ -45,27 +46,6 @@ class LedgerRead:
     paths: list[Path]
     events: list[dict[str, Any]] = field(default_factory=list)
     torn_lines: list[tuple[Path, int]] = field(default_factory=list)
-
-
-@dataclass
-class RawLine:
-    """One line as stored: where it is, its bytes, and its event.
-
-    A line that is not an event has ``event=None`` and ``problem`` saying why; it is
-    ``torn`` when a crash explains it (tolerated), otherwise the ledger is corrupt there.
-    """
-
-    path: Path
-    line_no: int  # counted from the line at ``after_byte``
-    raw: bytes
-    event: dict[str, Any] | None
-    problem: str | None = None
-    torn: bool = False
-    after_byte: int = 0  # where reading began: 0 but when read from a seq (see event_lines)
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line_no}" if not self.after_byte else f"{self.path}, line {self.line_no} after byte {self.after_byte}"
-        return f"{where}: {self.problem}"
 
 
 def read_events(ledger: Path | str) -> LedgerRead:
@@ -175,34 +155,14 @@ def iter_lines(paths: list[Path], *, from_seq: int = 0, read_lines: Optional[Rea
 
 def _file_lines(path: Path, *, is_last: bool, from_seq: int = 0, read_lines: Optional[ReadLines] = None) -> Iterator[RawLine]:
     """The lines of one file, read as a stream (a ledger file of a gigabyte is never held whole)."""
-    bad: RawLine | None = None  # a line that is not an event, until we know if it is torn
-    line_no, unfinished = 0, False
     start = _start_offset(path, from_seq) if from_seq and read_lines is None else 0
-    for raw in _raw_lines(path, start) if read_lines is None else read_lines(path):
-        line_no += 1
-        if from_seq and bad is None and _seq_below(raw, from_seq):
-            continue
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        else:
-            unfinished = True  # only the last line of a file can lack its newline
-        try:
-            event = parse_line(raw)
-        except ValueError as exc:
-            if bad is not None:
-                yield bad
-            bad = RawLine(path, line_no, raw, None, str(exc), after_byte=start)
-            continue
-        if bad is not None:
-            bad.torn = event["kind"] == EventKind.RECOVER.value  # the writer marked it torn
-            yield bad
-            bad = None
-        if from_seq and isinstance(event.get("seq"), int) and event["seq"] < from_seq:
-            continue  # read only to tell whether the line before it was torn
-        yield RawLine(path, line_no, raw, event, after_byte=start)
-    if bad is not None:
-        bad.torn = is_last and unfinished and bad.line_no == line_no  # the crash's last line
-        yield bad
+    raws = _raw_lines(path, start) if read_lines is None else read_lines(path)
+    skip = (lambda raw: _seq_below(raw, from_seq)) if from_seq else None
+    for line in classify_lines(raws, path, last_file=is_last, skip=skip, after_byte=start):
+        event = line.event
+        if from_seq and event is not None and isinstance(event.get("seq"), int) and event["seq"] < from_seq:
+            continue  # read only to tell whether the lines before it were torn
+        yield line
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -228,8 +188,9 @@ def _seq_below(raw: bytes, seq: int) -> bool:
 
 
 def _line_seq(raw: bytes) -> int | None:
-    """The ``seq`` a whole line (with its newline) starts with, as the writer writes it; None if it has none."""
-    if not raw.startswith(_SEQ_PREFIX) or not raw.endswith(b"\n"):
+    """The ``seq`` a whole line (with its newline and hash) starts with, as the writer writes it; None if
+    it has none. A torn line may start so too: it has no hash at its end (and stays in its torn run)."""
+    if not raw.startswith(_SEQ_PREFIX) or raw[-_HASH_TAIL_BYTES:-35] != b',"hash":"' or not raw.endswith(b'"}\n'):
         return None
     end = raw.find(b",", len(_SEQ_PREFIX), len(_SEQ_PREFIX) + 20)
     digits = raw[len(_SEQ_PREFIX):end]
@@ -280,18 +241,3 @@ def _raw_lines(path: Path, start: int = 0) -> Iterator[bytes]:
                 yield raw
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
-
-
-def parse_line(raw: bytes) -> dict[str, Any]:
-    """The event on one line; ValueError saying what is wrong with it."""
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON ({exc})") from None
-    if not isinstance(event, dict):
-        raise ValueError("not a JSON object")
-    if event.get("v") != SCHEMA_VERSION:
-        raise ValueError(f"schema version v={event.get('v')!r}, this tollmesh reads v={SCHEMA_VERSION}")
-    if event.get("kind") not in _KINDS:
-        raise ValueError(f"unknown event kind {event.get('kind')!r}")
-    return event

@@ -30,14 +30,12 @@ import hashlib
 import inspect
 import pickle
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Optional
+from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
-from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError
+from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError, TollmeshError
+from mesh.ids import MAX_ID_CHARS, check_id, check_payment_field
 from mesh.money import UsdLike, usd_to_micros
-from mesh.records import SettlementStatus, TollRecord, record_from_wire, record_to_wire
-from mesh.tollbooth import MAX_ID_CHARS
-from mesh.tollbooth import _check_id as check_id
-from mesh.tollbooth import _check_payment_field as check_payment_field
+from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
 
 DEFAULT_METHOD = "handle"
 
@@ -168,12 +166,41 @@ def to_wire(message: Message, task_id: str, max_payload_bytes: int) -> WireMessa
     return (task_id, source, target, method, payload, wallet, signature, problem)
 
 
+def wire_or_refusal(message: Message, task_id: Any, max_payload_bytes: int) -> Union[WireMessage, CallResult]:
+    """:func:`to_wire`, or, for a message that fails its checks, its own failed :class:`CallResult`
+    (:func:`refusal`): in a batch, one bad message fails alone and the others go."""
+    try:
+        return to_wire(message, task_id, max_payload_bytes)
+    except TollmeshError as exc:
+        return refusal(message, task_id, exc)
+
+
+def refusal(message: Message, task_id: Any, error: TollmeshError) -> CallResult:
+    """The result of a message that failed its checks: FAILED, reason ``invalid_message``, ``error``
+    saying what is wrong. Nothing was sent, locked or recorded (an id the ledger cannot write stays out of it)."""
+    record = TollRecord(task_id, message.source, message.target, status=SettlementStatus.FAILED,
+                        reason=Reason.INVALID_MESSAGE.value)
+    return CallResult(record, False, None, str(error))
+
+
+def in_order(refused: dict[int, CallResult], sent: Iterable[CallResult], count: int) -> list[CallResult]:
+    """The results of ``count`` messages in their order: the ``refused`` ones (by index) among those ``sent``."""
+    if not refused:
+        return list(sent)
+    results = iter(sent)
+    return [refused[i] if i in refused else next(results) for i in range(count)]
+
+
 def payload_bytes(payload: Any) -> int:
-    """The size a payload travels at (its pickle); cheap for the common small types."""
+    """The size a payload travels at: its bytes (a str's UTF-8, not its characters), else its pickle."""
     if payload is None or isinstance(payload, (bool, int, float)):
         return 8
-    if isinstance(payload, (bytes, bytearray, str)) and len(payload) < 4096:
+    if isinstance(payload, (bytes, bytearray)):
         return len(payload)
+    if isinstance(payload, str):
+        if payload.isascii():  # O(1): one byte a character
+            return len(payload)
+        return len(payload.encode("utf-8", "surrogatepass"))  # as pickle carries it, lone surrogates too
     try:
         return len(pickle.dumps(payload, protocol=5))
     except Exception as exc:  # noqa: BLE001 - name the problem at the boundary
@@ -213,11 +240,16 @@ class CallContext:
         return (await self.asend([Message(self.agent_id, target, payload, method)]))[0]
 
     async def asend(self, messages: list[Message]) -> list[CallResult]:
-        """Send many calls at once (their ``source`` must be this agent)."""
-        wire = self._wire(messages)
-        if self._coalescer is not None:
-            return [result_from_wire(r) for r in await self._coalescer.submit(wire)]
-        return [result_from_wire(r) for r in await self._coordinator.submit.remote(wire, nested=True)]
+        """Send many calls at once (their ``source`` must be this agent); a message that fails its
+        checks (a bad id...) comes back alone as a failed result (``invalid_message``), the others go."""
+        wire, refused = self._wire(messages)
+        if not wire:
+            sent: list = []
+        elif self._coalescer is not None:
+            sent = await self._coalescer.submit(wire)
+        else:
+            sent = await self._coordinator.submit.remote(wire, nested=True)
+        return in_order(refused, (result_from_wire(r) for r in sent), len(messages))
 
     def call(self, target: str, payload: Any = None, *, method: str = DEFAULT_METHOD) -> CallResult:
         """:meth:`acall` for threaded handlers (``threaded = True``)."""
@@ -230,21 +262,28 @@ class CallContext:
         except RuntimeError:
             import ray
 
-            return [result_from_wire(r) for r in ray.get(self._coordinator.submit.remote(self._wire(messages), nested=True))]
+            wire, refused = self._wire(messages)
+            sent = ray.get(self._coordinator.submit.remote(wire, nested=True)) if wire else []
+            return in_order(refused, (result_from_wire(r) for r in sent), len(messages))
         raise InvalidArgumentError(
             "ctx.call", self.agent_id,
             "a sync handler running on the host's event loop cannot wait for another agent: "
             "make the handler async and use `await ctx.acall(...)`, or set `threaded = True` on the agent class",
         )
 
-    def _wire(self, messages: list[Message]) -> list[WireMessage]:
-        wire = []
-        for message in messages:
+    def _wire(self, messages: list[Message]) -> tuple[list[WireMessage], dict[int, CallResult]]:
+        """The wire forms of the messages that pass their checks, and the results of those that do not, by index."""
+        wire, refused = [], {}
+        for index, message in enumerate(messages):
             if not isinstance(message, Message):
                 raise InvalidTypeError("message", message, "a mesh.Message")
             if message.source != self.agent_id:
                 raise InvalidArgumentError("source", message.source, f"a handler of {self.agent_id!r} pays its own calls")
             self._calls += 1
             task_id = message.task_id or child_task_id(self.task_id, self._calls)
-            wire.append(to_wire(message, task_id, self._max_payload_bytes))
-        return wire
+            checked = wire_or_refusal(message, task_id, self._max_payload_bytes)
+            if type(checked) is CallResult:
+                refused[index] = checked
+            else:
+                wire.append(checked)
+        return wire, refused

@@ -90,3 +90,8 @@ class CallFailedError(TollmeshError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.result,))
+
+
+class InvalidIdError(InvalidArgumentError):
+    """An id (agent, task) or payment field that is not text every part of tollmesh can write:
+    empty, too long, not encodable as UTF-8 (a lone surrogate) or holding a control character."""

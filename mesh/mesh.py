@@ -42,7 +42,10 @@ from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
 from actors.run_files import WriterFiles
 from actors.wire import pack
-from mesh.agent import DEFAULT_METHOD, Agent, CallResult, Message, check_id, price_table, result_from_wire, to_wire
+from mesh.agent import (
+    DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
+    wire_or_refusal,
+)
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
@@ -216,36 +219,42 @@ class Mesh:
         """Many calls, batched (``max_batch_messages`` a batch), their results in order.
 
         At most ``max_inflight_batches`` batches travel at once: a long list streams
-        through the mesh without piling up in its queues.
+        through the mesh without piling up in its queues. A message that fails its checks
+        (a bad id, method or payment field) fails alone: its result is FAILED with reason
+        ``invalid_message`` and ``error`` saying why, it is not sent nor recorded, the others go.
         """
-        batches = ray.get(self._send_refs(messages, max_batch_messages, wait=True))
-        return [result_from_wire(result) for batch in batches for result in batch]
+        refs, refused = self._send_refs(messages, max_batch_messages, wait=True)
+        sent = (result_from_wire(result) for batch in ray.get(refs) for result in batch)
+        return in_order(refused, sent, len(messages))
 
     def send_counted(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> Counter:
         """:meth:`send`, answered only with how many calls ended in each status (``"released"``) or
         status and reason (``"refunded:handler_error"``). Nothing per call travels back: for
         simulations and bulk senders, which read each call's outcome from the ledger.
         """
-        counts: Counter = Counter()
-        for batch in ray.get(self._send_refs(messages, max_batch_messages, wait=True, counted=True)):
+        refs, refused = self._send_refs(messages, max_batch_messages, wait=True, counted=True)
+        counts: Counter = Counter(f"{r.status.value}:{r.reason}" for r in refused.values())
+        for batch in ray.get(refs):
             counts.update(batch)
         return counts
 
     async def asend(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """:meth:`send` for async code."""
-        results: list[CallResult] = []
-        for ref in self._send_refs(messages, max_batch_messages, wait=False):
-            results.extend(result_from_wire(result) for result in await ref)
-        return results
+        refs, refused = self._send_refs(messages, max_batch_messages, wait=False)
+        sent: list[CallResult] = []
+        for ref in refs:
+            sent.extend(result_from_wire(result) for result in await ref)
+        return in_order(refused, sent, len(messages))
 
     def _send_refs(self, messages: list[Message], max_batch_messages: Optional[int], *, wait: bool,
-                   counted: bool = False) -> list:
+                   counted: bool = False) -> tuple[list, dict[int, CallResult]]:
+        """The refs of the batches sent, and the results of the messages that failed their checks (by index)."""
         if not isinstance(messages, list):
             raise InvalidTypeError("messages", messages, "a list of mesh.Message")
         size = max_batch_messages or self.config.max_batch_messages
-        if not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
-        wire = self._wire(messages)  # every message checked before any is sent
+        wire, refused = self._checked_wire(messages)  # every message checked before any is sent
         refs, pending = [], []
         for start in range(0, len(wire), size):
             submit = self._coordinator.submit_counted if counted else self._coordinator.submit
@@ -254,7 +263,7 @@ class Mesh:
             pending.append(ref)
             if wait and len(pending) >= self.config.max_inflight_batches:
                 _, pending = ray.wait(pending, num_returns=1)
-        return refs
+        return refs, refused
 
     def _coalescer(self) -> Coalescer:
         """This event loop's coalescer: concurrent ``acall`` s go out as one coordinator call."""
@@ -273,6 +282,21 @@ class Mesh:
             task_id = message.task_id if message.task_id is not None else f"{prefix}-{next(numbers)}"
             wire.append(to_wire(message, task_id, limit))
         return wire
+
+    def _checked_wire(self, messages: list[Message]) -> tuple[list[tuple], dict[int, CallResult]]:
+        """:meth:`_wire` for a batch: a message that fails its checks gets its own failed result instead."""
+        wire, refused = [], {}
+        prefix, numbers, limit = self._task_prefix, self._task_numbers, self.config.max_payload_bytes
+        for index, message in enumerate(messages):
+            if not isinstance(message, Message):
+                raise InvalidTypeError(f"messages[{index}]", message, "a mesh.Message")
+            task_id = message.task_id if message.task_id is not None else f"{prefix}-{next(numbers)}"
+            checked = wire_or_refusal(message, task_id, limit)
+            if type(checked) is CallResult:
+                refused[index] = checked
+            else:
+                wire.append(checked)
+        return wire, refused
 
     # -- money, time, payments ---------------------------------------------------------------
 

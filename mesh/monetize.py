@@ -21,6 +21,7 @@ A call the booth refuses (over the daily cap, no funds) raises
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import itertools
 import os
@@ -28,6 +29,7 @@ import threading
 from typing import Any, Callable, Optional, TypeVar
 
 from mesh.errors import InvalidArgumentError, PaymentRequiredError, TollRejectedError
+from mesh.ids import is_id
 from mesh.money import UsdLike, format_usd, usd_to_micros
 from mesh.records import Reason, SettlementStatus, TollRecord
 from mesh.tollbooth import Tollbooth, _check_id, get_tollbooth
@@ -66,10 +68,11 @@ def monetize(
 
     def decorator(fn: F) -> F:
         fn_key = _fn_key(fn)
+        fn_tag = _id_part(fn_key)
 
         def lock() -> tuple[Tollbooth, str]:
             the_booth = booth or get_tollbooth()
-            task_id = f"{fn_key[-200:]}:{_count_call(fn_key)}:{_process_token}"  # ids are at most 256 chars
+            task_id = f"{fn_tag}:{_count_call(fn_key)}:{_process_token}"  # ids are at most 256 chars
             record = the_booth.charge_sync(
                 task_id, source_agent, target_agent, amount_usd=price_text, escrow=True
             )
@@ -136,6 +139,15 @@ def _count_call(fn_key: str) -> int:
         count = _usage_counts.get(fn_key, 0) + 1
         _usage_counts[fn_key] = count
     return next(_call_ids)
+
+
+def _id_part(fn_key: str) -> str:
+    """The function's name as the start of its calls' task ids: its last 200 characters, or a digest
+    of it when those would not make a valid id (a qualname set to text with control characters...)."""
+    tail = fn_key[-200:]
+    if is_id(tail):
+        return tail
+    return "fn-" + hashlib.blake2b(fn_key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _fn_key(fn: Callable[..., Any]) -> str:

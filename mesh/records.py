@@ -48,6 +48,7 @@ class Reason(str, Enum):
     UNKNOWN_METHOD = "unknown_method"  # the target has no such public method
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the payload is larger than max_payload_bytes
     SHARD_UNAVAILABLE = "shard_unavailable"  # the caller's budget shard could not be reached
+    INVALID_MESSAGE = "invalid_message"  # a message of a batch failed its checks (an id...): not sent, not recorded
 
 
 class TollRecord(NamedTuple):

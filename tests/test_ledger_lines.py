@@ -159,3 +159,159 @@ def test_a_corrupt_line_read_from_a_seq_is_named_by_its_place_after_the_start(tm
         list(event_lines([path], from_seq=12))
     with pytest.raises(LedgerError, match=r"l\.jsonl:16: malformed JSON"):
         list(event_lines([path]))
+
+
+# -- one rule for what is torn, shared by the reader and the writer (ledger.lines) ---------------
+
+
+def deposits(count, first=0):
+    return [event("deposit", target_agent=f"a{first + n}", amount_micros=first + n + 1) for n in range(count)]
+
+
+def test_a_last_event_that_lost_only_its_newline_is_whole_to_the_reader_and_the_writer(tmp_path):
+    from ledger.verify import verify
+
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path)
+    writer.append(deposits(3))
+    writer.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])  # the crash came between the bytes and the newline
+    read = read_events(path)
+    assert [e["seq"] for e in read.events] == [0, 1, 2] and read.torn_lines == []
+    writer = JsonlWriter(path)
+    assert (writer.next_seq, writer.last_hash) == (3, orjson.loads(whole.splitlines()[-1])["hash"])
+    writer.append(deposits(1, first=3))
+    writer.close()
+    assert path.read_bytes().startswith(whole)  # the newline, then the next event: no recover
+    assert [e["kind"] for e in read_events(path).events] == ["deposit"] * 4
+    assert verify(path).ok
+
+
+def test_several_lines_of_garbage_after_the_last_event_are_one_torn_run(tmp_path):
+    from ledger.verify import verify
+
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path)
+    writer.append(deposits(2))
+    writer.close()
+    junk = b'{"v":1,"seq":2,"ts_us":0,"ki\n\x00\x00\x00\n\xff\xfe garbage'
+    with open(path, "ab") as f:
+        f.write(junk)
+    assert read_events(path).torn_lines == [(path, 3), (path, 4), (path, 5)]
+    JsonlWriter(path).close()
+    read = read_events(path)
+    assert [(e["kind"], e.get("torn_bytes")) for e in read.events] == [("deposit", None)] * 2 + [("recover", len(junk))]
+    assert len(read.torn_lines) == 3
+    result = verify(path)
+    assert result.ok and len(result.warnings) == 3
+
+
+def test_a_run_before_a_recover_that_names_other_bytes_is_corruption(tmp_path):
+    from ledger.verify import verify
+
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path)
+    writer.append(deposits(2))
+    writer.close()
+    with open(path, "ab") as f:
+        f.write(b"torn")
+    JsonlWriter(path).close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [b"not an event either\n"] + lines[2:]))  # a line no recover names
+    with pytest.raises(LedgerError, match=r"l\.jsonl:3: malformed JSON .* the recover event after it names torn_bytes=4, not this run's 25 bytes"):
+        read_events(path)
+    assert any("names torn_bytes=4" in str(p) for p in verify(path).problems)
+
+
+@pytest.mark.parametrize("line", [b'{"v":2,"seq":2,"kind":"lock"}', b'{"v":1,"seq":2,"kind":"steal"}', b"[1,2]", b"7"])
+def test_json_after_the_last_event_is_never_taken_for_torn(tmp_path, line):
+    """What a crash leaves is never JSON: a line of a newer schema (say) is not buried under a recover."""
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path)
+    writer.append(deposits(2))
+    writer.close()
+    with open(path, "ab") as f:
+        f.write(line)
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match=r"l\.jsonl:3: "):
+        read_events(path)
+    with pytest.raises(LedgerError, match="a line after the ledger's last event is not one and no crash explains it"):
+        JsonlWriter(path)
+    assert path.read_bytes() == before
+
+
+def test_a_last_event_without_a_hash_cannot_be_chained_onto(tmp_path):
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit"}\n')  # not written by the writer
+    assert len(read_events(path).events) == 1
+    with pytest.raises(LedgerError, match="the last event .* has no hash field or no integer seq, so the chain cannot go on"):
+        JsonlWriter(path)
+    assert path.read_bytes() == b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit"}\n'
+
+
+def test_a_ledger_recovered_by_the_earlier_writer_still_reads_and_verifies(tmp_path):
+    """The earlier writer's form: one torn line, the newline it added, a recover naming the line's length."""
+    from ledger.lines import chain_hash
+    from ledger.schema import GENESIS_HASH
+    from ledger.verify import verify
+
+    def line(fields: bytes, previous: str) -> tuple[bytes, str]:
+        digest = chain_hash(previous, b"{" + fields + b"}")
+        return b'{%s,"hash":"%s"}\n' % (fields, digest.encode()), digest
+
+    first, digest = line(b'"v":1,"seq":0,"ts_us":0,"kind":"deposit","target_agent":"a","amount_micros":1', GENESIS_HASH)
+    torn = b'{"v":1,"seq":1,"ts_us":0,"kind":"dep'
+    recover, digest = line(b'"v":1,"seq":1,"ts_us":5,"kind":"recover","torn_bytes":%d' % len(torn), digest)
+    after, _ = line(b'"v":1,"seq":2,"ts_us":6,"kind":"deposit","target_agent":"a","amount_micros":2', digest)
+    path = tmp_path / "l.jsonl"
+    path.write_bytes(first + torn + b"\n" + recover + after)
+    read = read_events(path)
+    assert [e["seq"] for e in read.events] == [0, 1, 2] and read.torn_lines == [(path, 2)]
+    assert verify(path).ok
+    writer = JsonlWriter(path)
+    assert writer.next_seq == 3
+    writer.close()
+
+
+tail_pieces = st.sampled_from(["prefix", "whole_no_newline", "nuls", "garbage", "newline", "json", "event"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 4), st.lists(st.tuples(tail_pieces, st.integers(0, 200)), max_size=4))
+def test_the_reader_and_the_writer_agree_where_the_events_end(count, pieces):
+    """Whatever follows a ledger's events, the writer goes on right after the last event the reader
+    reads (and after a recover event if the reader skips torn lines after it); it refuses only
+    where the reader refuses too."""
+    import tempfile
+    from pathlib import Path
+
+    from ledger.reader import iter_lines
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "l.jsonl"
+        writer = JsonlWriter(path)
+        writer.append(deposits(count))
+        line = writer.append(deposits(1, first=count))  # the next event's line, whole
+        writer.close()
+        base = path.read_bytes()[: -len(line)]
+        tail = b"".join({
+            "prefix": line[: n % len(line)], "whole_no_newline": line[:-1], "nuls": b"\x00" * n,
+            "garbage": b"\xff" + bytes([n % 256]).replace(b"\n", b""), "newline": b"\n",
+            "json": b'{"v":9}\n', "event": line,
+        }[kind] for kind, n in pieces)
+        path.write_bytes(base + tail)
+        lines = list(iter_lines([path]))
+        readable = all(l.event is not None or l.torn for l in lines)
+        events = [l for l in lines if l.event is not None]
+        last_no = events[-1].line_no if events else 0
+        torn_after = any(l.torn and l.line_no > last_no for l in lines)
+        try:
+            writer = JsonlWriter(path)
+        except LedgerError:
+            assert not readable  # the writer refuses only a ledger the reader refuses
+            return
+        first_new = writer.next_seq
+        writer.close()
+        if readable or not any(l.line_no > last_no and l.event is None and not l.torn for l in lines):
+            assert first_new == (events[-1].event["seq"] + 1 if events else 0) + torn_after
