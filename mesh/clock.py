@@ -11,20 +11,27 @@ the system clock and at simulated midnight on a :class:`ManualClock`.
 >>> clock.advance(1)
 >>> day_of(now_us(clock))
 3
+
+A clock's time is a finite number of seconds from the epoch to the end of year 9999
+(:data:`END_TIME_S`, the last instant ISO text and Python's datetime can name):
+``ManualClock(float("nan"))`` or ``clock.advance(float("inf"))`` raise.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
-from mesh.errors import InvalidArgumentError
+from mesh.errors import InvalidArgumentError, InvalidTypeError
 
 SECONDS_PER_DAY = 86_400
 US_PER_SECOND = 1_000_000
 US_PER_DAY = SECONDS_PER_DAY * US_PER_SECOND
+#: 10000-01-01T00:00:00Z: every time tollmesh stamps is before it (ISO text and datetime end at year 9999).
+END_TIME_S = 253_402_300_800
 
 
 class Clock(Protocol):
@@ -44,23 +51,54 @@ class ManualClock:
     """A clock that moves only when told to; thread-safe; never moves backwards."""
 
     def __init__(self, start_s: float = 0.0) -> None:
-        self._now_s = float(start_s)
+        self._now_s = check_time_s("start_s", start_s)
         self._lock = threading.Lock()
 
     def now_s(self) -> float:
         return self._now_s
 
     def advance(self, seconds: float) -> None:
+        """Move on by ``seconds`` (a finite number, 0 or more; the time must stay before :data:`END_TIME_S`)."""
+        check_seconds("seconds", seconds)
         if not seconds >= 0:
             raise InvalidArgumentError("seconds", seconds, "a clock only moves forward")
         with self._lock:
-            self._now_s += seconds
+            self._now_s = check_time_s("seconds", self._now_s + seconds, given=seconds)
 
     def set(self, now_s: float) -> None:
+        """Move on to ``now_s`` (not before the clock's time, before :data:`END_TIME_S`)."""
+        check_time_s("now_s", now_s)
         with self._lock:
             if not now_s >= self._now_s:
                 raise InvalidArgumentError("now_s", now_s, "a clock only moves forward")
             self._now_s = float(now_s)
+
+
+def check_time_s(field: str, now_s: Any, *, given: Any = None) -> float:
+    """``now_s`` as a float of seconds, if it is a time a clock may show (see the module doc).
+
+    >>> check_time_s("start_s", 86_400)
+    86400.0
+    >>> check_time_s("start_s", float("nan"))
+    Traceback (most recent call last):
+    ...
+    mesh.errors.InvalidArgumentError: start_s=nan: must be a finite number of seconds
+    """
+    check_seconds(field, now_s)
+    shown = now_s if given is None else given
+    if not 0 <= now_s < END_TIME_S:
+        raise InvalidArgumentError(
+            field, shown, "the time must be from the Unix epoch (0) to the end of year 9999 UTC "
+            f"(before {END_TIME_S} s)")
+    return float(now_s)
+
+
+def check_seconds(field: str, seconds: Any) -> None:
+    """Raise unless ``seconds`` is a finite int or float (not a bool, not NaN or infinite)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise InvalidTypeError(field, seconds, "an int or float of seconds")
+    if not math.isfinite(seconds):
+        raise InvalidArgumentError(field, seconds, "must be a finite number of seconds")
 
 
 def now_us(clock: Clock) -> int:

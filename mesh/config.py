@@ -1,11 +1,18 @@
 """The seed-compatible :class:`TollboothConfig`, validated by pydantic, with exact money.
 
 Money fields accept int, float, str or Decimal USD and are checked exactly (see
-:mod:`mesh.money`); bad values raise :class:`~mesh.errors.ConfigError` naming every
-bad field. ``TOLLBOOTH_PAPER_MODE=1|0`` in the environment overrides the mode.
+:mod:`mesh.money`); every other field is strict: a count is an int (not a bool, a float
+or a string), a duration is an int or float of seconds (at least one microsecond, the
+clock's unit), a flag is a bool, text is a str (not bytes). Bad values raise
+:class:`~mesh.errors.ConfigError` naming every bad field. ``TOLLBOOTH_PAPER_MODE=1|0``
+in the environment overrides the mode.
 
 >>> TollboothConfig(toll_per_message_usd="0.002").toll_per_message_micros
 2000
+>>> TollboothConfig(toll_per_message_usd=True)
+Traceback (most recent call last):
+...
+mesh.errors.ConfigError: invalid TollboothConfig: toll_per_message_usd=True: expected a number of USD (int, float, str or Decimal; not bool, bytes or other types), got bool
 """
 
 from __future__ import annotations
@@ -14,15 +21,42 @@ import os
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WrapValidator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.errors import ConfigError, TollmeshError
+from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
+from mesh.ids import check_id
 from mesh.money import usd_to_micros
 
-UsdField = Union[int, float, str, Decimal]
+#: The shortest duration a config accepts: the clock counts whole microseconds, so a shorter
+#: timeout would round to 0 (an escrow that expires as it is locked).
+MIN_DURATION_S = 1e-6
+
+
+def _exact_usd(value: Any, handler: Any, info: ValidationInfo) -> Any:
+    """A money field is checked by :func:`~mesh.money.usd_to_micros` as given, never coerced
+    first (pydantic would read ``True`` as 1 and ``b"1"`` as "1"); the value is kept as given."""
+    try:
+        usd_to_micros(value, field=info.field_name or "amount_usd")
+    except TollmeshError as exc:
+        raise ValueError(_problem(exc)) from None
+    return value
+
+
+def _valid_id(value: str) -> str:
+    try:
+        check_id("agent id", value)
+    except TollmeshError as exc:
+        raise ValueError(_problem(exc)) from None
+    return value
+
+
+#: A USD amount: int, float, str or Decimal, exact to the micro (see :func:`~mesh.money.usd_to_micros`).
+UsdField = Annotated[Union[int, float, str, Decimal], WrapValidator(_exact_usd)]
+#: An agent id as a key of a config's caps (see :func:`~mesh.ids.check_id`).
+AgentIdKey = Annotated[str, AfterValidator(_valid_id)]
 
 DEFAULT_LEDGER_PATH = Path("tollmesh-out") / "toll_ledger.jsonl"
 
@@ -35,33 +69,35 @@ class TollboothMode(str, Enum):
 class TollboothConfig(BaseModel):
     """How a :class:`~mesh.tollbooth.Tollbooth` prices, limits, verifies and records tolls."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no field coerces (True is not 1, 2.0 is not a count, "5" is not a duration, b"x" is not text);
+    # the paths and enums below opt out, to take their text
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     # Pricing (the seed's fields)
     toll_per_message_usd: UsdField = 0.001
     toll_per_message_tokens: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
     # Settlement
-    ledger_path: Optional[Path] = None
-    escrow_timeout_s: Optional[float] = Field(default=300.0, gt=0.0, allow_inf_nan=False)
+    ledger_path: Optional[Path] = Field(default=None, strict=False)
+    escrow_timeout_s: Optional[float] = Field(default=300.0, ge=MIN_DURATION_S, allow_inf_nan=False)
     # Mode
-    mode: TollboothMode = TollboothMode.PAPER
+    mode: TollboothMode = Field(default=TollboothMode.PAPER, strict=False)
     paper_mode: bool = True
     # x402 integration (the endpoint and key are kept for the seed; verifiers use them as they like)
     x402_endpoint: Optional[str] = None
     x402_api_key: Optional[str] = None
-    x402_verify_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0, allow_inf_nan=False)
+    x402_verify_timeout_s: float = Field(default=5.0, ge=MIN_DURATION_S, le=600.0, allow_inf_nan=False)
     # Limits
     max_daily_toll_per_agent: Optional[UsdField] = 10.0
-    agent_daily_caps_usd: dict[str, Optional[UsdField]] = Field(default_factory=dict)
+    agent_daily_caps_usd: dict[AgentIdKey, Optional[UsdField]] = Field(default_factory=dict)
     require_payment_before_route: bool = False
     track_balances: bool = False
     max_settled_records: int = Field(default=100_000, ge=0)
     # Ledger
     ledger_enabled: bool = True
-    ledger_fsync: FsyncPolicy = FsyncPolicy.NEVER
+    ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.NEVER, strict=False)
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
-    ledger_parquet_dir: Optional[Path] = None
+    ledger_parquet_dir: Optional[Path] = Field(default=None, strict=False)
     restore_from_ledger: bool = True
     # Observability
     metrics_enabled: bool = True
@@ -77,21 +113,6 @@ class TollboothConfig(BaseModel):
             super().__setattr__(name, value)
         except ValidationError as exc:
             raise config_error(exc) from None
-
-    @field_validator("toll_per_message_usd", "max_daily_toll_per_agent")
-    @classmethod
-    def _exact_usd(cls, value: Any, info: Any) -> Any:
-        if value is not None:
-            _check_usd(value, info.field_name)
-        return value
-
-    @field_validator("agent_daily_caps_usd")
-    @classmethod
-    def _exact_caps(cls, caps: dict[str, Any]) -> dict[str, Any]:
-        for agent, cap in caps.items():
-            if cap is not None:
-                _check_usd(cap, f"agent_daily_caps_usd[{agent!r}]")
-        return caps
 
     def model_post_init(self, __context: Any) -> None:
         explicit = self.model_fields_set
@@ -127,11 +148,13 @@ class TollboothConfig(BaseModel):
         }
 
 
-def _check_usd(value: Any, field: str) -> None:
-    try:
-        usd_to_micros(value, field=field)
-    except TollmeshError as exc:
-        raise ValueError(str(exc)) from None
+def _problem(exc: TollmeshError) -> str:
+    """What an error says is wrong, without the ``field=value`` its text starts with (the config names those)."""
+    if isinstance(exc, InvalidArgumentError):
+        return exc.problem
+    if isinstance(exc, InvalidTypeError):
+        return f"expected {exc.expected}, got {type(exc.value).__name__}"
+    return str(exc)
 
 
 def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigError:
@@ -142,8 +165,24 @@ def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigE
         if not error["loc"] and error["type"] == "value_error":
             problems.append(message)  # a check across fields: its message names the field
             continue
-        where = ".".join(str(part) for part in error["loc"]) or "config"
+        where = _where(error["loc"])
         given = repr(error.get("input"))
         given = given if len(given) <= 80 else given[:77] + "..."
         problems.append(f"{where}={given}: {message}")
     return ConfigError(f"invalid {what}: " + "; ".join(problems))
+
+
+def _where(loc: tuple) -> str:
+    """A field's path as text: ``groups.0.count``, ``agent_daily_caps_usd['agent-1']``, ``... key`` for a dict's key.
+
+    Keys are shown as their repr: one that is not printable text (a lone surrogate) cannot break the message.
+    """
+    if loc[-1:] == ("[key]",):  # (field, key, "[key]"): the key is shown as the value
+        return _where(loc[:-2]) + " key"
+    where = ""
+    for part in loc:
+        if isinstance(part, int) or (isinstance(part, str) and part.isidentifier() and part.isascii()):
+            where += f".{part}"
+        else:
+            where += f"[{part!r}]"
+    return where.lstrip(".") or "config"

@@ -46,6 +46,7 @@ from mesh.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
 )
+from mesh.clock import check_seconds
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
@@ -322,6 +323,7 @@ class Mesh:
 
     def advance_clock(self, seconds: float) -> int:
         """Move the mesh's manual clock (``clock="manual"``) forward; the new time in microseconds."""
+        check_seconds("seconds", seconds)  # NaN, inf or a bool would reach the coordinator's clock
         return ray.get(self._coordinator.advance_clock.remote(seconds))
 
     def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:

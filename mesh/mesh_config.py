@@ -6,6 +6,10 @@
 Traceback (most recent call last):
 ...
 mesh.errors.ConfigError: invalid MeshConfig: shards=0: Input should be greater than or equal to 1
+>>> MeshConfig(shards=2.0)
+Traceback (most recent call last):
+...
+mesh.errors.ConfigError: invalid MeshConfig: shards=2.0: Input should be a valid integer
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.config import UsdField, _check_usd, config_error
+from mesh.clock import END_TIME_S
+from mesh.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
 from mesh.money import usd_to_micros
 from mesh.sharding import MAX_SHARDS
 
@@ -24,11 +29,13 @@ from mesh.sharding import MAX_SHARDS
 class MeshConfig(BaseModel):
     """Every knob of a :class:`~mesh.mesh.Mesh`; unknown fields and bad values raise ConfigError."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict (see mesh.config): a count is an int, a duration an int or float, a flag a bool, text a str;
+    # the path and the enum opt out, to take their text
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     namespace: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    out_dir: Path = Field(default=Path("tollmesh-out") / "mesh", validate_default=True)
+    out_dir: Path = Field(default=Path("tollmesh-out") / "mesh", validate_default=True, strict=False)
     detached: bool = False  # actors outlive the driver that started them (attach from others; shut down explicitly)
     # Layout
     shards: int = Field(default=4, ge=1, le=MAX_SHARDS)
@@ -39,22 +46,22 @@ class MeshConfig(BaseModel):
     # Single calls from the owning driver run through a Ray Compiled Graph (actors/fast_lane.py),
     # opened on demand and parked after fast_lane_idle_s without a call (mesh/fast_path.py)
     fast_lane: bool = True
-    fast_lane_idle_s: float = Field(default=5.0, gt=0, le=86_400, allow_inf_nan=False)
+    fast_lane_idle_s: float = Field(default=5.0, ge=MIN_DURATION_S, le=86_400, allow_inf_nan=False)
     # Limits
-    handler_timeout_s: float = Field(default=30.0, gt=0, le=3_600, allow_inf_nan=False)
-    escrow_timeout_s: Optional[float] = Field(default=300.0, gt=0, allow_inf_nan=False)
-    sweep_interval_s: float = Field(default=1.0, gt=0, le=3_600, allow_inf_nan=False)
+    handler_timeout_s: float = Field(default=30.0, ge=MIN_DURATION_S, le=3_600, allow_inf_nan=False)
+    escrow_timeout_s: Optional[float] = Field(default=300.0, ge=MIN_DURATION_S, allow_inf_nan=False)
+    sweep_interval_s: float = Field(default=1.0, ge=MIN_DURATION_S, le=3_600, allow_inf_nan=False)
     max_daily_toll_per_agent: Optional[UsdField] = None
-    agent_daily_caps_usd: dict[str, Optional[UsdField]] = Field(default_factory=dict)
+    agent_daily_caps_usd: dict[AgentIdKey, Optional[UsdField]] = Field(default_factory=dict)
     track_balances: bool = False
     max_payload_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
     max_settled_records: int = Field(default=100_000, ge=0)
-    x402_verify_timeout_s: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
+    x402_verify_timeout_s: float = Field(default=5.0, ge=MIN_DURATION_S, le=600, allow_inf_nan=False)
     # Time: the system's UTC clock, or a manual one moved by Mesh.advance_clock (simulations)
     clock: Literal["system", "manual"] = "system"
-    start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    start_s: float = Field(default=0.0, ge=0, lt=END_TIME_S, allow_inf_nan=False)
     # Ledger
-    ledger_fsync: FsyncPolicy = FsyncPolicy.BATCH
+    ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.BATCH, strict=False)
     ledger_parquet: bool = True
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
@@ -73,21 +80,6 @@ class MeshConfig(BaseModel):
     def _absolute(cls, out_dir: Path) -> Path:
         """Actors run in other processes (and machines): they get the driver's absolute path."""
         return out_dir.absolute()
-
-    @field_validator("max_daily_toll_per_agent")
-    @classmethod
-    def _exact_cap(cls, value: Any, info: Any) -> Any:
-        if value is not None:
-            _check_usd(value, info.field_name)
-        return value
-
-    @field_validator("agent_daily_caps_usd")
-    @classmethod
-    def _exact_caps(cls, caps: dict[str, Any]) -> dict[str, Any]:
-        for agent, cap in caps.items():
-            if cap is not None:
-                _check_usd(cap, f"agent_daily_caps_usd[{agent!r}]")
-        return caps
 
     @property
     def ledger_path(self) -> Path:

@@ -13,7 +13,10 @@ one micro, nothing negative, nothing above :data:`MAX_AMOUNT_MICROS`.
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import (
+    MAX_EMAX, MIN_EMIN, ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow,
+    localcontext,
+)
 from typing import Union
 
 from mesh.errors import InvalidAmountError, InvalidTypeError
@@ -26,29 +29,42 @@ MAX_AMOUNT_MICROS = MAX_AMOUNT_USD * MICROS_PER_USD
 
 UsdLike = Union[int, float, str, Decimal]
 
-_ONE_MICRO = Decimal("0.000001")
+#: The context every parse runs in, whatever the caller's ``decimal`` context is: wide enough
+#: that every valid amount is exact (at most 16 digits of micros), every exponent Python can read
+#: fits, and any rounding that would drop a digit (``Inexact``) raises instead of rounding.
+_CONTEXT = Context(
+    prec=40, rounding=ROUND_HALF_EVEN, Emin=MIN_EMIN, Emax=MAX_EMAX, capitals=1, clamp=0,
+    traps=[InvalidOperation, DivisionByZero, Overflow, Inexact],
+)
+_EXPECTED = "a number of USD (int, float, str or Decimal; not bool, bytes or other types)"
 
 
 def usd_to_micros(value: UsdLike, *, field: str = "amount_usd") -> int:
     """Convert a USD amount (int, float, str or Decimal) to exact integer micros.
 
-    Raises :class:`InvalidAmountError` naming ``field`` and the value when it is
-    negative, NaN, infinite, above the maximum or finer than 10^-6 USD.
+    Raises :class:`InvalidTypeError` for any other type (a bool, bytes, a numpy scalar...)
+    and :class:`InvalidAmountError` naming ``field`` and the value when it is negative,
+    NaN, infinite, above the maximum or finer than 10^-6 USD. The result never depends
+    on the caller's ``decimal`` context: the parse runs in its own.
 
     >>> usd_to_micros("0.000001"), usd_to_micros(Decimal("2.5")), usd_to_micros(3)
     (1, 2500000, 3000000)
     """
-    amount = _to_decimal(value, field)
-    if not amount.is_finite():
-        raise InvalidAmountError(field, value, "must be a finite number")
-    if amount < 0:
-        raise InvalidAmountError(field, value, "must not be negative")
-    if amount > MAX_AMOUNT_USD:
-        raise InvalidAmountError(field, value, f"must be at most {MAX_AMOUNT_USD} USD")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
-        raise InvalidAmountError(field, value, "is finer than 10^-6 USD (one micro-USD)")
-    return int(micros)
+    with localcontext(_CONTEXT):
+        amount = _to_decimal(value, field)
+        if not amount.is_finite():
+            raise InvalidAmountError(field, value, "must be a finite number")
+        if amount < 0:
+            raise InvalidAmountError(field, value, "must not be negative")
+        if amount > MAX_AMOUNT_USD:
+            raise InvalidAmountError(field, value, f"must be at most {MAX_AMOUNT_USD} USD")
+        try:
+            micros = amount.scaleb(6)  # exact: 10^6 times the amount, or Inexact (more than 40 digits)
+        except Inexact:
+            micros = None
+        if micros is None or micros != micros.to_integral_value():
+            raise InvalidAmountError(field, value, "is finer than 10^-6 USD (one micro-USD)")
+        return int(micros)
 
 
 def check_micros(value: int, *, field: str = "amount_micros") -> int:
@@ -89,19 +105,23 @@ def micros_to_usd(micros: int) -> float:
 
 
 def _to_decimal(value: UsdLike, field: str) -> Decimal:
-    if isinstance(value, bool):
-        raise InvalidTypeError(field, value, "a number of USD (int, float, str or Decimal)")
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
+    """``value`` as a Decimal, exactly; only the four types of :data:`UsdLike` (their subclasses
+    are refused too: a bool is an int, a numpy float is a float, and neither is money)."""
+    kind = type(value)
+    if kind is int:
         return Decimal(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            raise InvalidAmountError(field, value, "must be a finite number")
-        return Decimal(repr(value))
-    if isinstance(value, str):
+    if kind is str:
+        text = value.strip()
+        if not text.isascii():  # Decimal reads any script's digits; an amount is ASCII text
+            raise InvalidAmountError(field, value, "is not a decimal number")
         try:
-            return Decimal(value.strip())
+            return Decimal(text)
         except InvalidOperation:
             raise InvalidAmountError(field, value, "is not a decimal number") from None
-    raise InvalidTypeError(field, value, "a number of USD (int, float, str or Decimal)")
+    if kind is float:
+        if math.isnan(value) or math.isinf(value):
+            raise InvalidAmountError(field, value, "must be a finite number")
+        return Decimal(repr(value))  # the shortest text that reads back as this float: 0.1 is 0.1
+    if isinstance(value, Decimal):
+        return value
+    raise InvalidTypeError(field, value, _EXPECTED)

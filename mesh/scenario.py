@@ -5,7 +5,10 @@ rate, latency, and optionally whom they call onward, paying in turn: a pipeline)
 traffic the simulation drives between groups (uniform, or power-law hubs), how long it
 runs in simulated days, and the mesh's layout. It is read from TOML (``load_scenario``)
 or built in Python. A bad field raises :class:`~mesh.errors.ConfigError` naming the
-field, the value and what is allowed, before anything starts.
+field, the value and what is allowed, before anything starts. Fields are strict: a count
+or a seed is an int (``count = 2.0``, ``seed = "7"`` and ``messages = true`` are refused),
+a rate or a duration an int or float, money a number or its text (never a bool), and
+the run's days must end within the clock's range (before the year 10000).
 
 >>> s = Scenario(groups=[{"name": "users", "count": 10, "balance_usd": "5"},
 ...                      {"name": "shops", "count": 3, "price_usd": "0.01"}],
@@ -32,7 +35,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.config import UsdField, _check_usd, config_error
+from mesh.clock import END_TIME_S, SECONDS_PER_DAY
+from mesh.config import MIN_DURATION_S, UsdField, config_error
 from mesh.errors import ConfigError
 from mesh.money import usd_to_micros
 from mesh.sharding import MAX_SHARDS
@@ -49,7 +53,9 @@ Pattern = Literal["uniform", "power_law"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no field coerces (True is not 1, 2.0 is not a count, "7" is not a seed);
+    # the date and the enum opt out, to take their text
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Latency(_Model):
@@ -115,24 +121,17 @@ class AgentGroup(_Model):
     onward: Optional[Onward] = None
     behaviour: Optional[str] = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-    @field_validator("price_usd", "daily_cap_usd", "balance_usd")
-    @classmethod
-    def _exact_usd(cls, value: Any, info: Any) -> Any:
-        if value is not None:
-            _check_usd(value, info.field_name)
-        return value
-
     @property
     def price_micros(self) -> int:
         return usd_to_micros(self.price_usd, field=f"groups.{self.name}.price_usd")
 
     @property
     def cap_micros(self) -> Optional[int]:
-        return None if self.daily_cap_usd is None else usd_to_micros(self.daily_cap_usd)
+        return None if self.daily_cap_usd is None else usd_to_micros(self.daily_cap_usd, field=f"groups.{self.name}.daily_cap_usd")
 
     @property
     def balance_micros(self) -> Optional[int]:
-        return None if self.balance_usd is None else usd_to_micros(self.balance_usd)
+        return None if self.balance_usd is None else usd_to_micros(self.balance_usd, field=f"groups.{self.name}.balance_usd")
 
     def agent_id(self, n: int) -> str:
         return f"{self.name}-{n}"
@@ -163,16 +162,16 @@ class Scenario(_Model):
     messages: int = Field(default=100_000, ge=1, le=100_000_000)
     days: float = Field(default=1.0, gt=0, le=3_650, allow_inf_nan=False)
     ticks_per_day: int = Field(default=24, ge=1, le=86_400)
-    start_date: dt.date = dt.date(2026, 1, 1)
+    start_date: dt.date = Field(default=dt.date(2026, 1, 1), strict=False)
     # Layout
     shards: int = Field(default=2, ge=1, le=MAX_SHARDS)
     hosts: int = Field(default=2, ge=1, le=256)
     batch_size: int = Field(default=5_000, ge=1, le=100_000)
     # Limits
-    handler_timeout_s: float = Field(default=30.0, gt=0, le=3_600, allow_inf_nan=False)
-    escrow_timeout_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    handler_timeout_s: float = Field(default=30.0, ge=MIN_DURATION_S, le=3_600, allow_inf_nan=False)
+    escrow_timeout_s: float = Field(default=300.0, ge=MIN_DURATION_S, allow_inf_nan=False)
     # Ledger
-    ledger_fsync: FsyncPolicy = FsyncPolicy.BATCH
+    ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.BATCH, strict=False)
     ledger_parquet: bool = True
     # Economy
     groups: list[AgentGroup] = Field(min_length=1, max_length=1_000)
@@ -184,8 +183,17 @@ class Scenario(_Model):
         except ValidationError as exc:
             raise config_error(exc, "Scenario") from None
 
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _a_day(cls, value: Any) -> Any:
+        """A date, or its ISO text; not a datetime, nor a number (pydantic would read one as a timestamp)."""
+        if isinstance(value, dt.datetime) or not isinstance(value, (dt.date, str)):
+            raise ValueError("expected a date (in TOML: start_date = 2026-01-01) or its ISO text")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        self._check_time_range()
         names = [g.name for g in self.groups]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -203,6 +211,15 @@ class Scenario(_Model):
                 raise _problem(f"groups.{group.name}.onward.to", group.onward.to, f"names no group; the groups are {names}")
         self._check_pipelines_end()
         return self
+
+    def _check_time_range(self) -> None:
+        """The simulated clock runs from ``start_date`` for ``days``: every instant must be one it can stamp."""
+        if self.start_s < 0:
+            raise _problem("start_date", self.start_date.isoformat(), "must be 1970-01-01 or later (the Unix epoch)")
+        if self.start_s + self.days * SECONDS_PER_DAY >= END_TIME_S:
+            room = (END_TIME_S - self.start_s) / SECONDS_PER_DAY
+            raise _problem("days", self.days, f"a run from start_date={self.start_date.isoformat()} must end before "
+                           f"10000-01-01, the end of the clock's range: less than {room:g} day(s)")
 
     def _check_pipelines_end(self) -> None:
         """Onward calls must form pipelines: a cycle (a -> b -> a) would call onward forever."""
@@ -257,7 +274,7 @@ class Scenario(_Model):
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
         if agents is not None:
-            if not isinstance(agents, int) or agents < len(self.groups):
+            if isinstance(agents, bool) or not isinstance(agents, int) or agents < len(self.groups):
                 raise ConfigError(f"invalid Scenario: agents={agents!r}: at least one per group ({len(self.groups)} groups)")
             total = self.agent_count
             for group in data["groups"]:
