@@ -26,6 +26,7 @@ Reopening judges the ledger's end by the reader's rule (:func:`ledger.lines.clas
 after the last event of the last file, a whole event that lost only its newline gets it;
 anything else there (a torn line, garbage, NUL bytes, however many lines) is torn: the writer
 starts a new line and appends a ``recover`` event naming the torn bytes; it never deletes them.
+One writer at a time holds a ledger: an ``flock`` on ``<first file>.lock`` (:mod:`ledger.lock`).
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
@@ -49,11 +50,13 @@ import orjson
 
 from ledger.files import segment_path, segments
 from ledger.lines import HASH_SUFFIX_BYTES, RawLine, chain_hash, classify_lines, line_body  # noqa: F401  (read from here too)
+from ledger.lock import DEFAULT_LOCK_TIMEOUT_S, check_lock_timeout, release_lock, take_lock
 from ledger.schema import GENESIS_HASH, SCHEMA_VERSION, EventKind
 from mesh.clock import US_PER_DAY
 from mesh.errors import LedgerError
 
 SEQ_PLACEHOLDER = b'{"v":1,"seq":null,'  # how every encoded event starts before the writer numbers it
+LOCK_SUFFIX = ".lock"  # the writer's lock file: the ledger's first file name and this
 _EVENT_JOIN = b"}," + SEQ_PLACEHOLDER  # between two events of a JSON array of them
 _EVENT_BREAK = b"}\n" + SEQ_PLACEHOLDER  # the same place in JSON lines
 _TAIL_BYTES = 1 << 16  # how far back we first look for the last event when reopening (then 8x as far, and so on)
@@ -79,7 +82,11 @@ class _Mark:
 
 
 class JsonlWriter:
-    """Appends batches of events to a JSONL ledger family, numbering and chaining them."""
+    """Appends batches of events to a JSONL ledger family, numbering and chaining them.
+
+    ``lock_timeout_s``: how long to wait for another writer of the ledger to let it go
+    (default :data:`ledger.lock.DEFAULT_LOCK_TIMEOUT_S`); then LedgerError naming the holder.
+    """
 
     def __init__(
         self,
@@ -88,20 +95,24 @@ class JsonlWriter:
         *,
         max_segment_bytes: Optional[int] = None,
         rotate_daily: bool = False,
+        lock_timeout_s: Optional[float] = None,
     ) -> None:
         self.first_path = Path(path)
         self.fsync = FsyncPolicy(fsync)
         if max_segment_bytes is not None and max_segment_bytes < 1:
             raise LedgerError(f"max_segment_bytes={max_segment_bytes!r}: must be at least 1")
+        timeout_s = check_lock_timeout(DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s)
         self.max_segment_bytes = max_segment_bytes
         self.rotate_daily = rotate_daily
         self._rotates = rotate_daily or max_segment_bytes is not None
         self._fd: Optional[int] = None
+        self._lock_fd: Optional[int] = None
         self._refusal: Optional[str] = None  # why the writer refuses appends, once a failed write could not be undone
         try:
             self.first_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger directory {self.first_path.parent}: {exc}") from exc
+        self._lock_fd = take_lock(self.lock_path, timeout_s=timeout_s, what=f"the ledger {self.first_path}")
         try:
             self._start()
         except BaseException:
@@ -112,6 +123,11 @@ class JsonlWriter:
     def path(self) -> Path:
         """The segment file being written now."""
         return segment_path(self.first_path, self._segment_number)
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file the writer holds while it is open (one writer at a time)."""
+        return self.first_path.with_name(self.first_path.name + LOCK_SUFFIX)
 
     def append(self, events: list[dict[str, Any]]) -> bytes:
         """Number, chain and append ``events`` (one write); return the lines written.
@@ -152,10 +168,13 @@ class JsonlWriter:
         return line
 
     def close(self) -> None:
-        """Close the file; appends are refused from then on."""
+        """Close the file and let the ledger go (its lock); appends are refused from then on."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            release_lock(self._lock_fd)
+            self._lock_fd = None
 
     # -- opening ----------------------------------------------------------------
 

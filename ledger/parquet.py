@@ -22,10 +22,8 @@ caller formats JSONL, because every return from Arrow's C++ code waits for the G
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -35,15 +33,14 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from ledger.lock import DEFAULT_LOCK_TIMEOUT_S, release_lock, take_lock
 from ledger.schema import ARROW_SCHEMA
 from mesh.clock import US_PER_DAY
 from mesh.errors import LedgerError
 
 DEFAULT_ROW_GROUP_EVENTS = 10_000
 DEFAULT_MAX_FILE_ROWS = 1_000_000
-DEFAULT_LOCK_TIMEOUT_S = 30.0
 DATASET_LOCK_NAME = ".writer.lock"  # one writer at a time (readers skip dot files)
-LOCK_POLL_S = 0.05
 
 #: A JSONL line as Arrow's JSON reader sees it (any other field is an error).
 JSONL_ARROW_SCHEMA = pa.schema(
@@ -100,28 +97,12 @@ def micros_to_decimal(micros: np.ndarray) -> pa.Array:
 
 
 def _lock_dataset(root: Path, timeout_s: float) -> int:
-    """Take the dataset's writer lock, waiting up to ``timeout_s``; return its file descriptor.
-
-    An ``flock``: the OS drops it when its holder dies, so a writer that replaces a dead
-    one waits only while the old process is still going (it may be closing a file).
-    """
+    """Take the dataset's writer lock, waiting up to ``timeout_s``; return its file descriptor (see :mod:`ledger.lock`)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / DATASET_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise LedgerError(f"cannot write the Parquet dataset {root}: {exc}") from exc
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise LedgerError(
-                    f"{root} is being written by another process (it holds {DATASET_LOCK_NAME}); waited {timeout_s} s"
-                ) from None
-            time.sleep(LOCK_POLL_S)
+    return take_lock(root / DATASET_LOCK_NAME, timeout_s=timeout_s, what=str(root))
 
 
 def _empty_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -187,7 +168,7 @@ class ParquetLedgerWriter:
                 self._close_day(day)
         finally:
             if self._lock_fd is not None:
-                os.close(self._lock_fd)  # drops the lock
+                release_lock(self._lock_fd)
                 self._lock_fd = None
 
     def _write(self, blob: bytes) -> None:

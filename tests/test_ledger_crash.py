@@ -7,6 +7,7 @@
   next append goes on from the last acknowledged event, in the writer and in a live Tollbooth, whose
   reopened ledger replays to the live booth's state. If the file cannot be cut back, the writer
   refuses every later append, and reopening recovers as after a crash.
+* One writer at a time holds a ledger (a lock naming its holder); a dead holder's lock is gone.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -463,3 +467,86 @@ def test_a_file_size_limit_in_a_live_booth_fails_that_charge_alone(tmp_path, fsy
     reopened = Tollbooth(booth_config(path), clock=ManualClock(START_S))
     assert json.loads(json.dumps(reopened.snapshot(), default=str)) == report["snapshot"]
     reopened.close()
+
+
+# -- one writer at a time ---------------------------------------------------------------
+
+
+HOLDER_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from ledger import JsonlWriter
+    writer = JsonlWriter(sys.argv[1])
+    writer.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit", "target_agent": "child", "amount_micros": 1}])
+    print("holding", flush=True)
+    sys.stdin.readline()  # until told to let go (or killed)
+    time.sleep(float(sys.argv[2]))
+    writer.close()
+    """
+)
+
+
+def start_holder(path: Path, linger_s: float = 0.0) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_CHILD, str(path), str(linger_s)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "holding\n"
+    return holder
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
+    path = tmp_path / "toll_ledger.jsonl"
+    first = JsonlWriter(path)
+    holder = f"holder: pid {os.getpid()} on host {socket.gethostname()}"
+    with pytest.raises(LedgerError, match=rf"toll_ledger\.jsonl is being written by another process \(it holds toll_ledger\.jsonl\.lock\); waited 0\.2 s; {holder}"):
+        JsonlWriter(path, lock_timeout_s=0.2)
+    first.close()  # closing lets it go
+    JsonlWriter(path, lock_timeout_s=0).close()
+    for bad in (-1, float("nan"), float("inf"), "5", True):
+        with pytest.raises(LedgerError, match="lock_timeout_s=.*must be a finite number of seconds"):
+            JsonlWriter(path, lock_timeout_s=bad)
+
+
+def test_a_writer_in_another_process_holds_the_ledger_until_it_dies(tmp_path):
+    path = tmp_path / "toll_ledger.jsonl"
+    holder = start_holder(path)
+    try:
+        with pytest.raises(LedgerError, match=rf"waited 0\.2 s; holder: pid {holder.pid} on host"):
+            JsonlWriter(path, lock_timeout_s=0.2)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    writer = JsonlWriter(path, lock_timeout_s=0)  # the dead process's lock is gone
+    writer.append([deposit(0)])
+    writer.close()
+    assert verify(path).ok and [e["target_agent"] for e in read_events(path).events] == ["child", "a0"]
+
+
+def test_a_new_writer_waits_for_an_old_one_that_is_still_closing(tmp_path):
+    """As a restarted writer actor does while the old process lives on briefly."""
+    path = tmp_path / "toll_ledger.jsonl"
+    holder = start_holder(path, linger_s=0.3)
+    holder.stdin.write("let go\n")
+    holder.stdin.flush()
+    started = time.monotonic()
+    writer = JsonlWriter(path, lock_timeout_s=30)
+    assert writer.next_seq == 1
+    writer.close()
+    assert holder.wait(timeout=30) == 0 and time.monotonic() - started < 30
+
+
+def test_two_booths_on_one_ledger_cannot_interleave(tmp_path, monkeypatch):
+    path = tmp_path / "toll_ledger.jsonl"
+    holder = start_holder(path)
+    monkeypatch.setattr(ledger.jsonl, "DEFAULT_LOCK_TIMEOUT_S", 0.2)
+    try:
+        with pytest.raises(LedgerError, match=rf"being written by another process .*holder: pid {holder.pid}"):
+            Tollbooth(booth_config(path, track_balances=True), clock=ManualClock(START_S))
+    finally:
+        holder.stdin.write("let go\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    booth = Tollbooth(booth_config(path, track_balances=True), clock=ManualClock(START_S))  # the holder deposited
+    booth.deposit("alice", 1)
+    assert booth.charge_sync("t1", "alice", "bob").status is SettlementStatus.ESCROW_LOCKED
+    booth.close()
+    assert verify(path).ok and [e["kind"] for e in read_events(path).events] == ["deposit", "deposit", "lock"]
