@@ -37,13 +37,17 @@ FORMATS = ("csv", "json", "parquet")
 
 
 def export(source: Path | str, out: Path | str, fmt: str) -> int:
-    """Write the events of ``source`` (JSONL ledger or Parquet dataset) to ``out``; return the count."""
+    """Write the events of ``source`` (JSONL ledger or Parquet dataset) to ``out``; return the count.
+
+    The folder of ``out`` is made if it is missing; ``out`` itself must not exist (nothing is overwritten).
+    """
     if fmt not in FORMATS:
         raise InvalidArgumentError("format", fmt, f"must be one of: {', '.join(FORMATS)}")
     out = Path(out)
     if out.exists():
         raise LedgerError(f"{out} exists already: refusing to overwrite it")
     table = read_table(source)
+    _make_folder(out.parent)
     plain = _plain(table)
     if fmt == "csv":
         pacsv.write_csv(plain, out)
@@ -64,6 +68,13 @@ def compact(ledger: Path | str, out_dir: Path | str, *, row_group_events: int = 
     catch_up(writer, ledger)
     writer.close()
     return writer.files_written
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LedgerError(f"cannot write into {folder}: it, or a folder above it, is a file") from None
 
 
 def _plain(table: pa.Table) -> pa.Table:

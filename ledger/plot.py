@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger.reader import read_table
-from ledger.report import build_report
+from ledger.report import build_report, summable
+from mesh.errors import LedgerError
 from mesh.money import MICROS_PER_USD
 
 _BUCKETS = (("1h", 3_600), ("1d", 86_400))
@@ -37,7 +39,10 @@ def plot_table(table: pa.Table, report: dict, out_dir: Path | str) -> list[Path]
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise LedgerError(f"cannot draw plots into {out_dir}: it, or a folder above it, is a file") from None
     paths = [
         _spend_over_time(plt, table, out_dir / "spend_over_time.png"),
         _top_agents(plt, report, out_dir / "top_payers_earners.png"),
@@ -53,10 +58,8 @@ def _spend_over_time(plt, table: pa.Table, path: Path) -> Path:
         seconds = released.column("ts").cast(pa.int64()).to_numpy() // 1_000_000
         span_s = int(seconds.max() - seconds.min())
         label, bucket_s = _BUCKETS[0] if span_s <= 3 * 86_400 else _BUCKETS[1]
-        buckets = (seconds // bucket_s) * bucket_s
-        amounts = released.column("amount_micros").to_numpy()
-        keys = sorted(set(buckets.tolist()))
-        totals = [amounts[buckets == k].sum() / MICROS_PER_USD for k in keys]
+        keys, micros = spend_by_bucket(seconds, released.column("amount_micros"), bucket_s)
+        totals = [m / MICROS_PER_USD for m in micros]  # exact sums; floats only to draw them
         times = pa.array(keys, pa.timestamp("s", tz="UTC")).to_pylist()
         ax.bar(times, totals, width=bucket_s / 86_400 * 0.9, align="edge")
         ax.set_title(f"Released tolls per {label} (USD)")
@@ -65,6 +68,13 @@ def _spend_over_time(plt, table: pa.Table, path: Path) -> Path:
     ax.set_ylabel("USD")
     fig.autofmt_xdate()
     return _save(plt, fig, path)
+
+
+def spend_by_bucket(seconds: np.ndarray, amounts: pa.ChunkedArray, bucket_s: int) -> tuple[list[int], list[int]]:
+    """The buckets' start times (s) and the exact micros released in each, in time order."""
+    by_bucket = pa.table({"bucket": pa.array((seconds // bucket_s) * bucket_s), "micros": summable(amounts)})
+    rows = sorted(by_bucket.group_by("bucket").aggregate([("micros", "sum")]).to_pylist(), key=lambda r: r["bucket"])
+    return [r["bucket"] for r in rows], [int(r["micros_sum"]) for r in rows]
 
 
 def _top_agents(plt, report: dict, path: Path) -> Path:

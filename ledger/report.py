@@ -2,6 +2,9 @@
 
 Works on the Arrow table of any source (JSONL or the Parquet dataset, see
 :func:`ledger.reader.read_table`). Amounts are exact micros, with USD strings beside.
+Sums are exact at any size: Arrow's int64 sum wraps past 2^63 - 1 without a word
+(10,000 calls of $1e9 printed ``spend: $-8446744073709.551616``), so a column whose
+sum could pass it is summed as decimal128(38, 0) (see :func:`exact_sum`).
 
 >>> import tempfile, pathlib
 >>> from mesh import Tollbooth, TollboothConfig
@@ -23,12 +26,17 @@ import pyarrow.compute as pc
 from ledger.reader import read_table
 from mesh.money import format_usd
 
-__all__ = ["REPORT_COLUMNS", "build_report", "format_report", "read_table"]
+__all__ = ["REPORT_COLUMNS", "build_report", "exact_sum", "format_report", "read_table", "summable"]
 
 #: The columns :func:`build_report` (and the plots drawn from it) read: ``read_table(source, columns=REPORT_COLUMNS)``.
 REPORT_COLUMNS = ["ts", "kind", "task_id", "source_agent", "target_agent", "amount_micros", "status", "reason"]
 
 _TOLL_KINDS = ["lock", "paper_release", "release", "refund", "expire", "reject", "pending"]
+
+_INT64_MAX = 2**63 - 1
+#: Wide enough for the sum of any table of int64 values that fits a machine: |x| < 2^63, and
+#: fewer than 10^19 rows keep the sum under 10^38 (Arrow's decimal sums wrap there too).
+_WIDE = pa.decimal128(38, 0)
 
 
 def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
@@ -37,7 +45,7 @@ def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
     amount = table.column("amount_micros")
 
     def total(kinds: list[str]) -> int:
-        return pc.sum(pc.filter(amount, pc.is_in(kind, pa.array(kinds)))).as_py() or 0
+        return exact_sum(pc.filter(amount, pc.is_in(kind, pa.array(kinds))))
 
     def count(kinds: list[str]) -> int:
         return pc.sum(pc.is_in(kind, pa.array(kinds))).as_py() or 0
@@ -91,9 +99,10 @@ def _final_statuses(table: pa.Table, kind: pa.ChunkedArray) -> dict[str, dict[st
     tolls = table.filter(pc.is_in(kind, pa.array(_TOLL_KINDS))).select(["task_id", "status", "amount_micros"])
     tolls = tolls.set_column(1, "status", tolls.column("status").cast(pa.string()))
     final = tolls.group_by("task_id", use_threads=False).aggregate([("status", "last"), ("amount_micros", "last")])
+    final = final.set_column(2, "amount_micros_last", summable(final.column("amount_micros_last")))
     by_status = final.group_by("status_last").aggregate([("task_id", "count"), ("amount_micros_last", "sum")])
     return {
-        row["status_last"]: {"tasks": row["task_id_count"], "amount_micros": row["amount_micros_last_sum"]}
+        row["status_last"]: {"tasks": row["task_id_count"], "amount_micros": int(row["amount_micros_last_sum"])}
         for row in sorted(by_status.to_pylist(), key=lambda r: r["status_last"])
     }
 
@@ -102,14 +111,34 @@ def _sum_by(table: pa.Table, keys: list[str], top: int) -> list[dict[str, Any]]:
     if table.num_rows == 0:
         return []
     columns = {k: table.column(k).cast(pa.string()) for k in keys}
-    columns["amount_micros"] = table.column("amount_micros")
+    columns["amount_micros"] = summable(table.column("amount_micros"))
     grouped = pa.table(columns).group_by(keys).aggregate([("amount_micros", "sum"), ("amount_micros", "count")])
     rows = [
-        {**{k: r[k] for k in keys}, "micros": r["amount_micros_sum"], "calls": r["amount_micros_count"]}
+        {**{k: r[k] for k in keys}, "micros": int(r["amount_micros_sum"]), "calls": r["amount_micros_count"]}
         for r in grouped.to_pylist()
     ]
     rows.sort(key=lambda r: (-r["micros"], -r["calls"], tuple(r[k] for k in keys)))
     return rows[:top]
+
+
+def exact_sum(values: pa.Array | pa.ChunkedArray) -> int:
+    """The exact sum of int64 ``values`` as a Python int (0 for none), whatever their size.
+
+    >>> exact_sum(pa.array([2**62, 2**62, 2**62], pa.int64())) == 3 * 2**62
+    True
+    """
+    total = pc.sum(summable(values)).as_py()
+    return 0 if total is None else int(total)
+
+
+def summable(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``values`` as they may be summed (or summed by group) exactly: as they are when no sum of them can
+    pass the int64 range (the common case, checked in one pass), else cast to decimal128(38, 0)."""
+    if len(values) == 0:
+        return values
+    bounds = pc.min_max(values)
+    largest = max(abs(bounds["min"].as_py() or 0), abs(bounds["max"].as_py() or 0))
+    return values if largest * len(values) <= _INT64_MAX else values.cast(_WIDE)
 
 
 def _counts(values: pa.ChunkedArray) -> dict[str, int]:

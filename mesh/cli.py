@@ -12,7 +12,10 @@
     tollmesh ledger compact LEDGER [--out DIR]
 
 LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report``,
-``export`` and ``plot`` also read a Parquet dataset directory.
+``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
+created as needed (``export`` creates the folder of its ``--out`` file too). A bad path
+(a file where a directory must be, a folder that cannot be made or read) is answered
+with one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Optional
 import orjson
 
 from mesh.demo import format_report, run_demo
-from mesh.errors import TollmeshError
+from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.money import format_usd
 from mesh.settlement import DEFAULT_MINIMUM_USD, settle
 
@@ -40,6 +43,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TollmeshError as exc:
         print(f"tollmesh: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the system refused (permissions, a full disk...): named, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tollmesh: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+def _out_dir(flag: str, path: Path, given: Optional[Path] = None) -> Path:
+    """``path`` if it is, or can be made, a directory; else a clear error (it, or a folder above it, is a file)."""
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                raise InvalidArgumentError(flag, str(given or path), f"{at} is a file, not a directory")
+            break
+    return path
+
+
+def _out_file(flag: str, path: Path) -> Path:
+    """``path`` if a file can be written there (its folder is made if missing); else a clear error."""
+    if path.is_dir():
+        raise InvalidArgumentError(flag, str(path), "is a directory: give a file name")
+    _out_dir(flag, path.parent, path)
+    return path
 
 
 def _print_json(value: object) -> None:
@@ -55,7 +80,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
     )
-    run_dir = args.out / f"{scenario.name}-seed{scenario.seed}"
+    run_dir = _out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}"
     simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
                             plots=not args.no_plots)
     report = simulation.run()
@@ -69,7 +94,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_dir = args.out / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
+    run_dir = _out_dir("--out", args.out) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
     if run_dir.exists():
         print(f"tollmesh: error: {run_dir} already exists", file=sys.stderr)
         return 2
@@ -116,7 +141,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from ledger.export import export
 
-    count = export(args.ledger, args.out, args.format)
+    count = export(args.ledger, _out_file("--out", args.out), args.format)
     print(f"wrote {count} events to {args.out}")
     return 0
 
@@ -134,7 +159,7 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from ledger.plot import plot
 
-    out = args.out or _beside(args.ledger, "plots")
+    out = _out_dir("--out", args.out) if args.out else _beside(args.ledger, "plots")
     for path in plot(args.ledger, out):
         print(f"wrote {path}")
     return 0
@@ -143,7 +168,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_compact(args: argparse.Namespace) -> int:
     from ledger.export import compact
 
-    out = args.out or _beside(args.ledger, "parquet")
+    out = _out_dir("--out", args.out) if args.out else _beside(args.ledger, "parquet")
     files = compact(args.ledger, out)
     print(f"wrote {len(files)} Parquet file(s) under {out}")
     return 0

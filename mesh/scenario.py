@@ -303,7 +303,10 @@ def load_scenario(source: str | Path) -> Scenario:
         text = resources.files("mesh.scenarios").joinpath(f"{source}.toml").read_text(encoding="utf-8")
         where = f"built-in scenario {source!r}"
     elif path.is_file():
-        text, where = path.read_text(encoding="utf-8"), str(path)
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"scenario {str(source)!r}: not UTF-8 text (a TOML file is): {exc.reason} at byte {exc.start}") from None
     else:
         raise ConfigError(f"scenario {str(source)!r}: no such file, nor a built-in scenario ({', '.join(builtin_scenarios())})")
     try:

@@ -83,3 +83,68 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_demo_refuses_a_one_agent_economy(tmp_path, capsys):
     assert main(["demo", "--agents", "1", "--out", str(tmp_path)]) == 2
     assert "agents=1" in capsys.readouterr().err
+
+
+# -- issue 11, finding 9: exact sums, and a bad path is one line and exit 2 ------------------------
+
+
+def test_report_over_ten_thousand_calls_of_a_billion_dollars_is_exact(make_booth, ledger_path, capsys):
+    booth = make_booth(paper_mode=True, max_daily_toll_per_agent=None, restore_from_ledger=False)
+    for n in range(10_000):
+        booth.charge_sync(f"t{n}", f"agent-{n % 3}", "bob", amount_usd=1_000_000_000)
+    booth.close()
+    assert main(["ledger", "report", str(ledger_path)]) == 0
+    assert "spend:         $10000000000000.000000" in capsys.readouterr().out  # was $-8446744073709.551616
+    assert main(["ledger", "report", str(ledger_path), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["spend_micros"] == 10**19 and report["by_status"]["released"]["amount_micros"] == 10**19
+
+
+def test_export_makes_the_missing_folder_of_its_file(ledger_dir, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "events.json"
+    assert main(["ledger", "export", str(ledger_dir), "--format", "json", "--out", str(out)]) == 0
+    assert len(orjson.loads(out.read_bytes())) == 16
+
+
+def _bad_paths(root, ledger):
+    a_file = root / "a-file"
+    a_file.write_text("not a folder")
+    (root / "binary.toml").write_bytes(b"\xff\xfe\x00 = 1")
+    missing = root / "missing" / "toll_ledger.jsonl"
+    export = ["ledger", "export", str(ledger), "--format", "csv", "--out"]
+    return {
+        "simulate --out FILE": (["simulate", "--out", str(a_file), "--messages", "10"], "is a file, not a directory"),
+        "simulate --out FILE/sub": (["simulate", "--out", str(a_file / "sub")], "is a file, not a directory"),
+        "simulate --config DIR": (["simulate", "--config", str(root)], "no such file"),
+        "simulate --config binary": (["simulate", "--config", str(root / "binary.toml")], "not UTF-8 text"),
+        "demo --out FILE": (["demo", "--out", str(a_file), "--agents", "3", "--messages", "5"], "is a file"),
+        "export --out FILE/x.csv": (export + [str(a_file / "x.csv")], "is a file, not a directory"),
+        "export --out DIR": (export + [str(root)], "is a directory"),
+        "export --out existing": (export + [str(a_file)], "exists already"),
+        "plot --out FILE": (["ledger", "plot", str(ledger), "--out", str(a_file)], "is a file, not a directory"),
+        "plot --out FILE/sub": (["ledger", "plot", str(ledger), "--out", str(a_file / "p")], "is a file"),
+        "compact --out FILE": (["ledger", "compact", str(ledger), "--out", str(a_file)], "is a file"),
+        **{f"{tool} missing": (["ledger", tool, str(missing)] + (["--format", "csv", "--out", str(root / "o.csv")]
+                                                                 if tool == "export" else []), "not found")
+           for tool in ("report", "verify", "export", "settle", "plot", "compact")},
+        "report FILE/x": (["ledger", "report", str(a_file / "x.jsonl")], "not found"),
+    }
+
+
+CASES = [
+    "simulate --out FILE", "simulate --out FILE/sub", "simulate --config DIR", "simulate --config binary",
+    "demo --out FILE", "export --out FILE/x.csv", "export --out DIR", "export --out existing", "plot --out FILE",
+    "plot --out FILE/sub", "compact --out FILE",
+    "report missing", "verify missing", "export missing", "settle missing", "plot missing", "compact missing",
+    "report FILE/x",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_path_is_one_line_and_exit_code_2_never_a_traceback(case, ledger_dir, tmp_path, capsys):
+    cases = _bad_paths(tmp_path, ledger_dir)
+    assert sorted(cases) == sorted(CASES)
+    argv, said = cases[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tollmesh: error: ") and said in err[0], err

@@ -10,13 +10,17 @@ import datetime as dt
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh import ConfigError, ManualClock, MeshConfig, TollboothConfig
+from ledger.plot import plot_table, spend_by_bucket
+from ledger.report import build_report, exact_sum
+from mesh import MAX_AMOUNT_MICROS, ConfigError, ManualClock, MeshConfig, TollboothConfig, format_usd
 from mesh.clock import END_TIME_S
 from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.money import MICROS_PER_USD
 from mesh.scenario import AgentGroup, Latency, Onward, Scenario, Traffic, load_scenario
 
 #: What each kind of field must refuse (None is refused only where the field is not Optional).
@@ -235,3 +239,68 @@ def test_a_scenario_before_the_epoch_or_with_a_timestamp_for_a_date_is_refused()
     assert last.start_s + last.days * 86_400 < END_TIME_S
     with pytest.raises(ConfigError, match="start_s="):
         MeshConfig(start_s=END_TIME_S)
+
+
+# -- sums of micros are exact at any size (finding 9) ----------------------------------------------
+
+INT64_MAX = 2**63 - 1
+
+
+def _ledger_table(amounts: list[int], kinds: list[str] | None = None, sources: list[str] | None = None):
+    """A ledger table as ``read_table`` gives it, one event per amount (released, by default)."""
+    n = len(amounts)
+    kinds = kinds or ["paper_release"] * n
+    return pa.table({
+        "ts": pa.array([1_767_225_600_000_000 + i for i in range(n)], pa.timestamp("us", tz="UTC")),
+        "kind": pa.array(kinds).dictionary_encode(), "task_id": pa.array([f"t{i}" for i in range(n)]),
+        "source_agent": pa.array(sources or ["alice"] * n).dictionary_encode(),
+        "target_agent": pa.array(["bob"] * n).dictionary_encode(),
+        "amount_micros": pa.array(amounts, pa.int64()),
+        "status": pa.array(["released" if k in ("paper_release", "release") else "refunded" for k in kinds]),
+        "reason": pa.array([None] * n, pa.string()),
+    })
+
+
+@pytest.mark.parametrize("amounts", [
+    [MAX_AMOUNT_MICROS] * 10_000,                       # the finding: 10,000 calls of $1e9
+    [INT64_MAX // 7] * 7,                               # exactly at the int64 boundary, summed as int64
+    [INT64_MAX // 7] * 8,                               # one past it
+    [INT64_MAX, 1], [INT64_MAX, INT64_MAX, INT64_MAX], [2**62] * 4, [1, 2, 3], [],
+])
+def test_report_sums_are_exact_at_and_past_the_int64_boundary(amounts):
+    report = build_report(_ledger_table(amounts), top=3)
+    assert report["spend_micros"] == sum(amounts)
+    assert report["spend_usd"] == format_usd(sum(amounts))
+    if amounts:
+        assert report["by_status"]["released"]["amount_micros"] == sum(amounts)
+        assert report["top_payers"][0]["paid_micros"] == sum(amounts)
+        assert report["top_edges"][0]["released_micros"] == sum(amounts)
+    assert exact_sum(pa.array(amounts, pa.int64())) == sum(amounts)
+
+
+@given(st.lists(st.integers(-INT64_MAX, INT64_MAX), max_size=40), st.integers(1, 3))
+def test_exact_sum_is_the_python_sum_of_any_int64_values_in_any_chunks(values, chunks):
+    size = -(-len(values) // chunks) if values else 1
+    chunked = pa.chunked_array([pa.array(values[i:i + size], pa.int64()) for i in range(0, len(values), size)] or
+                               [pa.array([], pa.int64())])
+    assert exact_sum(chunked) == sum(values)
+
+
+def test_refunds_and_grouped_sums_past_the_boundary_are_exact():
+    amounts = [MAX_AMOUNT_MICROS] * 12_000
+    kinds = ["paper_release"] * 10_000 + ["refund"] * 2_000
+    sources = [f"agent-{i % 3}" for i in range(12_000)]
+    report = build_report(_ledger_table(amounts, kinds, sources), top=5)
+    assert report["spend_micros"] == 10_000 * MAX_AMOUNT_MICROS
+    assert report["refunded_micros"] == 2_000 * MAX_AMOUNT_MICROS
+    assert {r["agent"]: r["paid_micros"] for r in report["top_payers"]} == {
+        f"agent-{a}": sum(1 for i in range(10_000) if i % 3 == a) * MAX_AMOUNT_MICROS for a in range(3)}
+    assert sum(v["amount_micros"] for v in report["by_status"].values()) == 12_000 * MAX_AMOUNT_MICROS
+
+
+def test_the_spend_plot_sums_exactly(tmp_path):
+    amounts = pa.chunked_array([pa.array([MAX_AMOUNT_MICROS] * 10_000 + [INT64_MAX, 5], pa.int64())])
+    seconds = np.array([0] * 10_000 + [3_600, 3_601])
+    assert spend_by_bucket(seconds, amounts, 3_600) == ([0, 3_600], [10_000 * MAX_AMOUNT_MICROS, INT64_MAX + 5])
+    table = _ledger_table([MAX_AMOUNT_MICROS] * 10_000)
+    assert len(plot_table(table, build_report(table), tmp_path / "plots")) == 3
