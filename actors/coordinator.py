@@ -37,8 +37,9 @@ import os
 import time
 from collections import Counter as Tally
 from collections import OrderedDict, defaultdict, deque
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import orjson
 import ray
@@ -52,6 +53,7 @@ from actors.wire import pack, unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
+from ledger.tally import tally_ledger
 from mesh.agent import PriceTable, WireMessage
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
@@ -179,6 +181,7 @@ class EscrowCoordinator:
         self._waiting: dict[bool, deque] = {False: deque(), True: deque()}  # submissions not yet in a batch
         self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
         self._batch_tasks: set[asyncio.Task] = set()
+        self._redeliver = False  # see set_redelivery
 
     # -- calls --------------------------------------------------------------------
 
@@ -201,7 +204,11 @@ class EscrowCoordinator:
         """:meth:`submit` answered only with how many calls ended in each ``status`` (or
         ``status:reason``): nothing per call travels back (bulk senders read the ledger)."""
         counts: Tally = Tally()
-        for record, _, _, _ in await self.submit(messages):
+        for record, _, _, error in await self.submit(messages):
+            fault = None if error is None else next((f for note, f in _FAULTS.items() if error.startswith(note)), None)
+            if fault is not None:  # the ledger may not hold how the call ended: the caller may send it again
+                counts[f"fault:{fault}"] += 1
+                continue
             reason = record[_REASON]
             counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
         return dict(counts)
@@ -255,11 +262,11 @@ class EscrowCoordinator:
         started = time.perf_counter()
         results: list[Optional[tuple]] = [None] * len(messages)
         payments = await self._verify_payments(messages)
-        entries: list[LogEntry] = []
-        locked = await self._lock(messages, payments, results, entries)
+        calls = _BatchCalls()
+        locked = await self._lock(messages, payments, results, calls)
         outcomes = await self._deliver(messages, locked)
-        await self._settle(messages, locked, outcomes, results, entries)
-        await self._await_durable(entries, results)
+        await self._settle(locked, outcomes, results, calls)
+        await self._await_durable(calls, locked, outcomes, results)
         self._metrics.batch(len(messages), (time.perf_counter() - started) * 1_000, self._amounts["locked"])
         return results  # type: ignore[return-value]
 
@@ -283,9 +290,10 @@ class EscrowCoordinator:
         return price or 0
 
     async def _lock(
-        self, messages: list[WireMessage], payments: dict[int, Reason], results: list, entries: list[LogEntry]
+        self, messages: list[WireMessage], payments: dict[int, Reason], results: list, calls: _BatchCalls,
     ) -> list[tuple[int, tuple]]:
-        """Lock (or refuse) every message on its caller's shard; the fresh locks (wire records), by message index."""
+        """Lock (or refuse) every message on its caller's shard; the locks to deliver (wire records), by
+        message index: the fresh ones, and in :meth:`set_redelivery` mode the open ones of a task id seen before."""
         ops: dict[int, list[tuple]] = defaultdict(list)
         where: dict[int, list[int]] = defaultdict(list)
         agents, shards = self._directory.agents, self.config.shards
@@ -305,26 +313,31 @@ class EscrowCoordinator:
             shard = shard_of(source, shards)
             ops[shard].append((action, task_id, source, target, price or 0, 0.0, wallet, signature, reason))
             where[shard].append(i)
-        answers = await asyncio.gather(*(self._shard_call(s, "lock_batch", ops[s], entries) for s in ops))
-        locked: list[tuple[int, tuple]] = []
-        rejected: Tally = Tally()
-        for shard, (answer, _) in zip(ops, answers):
+        answers = await asyncio.gather(*(self._shard_call(s, "lock_batch", ops[s], calls.entries) for s in ops))
+        to_deliver: list[tuple[int, tuple]] = []
+        for shard, (answer, entry) in zip(ops, answers):
             indices = where[shard]
             if answer is None:  # the shard stayed unreachable: nothing locked, nothing written
                 for i in indices:
                     results[i] = _unreachable(messages[i])
                 continue
             records, repeats = answer[0], set(answer[4])
+            locked: list[tuple[int, tuple]] = []
+            rejected: Tally = Tally()
             for j, (i, record) in enumerate(zip(indices, records)):
-                if j in repeats:
+                if j in repeats and self._redeliver and record[_STATUS] == _LOCKED:
+                    to_deliver.append((i, record))  # an escrow a dead instance left open: delivered now
+                elif j in repeats:
                     results[i] = (record, record[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
                 elif record[_STATUS] == _LOCKED:
                     locked.append((i, record))
                 else:
                     rejected[record[_REASON]] += 1
                     results[i] = (record, False, None, f"refused: {record[_REASON]}")
-        self._count_locks(locked, rejected)
-        return locked
+            to_deliver.extend(locked)
+            calls.tallies.append((entry, partial(self._count_locks, locked, rejected)))
+            calls.depends(indices, entry)
+        return sorted(to_deliver, key=lambda pair: pair[0])
 
     async def _deliver(
         self, messages: list[WireMessage], locked: list[tuple[int, tuple]]
@@ -355,8 +368,8 @@ class EscrowCoordinator:
             return [(-1, note)] * len(messages)
 
     async def _settle(
-        self, messages: list[WireMessage], locked: list[tuple[int, tuple]],
-        outcomes: dict[int, tuple[int, Any]], results: list, entries: list[LogEntry],
+        self, locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]], results: list,
+        calls: _BatchCalls,
     ) -> None:
         """Release what succeeded and refund the rest, on each caller's shard."""
         ops: dict[int, list[tuple]] = defaultdict(list)
@@ -368,31 +381,77 @@ class EscrowCoordinator:
             shard = shard_of(record[_SOURCE], shards)
             ops[shard].append((record[_TASK], code == OK, reason))
             where[shard].append(i)
-        answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], entries) for s in ops))
-        settled: list[tuple] = []
-        for shard, (answer, _) in zip(ops, answers):
-            for j, i in enumerate(where[shard]):
-                code, value = outcomes[i]
-                record = answer[0][j] if answer is not None else None
-                if record is None:  # the shard stayed unreachable; the escrow stays locked until it expires
-                    record = next(r for k, r in locked if k == i)
-                    results[i] = (record, False, value if code == OK else None, "could not settle: shard unavailable")
-                    continue
-                settled.append(record)
-                ok = record[_STATUS] == _RELEASED
-                error = None if ok else (value if code != OK else f"refunded: {record[_REASON]}")
-                results[i] = (record, ok, value if code == OK else None, error)
-        self._count_settled(settled)
+        answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], calls.entries) for s in ops))
+        for shard, (answer, entry) in zip(ops, answers):
+            settled = self._settled_results(answer, where[shard], locked, outcomes, results)
+            if answer is not None:
+                calls.tallies.append((entry, partial(self._count_settled, settled)))
+                calls.settles.append((shard, ops[shard], where[shard], entry))
+                calls.depends(where[shard], entry)
         await self._forward_credits([(e, a) for a, e in answers if a is not None and a[3]])
 
-    async def _await_durable(self, entries: list[LogEntry], results: list) -> None:
-        """Wait until every event of the batch is on disk; a lost append turns its results into errors."""
-        outcomes = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
-        lost = next((o for o in outcomes if isinstance(o, BaseException)), None)
-        if lost is not None:
-            note = f"ledger append lost, the record may not be on disk (read it with get_record): {lost}"
-            for i, result in enumerate(results):
-                results[i] = (result[0], False, result[2], note)
+    def _settled_results(
+        self, answer: Optional[ShardAnswer], indices: list[int], locked: list[tuple[int, tuple]],
+        outcomes: dict[int, tuple[int, Any]], results: list,
+    ) -> list[tuple]:
+        """Each settled message's result from its shard's answer; the records settled."""
+        settled: list[tuple] = []
+        for j, i in enumerate(indices):
+            code, value = outcomes[i]
+            record = answer[0][j] if answer is not None else None
+            if record is None:  # the shard stayed unreachable; the escrow stays locked until it expires
+                record = next(r for k, r in locked if k == i)
+                results[i] = (record, False, value if code == OK else None, _SETTLE_LOST)
+                continue
+            settled.append(record)
+            ok = record[_STATUS] == _RELEASED
+            error = None if ok else (value if code != OK else f"refunded: {record[_REASON]}")
+            results[i] = (record, ok, value if code == OK else None, error)
+        return settled
+
+    async def _await_durable(
+        self, calls: _BatchCalls, locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]],
+        results: list,
+    ) -> None:
+        """Wait until every event of the batch is on disk, and count what is (a lost append's events,
+        which the ledger lacks, are not counted). A lost settlement is made again once the shards are
+        rebuilt (no escrow stays locked for a writer's crash); a message whose events are still
+        not all on disk then is answered with an error saying so."""
+        durable = await asyncio.gather(*(e.durable for e in calls.entries), return_exceptions=True)
+        lost = {id(e): o for e, o in zip(calls.entries, durable) if isinstance(o, BaseException)}
+        for entry, count in calls.tallies:
+            if id(entry) not in lost:
+                count()
+        if not lost:
+            return
+        for shard, ops, indices, entry in calls.settles:
+            if id(entry) in lost:
+                await self._settle_again(shard, ops, indices, entry, calls, locked, outcomes, results)
+        error = next(iter(lost.values()))
+        note = f"{_APPEND_LOST}, the record may not be on disk (read it with get_record): {error}"
+        for i, entries in calls.depend_on.items():
+            if any(id(e) in lost for e in entries):
+                results[i] = (results[i][0], False, results[i][2], note)
+
+    async def _settle_again(
+        self, shard: int, ops: list[tuple], indices: list[int], lost_entry: LogEntry, calls: _BatchCalls,
+        locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]], results: list,
+    ) -> None:
+        """Settle once more what a lost append held, on the shard rebuilt from the ledger (a settled
+        escrow is answered unchanged; one the crash left locked is settled now)."""
+        entries: list[LogEntry] = []
+        answer, entry = await self._shard_call(shard, "settle_batch", ops, entries)
+        if answer is None:
+            return
+        try:
+            await entry.durable
+        except Exception:  # noqa: BLE001 - lost again: the messages stay errors, the caller may send them again
+            return
+        self._count_settled(self._settled_results(answer, indices, locked, outcomes, results))
+        for i in indices:
+            calls.depend_on[i] = [e for e in calls.depend_on[i] if e is not lost_entry]
+        if answer[3]:
+            await self._forward_credits([(entry, answer)])
 
     # -- shard calls, credits, recovery ---------------------------------------------------
 
@@ -561,8 +620,7 @@ class EscrowCoordinator:
         shard = shard_of(source, self.config.shards)
         entries: list[LogEntry] = []
         answer = await self._shard_call_now(shard, "expire_due", entries)  # its events go through the log, in order
-        await self._await_durable(entries, [])
-        if answer is not None:
+        if await _all_durable(entries) and answer is not None:
             self._count_settled(answer[0])
         return await self._shards[shard].get.remote(task_id)
 
@@ -688,9 +746,9 @@ class EscrowCoordinator:
         answers = await asyncio.gather(*(
             self._shard_call_now(s, "expire_due", entries) for s in range(self.config.shards)
         ))
-        await self._await_durable(entries, [])
         expired = [record for answer in answers if answer is not None for record in answer[0]]
-        self._count_settled(expired)
+        if await _all_durable(entries):  # else the shards are rebuilt from the ledger, which decides
+            self._count_settled(expired)
         return [record_from_wire(record) for record in expired]
 
     async def _shard_call_now(self, shard: int, method: str, entries: list[LogEntry]) -> Optional[ShardAnswer]:
@@ -715,6 +773,17 @@ class EscrowCoordinator:
         write_whole(path, orjson.dumps({"default_cap_micros": default_cap_micros,
                                         "agent_caps_micros": {**known, **agent_caps_micros}}))
         await asyncio.gather(*(s.set_caps.remote(default_cap_micros, agent_caps_micros) for s in self._shards))
+
+    def set_redelivery(self, enabled: bool) -> None:
+        """While on, a message whose task id is already locked (an escrow a crashed run, or a dead
+        instance of this actor, left open) is delivered and settled, not answered as a repeat.
+
+        Only for a driver that sends again what it sent before a crash, with no other call of
+        those task ids in flight (``tollmesh simulate`` redoing a tick, or ``--resume``).
+        """
+        if not isinstance(enabled, bool):
+            raise InvalidArgumentError("enabled", enabled, "a bool")
+        self._redeliver = enabled
 
     def get_config(self) -> MeshConfig:
         return self.config
@@ -797,9 +866,19 @@ class EscrowCoordinator:
             last_us = last_ts_us(self.config.ledger_path)
             if last_us is not None:
                 self._clock.resume_after(last_us)  # a manual clock starts again where the ledger left off
+            self._recount()
             for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
                 self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def _recount(self) -> None:
+        """The counters of the old instance, counted again from what it wrote (the ledger is the truth)."""
+        tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq)
+        self._counts.update(tally.counts)
+        self._amounts["released"] += tally.amounts["released"]
+        self._amounts["refunded"] += tally.amounts["refunded"]
+        logger.warning("coordinator restarted: %d calls counted again from the ledger",
+                       tally.counts["locked"] + tally.counts["rejected"])
 
     async def _sweep_forever(self) -> None:
         while not self._closed:
@@ -841,6 +920,29 @@ class EscrowCoordinator:
         self._metrics.count_settled(released, released_micros, reasons)
 
 
+class _BatchCalls:
+    """The shard calls of one batch: their log entries, what to count once each is on disk, the
+    settlements (to make again if lost), and the entries each message's result depends on."""
+
+    __slots__ = ("entries", "tallies", "settles", "depend_on")
+
+    def __init__(self) -> None:
+        self.entries: list[LogEntry] = []
+        self.tallies: list[tuple[LogEntry, Callable[[], None]]] = []
+        self.settles: list[tuple[int, list[tuple], list[int], LogEntry]] = []
+        self.depend_on: defaultdict[int, list[LogEntry]] = defaultdict(list)
+
+    def depends(self, indices: list[int], entry: LogEntry) -> None:
+        for i in indices:
+            self.depend_on[i].append(entry)
+
+
+_SETTLE_LOST = "could not settle: shard unavailable"  # the escrow stays locked until it expires
+_APPEND_LOST = "ledger append lost"
+#: Notes of results whose end the ledger may not hold, by the name ``submit_counted`` counts them under.
+_FAULTS = {_SETTLE_LOST: "settle_unavailable", _APPEND_LOST: "ledger_append_lost"}
+
+
 def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One :func:`ledger.replay.snapshot` from the shards' parts (each agent lives on one shard)."""
     merged: dict[str, Any] = {"balances_micros": {}, "locked_micros": {}, "used_today_micros": {}, "open_escrows": {}}
@@ -856,6 +958,12 @@ def _unreachable(message: WireMessage) -> tuple:
     record = TollRecord(message[0], message[1], message[2], status=SettlementStatus.FAILED,
                         reason=Reason.SHARD_UNAVAILABLE.value, created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
     return (record_to_wire(record), False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
+
+
+async def _all_durable(entries: list[LogEntry]) -> bool:
+    """Whether every entry's events reached the ledger (False: an append was lost)."""
+    durable = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
+    return not any(isinstance(o, BaseException) for o in durable)
 
 
 async def _awaitable(ref: Any) -> Any:

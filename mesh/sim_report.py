@@ -39,6 +39,8 @@ class RunLog:
     run_s: float = 0.0
     messages_sent: int = 0
     interrupted: bool = False
+    first_tick: int = 0  # the tick the driver started from (a resumed run played the ticks before before)
+    resumed: bool = False
     ticks: list[dict[str, Any]] = field(default_factory=list)
     outcomes: Counter = field(default_factory=Counter)  # the driver's calls, by status and reason
     last_stats: dict[str, Any] = field(default_factory=lambda: {"locked": 0, "released": 0, "refunded": 0, "rejected": 0})
@@ -90,8 +92,9 @@ def _run(scenario: Scenario, run_dir: Path, log: RunLog) -> dict[str, Any]:
     return {
         "scenario": scenario.name, "seed": scenario.seed, "run_dir": str(run_dir), "interrupted": log.interrupted,
         "messages_planned": scenario.messages, "messages_sent": log.messages_sent,
-        "ticks": len(log.ticks), "ticks_planned": scenario.ticks, "simulated_days": scenario.days,
-        "simulated_days_run": round(scenario.days * len(log.ticks) / scenario.ticks, 6), "agents": scenario.agent_count,
+        "ticks": log.first_tick + len(log.ticks), "ticks_planned": scenario.ticks, "simulated_days": scenario.days,
+        "simulated_days_run": round(scenario.days * (log.first_tick + len(log.ticks)) / scenario.ticks, 6),
+        "agents": scenario.agent_count, "resumed_from_tick": log.first_tick if log.resumed else None,
     }
 
 

@@ -30,18 +30,25 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from collections import Counter
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+from ray import get as ray_get
+from ray.exceptions import RayError
 
 from mesh.agent import Message
-from mesh.errors import ConfigError
+from mesh.clock import US_PER_SECOND
+from mesh.errors import ConfigError, TollmeshError
 from mesh.mesh_config import MeshConfig
 from mesh.scenario import Scenario, Traffic, load_behaviour
 from mesh.sim_agents import OnwardTarget, SimAgent, SimBehaviour, group_class, pick_many
+from mesh.sim_progress import RunProgress, load_run, read_progress, save_run, tick_starts
 from mesh.sim_report import RunLog, build_report
 
-RUN_MARKERS = ("toll_ledger.jsonl", "report.json", "agents.ndjson")
+RUN_MARKERS = ("toll_ledger.jsonl", "report.json", "agents.ndjson", "run.json")
+MAX_TICK_ATTEMPTS = 6  # a tick a fault broke is sent again (its task ids make that idempotent) this often
+MESH_BACK_S = 120.0  # how long a restarted actor may take to answer again
 
 
 class Simulation:
@@ -50,6 +57,11 @@ class Simulation:
     ``behaviours`` maps group names to :class:`~mesh.sim_agents.SimAgent` subclasses (your
     own agents; a group's ``behaviour`` field does the same from a scenario file).
     ``address`` attaches to a Ray cluster (else ``RAY_ADDRESS``, else a local Ray is started).
+    :meth:`resume` continues a run that was interrupted or whose driver died.
+
+    A crashed actor (a shard, a host, the ledger writer, the coordinator) is restarted by Ray
+    and rebuilt from the ledger; a tick the crash broke is sent again (its task ids make that
+    idempotent, and the escrows the crash left locked are delivered and settled then).
     """
 
     def __init__(
@@ -74,6 +86,25 @@ class Simulation:
         self.address = address
         self._stop = threading.Event()
         self._ids = {g.name: g.agent_ids() for g in scenario.groups}
+        self._resumed: Optional[RunProgress] = None
+        ticks = scenario.ticks
+        self._tick_us = round(scenario.days * 86_400 / ticks * US_PER_SECOND)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, **options: Any) -> Simulation:
+        """The rest of the run in ``run_dir`` (interrupted by Ctrl-C, or its driver killed), from its ledger.
+
+        The tick the run was in is sent again, then the rest: the ledger ends up holding the
+        same calls, outcomes and simulated times as a run that was never interrupted.
+        ``options`` are those of the constructor (``overwrite`` aside).
+        """
+        run_dir = Path(run_dir).absolute()
+        simulation = cls(load_run(run_dir), run_dir, **options)
+        progress = read_progress(run_dir, simulation.scenario)
+        if progress.finished:
+            raise ConfigError(f"the run in {run_dir} finished (see its report.json): nothing to resume")
+        simulation._resumed = progress
+        return simulation
 
     def stop(self) -> None:
         """Finish the current tick, then end the run (what Ctrl-C does)."""
@@ -83,29 +114,42 @@ class Simulation:
         """Play the whole scenario; the report (also saved as ``report.json`` in the run directory)."""
         from mesh.mesh import Mesh
 
-        self._prepare_run_dir()
-        log = RunLog(started_s=time.perf_counter())
+        if self._resumed is None:
+            self._prepare_run_dir()
+        log = RunLog(started_s=time.perf_counter(), first_tick=self._first_tick, resumed=self._resumed is not None)
+        if self._resumed is not None:
+            log.outcomes.update(self._resumed.outcomes)
         with self._sigint_stops(), Mesh(self._mesh_config(), address=self.address) as mesh:
             self._populate(mesh)
             log.setup_s = time.perf_counter() - log.started_s
             self._play(mesh, log)
             log.run_s = time.perf_counter() - log.started_s - log.setup_s
-            log.live = {"stats": mesh.stats(), "snapshot": mesh.snapshot(), "now_us": mesh.advance_clock(0),
-                        "memory": mesh.memory()}
+            log.live = self._retried(mesh, lambda: {
+                "stats": self._counted_before(mesh.stats()), "snapshot": mesh.snapshot(),
+                "now_us": mesh.advance_clock(0), "memory": mesh.memory(),
+            })
         return build_report(self.scenario, self.run_dir, log, plots=self.plots)
+
+    @property
+    def _first_tick(self) -> int:
+        return 0 if self._resumed is None else self._resumed.next_tick
 
     # -- setup --------------------------------------------------------------------------
 
     def _prepare_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"output directory {self.run_dir} is a file: choose a directory")
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             holds_run = any((self.run_dir / marker).exists() for marker in RUN_MARKERS)
             if not self.overwrite:
                 what = "already holds a run" if holds_run else "is not empty"
-                raise ConfigError(f"output directory {self.run_dir} {what}: choose another, or pass --overwrite")
+                resume = " (or --resume it, if it did not finish)" if holds_run else ""
+                raise ConfigError(f"output directory {self.run_dir} {what}: choose another, or pass --overwrite{resume}")
             if not holds_run:
                 raise ConfigError(f"output directory {self.run_dir} is not empty and holds no run: not overwriting it")
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_run(self.run_dir, self.scenario)
 
     def _mesh_config(self) -> MeshConfig:
         s = self.scenario
@@ -115,14 +159,17 @@ class Simulation:
             hosts_per_group=s.hosts, max_batch_messages=s.batch_size, handler_timeout_s=s.handler_timeout_s,
             escrow_timeout_s=s.escrow_timeout_s, agent_daily_caps_usd=caps, track_balances=s.tracks_balances,
             clock="manual", start_s=s.start_s, ledger_fsync=s.ledger_fsync, ledger_parquet=s.ledger_parquet,
-            ledger_rotate_daily=True, restore_from_ledger=False,
+            ledger_rotate_daily=True, restore_from_ledger=self._resumed is not None,  # a resumed run adopts its ledger
         )
 
     def _populate(self, mesh: Any) -> None:
         groups = [(self._agent_class(g), self._ids[g.name], {}) for g in self.scenario.groups]
         mesh.add_agent_groups(groups, hosts=self.scenario.hosts)
         if self.scenario.tracks_balances:  # every agent opens an account: those with no balance start at 0
-            mesh.deposit_many({a: g.balance_usd or 0 for g in self.scenario.groups for a in self._ids[g.name]})
+            done = set() if self._resumed is None else self._resumed.deposited
+            deposits = {a: g.balance_usd or 0 for g in self.scenario.groups for a in self._ids[g.name] if a not in done}
+            if deposits:
+                mesh.deposit_many(deposits)
 
     def _agent_class(self, group: Any) -> type:
         onward = None
@@ -137,29 +184,90 @@ class Simulation:
     def _play(self, mesh: Any, log: RunLog) -> None:
         s = self.scenario
         rng = np.random.Generator(np.random.PCG64(s.seed))
-        ticks, tick_s = s.ticks, s.days * 86_400 / s.ticks
         shares = np.array([flow.share for flow in s.traffic])
-        bar = _progress_bar(s.messages, self.progress)
-        sent = 0
+        starts = tick_starts(s)
+        bar = _progress_bar(s.messages, self.progress, done=starts[self._first_tick])
+        tick = self._first_tick
         try:
-            for tick in range(ticks):
+            for skipped in range(self._first_tick):  # the draws of the ticks a resumed run already played
+                self._draw(rng, shares / shares.sum(), starts[skipped], starts[skipped + 1] - starts[skipped])
+            for tick in range(self._first_tick, s.ticks):
                 if self._stop.is_set():
                     log.interrupted = True
                     print("\ntollmesh: interrupted after tick", tick, "- flushing the ledger and reporting"
                           " (Ctrl-C again to abort)", file=sys.stderr)
                     break
-                count = s.messages // ticks + (1 if tick < s.messages % ticks else 0)
-                messages = self._draw(rng, shares / shares.sum(), sent, count)
+                count = starts[tick + 1] - starts[tick]
+                messages = self._draw(rng, shares / shares.sum(), starts[tick], count)
                 started = time.perf_counter()
-                outcomes = mesh.send_counted(messages, max_batch_messages=s.batch_size)
-                log.record_tick(tick, count, time.perf_counter() - started, outcomes, mesh.stats())
-                sent += count
+                outcomes, stats = self._send_tick(mesh, tick, messages, again=tick == self._first_tick and self._resumed is not None)
+                log.record_tick(tick, count, time.perf_counter() - started, outcomes, stats)
                 _show(bar, count, log)
-                mesh.advance_clock(tick_s)
+            else:
+                tick = s.ticks
+            self._retried(mesh, lambda: self._set_clock(mesh, tick))
         finally:
             if bar is not None:
                 bar.close()
-        log.messages_sent = sent
+        log.messages_sent = starts[tick]
+
+    def _send_tick(self, mesh: Any, tick: int, messages: list[Message], *, again: bool) -> tuple[Counter, dict[str, Any]]:
+        """Send one tick's calls at its simulated time; send them again while a fault broke the tick.
+
+        A tick is whole when every call came back from the mesh with an outcome the ledger holds
+        and no escrow is left open. ``again``: the tick was sent before (by a run that crashed).
+        """
+        for attempt in range(MAX_TICK_ATTEMPTS):
+            redeliver = again or attempt > 0
+            try:
+                self._set_clock(mesh, tick)
+                if redeliver:
+                    ray_get(mesh.actor("coordinator").set_redelivery.remote(True))
+                outcomes = mesh.send_counted(messages, max_batch_messages=self.scenario.batch_size)
+                if redeliver:
+                    ray_get(mesh.actor("coordinator").set_redelivery.remote(False))
+                stats = mesh.stats()
+            except RayError as exc:
+                _warn(f"tick {tick}: {type(exc).__name__} (an actor of the mesh died); sending the tick again")
+                _wait_for_mesh(mesh)
+                continue
+            broken = {k: n for k, n in outcomes.items() if k.split(":")[-1] in FAULT_REASONS}
+            if not broken and stats["open_escrows"] == 0:
+                return outcomes, stats
+            _warn(f"tick {tick}: {sum(broken.values()) or stats['open_escrows']:,} calls broken by a fault"
+                  f" ({', '.join(sorted(broken)) or 'escrows left open'}); sending the tick again")
+        raise SimulationError(f"tick {tick} was still broken by faults after {MAX_TICK_ATTEMPTS} attempts")
+
+    def _set_clock(self, mesh: Any, tick: int) -> None:
+        """Move the mesh's manual clock to the start of ``tick`` (a restarted coordinator may be behind)."""
+        target_us = round(self.scenario.start_s * US_PER_SECOND) + tick * self._tick_us
+        now_us = mesh.advance_clock(0)
+        if now_us > target_us:
+            raise SimulationError(f"the mesh's clock is past tick {tick}: {now_us} > {target_us} us")
+        if now_us < target_us:
+            mesh.advance_clock((target_us - now_us) / US_PER_SECOND)
+
+    def _counted_before(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The mesh's counters with what the run counted before it was resumed (they count from the start)."""
+        if self._resumed is None:
+            return stats
+        tally = self._resumed.tally
+        stats = dict(stats)
+        for key in ("locked", "released", "refunded", "rejected"):
+            stats[key] += tally.counts[key]
+        stats["released_micros"] += tally.amounts["released"]
+        stats["refunded_micros"] += tally.amounts["refunded"]
+        return stats
+
+    def _retried(self, mesh: Any, step: Callable[[], Any]) -> Any:
+        """``step()``, once more after each actor death (Ray restarts the actor), a few times."""
+        for _ in range(MAX_TICK_ATTEMPTS - 1):
+            try:
+                return step()
+            except RayError as exc:
+                _warn(f"{type(exc).__name__} (an actor of the mesh died); again")
+                _wait_for_mesh(mesh)
+        return step()
 
     def _draw(self, rng: np.random.Generator, shares: np.ndarray, first: int, count: int) -> list[Message]:
         """The next ``count`` calls, drawn from the traffic flows (task ids ``m<n>``, in order)."""
@@ -204,17 +312,43 @@ class Simulation:
             signal.signal(signal.SIGINT, previous)
 
 
+class SimulationError(TollmeshError):
+    """A run could not go on: a fault broke a tick again and again."""
+
+
+#: Outcomes that the ledger does not hold as the call's end (the call must be made again).
+FAULT_REASONS = frozenset({"shard_unavailable", "ledger_append_lost", "settle_unavailable"})
+
+
+def _warn(message: str) -> None:
+    print(f"tollmesh: {message}", file=sys.stderr)
+
+
+def _wait_for_mesh(mesh: Any) -> None:
+    """Wait until the mesh answers again (Ray is restarting a dead actor), up to ``MESH_BACK_S``."""
+    deadline = time.monotonic() + MESH_BACK_S
+    while True:
+        try:
+            mesh.stats()
+            return
+        except RayError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def run_simulation(scenario: Scenario, run_dir: str | Path, **options: Any) -> dict[str, Any]:
     """Run ``scenario`` into ``run_dir`` and return its report (see :class:`Simulation` for ``options``)."""
     return Simulation(scenario, run_dir, **options).run()
 
 
-def _progress_bar(total: int, enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool, *, done: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="msg", unit_scale=True, file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(total=total, initial=done, unit="msg", unit_scale=True, file=sys.stderr, dynamic_ncols=True,
+                smoothing=0.1)
 
 
 def _show(bar: Any, count: int, log: RunLog) -> None:
