@@ -253,3 +253,20 @@ def test_a_handler_batch_with_a_bad_id_fails_that_call_alone_and_payloads_count_
     assert (too_big.status.value, too_big.reason) == ("failed", "payload_too_large")  # 1,200 bytes in 300 characters
     assert fits.ok
     assert verify(id_mesh.ledger_path).ok
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "a\nb", "", b"echo", "x" * (MAX_ID_CHARS + 1)])
+def test_every_other_mesh_entry_refuses_a_bad_id_in_the_driver(id_mesh, bad):
+    booth = id_mesh.tollbooth(TollboothConfig(paper_mode=False))
+    entries = [
+        lambda: id_mesh.add_agents(Echo, ["fine", bad]), lambda: id_mesh.add_agent(bad, Echo),
+        lambda: id_mesh.deposit(bad, 1), lambda: id_mesh.deposit_many({"fine": 1, bad: 1}),
+        lambda: id_mesh.call("alice", bad), lambda: id_mesh.call("alice", "echo", task_id=bad),
+        lambda: asyncio.run(id_mesh.acall(bad, "echo")),
+        lambda: booth.charge_sync(bad, "alice", "echo"), lambda: booth.charge_sync("t", bad, "echo"),
+        lambda: booth.release_sync(bad), lambda: booth.refund_sync(bad), lambda: booth.get_record(bad),
+        lambda: booth.deposit(bad, 1),
+    ]
+    for entry in entries:
+        _refused(entry)
+    assert id_mesh.call("alice", "echo", "still fine").ok
