@@ -43,10 +43,10 @@ from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
-from ledger.replay import replay_shard, snapshot
+from ledger.replay import event_at, replay_shard, settled_event, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import iso_utc
-from mesh.errors import TollmeshError
+from mesh.errors import LedgerError, TollmeshError
 from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS, EscrowBook
 from mesh.memory import rss_bytes
 from mesh.records import Reason, SettlementStatus, TollRecord, record_to_wire
@@ -129,7 +129,7 @@ class ShardCore:
         records: list[Optional[TollRecord]] = []
         repeats: list[int] = []
         for action, task_id, source, target, amount, tokens, wallet, signature, reason in ops:
-            known = book.get(task_id)
+            known = book.find(task_id)  # past the settled window too, read back from the ledger (see _recall)
             if known is not None and known.status is not SettlementStatus.PENDING:
                 repeats.append(len(records))
                 records.append(known)
@@ -242,14 +242,32 @@ class ShardCore:
             default_cap_micros=None, track_balances=spec.track_balances,
             owns_agent=lambda agent: shard_of(agent, spec.shards) == spec.index,
         )
-        return EscrowBook(budget, escrow_timeout_s=spec.escrow_timeout_s, max_settled_records=spec.max_settled_records)
+        recall = None if spec.ledger_path is None else self._recall
+        return EscrowBook(budget, escrow_timeout_s=spec.escrow_timeout_s, max_settled_records=spec.max_settled_records,
+                          recall=recall)
 
-    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
+    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> Optional[int]:
+        """Collect one event for the answer; a seq at or before its own (the ledger's next seq at the last rebuild)."""
         events = self._events
         events.append(record_event(kind, record, ts_us=ts_us, mode=self._mode, shard=self.spec.index))
-        if (kind == "release" or kind == "paper_release") and self.spec.track_balances:
+        if (kind == "release" or kind == "paper_release") and self.book.budget.track_balances:  # as the ledger has it
             if shard_of(record.target_agent, self.spec.shards) != self.spec.index:
                 self._credits.append((record.target_agent, record.amount_micros, len(events) - 1))
+        return None if self.spec.ledger_path is None else self.rebuilt_through_seq
+
+    def _recall(self, task_id: str, seq: int) -> Optional[dict[str, Any]]:
+        """The event that settled ``task_id``, a task id past the window: at ``seq`` if the last rebuild read it there,
+        else at or after it. Not there yet (its append still on its way): LedgerError, and the coordinator rebuilds
+        this shard once the ledger holds everything, then calls again."""
+        ledger, files = self.spec.ledger_path, None if isinstance(self.files, LocalFiles) else self.files
+        assert ledger is not None
+        if seq < self.rebuilt_through_seq:
+            return event_at(ledger, seq, files=files)
+        event = settled_event(ledger, task_id, seq, files=files)
+        if event is None:
+            raise LedgerError(f"budget shard {self.spec.index}: task_id={task_id!r} was settled here, and its event is not "
+                              "in the ledger yet: rebuild from the ledger")
+        return event
 
     def _begin(self, mode: str) -> None:
         """Start a call: its mode, and no events left over from a call that raised."""
@@ -450,6 +468,9 @@ class BudgetShard:
             self._lock.release()  # the lane settled again meanwhile: wait for that one too
         try:
             yield
+        except Exception:
+            self._stale = True  # the book may hold part of the call: it waits for its rebuild from the ledger
+            raise
         finally:
             self._lock.release()
 

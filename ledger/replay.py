@@ -1,8 +1,20 @@
 """Replay a ledger through the same core the live booth uses, and snapshot the result.
 
-Replaying a booth's JSONL ledger into a fresh :class:`~mesh.escrow.EscrowBook` built
-from the same configuration rebuilds exactly its balances, caps used and open
-escrows; :func:`snapshot` gives a plain dict to compare the two.
+Replaying a booth's JSONL ledger into a fresh :class:`~mesh.escrow.EscrowBook` rebuilds
+exactly its balances, caps used, open escrows and the task ids it has seen;
+:func:`snapshot` gives a plain dict to compare the two.
+
+A replay applies what the ledger says happened, by the rules it was written under,
+and judges nothing again by today's configuration: a lock is taken whatever today's
+caps say, a lock the ledger shows released is released even if today's timeout is
+shorter, an ``expire`` is applied where it is written, and no lock expires during the
+replay (the book's timeout applies from then on, to the locks still open, from their
+lock time). Balances are the ledger's too: tracked from its first deposit on, as a
+booth that tracks them rejects every lock before its first deposit (so after the
+replay, ``book.budget.track_balances`` says whether the ledger tracks them, or is left
+as it was for a ledger with neither a deposit nor a lock). What a replay refuses
+(LedgerError) is a ledger that contradicts itself: a settlement of a toll that is not
+locked, a lock of funds its source does not hold, a second lock of an open escrow.
 
 >>> from mesh.budget import BudgetBook
 >>> from mesh.escrow import EscrowBook
@@ -15,29 +27,21 @@ escrows; :func:`snapshot` gives a plain dict to compare the two.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 from ledger.files import segments
 from ledger.schema import EventKind
-from ledger.reader import event_lines, lines_of
+from ledger.reader import RawLine, ReadLines, event_lines, lines_of
 from mesh.clock import day_of
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
-from mesh.records import Reason, SettlementStatus, TollRecord, status_of
+from mesh.records import Reason, TollRecord
 from mesh.sharding import shard_of
 
-
-def replay_file(book: EscrowBook, path: Path | str) -> int:
-    """Apply every event of the JSONL ledger at ``path`` (all its files) to ``book``; return the next ``seq``."""
-    next_seq = 0
-    for line in event_lines(segments(path)):  # streamed: a ledger of millions of events is never held whole
-        event = line.event
-        try:
-            apply_event(book, event)
-        except (LedgerError, KeyError, ValueError, TypeError) as exc:
-            raise LedgerError(f"{path}: event seq={event.get('seq')}: cannot replay: {exc}") from exc
-        next_seq = event["seq"] + 1
-    return next_seq
+#: Kinds of event after which a toll's record no longer changes: what a remembered task id is recalled by.
+SETTLING_KINDS = frozenset({"release", "refund", "expire", "paper_release", "reject"})
+_DECIDING_KINDS = frozenset({"deposit", "lock", "paper_release"})  # the first of these says if balances are tracked
+_REPLAY_ERRORS = (LedgerError, KeyError, ValueError, TypeError, AssertionError)
 
 
 class LedgerFiles(Protocol):
@@ -48,6 +52,15 @@ class LedgerFiles(Protocol):
     def chunks(self, path: str) -> Iterator[bytes]: ...
 
 
+def replay_file(book: EscrowBook, path: Path | str) -> int:
+    """Apply every event of the JSONL ledger at ``path`` (all its files) to ``book``; return the next ``seq``.
+
+    ``book`` is a fresh book; what the replay judges and what not: see the module doc.
+    """
+    # streamed: a ledger of millions of events is never held whole
+    return _replay_lines(book, event_lines(segments(path)), lambda event: apply_event(book, event))
+
+
 def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int, files: Optional[LedgerFiles] = None) -> int:
     """Rebuild budget shard ``shard`` of ``shards`` from the JSONL ledger at ``path``; return the next ``seq``.
 
@@ -56,19 +69,28 @@ def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int,
     releases other shards paid to its agents (credited to their balances). Streams the
     files, from this disk or through ``files``; an absent or empty ledger gives 0.
     """
-    if files is None:
-        paths, read_lines = (segments(path) if Path(path).exists() else []), None
-    else:
-        paths = [Path(p) for p in files.segments(str(path))]
-        read_lines = lambda p: lines_of(files.chunks(str(p)))  # noqa: E731
+    paths, read_lines = _sources(path, files, missing_ok=True)
+    lines = event_lines(paths, read_lines=read_lines)
+    return _replay_lines(book, lines, lambda event: _apply_to_shard(book, event, shard, shards))
+
+
+def _replay_lines(book: EscrowBook, lines: Iterable[RawLine], apply: Callable[[dict[str, Any]], None]) -> int:
+    """Apply each line's event; balances as the ledger has them (see the module doc). The next seq."""
+    budget = book.budget
+    tracked_before, decided = budget.track_balances, False
+    budget.track_balances = False  # until the ledger's first deposit
     next_seq = 0
-    for line in event_lines(paths, read_lines=read_lines):
+    for line in lines:
         event = line.event
-        next_seq = event["seq"] + 1
+        if not decided:
+            decided = event["kind"] in _DECIDING_KINDS
         try:
-            _apply_to_shard(book, event, shard, shards)
-        except (LedgerError, KeyError, ValueError, TypeError) as exc:
+            apply(event)
+        except _REPLAY_ERRORS as exc:
             raise LedgerError(f"{line.path}:{line.line_no}: event seq={event.get('seq')}: cannot replay: {exc}") from exc
+        next_seq = event["seq"] + 1
+    if not decided:
+        budget.track_balances = tracked_before
     return next_seq
 
 
@@ -81,6 +103,8 @@ def _apply_to_shard(book: EscrowBook, event: dict[str, Any], shard: int, shards:
     elif kind == "deposit":
         if shard_of(event["target_agent"], shards) == shard:
             apply_event(book, event)
+        elif not book.budget.track_balances:
+            start_balances(book)  # the ledger tracks balances from its first deposit, whichever shard took it
     elif shard_of(event["source_agent"], shards) == shard:
         apply_event(book, event)
     elif kind in ("release", "paper_release") and shard_of(event["target_agent"], shards) == shard:
@@ -94,46 +118,66 @@ def replay_events(book: EscrowBook, events: Iterable[dict[str, Any]]) -> None:
 
 
 def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
-    """Apply one event to ``book`` and check the outcome matches what the event says."""
+    """Apply one event to ``book`` as it happened (see the module doc); LedgerError if it contradicts the book."""
     kind = _KINDS.get(event["kind"]) or EventKind(event["kind"])  # the lookup is the fast path; an unknown kind raises
-    ts_us = event["ts_us"] if kind is not EventKind.RECOVER else 0
+    if kind is EventKind.RECOVER:
+        return
+    ts_us = event["ts_us"]
     if kind is EventKind.DEPOSIT:
+        if not book.budget.track_balances:
+            start_balances(book)
         book.deposit(event["target_agent"], event["amount_micros"], ts_us)
         return
     if kind is EventKind.RESET_DAILY:
         book.reset_usage(ts_us)
         return
-    if kind is EventKind.RECOVER:
-        return
-    task_id = event["task_id"]
-    if kind is EventKind.RELEASE:
-        result = book.release(task_id, ts_us)
-    elif kind is EventKind.REFUND:
-        result = book.refund(task_id, ts_us, _reason(event["reason"]))
-    elif kind is EventKind.EXPIRE:  # refund sweeps what is due first, as the live booth did; another timeout refunds it anyway
-        result = book.refund(task_id, ts_us, Reason.ESCROW_TIMEOUT)
-    else:
-        result = _open(book, kind, _draft(event), event, ts_us)
-    expected = status_of(event.get("status", "pending"))
-    if result is None or result.status is not expected:
-        got = None if result is None else result.status.value
-        raise LedgerError(f"{kind.value} of task_id={task_id!r} gives status {got}, ledger says {expected.value}")
-
-
-def _open(book: EscrowBook, kind: EventKind, draft: TollRecord, event: dict[str, Any], ts_us: int) -> Any:
-    """Replay an event that opens a toll: a lock, a paper release, a rejection or a pending payment."""
+    status = event.get("status")
+    if status != _STATUS_OF_KIND[kind]:
+        raise LedgerError(f"{kind.value} of task_id={event.get('task_id')!r} with status {status!r}, "
+                          f"expected {_STATUS_OF_KIND[kind]!r}")
+    seq = event.get("seq")
     if kind is EventKind.LOCK:
-        return book.charge(draft, ts_us)
-    if kind is EventKind.PAPER_RELEASE:
-        return book.charge(draft, ts_us, instant_release=True)
-    if kind is EventKind.REJECT:
-        return book.reject(draft, _reason(event["reason"]), ts_us)
-    return book.pend(draft, ts_us)
+        book.apply_lock(TollRecord.from_dict(event), ts_us)
+    elif kind is EventKind.PAPER_RELEASE:
+        book.apply_paper_release(TollRecord.from_dict(event), ts_us, seq)
+    elif kind is EventKind.REJECT or kind is EventKind.PENDING:
+        book.apply_unlocked(kind.value, TollRecord.from_dict(event), seq)
+    else:
+        reason = None
+        if kind is EventKind.REFUND:
+            reason = _reason(event["reason"])
+        elif kind is EventKind.EXPIRE:
+            reason = Reason.ESCROW_TIMEOUT
+        book.apply_settle(kind.value, event["task_id"], ts_us, event.get("settled_at"), reason, seq)
 
 
-def _draft(event: dict[str, Any]) -> TollRecord:
-    """The PENDING record a toll-opening event started from (what the live booth charged)."""
-    return TollRecord.from_dict(event).moved_to(SettlementStatus.PENDING)
+def start_balances(book: EscrowBook) -> None:
+    """Track balances from here on (a ledger's first deposit); LedgerError if a lock taken without them is open."""
+    if book.open_count:
+        raise LedgerError(f"a first deposit while {book.open_count} escrow(s) locked without balances are open: "
+                          "a ledger of two kinds of booth")
+    book.budget.track_balances = True
+
+
+def ledger_has_events(path: Path | str) -> bool:
+    """Whether the JSONL ledger at ``path`` exists with a file that is not empty."""
+    return Path(path).exists() and any(p.stat().st_size > 0 for p in segments(path))
+
+
+def balances_conflict(book: EscrowBook, path: Path | str, track_balances: bool) -> Optional[str]:
+    """Why a booth with ``track_balances`` may not write on the ledger at ``path`` that ``book`` replayed, or None.
+
+    The ledger says whether balances are tracked (see the module doc), and a ledger of two
+    kinds of booth fails ``ledger verify``: funds checked on some locks and not on others
+    cannot be told apart, and would let an overdraft pass.
+    """
+    if book.budget.track_balances == track_balances:
+        return None
+    if track_balances:
+        return (f"track_balances=True, but the ledger at {path} was written without balances (it holds locks "
+                "before any deposit): open it with track_balances=False, or start a new ledger")
+    return (f"track_balances=False, but the ledger at {path} tracks balances (it holds deposits): "
+            "open it with track_balances=True, or start a new ledger")
 
 
 def _reason(value: str) -> Reason:
@@ -142,6 +186,46 @@ def _reason(value: str) -> Reason:
 
 _KINDS = {kind.value: kind for kind in EventKind}
 _REASONS = {reason.value: reason for reason in Reason}
+_STATUS_OF_KIND = {
+    EventKind.LOCK: "escrow_locked", EventKind.PAPER_RELEASE: "released", EventKind.RELEASE: "released",
+    EventKind.REFUND: "refunded", EventKind.EXPIRE: "refunded", EventKind.REJECT: "failed", EventKind.PENDING: "pending",
+}
+
+
+# -- reading one toll back (a task id the book remembers past its window) -------------
+
+def event_at(path: Path | str, seq: int, *, files: Optional[LedgerFiles] = None) -> Optional[dict[str, Any]]:
+    """The event numbered ``seq`` of the JSONL ledger at ``path``, or None if it has none.
+
+    From this disk its files are bisected on seq; through ``files`` they are read from their start.
+    """
+    paths, read_lines = _sources(path, files, missing_ok=False)
+    for line in event_lines(paths, from_seq=seq, read_lines=read_lines):
+        return line.event if line.event["seq"] == seq else None
+    return None
+
+
+def settled_event(path: Path | str, task_id: str, from_seq: int, *, files: Optional[LedgerFiles] = None) -> Optional[dict[str, Any]]:
+    """The first event at or after ``from_seq`` that settled or failed ``task_id`` (:data:`SETTLING_KINDS`), or None.
+
+    Reads the ledger at ``path`` from this disk, or through ``files`` (from each file's start).
+    """
+    paths, read_lines = _sources(path, files, missing_ok=False)
+    for line in event_lines(paths, from_seq=from_seq, read_lines=read_lines):
+        event = line.event
+        if event.get("task_id") == task_id and event["kind"] in SETTLING_KINDS:
+            return event
+    return None
+
+
+def _sources(path: Path | str, files: Optional[LedgerFiles], *, missing_ok: bool) -> tuple[list[Path], Optional[ReadLines]]:
+    """The ledger's files, and how to read them (None: from this disk)."""
+    if files is None:
+        return (segments(path) if not missing_ok or Path(path).exists() else []), None
+    paths = [Path(p) for p in files.segments(str(path))]
+    if not paths and not missing_ok:
+        raise LedgerError(f"ledger not found: {path}")
+    return paths, lambda p: lines_of(files.chunks(str(p)))
 
 
 def snapshot(book: EscrowBook, ts_us: int) -> dict[str, Any]:

@@ -115,15 +115,18 @@ class BudgetBook:
             return Reason.OVER_DAILY_CAP
         return None
 
-    def reserve(self, agent: str, amount_micros: int, day: int) -> tuple[int, int]:
-        """Lock ``amount_micros`` of ``agent``'s room (and funds) on ``day``; return the cap period."""
+    def reserve(self, agent: str, amount_micros: int, day: int, *, check_cap: bool = True) -> tuple[int, int]:
+        """Lock ``amount_micros`` of ``agent``'s room (and funds) on ``day``; return the cap period.
+
+        ``check_cap=False``: a lock a ledger holds, taken under the cap of its day (a replay does not judge it again).
+        """
         period = (day, self._epoch)
         usage = self._usage.get(agent)
         if usage is None or usage[0] != period:
             self._usage[agent] = usage = [period, 0]
         usage[1] += amount_micros
         cap = self.cap_micros(agent)
-        assert cap is None or usage[1] <= cap, f"cap exceeded for {agent!r}"
+        assert not check_cap or cap is None or usage[1] <= cap, f"cap exceeded for {agent!r}"
         if amount_micros:
             self._locked[agent] = self._locked.get(agent, 0) + amount_micros
             self.locked_total_micros += amount_micros

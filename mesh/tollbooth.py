@@ -25,11 +25,11 @@ from typing import Any, Optional, Union
 from ledger.events import record_event
 from ledger.schema import EventKind
 from ledger.writer import LedgerWriter
-from ledger.replay import replay_file, snapshot
+from ledger.replay import balances_conflict, event_at, ledger_has_events, replay_file, snapshot
 from mesh.budget import BudgetBook
 from mesh.clock import Clock, SystemClock, iso_utc, now_us
 from mesh.config import TollboothConfig
-from mesh.errors import InvalidArgumentError, InvalidTypeError, LedgerError
+from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, LedgerError
 from mesh.escrow import EscrowBook
 from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, check_id, check_payment_field, is_id  # noqa: F401
 from mesh.money import UsdLike, micros_to_usd, usd_to_micros
@@ -264,7 +264,7 @@ class Tollbooth:
     def _early_answer(self, draft: TollRecord, ts_us: int) -> Optional[TollRecord]:
         """The answer that needs no payment check (a known task id, or PENDING), else None."""
         self._book.expire_due(ts_us)
-        existing = self._book.get(draft.task_id)
+        existing = self._book.find(draft.task_id)  # past the settled window too (read back from the ledger)
         if existing is not None and existing.status is not SettlementStatus.PENDING:
             return existing
         paid = draft.payer_wallet and draft.tx_signature
@@ -281,14 +281,17 @@ class Tollbooth:
                 return early
             if reason is not None:
                 return self._book.reject(draft, reason, ts_us)
-            return self._book.charge(draft, ts_us, instant_release=instant)
+            return self._book.charge(draft, ts_us, instant_release=instant, unseen=True)  # _early_answer looked it up
 
-    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> None:
-        """Append one event (under the booth's lock), then count it."""
+    def _journal(self, kind: str, record: TollRecord, ts_us: int) -> Optional[int]:
+        """Append one event (under the booth's lock), then count it; its seq (None without a ledger)."""
+        seq = None
         if self._writer is not None:
             mode = "paper" if self.config.paper_mode else "live"  # paper_mode drives the booth, as in the seed
             self._writer.append_one(record_event(kind, record, ts_us=ts_us, mode=mode))
+            seq = self._writer.jsonl.next_seq - 1
         _count(self._stats, kind, record)
+        return seq
 
     def _toll_micros(self) -> int:
         value = self.config.toll_per_message_usd
@@ -300,12 +303,19 @@ class Tollbooth:
 
     def _open_ledger(self) -> None:
         path = self.config.ledger_path
-        if self.config.restore_from_ledger and path.exists() and path.stat().st_size > 0:
-            replay_file(self._book, path)  # caps are applied after: history is not re-judged
+        if ledger_has_events(path):  # a booth never writes onto a ledger it did not read
+            if not self.config.restore_from_ledger:
+                raise ConfigError(f"ledger_path={str(path)!r} already holds a ledger and restore_from_ledger is False: "
+                                  "set it True to adopt that ledger, or give a new ledger_path")
+            replay_file(self._book, path)  # what happened, not judged again by today's caps and timeout
+            conflict = balances_conflict(self._book, path, self.config.track_balances)
+            if conflict is not None:
+                raise ConfigError(conflict)
         self._writer = LedgerWriter(
             path, parquet_dir=self.config.ledger_parquet_dir, fsync=self.config.ledger_fsync,
             max_segment_bytes=self.config.ledger_max_segment_bytes, rotate_daily=self.config.ledger_rotate_daily,
         )
+        self._book.recall = lambda task_id, seq: event_at(path, seq)  # a repeat past the window, read back
 
     def _apply_caps(self) -> None:
         budget = self._book.budget

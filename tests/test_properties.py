@@ -195,10 +195,10 @@ class EscrowMachine(RuleBasedStateMachine):
         before, size = self.booth.snapshot(), self.config.ledger_path.stat().st_size
         writer = self.booth._writer.jsonl
 
-        def broken_disk(data):
+        def broken_disk(data, cut_to=None):
             raise LedgerError("injected: no space left on device")
 
-        writer._write_bytes = broken_disk
+        writer._write = broken_disk  # every append of the writer goes through _write
         try:
             if op == "charge":
                 self.booth.charge_sync(task, source, "a", amount_usd=f"0.{amount:06d}")
@@ -211,7 +211,7 @@ class EscrowMachine(RuleBasedStateMachine):
         except LedgerError:
             pass
         finally:
-            del writer._write_bytes
+            del writer._write
         assert self.booth.snapshot() == before
         assert self.config.ledger_path.stat().st_size == size
 
