@@ -68,6 +68,16 @@ class VerifyResult:
         return not self.problems
 
 
+class LedgerVerifyError(LedgerError):
+    """A ledger that fails ``ledger verify``, so a tool that would act on it (``settle``) refuses; see ``result``."""
+
+    def __init__(self, ledger: Path | str, result: VerifyResult) -> None:
+        self.result = result
+        count = len(result.problems)
+        super().__init__(f"{ledger}: the ledger fails verify ({count} problem{'s' if count != 1 else ''}; "
+                         f"the first: {result.problems[0]}): nothing done; `tollmesh ledger verify` lists them all")
+
+
 @dataclass
 class _TaskState:
     status: str
@@ -173,6 +183,14 @@ class _Verifier:
         except (LedgerError, AssertionError, KeyError, ValueError, TypeError) as exc:
             self.replay_broken = True
             self.problem(path, line_no, f"replay through the core fails here ({exc or type(exc).__name__}); later lines are not replayed")
+
+
+def verified(ledger: Path | str) -> VerifyResult:
+    """:func:`verify` for a tool about to act on the ledger: its result, or LedgerVerifyError on any problem."""
+    result = verify(ledger)
+    if not result.ok:
+        raise LedgerVerifyError(ledger, result)
+    return result
 
 
 def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyResult:

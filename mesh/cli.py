@@ -147,7 +147,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
-    result = settle(args.ledger, paper=not args.live, minimum_usd=args.minimum)
+    from ledger.verify import LedgerVerifyError
+
+    try:
+        result = settle(args.ledger, paper=not args.live, minimum_usd=args.minimum)
+    except LedgerVerifyError as exc:  # a ledger that fails verify is never settled, and nothing is written
+        print(f"tollmesh: settle refused: {exc}", file=sys.stderr)
+        return 1
     if result.settled:
         print(f"SETTLED {result.batch_id}: {result.call_count} call(s) netted to ${format_usd(result.net_micros)} ({result.mode} mode)")
         print(f"record: {result.settlements_path}")

@@ -7,6 +7,14 @@ mode fails closed (tollmesh never moves real money by itself). Idempotent: a tas
 id in an earlier batch is never netted again, also when two settles race (a file
 lock serialises them).
 
+A tollmesh ledger is verified first (:func:`ledger.verify.verified`): on any problem
+(a changed, forged, dropped or reordered line, a release of a toll never locked, a
+broken chain...) settle raises :class:`~ledger.verify.LedgerVerifyError` and writes
+nothing; it then nets only the events it verified. A ledger in the seed's own format
+(nano-empire-tollbooth's lines: no schema version, no seq, no chain) has nothing to
+verify it by, and is read as the seed reads it; a file with any tollmesh event is
+verified whole (seed lines among its events are problems).
+
 >>> import tempfile, pathlib
 >>> ledger = pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl"
 >>> _ = ledger.write_text('{"task_id": "t1", "status": "released", "amount_micros": 600000}\\n')
@@ -21,11 +29,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import orjson
 
 from ledger.files import segments, settlements_path
+from ledger.reader import event_lines
+from ledger.verify import verified
 from mesh.errors import InvalidTypeError
 from mesh.money import UsdLike, format_usd, micros_to_usd, usd_to_micros
 
@@ -60,12 +70,13 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
         raise InvalidTypeError("paper", paper, "a bool")
     minimum_micros = usd_to_micros(minimum_usd, field="minimum_usd")
     files = segments(ledger_path)
+    verified_seqs = None if _seed_format(files) else verified(ledger_path).events  # before anything is written
     spath = settlements_path(ledger_path)
     with open(spath, "ab+") as settlements:
         fcntl.flock(settlements, fcntl.LOCK_EX)
         settlements.seek(0)
         done = {tid for batch in _json_lines(settlements.read()) for tid in batch.get("task_ids", ())}
-        pending = _released_unsettled(files, done)
+        pending = _released_unsettled(files, done, verified_seqs)
         net_micros, count = sum(pending.values()), len(pending)
         if count == 0:
             return SettlementResult(False, 0, 0, reason="nothing to settle", settlements_path=spath)
@@ -84,18 +95,35 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
     return SettlementResult(True, net_micros, count, batch_id, "paper", "", task_ids, spath)
 
 
-def _released_unsettled(files: list[Path], done: set[str]) -> dict[str, int]:
+def _released_unsettled(files: list[Path], done: set[str], verified_seqs: Optional[int]) -> dict[str, int]:
+    """Released tolls not in ``done``, by task id: of a tollmesh ledger, the events of seq below ``verified_seqs``
+    (what verify passed: events appended since are left for the next settle); of a seed ledger (None), every line."""
     pending: dict[str, int] = {}
-    for path in files:
-        for event in _json_lines(path.read_bytes()):
-            task_id = event.get("task_id")
-            if event.get("status") != "released" or not task_id or task_id in done or task_id in pending:
-                continue
-            if "amount_micros" in event:
-                pending[task_id] = event["amount_micros"]
-            else:  # a seed ledger line
-                pending[task_id] = usd_to_micros(event.get("amount_usd", 0), field=f"{path}: task_id={task_id}: amount_usd")
+    if verified_seqs is None:
+        events: Iterator[dict[str, Any]] = (event for path in files for event in _json_lines(path.read_bytes()))
+    else:
+        events = (line.event for line in event_lines(files) if line.event["seq"] < verified_seqs)
+    for event in events:
+        task_id = event.get("task_id")
+        if event.get("status") != "released" or not task_id or task_id in done or task_id in pending:
+            continue
+        if "amount_micros" in event:
+            pending[task_id] = event["amount_micros"]
+        else:  # a seed ledger line
+            pending[task_id] = usd_to_micros(event.get("amount_usd", 0), field=f"task_id={task_id}: amount_usd")
     return pending
+
+
+def _seed_format(files: list[Path]) -> bool:
+    """Whether the ledger is in the seed's own format: none of its lines carries a schema version (``v``).
+
+    Read line by line: a tollmesh ledger's answer is its first line.
+    """
+    for path in files:
+        with open(path, "rb") as f:
+            if any("v" in value for value in _json_lines(f)):
+                return False
+    return True
 
 
 def _batch_record(batch_id: str, net_micros: int, task_ids: tuple[str, ...]) -> dict[str, Any]:
@@ -107,9 +135,9 @@ def _batch_record(batch_id: str, net_micros: int, task_ids: tuple[str, ...]) -> 
     }
 
 
-def _json_lines(data: bytes) -> Iterator[dict[str, Any]]:
-    """Whole JSON objects of ``data``; torn or foreign lines are skipped (verify reports them)."""
-    for line in data.splitlines():
+def _json_lines(data: bytes | Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """Whole JSON objects of ``data`` (or of its lines); torn or foreign lines are skipped (verify reports them)."""
+    for line in data.splitlines() if isinstance(data, bytes) else data:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError:

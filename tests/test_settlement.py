@@ -70,3 +70,89 @@ def test_bad_input(tmp_path):
     (tmp_path / "l.jsonl").write_text("")
     with pytest.raises(InvalidAmountError, match="minimum_usd"):
         settle(tmp_path / "l.jsonl", minimum_usd=-1)
+
+
+# -- a ledger that fails verify is never settled (issue 11, finding 9) ---------------------------
+
+
+def forge(path, line: dict) -> None:
+    """Append a line as a forger would: a seed-style line, or a tollmesh event chained like the writer chains it."""
+    from ledger.jsonl import JsonlWriter
+
+    if "v" in line:
+        writer = JsonlWriter(path)
+        writer.append([line])
+        writer.close()
+    else:
+        with open(path, "ab") as f:
+            f.write(orjson.dumps(line) + b"\n")
+
+
+FORGERIES = {
+    "a seed-style line": {"task_id": "forged", "status": "released", "amount_micros": 9_000_000},
+    "a chained release never locked": {
+        "v": 1, "seq": None, "ts_us": 1_767_225_600_000_000, "kind": "release", "task_id": "forged",
+        "source_agent": "a", "target_agent": "mallory", "amount_usd": 9.0, "amount_micros": 9_000_000,
+        "status": "released",
+    },
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_ledger_that_fails_verify_is_refused_and_nothing_is_written(make_booth, ledger_path, forgery):
+    from ledger.verify import LedgerVerifyError
+
+    booth = make_booth(toll_per_message_usd="0.10")
+    booth.charge_sync("t1", "a", "b")
+    booth.release_sync("t1")
+    booth.close()
+    forge(ledger_path, FORGERIES[forgery])
+    settlements = ledger_path.with_name("toll_ledger.settlements.jsonl")
+    with pytest.raises(LedgerVerifyError, match="fails verify") as caught:
+        settle(ledger_path, minimum_usd=0)
+    assert isinstance(caught.value, LedgerError) and not caught.value.result.ok
+    assert not settlements.exists()
+
+
+def test_a_changed_amount_is_refused(make_booth, ledger_path):
+    from ledger.verify import LedgerVerifyError
+
+    booth = make_booth(toll_per_message_usd="0.10")
+    booth.charge_sync("t1", "a", "b")
+    booth.release_sync("t1")
+    booth.close()
+    ledger_path.write_bytes(ledger_path.read_bytes().replace(b'"amount_micros":100000', b'"amount_micros":9000000'))
+    with pytest.raises(LedgerVerifyError):
+        settle(ledger_path, minimum_usd=0)
+
+
+def test_the_cli_refuses_with_exit_code_1(make_booth, ledger_path, capsys):
+    from mesh.cli import main
+
+    booth = make_booth(toll_per_message_usd="0.10")
+    booth.charge_sync("t1", "a", "b")
+    booth.release_sync("t1")
+    booth.close()
+    forge(ledger_path, FORGERIES["a seed-style line"])
+    assert main(["ledger", "settle", str(ledger_path), "--minimum", "0"]) == 1
+    assert "settle refused" in capsys.readouterr().err
+    assert not ledger_path.with_name("toll_ledger.settlements.jsonl").exists()
+
+
+def test_only_the_events_verified_are_netted(make_booth, ledger_path, monkeypatch):
+    import mesh.settlement as settlement
+
+    booth = make_booth(toll_per_message_usd="0.10")
+    booth.charge_sync("t1", "a", "b")
+    booth.release_sync("t1")
+    verify_then_write = settlement.verified
+
+    def verified_then_more_events(ledger):
+        result = verify_then_write(ledger)
+        booth.charge_sync("t2", "a", "b")  # appended between the verify pass and the netting
+        booth.release_sync("t2")
+        return result
+
+    monkeypatch.setattr(settlement, "verified", verified_then_more_events)
+    result = settle(ledger_path, minimum_usd=0)
+    assert result.settled and result.task_ids == ("t1",)
