@@ -58,8 +58,9 @@ FAST_SETTLE_WAIT_S = 10.0  # an ordinary call waits at most this long for the la
 LOCK, INSTANT, REJECT, PEND = 0, 1, 2, 3
 
 #: (records, encoded events, event count, credits as (target agent, amount_micros, event index),
-#: indices of the ops whose task id was already known: lock_batch answers its first record, nothing moved).
-ShardAnswer = tuple[list[Optional[TollRecord]], bytes, int, list[tuple[str, int, int]], list[int]]
+#: indices of the ops that changed nothing (a task id already known, an escrow not open: the record
+#: is answered as it is), the escrows the call expired before its ops (their records)).
+ShardAnswer = tuple[list[Optional[TollRecord]], bytes, int, list[tuple[str, int, int]], list[int], list[TollRecord]]
 
 
 class ShardRecoveringError(TollmeshError):
@@ -126,6 +127,7 @@ class ShardCore:
         amount_micros, amount_tokens, payer_wallet, tx_signature, reason)``, in order."""
         self._begin(mode)
         book, created_at = self.book, iso_utc(now_us, "seconds")
+        expired = book.expire_due(now_us)  # first: no op of the batch then expires another's escrow on the way
         records: list[Optional[TollRecord]] = []
         repeats: list[int] = []
         for action, task_id, source, target, amount, tokens, wallet, signature, reason in ops:
@@ -144,17 +146,21 @@ class ShardCore:
                 records.append(book.reject(draft, Reason(reason), now_us))
             else:
                 records.append(book.pend(draft, now_us))
-        return self._answer(records, repeats)
+        return self._answer(records, repeats, expired)
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
         """Release (``True``) or refund (``False``, with a reason) each ``(task_id, release, reason)``."""
         self._begin(mode)
         book = self.book
-        records = [
-            book.release(task_id, now_us) if release else book.refund(task_id, now_us, Reason(reason))
-            for task_id, release, reason in ops
-        ]
-        return self._answer(records)
+        expired = book.expire_due(now_us)  # first: an escrow past its deadline is refunded as expired, once
+        records: list[Optional[TollRecord]] = []
+        repeats: list[int] = []  # the ops whose escrow was not open: settled before, expired above, or unknown
+        for task_id, release, reason in ops:
+            known = book.get(task_id)
+            if known is None or known.status is not SettlementStatus.ESCROW_LOCKED:
+                repeats.append(len(records))
+            records.append(book.release(task_id, now_us) if release else book.refund(task_id, now_us, Reason(reason)))
+        return self._answer(records, repeats, expired)
 
     def expire_due(self, now_us: int, mode: str) -> ShardAnswer:
         """Refund every lock past its timeout (reason ``escrow_timeout``)."""
@@ -274,10 +280,11 @@ class ShardCore:
         self._mode = mode
         self._events, self._credits = [], []
 
-    def _answer(self, records: list[Optional[TollRecord]], repeats: Optional[list[int]] = None) -> ShardAnswer:
+    def _answer(self, records: list[Optional[TollRecord]], repeats: Optional[list[int]] = None,
+                expired: Optional[list[TollRecord]] = None) -> ShardAnswer:
         events, credits = self._events, self._credits
         self._events, self._credits = [], []
-        return records, encode_events(events) if events else b"", len(events), credits, repeats or []
+        return records, encode_events(events) if events else b"", len(events), credits, repeats or [], expired or []
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
@@ -475,7 +482,7 @@ class BudgetShard:
             self._lock.release()
 
     def _mark(self, answer: ShardAnswer) -> tuple:
-        """``answer`` with a sixth item for an ordinary call that wrote events: ``(shard, epoch, op)``,
+        """``answer`` with a seventh item for an ordinary call that wrote events: ``(shard, epoch, op)``,
         which the coordinator hands back through :meth:`mark_durable` once they are on disk."""
         if not answer[2]:
             return (*answer, None)
@@ -489,4 +496,4 @@ class BudgetShard:
 
 def _to_wire(answer: ShardAnswer) -> ShardAnswer:
     """The answer with its records as plain tuples (:func:`~mesh.records.record_to_wire`), cheap to pickle."""
-    return ([record_to_wire(r) for r in answer[0]], *answer[1:])  # type: ignore[return-value]
+    return ([record_to_wire(r) for r in answer[0]], *answer[1:5], [record_to_wire(r) for r in answer[5]])  # type: ignore[return-value]

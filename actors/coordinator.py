@@ -182,6 +182,7 @@ class EscrowCoordinator:
         self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
         self._batch_tasks: set[asyncio.Task] = set()
         self._redeliver = False  # see set_redelivery
+        self._counted_from_seq = first_seq  # events from here on are counted by their batches (see _recount)
 
     # -- calls --------------------------------------------------------------------
 
@@ -323,7 +324,6 @@ class EscrowCoordinator:
                 continue
             records, repeats = answer[0], set(answer[4])
             locked: list[tuple[int, tuple]] = []
-            rejected: Tally = Tally()
             for j, (i, record) in enumerate(zip(indices, records)):
                 if j in repeats and self._redeliver and record[_STATUS] == _LOCKED:
                     to_deliver.append((i, record))  # an escrow a dead instance left open: delivered now
@@ -332,10 +332,9 @@ class EscrowCoordinator:
                 elif record[_STATUS] == _LOCKED:
                     locked.append((i, record))
                 else:
-                    rejected[record[_REASON]] += 1
                     results[i] = (record, False, None, f"refused: {record[_REASON]}")
             to_deliver.extend(locked)
-            calls.tallies.append((entry, partial(self._count_locks, locked, rejected)))
+            calls.tallies.append((entry, partial(self._count_answer, "lock_batch", answer)))
             calls.depends(indices, entry)
         return sorted(to_deliver, key=lambda pair: pair[0])
 
@@ -383,9 +382,9 @@ class EscrowCoordinator:
             where[shard].append(i)
         answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], calls.entries) for s in ops))
         for shard, (answer, entry) in zip(ops, answers):
-            settled = self._settled_results(answer, where[shard], locked, outcomes, results)
+            self._settled_results(answer, where[shard], locked, outcomes, results)
             if answer is not None:
-                calls.tallies.append((entry, partial(self._count_settled, settled)))
+                calls.tallies.append((entry, partial(self._count_answer, "settle_batch", answer)))
                 calls.settles.append((shard, ops[shard], where[shard], entry))
                 calls.depends(where[shard], entry)
         await self._forward_credits([(e, a) for a, e in answers if a is not None and a[3]])
@@ -393,9 +392,8 @@ class EscrowCoordinator:
     def _settled_results(
         self, answer: Optional[ShardAnswer], indices: list[int], locked: list[tuple[int, tuple]],
         outcomes: dict[int, tuple[int, Any]], results: list,
-    ) -> list[tuple]:
-        """Each settled message's result from its shard's answer; the records settled."""
-        settled: list[tuple] = []
+    ) -> None:
+        """Each settled message's result from its shard's answer."""
         for j, i in enumerate(indices):
             code, value = outcomes[i]
             record = answer[0][j] if answer is not None else None
@@ -403,11 +401,9 @@ class EscrowCoordinator:
                 record = next(r for k, r in locked if k == i)
                 results[i] = (record, False, value if code == OK else None, _SETTLE_LOST)
                 continue
-            settled.append(record)
             ok = record[_STATUS] == _RELEASED
             error = None if ok else (value if code != OK else f"refunded: {record[_REASON]}")
             results[i] = (record, ok, value if code == OK else None, error)
-        return settled
 
     async def _await_durable(
         self, calls: _BatchCalls, locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]],
@@ -419,8 +415,9 @@ class EscrowCoordinator:
         not all on disk then is answered with an error saying so."""
         durable = await asyncio.gather(*(e.durable for e in calls.entries), return_exceptions=True)
         lost = {id(e): o for e, o in zip(calls.entries, durable) if isinstance(o, BaseException)}
+        counted = {id(e) for e, o in zip(calls.entries, durable) if self._counts_entry(o)}
         for entry, count in calls.tallies:
-            if id(entry) not in lost:
+            if id(entry) in counted:
                 count()
         if not lost:
             return
@@ -444,10 +441,12 @@ class EscrowCoordinator:
         if answer is None:
             return
         try:
-            await entry.durable
+            first_seq = await entry.durable
         except Exception:  # noqa: BLE001 - lost again: the messages stay errors, the caller may send them again
             return
-        self._count_settled(self._settled_results(answer, indices, locked, outcomes, results))
+        self._settled_results(answer, indices, locked, outcomes, results)
+        if self._counts_entry(first_seq):
+            self._count_answer("settle_batch", answer)
         for i in indices:
             calls.depend_on[i] = [e for e in calls.depend_on[i] if e is not lost_entry]
         if answer[3]:
@@ -529,6 +528,7 @@ class EscrowCoordinator:
     async def _recover_all(self) -> None:
         try:
             await self._rebuild(list(range(self.config.shards)))
+            await self._recount()  # the lost append's events may be on disk after all
         finally:
             self._log.resume()
             self._global_recovery = None
@@ -565,9 +565,8 @@ class EscrowCoordinator:
                              None if reason is None else reason.value))
             where[key].append(i)
         records = await self._booth_batches(ops, where, "lock_batch", len(charges))
-        for (fields, instant, _, _), record in zip(charges, records):
+        for (fields, _, _, _), record in zip(charges, records):
             self._remember_source(fields[0], fields[1])
-            self._count_booth_charge(record, instant)
         return records
 
     async def booth_settles(self, settles: list[tuple[str, bool, Optional[str], str]]) -> list[Optional[tuple]]:
@@ -582,9 +581,7 @@ class EscrowCoordinator:
                 key = (shard_of(source, self.config.shards), mode)
                 ops[key].append((task_id, release, reason))
                 where[key].append(i)
-        records = await self._booth_batches(ops, where, "settle_batch", len(settles))
-        self._count_settled([r for r in records if r is not None])
-        return records
+        return await self._booth_batches(ops, where, "settle_batch", len(settles))
 
     async def _booth_batches(
         self, ops: dict[tuple[int, str], list[tuple]], where: dict[tuple[int, str], list[int]], method: str, count: int
@@ -602,14 +599,20 @@ class EscrowCoordinator:
             return None
         return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s)
 
-    def _count_booth_charge(self, record: tuple, instant: bool) -> None:
-        if record[_STATUS] == _LOCKED:
-            self._count_locks([(0, record)], Tally())
-        elif record[_STATUS] == _FAILED:
-            self._count_locks([], Tally([record[_REASON]]))
-        elif record[_STATUS] == _RELEASED and instant:
-            self._counts["released"] += 1
-            self._amounts["released"] += record[_AMOUNT]
+    def _count_answer(self, method: str, answer: ShardAnswer) -> None:
+        """Count what a shard's answer to ``lock_batch`` or ``settle_batch`` changed (its events): the
+        records of the ops that were no repeat, and the escrows it expired first."""
+        repeats = set(answer[4])
+        changed = [r for j, r in enumerate(answer[0]) if j not in repeats and r is not None]
+        if method == "lock_batch":
+            self._count_locks([(0, r) for r in changed if r[_STATUS] == _LOCKED],
+                              Tally(r[_REASON] for r in changed if r[_STATUS] == _FAILED))
+            paper = [r for r in changed if r[_STATUS] == _RELEASED]  # locked and released at once: no lock held
+            self._counts["released"] += len(paper)
+            self._amounts["released"] += sum(r[_AMOUNT] for r in paper)
+        else:
+            self._count_settled(changed)
+        self._count_settled(answer[5])
 
     async def booth_get(self, task_id: str, mode: str) -> Optional[tuple]:
         """The record of a toll charged through :meth:`booth_charges`, after expiring what is due on its shard."""
@@ -620,7 +623,7 @@ class EscrowCoordinator:
         shard = shard_of(source, self.config.shards)
         entries: list[LogEntry] = []
         answer = await self._shard_call_now(shard, "expire_due", entries)  # its events go through the log, in order
-        if await _all_durable(entries) and answer is not None:
+        if await self._all_counted(entries) and answer is not None:
             self._count_settled(answer[0])
         return await self._shards[shard].get.remote(task_id)
 
@@ -636,7 +639,9 @@ class EscrowCoordinator:
                 await self._recover_shard(shard)
         else:
             raise ShardUnavailableError(f"budget shard {shard} is unreachable")
-        await entry.durable  # raises LedgerAppendLostError if the append was lost
+        first_seq = await entry.durable  # raises LedgerAppendLostError if the append was lost
+        if method in ("lock_batch", "settle_batch") and self._counts_entry(first_seq):
+            self._count_answer(method, answer)
         await self._forward_credits([(entry, answer)] if answer[3] else [])
         return answer[0]
 
@@ -673,10 +678,17 @@ class EscrowCoordinator:
         await self._rebuild(list(range(self.config.shards)))
         shard = shard_of(source, self.config.shards)
         record = await self._shards[shard].get.remote(task_id)
-        if record is not None and record[_STATUS] == _LOCKED:
+        if record is None:
+            return None
+        # What the broken lane run wrote, it never counted (its task id was new: a repeat writes nothing).
+        if record[_STATUS] == _FAILED:
+            self._count_locks([], Tally([record[_REASON]]))
+        else:
             self._count_locks([(0, record)], Tally())
+            if record[_STATUS] in (_RELEASED, _REFUNDED):
+                self._count_settled([record])
+        if record[_STATUS] == _LOCKED:
             record = (await self._one(shard, "settle_batch", [(task_id, False, Reason.AGENT_UNAVAILABLE.value)], "live"))[0]
-            self._count_settled([record])
         return record
 
     # -- agents, money, time -------------------------------------------------------------
@@ -747,7 +759,7 @@ class EscrowCoordinator:
             self._shard_call_now(s, "expire_due", entries) for s in range(self.config.shards)
         ))
         expired = [record for answer in answers if answer is not None for record in answer[0]]
-        if await _all_durable(entries):  # else the shards are rebuilt from the ledger, which decides
+        if await self._all_counted(entries):  # else the recount after the rebuild counts what is on disk
             self._count_settled(expired)
         return [record_from_wire(record) for record in expired]
 
@@ -866,19 +878,37 @@ class EscrowCoordinator:
             last_us = last_ts_us(self.config.ledger_path)
             if last_us is not None:
                 self._clock.resume_after(last_us)  # a manual clock starts again where the ledger left off
-            self._recount()
+            await self._recount()
             for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
                 self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
-    def _recount(self) -> None:
-        """The counters of the old instance, counted again from what it wrote (the ledger is the truth)."""
-        tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq)
-        self._counts.update(tally.counts)
-        self._amounts["released"] += tally.amounts["released"]
-        self._amounts["refunded"] += tally.amounts["refunded"]
-        logger.warning("coordinator restarted: %d calls counted again from the ledger",
-                       tally.counts["locked"] + tally.counts["rejected"])
+    async def _recount(self) -> None:
+        """Count the calls again from the ledger (the truth), from the mesh's start to its end now.
+
+        After a restart (the old instance's counters are gone) and after a lost append (whose
+        events may or may not be on disk). Batches whose events landed before this point are
+        then not counted again by themselves: see :meth:`_counts_entry`.
+        """
+        through_seq = (await self._writer.stats.remote())["next_seq"]
+        tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq, to_seq=through_seq)
+        kept = {k: v for k, v in self._counts.items() if k == "fast_lane"}  # not a count of ledger events
+        self._counts = Tally(kept) + tally.counts
+        self._amounts["released"], self._amounts["refunded"] = tally.amounts["released"], tally.amounts["refunded"]
+        self._counted_from_seq = through_seq
+        logger.warning("%d calls counted again from the ledger", tally.counts["locked"] + tally.counts["rejected"])
+
+    async def _all_counted(self, entries: list[LogEntry]) -> bool:
+        """Whether the caller counts these entries' events (see :meth:`_counts_entry`)."""
+        durable = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
+        return all(self._counts_entry(o) for o in durable)
+
+    def _counts_entry(self, durable: Any) -> bool:
+        """Whether a shard call whose ``durable`` outcome this is gets counted by its batch: its events
+        are on disk, and were not counted by a :meth:`_recount` (which counts what lies before its seq)."""
+        if isinstance(durable, BaseException):
+            return False
+        return durable is None or durable >= self._counted_from_seq
 
     async def _sweep_forever(self) -> None:
         while not self._closed:
@@ -958,12 +988,6 @@ def _unreachable(message: WireMessage) -> tuple:
     record = TollRecord(message[0], message[1], message[2], status=SettlementStatus.FAILED,
                         reason=Reason.SHARD_UNAVAILABLE.value, created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
     return (record_to_wire(record), False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
-
-
-async def _all_durable(entries: list[LogEntry]) -> bool:
-    """Whether every entry's events reached the ledger (False: an append was lost)."""
-    durable = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
-    return not any(isinstance(o, BaseException) for o in durable)
 
 
 async def _awaitable(ref: Any) -> Any:

@@ -162,7 +162,7 @@ class OrderedLog:
                         self._on_lost()
                     return
             if self._on_durable is not None:
-                marks = [answer[5] for _, answer in batch if answer is not None and len(answer) > 5 and answer[5]]
+                marks = [answer[6] for _, answer in batch if answer is not None and len(answer) > 6 and answer[6]]
                 if marks:
                     self._on_durable(marks)
             seq = first_seq

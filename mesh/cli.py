@@ -21,10 +21,11 @@ with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import orjson
 
@@ -73,9 +74,16 @@ def _print_json(value: object) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from mesh.scenario import load_scenario
-    from mesh.sim_report import checks_pass, format_report
     from mesh.simulate import Simulation
 
+    if args.resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k in _SCENARIO_FLAGS if getattr(args, k) is not None]
+        given += ["--config"] * (args.config != "default") + ["--overwrite"] * args.overwrite
+        if given:
+            print(f"tollmesh: error: --resume plays the run's own scenario: drop {', '.join(given)}", file=sys.stderr)
+            return 2
+        return _finish(Simulation.resume(args.resume, progress=not args.no_progress and not args.json,
+                                         plots=not args.no_plots).run, args)
     scenario = load_scenario(args.config).scaled(
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
@@ -83,7 +91,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     run_dir = _out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}"
     simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
                             plots=not args.no_plots)
-    report = simulation.run()
+    return _finish(simulation.run, args)
+
+
+_SCENARIO_FLAGS = ("agents", "messages", "days", "seed", "shards", "hosts", "batch_size", "fsync", "name")
+
+
+def _finish(run: Callable[[], dict], args: argparse.Namespace) -> int:
+    """Run a simulation and print its report; the exit code: 0 if its checks pass, 1 if not, 130 if interrupted.
+
+    While it runs, whatever Ray prints (a dead worker's notice, say) goes to stderr: stdout holds the report only.
+    """
+    from mesh.sim_report import checks_pass, format_report
+
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run()
+
     if args.json:
         _print_json(report)
     else:
@@ -222,6 +245,8 @@ def _simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the run's name (default: the scenario's); output goes to OUT/NAME-seedS/")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/<name>-seed<S>/ (default ./tollmesh-out)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same directory")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="finish the run in RUN_DIR (interrupted, or its driver killed) from its ledger, with its own scenario")
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -433,7 +433,7 @@ class Mesh:
                     agent_caps_path=caps_path, runtime_caps_path=str(config.runtime_caps_path),
                     track_balances=config.track_balances,
                     escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
-                    ledger_path=str(config.ledger_path) if config.restore_from_ledger else None,
+                    ledger_path=str(config.ledger_path),  # a restarted shard rebuilds from its own run's ledger, always
                 ),
                 config.actor_name("writer"), config.namespace,
             )
@@ -494,8 +494,8 @@ def _ensure_ray(address: Optional[str], namespace: str) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, namespace=namespace, log_to_driver=False)
-    else:
-        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
+    else:  # "local": a Ray of our own, never one another process happens to run on this machine
+        ray.init(address="local", namespace=namespace, include_dashboard=False, log_to_driver=False)
     return True
 
 

@@ -111,7 +111,7 @@ def test_a_shard_locks_in_the_lane_only_once_its_other_events_are_on_disk(ray_se
     now_us = 1_767_225_600_000_000
     shard = BudgetShard.remote(ShardSpec(index=0, shards=1, default_cap_micros=None))
     answer = ray.get(shard.lock_batch.remote([(LOCK, "t1", "alice", "bob", 10, 0.0, None, None, None)], now_us, "live"))
-    _, epoch, op = answer[5]  # the coordinator hands this back once t1's lock is on disk
+    _, epoch, op = answer[6]  # the coordinator hands this back once t1's lock is on disk
     plan = FastPlan("t2", "alice", "bob", "handle", None, 10, 0, 0, 0, now_us)
     assert ray.get(shard.fast_lock.remote(plan)) == GO_AROUND  # t1's event may still be on its way
     ray.get(shard.mark_durable.remote("an earlier process", op))

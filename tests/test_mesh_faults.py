@@ -16,6 +16,7 @@ import pytest
 import ray
 
 from ledger import read_events, verify
+from ledger.tally import tally_events
 from mesh import Message, TollboothConfig
 from mesh.clock import US_PER_DAY
 from restarts import answer_once_restarted
@@ -73,7 +74,12 @@ def check_after_faults(mesh, acknowledged: list, *, ledger_started_empty: bool =
     assert sum(live["balances_micros"].values()) + live["locked_total_micros"] == live["deposits_total_micros"]
     events = read_events(mesh.ledger_path).events
     if ledger_started_empty:  # every event counted, whichever way it came in (lane runs cut short included)
-        assert mesh.stats()["events_written"] == len(events)
+        stats = mesh.stats()
+        assert stats["events_written"] == len(events)
+        tally = tally_events(events)  # the counters count what is on disk, a restarted coordinator's too
+        assert {k: stats[k] for k in ("locked", "released", "refunded", "rejected")} == \
+            {k: tally.counts[k] for k in ("locked", "released", "refunded", "rejected")}
+        assert (stats["released_micros"], stats["refunded_micros"]) == (tally.amounts["released"], tally.amounts["refunded"])
     released = {e["task_id"] for e in events if e["kind"] == "release"}
     for result in acknowledged:  # an acknowledged release is on disk
         if result.ok:
@@ -110,6 +116,17 @@ def test_killing_shards_mid_run_loses_nothing(make_mesh, seed):
     mesh = funded_mesh(make_mesh)
     acknowledged = run_with_kills(mesh, ["shard.0", "shard.1", "shard.2"], seed=seed)
     assert sum(r.ok for r in acknowledged) > 0
+    check_after_faults(mesh, acknowledged)
+
+
+@pytest.mark.slow
+def test_a_mesh_that_restores_nothing_still_rebuilds_a_crashed_shard_from_its_own_ledger(make_mesh):
+    """``restore_from_ledger=False`` means: adopt no older run's ledger. A shard that crashes
+    still rebuilds from this run's ledger (it used to come back empty: balances, caps and open
+    escrows lost, its agents' calls ``unknown_agent`` or ``insufficient_funds``)."""
+    mesh = funded_mesh(make_mesh, restore_from_ledger=False)
+    acknowledged = run_with_kills(mesh, ["shard.0", "shard.1", "shard.2"], seed=6, kills=2)
+    assert not [r.error for r in acknowledged if r.record.reason == "unknown_agent"][:3]
     check_after_faults(mesh, acknowledged)
 
 
