@@ -44,7 +44,7 @@ class Driver:
         self.tasks = 0
 
     def record(self, answer: tuple) -> None:
-        records, lines, events, credits, _ = answer
+        records, lines, events, credits, _, _ = answer
         if events:
             first_seq = self.writer.next_seq
             self.writer.append_encoded(lines)
