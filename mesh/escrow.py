@@ -30,7 +30,7 @@ is its lock time plus this book's timeout).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -87,7 +87,10 @@ class EscrowBook:
         # Insertion order is deadline order (one timeout for all, a forward clock).
         self._open: OrderedDict[str, _OpenEscrow] = OrderedDict()
         self._settled: OrderedDict[str, TollRecord] = OrderedDict()
-        self._settled_seqs: dict[str, int] = {}  # the seq of each settled or failed record (plain ints: no GC load)
+        # The seq of each settled or failed record of the window, in the window's order (a settled record never
+        # moves again): two deques, appended and popped at their ends (no hashing, no tuples for the GC to scan).
+        self._seq_ids: deque[str] = deque()
+        self._seqs: deque[int] = deque()
         self._history = TaskIndex()  # every settled or failed id that left ``_settled``
 
     # -- queries --------------------------------------------------------------
@@ -230,8 +233,9 @@ class EscrowBook:
         """A ``lock`` the ledger holds (``record`` ESCROW_LOCKED): room and funds taken, no cap judged again."""
         self._check_opening("lock", record)
         period = self._take(record, ts_us)
-        if self._settled.pop(record.task_id, None) is not None:  # a PENDING record it replaces, or an old ledger's
-            self._settled_seqs.pop(record.task_id, None)  # second escrow of one task id (verify names it)
+        replaced = self._settled.pop(record.task_id, None)  # a PENDING record, or an old ledger's second escrow
+        if replaced is not None and replaced.status is not _PENDING:  # of one task id (verify names it): rare
+            self._forget_seq(record.task_id)
         deadline_us = ts_us + self._timeout_us if self._timeout_us is not None else _NEVER_US
         self._open[record.task_id] = _OpenEscrow(record, period, deadline_us)
 
@@ -262,6 +266,13 @@ class EscrowBook:
             self.budget.rollback(record.source_agent, record.amount_micros, entry.period)
         self._settle(record, seq)
         return record
+
+    def _forget_seq(self, task_id: str) -> None:
+        """Drop the seq of a record that left the window out of turn (a replay of an old ledger's second escrow)."""
+        if task_id in self._seq_ids:
+            at = self._seq_ids.index(task_id)
+            del self._seq_ids[at]
+            del self._seqs[at]
 
     def _check_opening(self, kind: str, record: TollRecord) -> None:
         if record.task_id in self._open:
@@ -327,12 +338,15 @@ class EscrowBook:
 
     def _retain(self, record: TollRecord, seq: Optional[int]) -> None:
         settled, task_id = self._settled, record.task_id
+        replaced = settled.pop(task_id, None)  # a PENDING record this one settles (two lookups, as set + move_to_end)
         settled[task_id] = record
-        settled.move_to_end(task_id)
+        if replaced is not None and replaced.status is not _PENDING:  # only an old ledger's second event of a task
+            self._forget_seq(task_id)
         if seq is not None and record.status is not _PENDING:  # a PENDING toll may be charged again: nothing to keep
-            self._settled_seqs[task_id] = seq
-        while len(settled) > self.max_settled_records:
-            old_id, _ = settled.popitem(last=False)
-            old_seq = self._settled_seqs.pop(old_id, None)
-            if old_seq is not None:
-                self._history.add(old_id, old_seq)
+            self._seq_ids.append(task_id)
+            self._seqs.append(seq)
+        while len(settled) > self.max_settled_records:  # the oldest leaves for the index (a PENDING one is dropped)
+            old_id, _record = settled.popitem(last=False)
+            seq_ids = self._seq_ids
+            if seq_ids and seq_ids[0] == old_id:  # else a PENDING record, or one written with no ledger
+                self._history.add(seq_ids.popleft(), self._seqs.popleft())

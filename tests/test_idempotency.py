@@ -24,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import mesh.task_index as task_index
 from actors.budget_shard import LOCK, ShardCore, ShardSpec
 from ledger import replay_file, snapshot, verify
+from ledger.replay import event_at
 from ledger.jsonl import JsonlWriter
 from mesh import ConfigError, LedgerError, ManualClock, SettlementStatus, Tollbooth, TollboothConfig
 from mesh.budget import BudgetBook
@@ -141,6 +142,46 @@ def test_a_book_replayed_without_a_ledger_to_recall_from_fails_closed():
     book.charge(TollRecord("t1", "a", "b", 5), 0, instant_release=True)
     with pytest.raises(LedgerError, match="no ledger to recall it from"):
         book.charge(TollRecord("t1", "a", "b", 5), 0)
+
+
+def test_pending_failed_and_settled_records_past_the_window_are_told_apart(make_booth, ledger_path, clock):
+    options = dict(max_settled_records=16, max_daily_toll_per_agent="0.05", require_payment_before_route=True)
+    booth = make_booth(**options)  # pending records leave the window too, and are not remembered (they may be paid)
+    booth.set_x402_verifier(lambda wallet, signature, amount_usd: signature == "good")
+    first = {}
+    for n in range(300):
+        paid = ("0xpayer", "good" if n % 7 else "bad") if n % 5 else (None, None)
+        first[f"t{n}"] = booth.charge_sync(f"t{n}", "a", "b", *paid)
+        if n % 3 == 0:
+            first[f"t{n}"] = booth.release_sync(f"t{n}") or first[f"t{n}"]
+    assert booth.get_stats()["total_records"] == 16 + booth.get_stats()["active_escrows"]
+    for _ in range(2):
+        for task_id, record in first.items():
+            if record.status is not SettlementStatus.PENDING:
+                assert booth.charge_sync(task_id, "a", "b", "0xpayer", "good") == record
+        booth.close()
+        assert verify(ledger_path).ok
+        booth = make_booth(**options)
+        booth.set_x402_verifier(lambda wallet, signature, amount_usd: True)
+
+
+def test_an_old_ledgers_second_escrow_replays_and_verify_names_it(tmp_path):
+    path = tmp_path / "toll_ledger.jsonl"
+    writer = JsonlWriter(path)
+    base = {"v": 1, "seq": None, "ts_us": START_US, "source_agent": "a", "target_agent": "b", "amount_micros": 5,
+            "amount_usd": 5e-06}
+    writer.append([  # what a booth wrote before this fix: t1 charged again once it left a window of one
+        {**base, "kind": "paper_release", "task_id": "t1", "status": "released"},
+        {**base, "kind": "paper_release", "task_id": "t2", "status": "released"},
+        {**base, "kind": "paper_release", "task_id": "t1", "status": "released"},
+        {**base, "kind": "paper_release", "task_id": "t3", "status": "released"},
+    ])
+    writer.close()
+    book = EscrowBook(BudgetBook(default_cap_micros=None), escrow_timeout_s=None, max_settled_records=1,
+                      recall=lambda task_id, seq: event_at(path, seq))
+    replay_file(book, path)  # the money moved twice: the replay applies it (verify judges it)
+    assert book.find("t1").status is SettlementStatus.RELEASED and book.find("t2") is not None
+    assert ["one task id, one escrow" in p.message for p in verify(path).problems] == [True]
 
 
 # -- random programs over a small window, reopened mid-way --------------------------------
