@@ -31,7 +31,7 @@ from mesh.simulate import run_simulation
 pytestmark = pytest.mark.slow
 
 SCENARIO = dict(
-    name="faults", seed=11, messages=12_000, days=2, ticks_per_day=12, shards=2, hosts=2, batch_size=2_000,
+    name="faults", seed=11, messages=8_000, days=2, ticks_per_day=12, shards=2, hosts=2, batch_size=2_000,
     escrow_timeout_s=600.0,
     groups=[
         {"name": "user", "count": 60, "balance_usd": "3.00", "daily_cap_usd": "0.60"},
@@ -134,11 +134,9 @@ def toll_events(run_dir: Path) -> list[tuple]:
 
 
 @pytest.mark.parametrize("seed, schedule", [
-    (1, ["shard", "shard"]),
-    (2, ["writer"]),
-    (3, ["host", "host"]),
-    (4, ["coordinator"]),
-    (5, ["shard", "writer", "host", "coordinator"]),
+    (1, ["shard", "writer", "shard"]),
+    (3, ["host", "coordinator"]),
+    (5, ["coordinator", "shard", "host", "writer"]),
 ])
 def test_simulate_survives_its_actors_killed(tmp_path, seed, schedule):
     rng = random.Random(seed)
@@ -146,7 +144,7 @@ def test_simulate_survives_its_actors_killed(tmp_path, seed, schedule):
     run = start(["simulate", "--config", str(scenario_file(tmp_path)), "--no-progress", "--no-plots", "--json",
                  "--out", str(out)], tmp_path)
     run_dir = out / "faults-seed11"
-    moments = sorted(rng.randrange(40_000, 2_500_000) for _ in schedule)
+    moments = sorted(rng.randrange(40_000, 7_000_000) for _ in schedule)
     killed = kill_during(run, run_dir, list(zip(schedule, moments)), rng)
     code, stdout, stderr = finish(run)
     assert code == 0, stderr[-3000:]
@@ -165,9 +163,7 @@ def uninterrupted(tmp_path_factory, ray_session) -> list[tuple]:
     return toll_events(run_dir)
 
 
-@pytest.mark.parametrize("how, at_bytes", [
-    ("SIGKILL", 30_000), ("SIGKILL", 700_000), ("SIGKILL", 1_800_000), ("SIGINT", 400_000),
-])
+@pytest.mark.parametrize("how, at_bytes", [("SIGKILL", 30_000), ("SIGKILL", 5_000_000), ("SIGINT", 2_000_000)])
 def test_a_run_resumed_after_its_driver_died_is_the_uninterrupted_run(tmp_path, uninterrupted, how, at_bytes):
     out = tmp_path / "out"
     run = start(["simulate", "--config", str(scenario_file(tmp_path)), "--no-progress", "--no-plots", "--json",
