@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc

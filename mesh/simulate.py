@@ -28,9 +28,9 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from collections import Counter
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
@@ -87,8 +87,7 @@ class Simulation:
         self._stop = threading.Event()
         self._ids = {g.name: g.agent_ids() for g in scenario.groups}
         self._resumed: Optional[RunProgress] = None
-        ticks = scenario.ticks
-        self._tick_us = round(scenario.days * 86_400 / ticks * US_PER_SECOND)
+        self._tick_us = round(scenario.days * 86_400 / scenario.ticks * US_PER_SECOND)  # what each tick moves the clock
 
     @classmethod
     def resume(cls, run_dir: str | Path, **options: Any) -> Simulation:

@@ -20,7 +20,6 @@ from ledger.report import build_report, exact_sum
 from mesh import MAX_AMOUNT_MICROS, ConfigError, ManualClock, MeshConfig, TollboothConfig, format_usd
 from mesh.clock import END_TIME_S
 from mesh.errors import InvalidArgumentError, InvalidTypeError
-from mesh.money import MICROS_PER_USD
 from mesh.scenario import AgentGroup, Latency, Onward, Scenario, Traffic, load_scenario
 
 #: What each kind of field must refuse (None is refused only where the field is not Optional).

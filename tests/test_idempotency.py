@@ -13,7 +13,6 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Optional
 
 import orjson
 import pytest

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import orjson
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ledger.jsonl
