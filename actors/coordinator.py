@@ -891,6 +891,7 @@ class EscrowCoordinator:
         then not counted again by themselves: see :meth:`_counts_entry`.
         """
         through_seq = (await self._writer.stats.remote())["next_seq"]
+        # Read on the event loop, on purpose: no batch counts anything between the tally and the new boundary.
         tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq, to_seq=through_seq)
         kept = {k: v for k, v in self._counts.items() if k == "fast_lane"}  # not a count of ledger events
         self._counts = Tally(kept) + tally.counts
