@@ -423,7 +423,7 @@ class EscrowCoordinator:
             return
         for shard, ops, indices, entry in calls.settles:
             if id(entry) in lost:
-                await self._settle_again(shard, ops, indices, entry, calls, locked, outcomes, results)
+                await self._settle_again(shard, ops, indices, calls, locked, outcomes, results)
         error = next(iter(lost.values()))
         note = f"{_APPEND_LOST}, the record may not be on disk (read it with get_record): {error}"
         for i, entries in calls.depend_on.items():
@@ -431,7 +431,7 @@ class EscrowCoordinator:
                 results[i] = (results[i][0], False, results[i][2], note)
 
     async def _settle_again(
-        self, shard: int, ops: list[tuple], indices: list[int], lost_entry: LogEntry, calls: _BatchCalls,
+        self, shard: int, ops: list[tuple], indices: list[int], calls: _BatchCalls,
         locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]], results: list,
     ) -> None:
         """Settle once more what a lost append held, on the shard rebuilt from the ledger (a settled
@@ -447,8 +447,9 @@ class EscrowCoordinator:
         self._settled_results(answer, indices, locked, outcomes, results)
         if self._counts_entry(first_seq):
             self._count_answer("settle_batch", answer)
-        for i in indices:
-            calls.depend_on[i] = [e for e in calls.depend_on[i] if e is not lost_entry]
+        for j, i in enumerate(indices):  # the shard was rebuilt from the ledger: an escrow it knows is on disk,
+            if answer[0][j] is not None:  # its lock and now its settlement, whatever the lost appends were
+                calls.depend_on[i] = []
         if answer[3]:
             await self._forward_credits([(entry, answer)])
 
