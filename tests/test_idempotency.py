@@ -335,6 +335,18 @@ def test_a_shard_waits_for_its_rebuild_when_the_settlement_is_not_on_disk_yet(tm
     assert verify(ledger.path).ok
 
 
+def test_the_mesh_answers_a_repeat_past_its_window_and_its_ledger_verifies(make_mesh):
+    mesh = make_mesh(max_settled_records=2)
+    booth = mesh.tollbooth(TollboothConfig(paper_mode=False, toll_per_message_usd="0.01"))
+    first = {}
+    for n in range(8):
+        booth.charge_sync(f"t{n}", f"a{n % 3}", "b")
+        first[f"t{n}"] = booth.release_sync(f"t{n}")
+    assert {t: booth.charge_sync(t, f"a{int(t[1:]) % 3}", "b") for t in first} == first
+    result = verify(mesh.config.ledger_path)
+    assert result.ok and result.events == 16, [str(p) for p in result.problems]
+
+
 # -- a million task ids -------------------------------------------------------------------------
 
 
