@@ -33,6 +33,7 @@ MAX_PAYMENT_FIELD_CHARS = 8192
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SHOWN_CHARS = 40  # how much of a long value an error message shows
+_SHOWN_REPR_CHARS = 120  # and how long its repr may be there
 
 
 def is_id(value: Any) -> bool:
@@ -88,4 +89,9 @@ def _text_problem(value: str) -> str | None:
 
 
 def _shown(value: str) -> str:
-    return value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
+    """The start of ``value`` that an error message shows: at most ``_SHOWN_CHARS`` characters, and
+    short enough that its repr (where a control or unprintable character takes up to 10) stays short."""
+    shown = value[:_SHOWN_CHARS]
+    while len(repr(shown)) > _SHOWN_REPR_CHARS:
+        shown = shown[:-1]
+    return shown if shown == value else shown + "..."
