@@ -74,6 +74,7 @@ logger = logging.getLogger("tollmesh.coordinator")
 
 MAX_CONCURRENT_CALLS = 10_000  # Ray runs at most this many coordinator calls at once; the rest wait in its queue
 MAX_SHARD_ATTEMPTS = 4
+RECOVERY_PAUSE_S = 0.2  # between rounds of a recovery that met a dead writer
 # Records travel as plain tuples (mesh.records.record_to_wire); the coordinator reads them by index.
 _TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
 _LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
@@ -175,6 +176,8 @@ class EscrowCoordinator:
         self._booth_sources: OrderedDict[str, str] = OrderedDict()  # task id -> source, for the Tollbooth API
         self._recoveries: dict[int, asyncio.Task] = {}
         self._global_recovery: Optional[asyncio.Task] = None
+        self._lost_since_rebuild = False  # an append was lost after the last rebuild began (see _recover_all)
+        self._rebuilding = asyncio.Lock()  # one rebuild at a time (see _rebuild)
         self._started: Optional[asyncio.Future] = None
         self._log: Optional[OrderedLog] = None
         self._closed = False
@@ -523,27 +526,44 @@ class EscrowCoordinator:
             self._shards[shard].mark_durable.remote(epoch, op)
 
     def _on_append_lost(self) -> None:
+        self._lost_since_rebuild = True  # a recovery under way goes round once more
         if self._global_recovery is None:
             self._global_recovery = asyncio.get_running_loop().create_task(self._recover_all())
 
     async def _recover_all(self) -> None:
+        """Rebuild every shard and recount, until no append was lost meanwhile."""
         try:
-            await self._rebuild(list(range(self.config.shards)))
-            await self._recount()  # the lost append's events may be on disk after all
+            while self._lost_since_rebuild and not self._closed:
+                self._lost_since_rebuild = False
+                await self._rebuild(list(range(self.config.shards)), resume_log=True)
+                try:
+                    await self._recount()  # the lost append's events may be on disk after all
+                except Exception as exc:  # noqa: BLE001 - the writer died again: go round once more
+                    logger.warning("recount failed (%s: %s), again", type(exc).__name__, exc)
+                    self._lost_since_rebuild = True
+                    await asyncio.sleep(RECOVERY_PAUSE_S)
         finally:
-            self._log.resume()
             self._global_recovery = None
 
-    async def _rebuild(self, shards: list[int]) -> None:
-        """Stop the shards, flush every event already in the log, rebuild them from the ledger."""
-        for _ in range(MAX_SHARD_ATTEMPTS):
-            try:
-                await asyncio.gather(*(self._shards[s].mark_stale.remote() for s in shards))
-                await self._log.drain()
-                await asyncio.gather(*(self._shards[s].rebuild.remote() for s in shards))
-                break
-            except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
-                logger.warning("rebuild of shards %s failed (%s: %s), again", shards, type(exc).__name__, exc)
+    async def _rebuild(self, shards: list[int], *, resume_log: bool = False) -> None:
+        """Stop the shards, flush every event already in the log, rebuild them from the ledger.
+
+        One rebuild at a time: another one's rebuild must not make a shard fresh between this
+        one's stop and flush. ``resume_log``: the log writes again once flushed, before the
+        shards are rebuilt (they refuse work until then, so nothing written meanwhile depends
+        on a lost event; what they answer once rebuilt is written, never dropped).
+        """
+        async with self._rebuilding:
+            for _ in range(MAX_SHARD_ATTEMPTS):
+                try:
+                    await asyncio.gather(*(self._shards[s].mark_stale.remote() for s in shards))
+                    await self._log.drain()
+                    if resume_log:
+                        self._log.resume()
+                    await asyncio.gather(*(self._shards[s].rebuild.remote() for s in shards))
+                    break
+                except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
+                    logger.warning("rebuild of shards %s failed (%s: %s), again", shards, type(exc).__name__, exc)
         logger.warning("shards %s rebuilt from the ledger", shards)
         # the locked gauge, summed again (a shard that is itself restarting just now is left out)
         stats = await asyncio.gather(*(s.stats.remote() for s in self._shards), return_exceptions=True)

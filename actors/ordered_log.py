@@ -68,6 +68,7 @@ class OrderedLog:
         self._max_append_events = max_append_events
         self._slots = asyncio.Semaphore(max_appends_in_flight)
         self._entries: deque[LogEntry] = deque()
+        self._last: Optional[LogEntry] = None  # the last entry pushed (taken by the pump or not)
         self._wakeup = asyncio.Event()
         self._pump = asyncio.get_running_loop().create_task(self._run())
         self._appends: set[asyncio.Task] = set()
@@ -76,6 +77,7 @@ class OrderedLog:
         """Queue the answer of a shard call just sent (an ObjectRef, or any awaitable of a ShardAnswer)."""
         entry = LogEntry(asyncio.ensure_future(answer))
         self._entries.append(entry)
+        self._last = entry
         self._wakeup.set()
         return entry
 
@@ -95,10 +97,13 @@ class OrderedLog:
         self._wakeup.set()
 
     async def drain(self) -> None:
-        """Wait until every entry pushed so far is written (or failed)."""
-        if self._entries:
-            last = self._entries[-1]
-            await asyncio.wait([last.durable])
+        """Wait until every entry pushed so far is written (or failed).
+
+        Entries resolve in order, so the last one pushed decides: it may already have left the
+        queue, in a batch the pump holds while it waits for an append slot.
+        """
+        if self._last is not None:
+            await asyncio.wait([self._last.durable])
         if self._appends:
             await asyncio.wait(set(self._appends))
 
