@@ -3,7 +3,7 @@
 Each repeat is a fresh ``tollmesh simulate --json`` process (cold start: it starts its own
 local Ray, as the README's first command does), so the figures are the main job's.
 
-    python benchmarks/bench_simulate.py [--config NAME|FILE] [--repeats R] [--messages N] [--out DIR]
+    python -m benchmarks.simulate [--config NAME|FILE] [--repeats R] [--messages N] [--out DIR]
 
 Prints a table and saves the figures as JSON under ``--out`` (default tollmesh-out/bench/).
 """

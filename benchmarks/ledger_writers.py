@@ -18,9 +18,9 @@ in place, so every batch gets a fresh copy, made with the clock stopped just bef
 append: hot in the CPU cache, as a producer's new events are (copying the whole run first
 left 100 MB of dicts to fetch from memory and made the same code look 3x slower).
 
-    python benchmarks/bench_ledger.py [--events N] [--batch-sizes 100,1000,10000]
-                                      [--repeats R] [--seed-lifecycles N] [--row-group-events N]
-                                      [--tmp-dir DIR] [--out DIR]
+    python -m benchmarks.ledger_writers [--events N] [--batch-sizes 100,1000,10000]
+                                         [--repeats R] [--seed-lifecycles N] [--row-group-events N]
+                                         [--tmp-dir DIR] [--out DIR]
 
 Prints a table (medians of the repeats) and saves the figures as JSON under ``--out``
 (default tollmesh-out/bench/).
@@ -50,7 +50,7 @@ from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.writer import LedgerWriter
 from mesh.clock import iso_utc
 from mesh.records import Reason, SettlementStatus, TollRecord
-from seed_booth import seed_installed, seed_lifecycles_elapsed_s
+from benchmarks.seed import seed_installed, seed_lifecycles_elapsed_s
 
 AIM_EVENTS_PER_S = 500_000
 AIM_BATCH = 10_000

@@ -11,7 +11,7 @@ Beside it, in the same run, the seed's in-process lifecycles per second. 25x tha
 machine's cores leaves ``cores / (25 x seed rate)`` of CPU per lifecycle for everything: the
 ledger, the shards' cap and escrow book, the handler call, the coordinator and Ray's hops.
 
-    python benchmarks/bench_ledger_floor.py [--lifecycles N] [--repeats R] [--seed-lifecycles N] [--out DIR]
+    python -m benchmarks.ledger_floor [--lifecycles N] [--repeats R] [--seed-lifecycles N] [--out DIR]
 
 Prints the CPU (all threads) and wall µs per lifecycle of each step (medians) and saves them as JSON under ``--out`` (default tollmesh-out/bench/).
 """
@@ -39,7 +39,7 @@ from ledger.reader import read_table
 from ledger.schema import ARROW_SCHEMA
 from ledger.verify import verify
 from mesh.clock import iso_utc
-from seed_booth import seed_installed, seed_lifecycles_elapsed_s
+from benchmarks.seed import seed_installed, seed_lifecycles_elapsed_s
 
 START_TS_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 AGENTS = 1_000
