@@ -24,6 +24,7 @@ from mesh.agent import Agent, Message
 PRICE_MICROS = 1_000
 HOT_CAP_USD = "0.01"
 HOT_CAP_CALLS = 10  # HOT_CAP_USD / $0.001
+HOT_SOURCES = 10  # hot sources a contention point sends from
 
 
 class Echo(Agent):

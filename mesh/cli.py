@@ -10,6 +10,7 @@
     tollmesh ledger settle  LEDGER [--minimum USD] [--live]
     tollmesh ledger plot    LEDGER [--out DIR]
     tollmesh ledger compact LEDGER [--out DIR]
+    tollmesh bench [--quick] [--json PATH] [--plot PATH] [--readme JSON] [sweeps...]   (see benchmarks/)
 
 LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report``,
 ``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
@@ -226,7 +227,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(func=_cmd_demo)
     _ledger_parser(sub.add_parser("ledger", help="tools over a ledger: report, verify, export, settle, plot, compact"))
+    _bench_parser(sub.add_parser("bench", help="the seed's booth, ours and the mesh side by side, with sweeps (JSON, PNG)"))
     return parser
+
+
+def _bench_parser(p: argparse.ArgumentParser) -> None:
+    from benchmarks.plan import add_arguments  # argparse only: the bench itself is imported when it runs
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.command import run
+
+    return run(args)
 
 
 def _simulate_parser(p: argparse.ArgumentParser) -> None:
