@@ -54,7 +54,7 @@ def _rates(ax: Any, report: dict[str, Any]) -> None:
 
 
 def _cpu(ax: Any, report: dict[str, Any]) -> None:
-    runs = report["runs"]
+    runs = [r for r in report["runs"] if r["kind"] != "mesh_call"]  # a single call costs 100x: it would hide the rest
     bottom = [0.0] * len(runs)
     for role in ROLES:
         values = [r["cpu_us"].get(role, 0.0) for r in runs]
@@ -63,7 +63,9 @@ def _cpu(ax: Any, report: dict[str, Any]) -> None:
             bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_xticks(range(len(runs)), [_short(r["name"]) for r in runs], rotation=20, fontsize=8)
     ax.set_ylabel("CPU us per lifecycle")
-    ax.set_title("CPU per lifecycle by process role", fontsize=10)
+    calls = [r for r in report["runs"] if r["kind"] == "mesh_call"]
+    note = f" (Mesh.call: {calls[0]['cpu_us']['total']:,.0f})" if calls else ""
+    ax.set_title(f"CPU per lifecycle by process role{note}", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
 
@@ -75,6 +77,8 @@ def _sweep(ax: Any, name: str, points: list[dict[str, Any]], report: dict[str, A
         ax.axhline(report["seed"]["lifecycles_per_s"], color="grey", linestyle="--", linewidth=1, label="seed")
     if name in ("batch", "agents", "concurrency") and len(xs) > 1 and min(xs) > 0:
         ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:.0%}" if name in ("contention", "failure_rate") else f"{x:,}" for x in xs], fontsize=8)
+    ax.minorticks_off()
     ax.set_xlabel(SWEEP_LABELS[name])
     ax.set_ylabel("lifecycles/s")
     ax.set_ylim(bottom=0)

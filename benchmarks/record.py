@@ -42,7 +42,7 @@ def run_record(name: str, kind: str, lifecycles: int, measured: Timed, latencies
     """The figures of one run of ``lifecycles`` lifecycles (``latency_of``: what one latency sample is)."""
     cpu = processes.cpu_between(measured.before, measured.after, lifecycles)
     return {
-        "name": name, "kind": kind, "lifecycles": lifecycles, "elapsed_s": round(measured.elapsed_s, 4),
+        "name": name, "kind": kind, "lifecycles": lifecycles, "elapsed_s": round(measured.elapsed_s, 6),
         "lifecycles_per_s": figures.rate(lifecycles, measured.elapsed_s), "x_seed": None,
         "latency_ms": {**figures.latency_ms(latencies_ns), "of": latency_of},
         "cpu_us": cpu["by_role"], "one_of_a_kind_cpu_us": cpu["one_of_a_kind"],

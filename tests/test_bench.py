@@ -148,7 +148,7 @@ def test_the_booths_report_is_consistent(tmp_path: Path) -> None:
 def test_the_whole_bench_tiny_writes_a_consistent_report(tmp_path: Path) -> None:
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["--lifecycles", "200", "--calls", "20", "--messages", "300", "--point-messages", "200",
-            "--shards", "2", "--batch", "50,150", "--agents", "40", "--concurrency", "4", "--contention", "0.3",
+            "--shards", "2", "--batch", "50,150", "--agents", "40", "--concurrency", "4", "--contention", "0.9",
             "--failure-rate", "0.1", "--cores", "2", "--json", str(json_path), "--plot", str(png_path)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=tmp_path, env=env, capture_output=True,
@@ -170,7 +170,7 @@ def test_the_whole_bench_tiny_writes_a_consistent_report(tmp_path: Path) -> None
         if "expected" in point:
             assert point["outcomes"] == point["expected"]
     (contention,) = report["sweeps"]["contention"]
-    assert contention["outcomes"]["failed:over_daily_cap"] == 60 - agents.HOT_SOURCES * agents.HOT_CAP_CALLS
+    assert contention["outcomes"]["failed:over_daily_cap"] == 180 - agents.HOT_SOURCES * agents.HOT_CAP_CALLS
     (failing,) = report["sweeps"]["failure_rate"]
     assert failing["outcomes"]["refunded:handler_error"] == 20
     assert [p["value"] for p in report["sweeps"]["batch"]] == [50, 150]
