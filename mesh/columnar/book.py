@@ -139,6 +139,13 @@ class ColumnarBook:
         self.rebuilt_through_seq = 0  # set by a rebuild: credits of releases before this seq are in the state
         self._open_from = 0  # no row before this one is locked (where the expiry sweep starts)
 
+    @classmethod
+    def from_ledger(cls, path: Any, **options: Any) -> ColumnarBook:
+        """A book (built with ``options``) rebuilt from the JSONL ledger at ``path``: see :mod:`mesh.columnar.rebuild`."""
+        from mesh.columnar.rebuild import rebuild_from_ledger
+
+        return rebuild_from_ledger(cls(**options), path)
+
     # -- agents -----------------------------------------------------------------
 
     @property
