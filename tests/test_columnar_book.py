@@ -141,7 +141,7 @@ price = st.one_of(st.integers(0, 3), st.integers(0, 12_000), st.just(5_000))
 message = st.tuples(st.integers(0, 10_000), st.booleans(), st.one_of(HOT, st.sampled_from(OWNED)), agent_pick(),
                     price, st.sampled_from([False] * 7 + [True]))  # (pick, fresh id, source, target, price, x402 reject)
 operation = st.one_of(
-    st.tuples(st.just("deposit"), st.lists(st.tuples(agent_pick(), st.integers(0, 40_000)), min_size=1, max_size=4)),
+    st.tuples(st.just("deposit"), st.lists(st.tuples(st.sampled_from(OWNED), st.integers(0, 40_000)), min_size=1, max_size=4)),
     st.tuples(st.just("lock"), st.lists(message, min_size=1, max_size=25)),
     st.tuples(st.just("lock"), st.lists(message, min_size=1, max_size=25)),
     st.tuples(st.just("settle"), st.lists(st.tuples(st.integers(-2, 10_000), st.booleans(), st.integers(0, 3)), min_size=1, max_size=12)),
@@ -149,7 +149,7 @@ operation = st.one_of(
     st.tuples(st.just("expire")),
     st.tuples(st.just("reset")),
     st.tuples(st.just("cap"), agent_pick(), st.one_of(st.none(), st.integers(0, 30_000))),
-    st.tuples(st.just("credit"), agent_pick(), st.integers(0, 9_000)),
+    st.tuples(st.just("credit"), st.sampled_from(OWNED), st.integers(0, 9_000)),
 )
 
 
@@ -203,3 +203,107 @@ def check_ledger(pair: Pair) -> None:
         again = ColumnarBook.from_ledger(pair.ledger_path, track_balances=pair.book.track_balances,
                                          escrow_timeout_s=TIMEOUT_S, shard=0, shards=SHARDS)
         assert again.snapshot(pair.now_us) == live
+
+
+# -- examples: each reason, exactness, strict inputs -------------------------------------
+
+def book_with(*, cap=None, track=True, deposits=None) -> tuple[ColumnarBook, dict[str, int]]:
+    book = ColumnarBook(default_cap_micros=cap, track_balances=track, escrow_timeout_s=TIMEOUT_S)
+    index = dict(zip(["alice", "bob", "carol"], book.register(["alice", "bob", "carol"]).tolist()))
+    for name, amount in (deposits or {}).items():
+        book.deposit(np.array([index[name]]), np.array([amount]), START_US)
+    return book, index
+
+
+def lock_one_source(book: ColumnarBook, source: int, target: int, prices: list[int], prefix: str = "t"):
+    n = len(prices)
+    return book.lock([f"{prefix}{i}" for i in range(n)], np.full(n, source), np.full(n, target), np.array(prices), START_US)
+
+
+def reasons(book: ColumnarBook, answer) -> list:
+    return [book.reason_name(code) for code in answer.reason]
+
+
+def test_over_daily_cap_and_a_later_cheaper_message_still_fits():
+    book, a = book_with(cap=100, deposits={"alice": 1_000})
+    answer = lock_one_source(book, a["alice"], a["bob"], [60, 50, 40, 1])
+    assert reasons(book, answer) == [None, "over_daily_cap", None, "over_daily_cap"]
+    assert book.used_micros(a["alice"], START_US // 86_400_000_000) == 100
+
+
+def test_insufficient_funds_is_judged_before_the_cap():
+    book, a = book_with(cap=50, deposits={"alice": 30})
+    answer = lock_one_source(book, a["alice"], a["bob"], [20, 60, 10, 5])  # 60: over both; 5: no funds left
+    assert reasons(book, answer) == [None, "insufficient_funds", None, "insufficient_funds"]
+    assert book.balance_micros(a["alice"]) == 0
+    book, a = book_with(cap=50, deposits={"alice": 100})
+    assert reasons(book, lock_one_source(book, a["alice"], a["bob"], [20, 40, 10, 25])) == [None, "over_daily_cap", None, "over_daily_cap"]
+
+
+def test_unknown_agent_with_balances_and_none_without():
+    book, a = book_with(deposits={"alice": 10})
+    assert reasons(book, lock_one_source(book, a["carol"], a["bob"], [0, 1])) == ["unknown_agent", "unknown_agent"]
+    book, a = book_with(track=False)
+    assert reasons(book, lock_one_source(book, a["carol"], a["bob"], [5])) == [None]
+
+
+def test_a_rejected_reason_and_repeats_answer_the_first_record_and_write_nothing():
+    book, a = book_with(deposits={"alice": 100})
+    first = book.lock(["x", "y"], np.array([a["alice"]] * 2), np.array([a["bob"]] * 2), np.array([10, 10]), START_US,
+                      reject_reasons=np.array([REASON_CODE["x402_rejected"], 0]))
+    assert reasons(book, first) == ["x402_rejected", None]
+    again = book.lock(["y", "x", "z", "z"], np.array([a["alice"]] * 4), np.array([a["bob"]] * 4), np.array([99, 99, 5, 5]), START_US)
+    assert again.repeat.tolist() == [True, True, False, True]
+    assert [book.status_name(s) for s in again.status] == ["escrow_locked", "failed", "escrow_locked", "escrow_locked"]
+    assert len(again.events) == 1 and book.balance_micros(a["alice"]) == 85
+
+
+def test_refunds_give_the_room_back_on_their_day_only_and_expiry_refunds_with_its_reason():
+    book, a = book_with(cap=100, deposits={"alice": 1_000})
+    answer = lock_one_source(book, a["alice"], a["bob"], [100])
+    book.settle_rows(answer.rows, np.array([False]), np.array([REASON_CODE["handler_error"]]), START_US + 1)
+    assert book.snapshot(START_US)["used_today_micros"] == {}
+    late = lock_one_source(book, a["alice"], a["bob"], [70], prefix="u")
+    rows, events = book.expire_due(START_US + TIMEOUT_S * 1_000_000)
+    assert rows.tolist() == late.rows.tolist() and book.reason_name(events.reason[0]) == "escrow_timeout"
+    assert book.balance_micros(a["alice"]) == 1_000
+
+
+def test_huge_amounts_stay_exact_in_the_one_by_one_path():
+    from mesh.money import MAX_AMOUNT_MICROS
+    book, a = book_with(deposits={"alice": MAX_AMOUNT_MICROS})
+    book.deposit(np.array([a["alice"]] * 2), np.array([MAX_AMOUNT_MICROS] * 2), START_US)
+    answer = lock_one_source(book, a["alice"], a["bob"], [MAX_AMOUNT_MICROS] * 5000)  # sums past int64: judged in Python ints
+    assert (answer.status == 2).sum() == 3 and book.balance_micros(a["alice"]) == 0
+    assert book.locked_total_micros == 3 * MAX_AMOUNT_MICROS
+
+
+@pytest.mark.parametrize("field, change, error", [
+    ("price_micros", lambda m: {**m, "price_micros": np.array([1.5])}, InvalidColumnError),
+    ("price_micros", lambda m: {**m, "price_micros": [1]}, InvalidColumnError),
+    ("price_micros", lambda m: {**m, "price_micros": np.array([True])}, InvalidColumnError),
+    ("price_micros[0]", lambda m: {**m, "price_micros": np.array([-1])}, InvalidAmountError),
+    ("source_idx[0]", lambda m: {**m, "source_idx": np.array([7])}, InvalidArgumentError),
+    ("target_idx", lambda m: {**m, "target_idx": np.array([0.0])}, InvalidColumnError),
+    ("task_ids[0]", lambda m: {**m, "task_ids": [7]}, InvalidTypeError),
+    ("task_ids[0]", lambda m: {**m, "task_ids": ["a\nb"]}, InvalidIdError),
+    ("task_ids", lambda m: {**m, "task_ids": "t1"}, InvalidColumnError),
+    ("now_us", lambda m: {**m, "now_us": 1.0}, InvalidTypeError),
+    ("price_micros", lambda m: {**m, "price_micros": np.array([1, 2])}, InvalidArgumentError),
+])
+def test_bad_input_is_refused_with_an_error_naming_the_field_and_nothing_changes(field, change, error):
+    book, a = book_with(deposits={"alice": 10})
+    good = {"task_ids": ["t1"], "source_idx": np.array([0]), "target_idx": np.array([1]), "price_micros": np.array([1]),
+            "now_us": START_US}
+    before = book.snapshot(START_US)
+    with pytest.raises(error) as raised:
+        book.lock(**change(good))
+    assert str(raised.value).startswith(field) and book.snapshot(START_US) == before and len(book.tasks) == 0
+
+
+def test_names_must_be_ids():
+    book = ColumnarBook()
+    with pytest.raises(InvalidTypeError, match=r"names\[1\]"):
+        book.register(["ok", 5])
+    with pytest.raises(InvalidTypeError, match="cap_micros"):
+        book.set_cap("ok", 1.5)

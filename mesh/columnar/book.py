@@ -474,7 +474,7 @@ class ColumnarBook:
             seen = np.cumsum(fails)
             tainted = (seen - (seen - fails)[starts][group]) > 0  # from a source's first refusal on
         else:  # a batch whose sums could pass int64: every message judged one by one, in Python ints
-            spent, tainted = np.zeros(n, np.int64), ~unknown
+            spent, tainted = p, ~unknown  # (spent - p: nothing taken before a source's first message)
         slow = np.flatnonzero(tainted)
         if slow.size:
             self._room_one_by_one(slow, group, p, spent, used0, cap_room, balance0, sorted_reasons)
