@@ -95,3 +95,16 @@ class CallFailedError(TollmeshError):
 class InvalidIdError(InvalidArgumentError):
     """An id (agent, task) or payment field that is not text every part of tollmesh can write:
     empty, too long, not encodable as UTF-8 (a lone surrogate) or holding a control character."""
+
+
+class InvalidColumnError(InvalidTypeError):
+    """A column (a numpy array or a list of ids) of the wrong kind, dtype, shape or length.
+
+    ``value`` describes what was given (its type and dtype), not the whole column.
+    """
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        TypeError.__init__(self, f"{field}: expected {expected}, got {value}")
