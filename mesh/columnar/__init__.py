@@ -2,7 +2,7 @@
 
 A pure module (numpy and pyarrow, no Ray), equal in effect to the record book a budget
 shard holds today (``actors.budget_shard.ShardCore`` over :class:`~mesh.escrow.EscrowBook`),
-and 5-7x cheaper per message at batches of 20,000 (benchmarks/bench_columnar_book.py). See :mod:`mesh.columnar.book`.
+and 5-7x cheaper per message at batches of 20,000 (benchmarks/columnar_book.py). See :mod:`mesh.columnar.book`.
 
 >>> import numpy as np
 >>> from mesh.columnar import ColumnarBook

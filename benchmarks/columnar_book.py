@@ -8,8 +8,8 @@ one-by-one path runs too) and are fed the same seeded messages; the CPU time of 
 process (``time.process_time``) is divided by the messages. Also measured, with
 ``tracemalloc``: memory per agent and per open escrow of each book.
 
-Run: ``PYTHONPATH=. python -m benchmarks.bench_columnar_book [--json PATH] [--quick]``
-(default JSON: ``tollmesh-out/bench_columnar_book.json``). Timings are never asserted.
+Run: ``PYTHONPATH=. python -m benchmarks.columnar_book [--json PATH] [--quick]``
+(default JSON: ``tollmesh-out/columnar_book.json``). Timings are never asserted.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def memory(agents: int, open_escrows: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default="tollmesh-out/bench_columnar_book.json", help="where to save the figures")
+    parser.add_argument("--json", default="tollmesh-out/columnar_book.json", help="where to save the figures")
     parser.add_argument("--quick", action="store_true", help="fewer messages (seconds, not a minute)")
     args = parser.parse_args(argv)
     columnar_messages, record_messages = (40_000, 20_000) if args.quick else (200_000, 60_000)
