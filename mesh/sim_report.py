@@ -22,6 +22,7 @@ from ledger.reader import read_table
 from ledger.replay import reconcile
 from ledger.report import REPORT_COLUMNS
 from ledger.report import build_report as build_ledger_report
+from ledger.report import calls_text
 from ledger.verify import verify
 from mesh.memory import open_escrow_bytes, rss_bytes
 from mesh.money import format_usd
@@ -124,7 +125,8 @@ def _weighted_percentile_ms(values_s: np.ndarray, weights: np.ndarray, q: float)
 
 def _outcomes(ledger: dict[str, Any], log: RunLog) -> dict[str, Any]:
     return {
-        "calls": ledger["calls"] + ledger["by_kind"].get("reject", 0),  # locked, and refused up front
+        # every call (pipelines' onward calls included), as `ledger report` counts them: one per task id
+        "calls": ledger["calls"], "locked_calls": ledger["locked_calls"], "rejected_calls": ledger["rejected_calls"],
         "by_status": ledger["by_status"],
         "by_reason": ledger["by_reason"],
         "released_micros": ledger["spend_micros"], "released_usd": ledger["spend_usd"],
@@ -176,7 +178,7 @@ def _checks(ledger_path: Path, ledger: dict[str, Any], stats: dict[str, Any], en
     counters = {
         "released_micros": (ledger["spend_micros"], stats["released_micros"]),
         "refunded_micros": (ledger["refunded_micros"], stats["refunded_micros"]),
-        "locks": (ledger["calls"], stats["locked"]),
+        "locks": (ledger["locked_calls"], stats["locked"]),
         "rejections": (ledger["by_kind"].get("reject", 0), stats["rejected"]),
     }
     mismatched = {k: {"ledger": a, "live": b} for k, (a, b) in counters.items() if a != b}
@@ -223,24 +225,34 @@ def _plot_ticks(path: Path, log: RunLog) -> Path:
     return path
 
 
+def _n(count: Optional[int]) -> str:
+    return "n/a" if count is None else f"{count:,}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     run, speed, out, caps, mem, checks = (report[k] for k in ("run", "speed", "outcomes", "caps", "memory", "checks"))
     mb = 1 / 1e6
+
+    def usd(micros: int) -> str:
+        return "$" + format_usd(micros, grouped=True)
+
     lines = [
         f"run:          {run['scenario']} seed {run['seed']}: {run['messages_sent']:,} of {run['messages_planned']:,} messages"
         f" over {run['simulated_days_run']:g} simulated day(s), {run['agents']:,} agents{'  (INTERRUPTED)' if run['interrupted'] else ''}",
         f"speed:        {speed['messages_per_s']:,.0f} messages/s, {speed['calls_per_s']:,.0f} calls/s with pipelines"
         f" ({speed['run_s']} s, setup {speed['setup_s']} s); round trip p50 {speed['round_trip_ms_p50']} ms,"
         f" p99 {speed['round_trip_ms_p99']} ms",
-        "by status:    " + ", ".join(f"{s} {v['tasks']:,} (${format_usd(v['amount_micros'])})" for s, v in out["by_status"].items()),
+        f"calls:        {calls_text(out)}",
+        "by status:    " + ", ".join(f"{s} {v['tasks']:,} ({usd(v['amount_micros'])})" for s, v in out["by_status"].items()),
         "by reason:    " + (", ".join(f"{r} {n:,}" for r, n in out["by_reason"].items()) or "-"),
-        f"money:        released ${out['released_usd']}, refunded ${out['refunded_usd']} (refund rate {out['refund_rate']:.2%})",
+        f"money:        released {usd(out['released_micros'])}, refunded {usd(out['refunded_micros'])}"
+        f" (refund rate {out['refund_rate']:.2%} of locked calls)",
         f"cap hits:     {caps['rejections']:,} rejections, {caps['agents_capped']:,} agents capped",
-        "top earners:  " + ", ".join(f"{r['agent']} ${format_usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
-        "top payers:   " + ", ".join(f"{r['agent']} ${format_usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
+        "top earners:  " + ", ".join(f"{r['agent']} {usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
+        "top payers:   " + ", ".join(f"{r['agent']} {usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
         f"memory:       {mem['rss_bytes_total'] * mb:,.0f} MB in {mem['processes']} processes; "
-        f"{mem['host_bytes_per_agent']} B per agent, {mem['shard_bytes_per_open_escrow']} B per open escrow",
+        f"{_n(mem['host_bytes_per_agent'])} B per agent, {_n(mem['shard_bytes_per_open_escrow'])} B per open escrow",
         "checks:       " + ", ".join(f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in checks.items() if k != "problems"),
         f"output:       {report['files']['report']}",
     ]
