@@ -230,12 +230,49 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the charts; without ``--out``, into ``plots/`` beside the ledger unless it holds charts
+    already (a run's own): then into the first free ``plots-2/``, ``plots-3/``..., said."""
     from ledger.plot import plot
 
-    out = _out_dir("--out", args.out) if args.out else _beside(args.ledger, "plots")
-    for path in plot(args.ledger, out):
+    if args.out:
+        out = _out_dir("--out", args.out)
+    else:
+        default = _beside(args.ledger, "plots")
+        out = _free_plot_dir(default)
+        if out != default:
+            print(f"{default} holds plots already: writing to {out} instead (--out DIR to choose)")
+    for path in plot(args.ledger, out, **_run_context(args.ledger)):
         print(f"wrote {path}")
     return 0
+
+
+def _free_plot_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``...: the first that holds no PNG (a file there is an error later)."""
+    candidate, n = path, 1
+    while candidate.is_dir() and any(candidate.glob("*.png")):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _run_context(ledger: Path) -> dict:
+    """What the charts of a simulation's ledger should say (its run, scenario and seed) and its tick, read
+    from the run's ``run.json`` (beside the ledger, or above its Parquet dataset); nothing for another ledger."""
+    from mesh.errors import ConfigError
+    from mesh.sim_progress import RUN_FILE, load_run
+    from mesh.sim_report import run_about, tick_s
+
+    folder = ledger if ledger.is_dir() else ledger.parent
+    for run_dir in (folder, folder.parent):
+        if (run_dir / RUN_FILE).is_file():
+            try:
+                scenario = load_run(run_dir)
+            except ConfigError:
+                return {}
+            return {"about": run_about(scenario, run_dir), "tick_s": tick_s(scenario), "start_s": scenario.start_s,
+                    "end_s": scenario.start_s + scenario.days * 86_400,
+                    "time_label": "simulated time (UTC)"}
+    return {}
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
@@ -344,7 +381,8 @@ def _ledger_parser(ledger: argparse.ArgumentParser) -> None:
     settle_p.add_argument("--minimum", default=DEFAULT_MINIMUM_USD, help="minimum net USD to settle (default 0.50)")
     settle_p.add_argument("--live", action="store_true", help="live mode (fails closed: wire your own rail)")
     plot = tool("plot", "PNG charts: spend over time, top payers and earners, status and reason mix", _cmd_plot)
-    plot.add_argument("--out", type=Path, default=None, help="default: plots/ beside the ledger")
+    plot.add_argument("--out", type=Path, default=None,
+                      help="the folder to draw into (default: plots/ beside the ledger, or plots-2/... if it holds plots)")
     compact = tool("compact", "rebuild the day-partitioned Parquet dataset from the JSONL", _cmd_compact)
     compact.add_argument("--out", type=Path, default=None, help="default: parquet/ beside the ledger")
 

@@ -69,7 +69,7 @@ def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool 
                              "report": str(run_dir / "report.json")}
     caps = _cap_hits(table)
     if plots:
-        files["plots"] = [str(p) for p in _plots(table, ledger, run_dir / "plots", log)]
+        files["plots"] = [str(p) for p in _plots(table, ledger, run_dir / "plots", log, scenario, run_dir)]
     del table  # verify streams the JSONL: the table need not stay in memory beside it...
     pa.default_memory_pool().release_unused()  # ...nor Arrow's pool keep its pages (1.4 GB at 2 million events)
     report: dict[str, Any] = {
@@ -197,32 +197,67 @@ def checks_pass(report: dict[str, Any]) -> bool:
                                                 "ledger_matches_counters"))
 
 
-def _plots(table: pa.Table, ledger: dict[str, Any], out_dir: Path, log: RunLog) -> list[Path]:
+def run_about(scenario: Scenario, run_dir: Path) -> str:
+    """What a run's charts show, in one line: ``run default-seed7: scenario 'default', seed 7, 3 simulated days``."""
+    return (f"run {run_dir.name}: scenario {scenario.name!r}, seed {scenario.seed}, {scenario.days:g} simulated "
+            f"day{'s' * (scenario.days != 1)}, {scenario.agent_count:,} agents")
+
+
+def tick_s(scenario: Scenario) -> float:
+    """How far each tick moves the run's clock, in seconds (as :class:`~mesh.simulate.Simulation` moves it)."""
+    return round(scenario.days * 86_400 / scenario.ticks * 1_000_000) / 1_000_000
+
+
+def _plots(table: pa.Table, ledger: dict[str, Any], out_dir: Path, log: RunLog, scenario: Scenario,
+           run_dir: Path) -> list[Path]:
     from ledger.plot import plot_table
 
-    return plot_table(table, ledger, out_dir) + [_plot_ticks(out_dir / "run_ticks.png", log)]
+    about = run_about(scenario, run_dir)
+    charts = plot_table(table, ledger, out_dir, about=about, tick_s=tick_s(scenario), start_s=scenario.start_s,
+                        end_s=scenario.start_s + scenario.days * 86_400,
+                        time_label="simulated time (UTC)")
+    return charts + [_plot_ticks(out_dir / "run_ticks.png", log, scenario, about)]
 
 
-def _plot_ticks(path: Path, log: RunLog) -> Path:
+def _plot_ticks(path: Path, log: RunLog, scenario: Scenario, about: str) -> Path:
+    import datetime as dt
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ticks = [t["tick"] for t in log.ticks]
-    fig, (rate, mix) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    rate.plot(ticks, [t["messages"] / max(t["wall_s"], 1e-9) for t in log.ticks], color="tab:blue")
-    rate.set_ylabel("messages/s")
-    rate.set_title("the run, tick by tick")
+    from ledger.plot import day_axis
+
+    step_s = tick_s(scenario)
+    start = dt.datetime.fromtimestamp(scenario.start_s, tz=dt.timezone.utc)
+    at = [start + dt.timedelta(seconds=t["tick"] * step_s) for t in log.ticks]
+    fig, (rate, mix) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    rate.plot(at, [t["messages"] / max(t["wall_s"], 1e-9) for t in log.ticks], color="tab:blue", marker=".", markersize=3)
+    rate.set_ylabel("messages/s (wall clock)")
+    rate.set_title(f"The run, tick by tick ({scenario.ticks:,} ticks of {_duration(step_s)} simulated time)")
     for key, color in (("released", "tab:green"), ("refunded", "tab:orange"), ("rejected", "tab:red")):
-        mix.plot(ticks, [t[key] for t in log.ticks], label=key, color=color)
-    mix.set_xlabel("tick (simulated time)")
+        mix.plot(at, [t[key] for t in log.ticks], label=key, color=color, marker=".", markersize=3)
     mix.set_ylabel("calls per tick")
-    mix.legend()
+    mix.legend(loc="upper center", fontsize=8, ncols=3)
+    if at:
+        end = start + dt.timedelta(seconds=(log.ticks[-1]["tick"] + 1) * step_s)
+        day_axis(rate, start, end, label="")
+        day_axis(mix, start, end, label="simulated time (UTC); one point per tick", day_labels=False)
+        rate.set_ylim(0, rate.get_ylim()[1] * 1.12)  # room for the day labels
+        mix.set_ylim(0, mix.get_ylim()[1] * 1.3)  # and for the legend
+    fig.suptitle(about, fontsize=10, color="0.25")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _duration(seconds: float) -> str:
+    for unit_s, unit in ((86_400, "day"), (3_600, "h"), (60, "min")):
+        if seconds >= unit_s:
+            return f"{seconds / unit_s:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def _n(count: Optional[int]) -> str:
