@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import orjson
 from pydantic import ValidationError
 
 from ledger.files import segments
@@ -212,16 +213,16 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
         lines += 1
         if line.event is not None and _is_tollmesh_event(line.event):
             ours += 1
-        elif line.event is not None and "task_id" in line.event and "status" in line.event:
+        elif not ours and _is_seed_record(line.event if line.event is not None else line.raw):
             seed_like += 1
-        if not ours and lines >= NOT_A_LEDGER_PROBE_LINES:
-            break  # a file of something else: its first lines are enough to say so
         if line.event is not None:
             checker.check_line(line.path, line.line_no, line.raw, line.event)
         elif line.torn:
             checker.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
         else:
             checker.problem(line.path, line.line_no, line.problem)
+        if not ours and lines >= NOT_A_LEDGER_PROBE_LINES:
+            break  # a file of something else: its first lines are enough to say so
     checker.result.open_escrows = checker.book.open_count
     if lines and not ours:  # its "torn lines" are no crash's: they are what the file holds
         checker.result.not_a_ledger = _not_a_ledger(lines, seed_like)
@@ -238,6 +239,17 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
 def _is_tollmesh_event(event: Any) -> bool:
     """Whether a parsed line has the shape of a tollmesh event: a schema version, a seq and a kind."""
     return isinstance(event, dict) and "v" in event and "seq" in event and "kind" in event
+
+
+def _is_seed_record(event: Any) -> bool:
+    """Whether a line (parsed, or its bytes) is a record of the seed's own ledger: a JSON object with
+    ``task_id`` and ``status`` and no schema version."""
+    if isinstance(event, bytes):
+        try:
+            event = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(event, dict) and "task_id" in event and "status" in event and "v" not in event
 
 
 def _not_a_ledger(lines: int, seed_like: int) -> str:
