@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from ledger.reader import read_table
 from ledger.report import build_report, summable
 from mesh.errors import LedgerError
-from mesh.money import MICROS_PER_USD
+from mesh.money import MICROS_PER_USD, format_usd
 
 #: Round bin widths for a ledger whose tick is not known (a booth's, in real time): the first that gives
 #: at most MAX_BARS bars is used.
@@ -81,9 +81,10 @@ def _spend_over_time(plt, table: pa.Table, path: Path, about: str, tick_s: Optio
     fig, ax = plt.subplots(figsize=(10, 4.5))
     if released.num_rows:
         micros_ts = released.column("ts").cast(pa.int64()).to_numpy()
-        origin_s = start_s if start_s is not None else float(micros_ts.min() // 1_000_000)
+        first_s = start_s if start_s is not None else float(micros_ts.min() // 1_000_000)
         last_s = max(pc.max(table.column("ts").cast(pa.int64())).as_py() / 1e6, end_s or 0.0)  # the whole ledger, or run
-        bin_s, label = spend_bin(last_s - origin_s, tick_s)
+        bin_s, label = spend_bin(last_s - first_s, tick_s)
+        origin_s = first_s if tick_s else first_s // bin_s * bin_s  # round bins start on the clock's round times
         keys, micros = spend_by_bin(micros_ts, released.column("amount_micros"), round(bin_s * 1e6), round(origin_s * 1e6))
         totals = [m / MICROS_PER_USD for m in micros]  # exact sums; floats only to draw them
         starts = [_utc(origin_s + k * bin_s) for k in keys]
@@ -164,11 +165,22 @@ def day_axis(ax, start: dt.datetime, end: dt.datetime, *, label: str = "time (UT
         midnight = first + dt.timedelta(days=n)
         if start < midnight < end:
             ax.axvline(midnight, color="0.25", linewidth=0.9, linestyle="--", zorder=3)
-        if day_labels and (start <= midnight < end or n == 0):
+        shown = min(end, midnight + dt.timedelta(days=1)) - max(start, midnight)
+        if day_labels and (n == 0 or shown >= (end - start) * 0.06):  # a day too little seen is not labelled
             ax.text(max(midnight, start), 0.97, f" day {n + 1}", transform=ax.get_xaxis_transform(), va="top",
                     ha="left", fontsize=8, color="0.2", zorder=4,
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     ax.set_xlabel(label)
+
+
+def usd_label(micros: int) -> str:
+    """An exact amount, as short as it can be: at least cents, no trailing zeros past them.
+
+    >>> usd_label(2_095_000), usd_label(400_000), usd_label(1_234_567_890)
+    ('$2.095', '$0.40', '$1,234.56789')
+    """
+    whole, frac = format_usd(micros, grouped=True).split(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 def _utc(seconds: float) -> dt.datetime:
@@ -181,9 +193,9 @@ def _top_agents(plt, report: dict, path: Path, about: str) -> Path:
         (payers, report["top_payers"], "paid_micros", "Top payers", "USD paid (released tolls, as caller)"),
         (earners, report["top_earners"], "earned_micros", "Top earners", "USD earned (released tolls, as target)"),
     ):
-        values = [r[key] / MICROS_PER_USD for r in rows][::-1]
+        values = [r[key] / MICROS_PER_USD for r in rows][::-1]  # floats only to draw them
         bars = ax.barh([r["agent"] for r in rows][::-1], values, color="tab:blue")
-        ax.bar_label(bars, labels=[f"${v:,.2f}" for v in values], padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[usd_label(r[key]) for r in rows][::-1], padding=2, fontsize=8)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.margins(x=0.18)

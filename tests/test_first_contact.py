@@ -307,3 +307,17 @@ def test_adding_an_agent_twice_is_a_clear_tollmesh_error(make_mesh):
         mesh_.add_agents(Once, ["solo"])
     assert type(caught.value) is InvalidArgumentError and "\x1b[" not in str(caught.value)
     assert str(caught.value) == "agent_ids=['solo']: are already in the mesh"
+
+
+class _Named:
+    name = "echo"
+
+
+def test_the_mesh_booth_takes_an_agent_object_and_names_paper_mode(make_mesh):
+    mesh_ = make_mesh()
+    booth = mesh_.tollbooth(TollboothConfig(paper_mode=True, toll_per_message_usd="0.01"))
+    record = booth.charge_sync("p1", "alice", _Named())
+    assert record.target_agent == "echo" and record.status.value == "released"
+    assert (record.payer_wallet, record.tx_signature) == ("paper_mode", "paper_mode")
+    paid = booth.charge_sync("p2", "alice", "echo", payer_wallet="0xw", tx_signature="sig")
+    assert (paid.payer_wallet, paid.tx_signature) == ("0xw", "sig")
