@@ -305,14 +305,11 @@ def _whole_number(text: str) -> int:
 
 
 def _days(text: str) -> float:
-    """A number of simulated days, above 0 (a fraction is allowed: 0.5 is half a day)."""
+    """A number of simulated days (a fraction is allowed: 0.5 is half a day); the scenario checks its range."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of days such as 3 or 0.5, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of days above 0, got {text!r}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
