@@ -61,6 +61,7 @@ from mesh.files import write_whole
 from mesh.memory import rss_bytes
 from mesh.mesh_config import MeshConfig
 from mesh.records import (
+    PAPER_WALLET,
     Reason,
     SettlementStatus,
     TollRecord,
@@ -581,6 +582,8 @@ class EscrowCoordinator:
         for i, ((task_id, source, target, amount, tokens, wallet, signature), instant, pend, mode) in enumerate(charges):
             reason = reasons[i]
             action = PEND if pend else REJECT if reason is not None else INSTANT if instant else LOCK
+            if mode == "paper":  # the seed's paper-mode record names its absent payment (after any verification)
+                wallet, signature = wallet or PAPER_WALLET, signature or PAPER_WALLET
             key = (shard_of(source, self.config.shards), mode)
             ops[key].append((action, task_id, source, target, amount, tokens, wallet, signature,
                              None if reason is None else reason.value))

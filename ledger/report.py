@@ -14,6 +14,11 @@ sum could pass it is summed as decimal128(38, 0) (see :func:`exact_sum`).
 >>> report = build_report(read_table(path))
 >>> report["calls"], report["spend_usd"], report["by_status"]["released"]["tasks"]
 (1, '0.001000', 1)
+
+``calls`` counts every call (task id) the ledger records, whatever became of it: those
+locked (or paid at once in paper mode), those rejected before a lock, those left waiting
+for payment; it is the sum of ``by_status`` and what ``tollmesh simulate`` calls its calls.
+``locked_calls`` are the first kind only (the base of ``refund_rate``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import pyarrow.compute as pc
 from ledger.reader import read_table
 from mesh.money import format_usd
 
-__all__ = ["REPORT_COLUMNS", "build_report", "exact_sum", "format_report", "read_table", "summable"]
+__all__ = ["REPORT_COLUMNS", "build_report", "calls_text", "exact_sum", "format_report", "read_table", "summable"]
 
 #: The columns :func:`build_report` (and the plots drawn from it) read: ``read_table(source, columns=REPORT_COLUMNS)``.
 REPORT_COLUMNS = ["ts", "kind", "task_id", "source_agent", "target_agent", "amount_micros", "status", "reason"]
@@ -57,7 +62,10 @@ def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
         "events": table.num_rows,
         "first_ts": _iso(pc.min(table.column("ts"))),
         "last_ts": _iso(pc.max(table.column("ts"))),
-        "calls": locks,
+        "calls": 0,  # set below: every call, one per task id (see the module doc)
+        "locked_calls": locks,
+        "rejected_calls": 0,
+        "pending_calls": 0,
         "spend_micros": spend,
         "spend_usd": format_usd(spend),
         "refunded_micros": total(["refund", "expire"]),
@@ -67,6 +75,10 @@ def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
         "by_status": _final_statuses(table, kind),
         "by_reason": _counts(pc.filter(table.column("reason").cast(pa.string()), pc.is_in(kind, pa.array(["reject", "refund", "expire", "pending"])))),
     }
+    statuses = report["by_status"]
+    report["calls"] = sum(v["tasks"] for v in statuses.values())
+    report["rejected_calls"] = statuses.get("failed", {}).get("tasks", 0)
+    report["pending_calls"] = statuses.get("pending", {}).get("tasks", 0)
     paid = _sum_by(table.filter(released), ["source_agent"], top)
     earned = _sum_by(table.filter(released), ["target_agent"], top)
     report["top_payers"] = [{"agent": r["source_agent"], "calls": r["calls"], "paid_micros": r["micros"]} for r in paid]
@@ -80,19 +92,36 @@ def build_report(table: pa.Table, *, top: int = 10) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
+    usd = _usd_text
     lines = [
-        f"events:        {report['events']}  ({report['first_ts']} -> {report['last_ts']})",
-        f"calls:         {report['calls']}",
-        f"spend:         ${report['spend_usd']}",
-        f"refunded:      ${format_usd(report['refunded_micros'])}  (refund rate {report['refund_rate']:.2%})",
-        f"deposits:      ${format_usd(report['deposits_micros'])}",
-        "by status:     " + ", ".join(f"{s} {v['tasks']} (${format_usd(v['amount_micros'])})" for s, v in report["by_status"].items()),
-        "by reason:     " + (", ".join(f"{r} {n}" for r, n in report["by_reason"].items()) or "-"),
-        "top payers:    " + ", ".join(f"{r['agent']} ${format_usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
-        "top earners:   " + ", ".join(f"{r['agent']} ${format_usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
-        "top edges:     " + ", ".join(f"{r['source']}->{r['target']} {r['calls']}" for r in report["top_edges"][:5]),
+        f"events:        {report['events']:,}  ({report['first_ts']} -> {report['last_ts']})",
+        f"calls:         {calls_text(report)}",
+        f"spend:         {usd(report['spend_micros'])}",
+        f"refunded:      {usd(report['refunded_micros'])}  (refund rate {report['refund_rate']:.2%} of locked calls)",
+        f"deposits:      {usd(report['deposits_micros'])}",
+        "by status:     " + ", ".join(f"{s} {v['tasks']:,} ({usd(v['amount_micros'])})" for s, v in report["by_status"].items()),
+        "by reason:     " + (", ".join(f"{r} {n:,}" for r, n in report["by_reason"].items()) or "-"),
+        "top payers:    " + ", ".join(f"{r['agent']} {usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
+        "top earners:   " + ", ".join(f"{r['agent']} {usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
+        "top edges:     " + ", ".join(f"{r['source']}->{r['target']} {r['calls']:,}" for r in report["top_edges"][:5]),
     ]
     return "\n".join(lines)
+
+
+def calls_text(counts: dict[str, Any]) -> str:
+    """``126,070 (125,997 locked, 73 rejected before a lock)``: every call, and what became of it.
+
+    >>> calls_text({"calls": 3, "locked_calls": 2, "rejected_calls": 1, "pending_calls": 0})
+    '3 (2 locked, 1 rejected before a lock)'
+    """
+    parts = [f"{counts['locked_calls']:,} locked", f"{counts['rejected_calls']:,} rejected before a lock"]
+    if counts.get("pending_calls"):
+        parts.append(f"{counts['pending_calls']:,} waiting for payment")
+    return f"{counts['calls']:,} ({', '.join(parts)})"
+
+
+def _usd_text(micros: int) -> str:
+    return "$" + format_usd(micros, grouped=True)
 
 
 def _final_statuses(table: pa.Table, kind: pa.ChunkedArray) -> dict[str, dict[str, int]]:

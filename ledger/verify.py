@@ -6,7 +6,9 @@ chain (a changed line, or one dropped or inserted before it); amounts (``amount_
 agrees with ``amount_micros``); legal transitions (no release without a lock, no second
 settlement, a settlement of the locked amount between the locked agents, the status each
 kind implies); and, replaying through the core, caps and conservation of balances.
-A torn line left by a crash is a warning, not a problem.
+A torn line left by a crash is a warning, not a problem. A file none of whose first
+:data:`NOT_A_LEDGER_PROBE_LINES` lines is a tollmesh event is not read further: the result
+says it is not a tollmesh ledger (``not_a_ledger`` tells why), rather than list every line.
 
 >>> import tempfile, pathlib
 >>> from ledger.jsonl import JsonlWriter
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import orjson
 from pydantic import ValidationError
 
 from ledger.files import segments
@@ -41,6 +44,8 @@ _STATUS_OF_KIND = {
     "expire": "refunded", "reject": "failed", "pending": "pending",
 }
 _OPENING_KINDS = {"lock", "paper_release", "reject", "pending"}
+#: Lines read before a file without one tollmesh event is called no tollmesh ledger (and read no further).
+NOT_A_LEDGER_PROBE_LINES = 1_000
 _SETTLING_KINDS = {"release", "refund", "expire"}
 
 
@@ -62,10 +67,11 @@ class VerifyResult:
     warnings: list[Finding] = field(default_factory=list)
     open_escrows: int = 0
     state: Optional[dict[str, Any]] = None  # the replayed state, when asked for (see verify)
+    not_a_ledger: Optional[str] = None  # why the file is no tollmesh ledger at all, or None
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.not_a_ledger is None
 
 
 class LedgerVerifyError(LedgerError):
@@ -202,15 +208,53 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
     """
     files = segments(ledger)
     checker = _Verifier(files)
+    lines = ours = seed_like = 0
     for line in iter_lines(files):
+        lines += 1
+        if line.event is not None and _is_tollmesh_event(line.event):
+            ours += 1
+        elif not ours and _is_seed_record(line.event if line.event is not None else line.raw):
+            seed_like += 1
         if line.event is not None:
             checker.check_line(line.path, line.line_no, line.raw, line.event)
         elif line.torn:
             checker.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
         else:
             checker.problem(line.path, line.line_no, line.problem)
+        if not ours and lines >= NOT_A_LEDGER_PROBE_LINES:
+            break  # a file of something else: its first lines are enough to say so
     checker.result.open_escrows = checker.book.open_count
+    if lines and not ours:  # its "torn lines" are no crash's: they are what the file holds
+        checker.result.not_a_ledger = _not_a_ledger(lines, seed_like)
+        torn = [Finding(w.path, w.line, w.message.removeprefix("torn line after a crash, tolerated (")[:-1])
+                for w in checker.result.warnings]
+        checker.result.problems = sorted(checker.result.problems + torn, key=lambda f: f.line)
+        checker.result.warnings = []
     if state_at_us is not None and not checker.replay_broken:
         checker.result.state = snapshot(checker.book, state_at_us)
     return checker.result
 
+
+
+def _is_tollmesh_event(event: Any) -> bool:
+    """Whether a parsed line has the shape of a tollmesh event: a schema version, a seq and a kind."""
+    return isinstance(event, dict) and "v" in event and "seq" in event and "kind" in event
+
+
+def _is_seed_record(event: Any) -> bool:
+    """Whether a line (parsed, or its bytes) is a record of the seed's own ledger: a JSON object with
+    ``task_id`` and ``status`` and no schema version."""
+    if isinstance(event, bytes):
+        try:
+            event = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(event, dict) and "task_id" in event and "status" in event and "v" not in event
+
+
+def _not_a_ledger(lines: int, seed_like: int) -> str:
+    read = f"the first {lines} lines" if lines >= NOT_A_LEDGER_PROBE_LINES else f"its {lines} line{'s' * (lines != 1)}"
+    if seed_like == lines:
+        return (f"this is not a tollmesh ledger: {read} look like a nano-empire-tollbooth (seed) ledger, "
+                "which has no sequence or hash chain to verify (`tollmesh ledger settle` reads it)")
+    return f"this is not a tollmesh ledger: none of {read} is a tollmesh event (a JSON object with v, seq and kind)"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,12 +37,40 @@ from mesh.money import format_usd
 from mesh.settlement import DEFAULT_MINIMUM_USD, settle
 
 DEFAULT_OUT_DIR = Path("tollmesh-out")
+DEFAULT_MAX_PROBLEMS = 20  # problems `ledger verify` lists before it counts the rest
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run the command line; its exit code. Output cut short by its reader (``| head``) ends it quietly:
+    exit code 141 (as a process killed by SIGPIPE), no traceback."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, so a closed pipe is seen now rather than at exit
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+EXIT_PIPE_CLOSED = 141
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: point stdout at /dev/null so nothing more fails on it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE_CLOSED
+
+
+def _run(argv: Optional[list[str]]) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except TollmeshError as exc:
         print(f"tollmesh: error: {exc}", file=sys.stderr)
         return 2
@@ -146,20 +175,35 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from ledger.verify import verify
 
     result = verify(args.ledger)
+    shown = args.max_problems or None  # 0: all
     if args.json:
         _print_json({
-            "ok": result.ok, "files": [str(p) for p in result.files], "events": result.events,
-            "open_escrows": result.open_escrows, "problems": [str(p) for p in result.problems],
-            "warnings": [str(w) for w in result.warnings],
+            "ok": result.ok, "not_a_ledger": result.not_a_ledger, "files": [str(p) for p in result.files],
+            "events": result.events, "open_escrows": result.open_escrows,
+            "problem_count": len(result.problems), "problems": [str(p) for p in result.problems[:shown]],
+            "warning_count": len(result.warnings), "warnings": [str(w) for w in result.warnings[:shown]],
         })
+        return 0 if result.ok else 1
+    if result.not_a_ledger:
+        print(f"{args.ledger}: {result.not_a_ledger}")
+        shown = min(shown or 3, 3)  # a few lines, to show what it holds instead
     else:
-        print(f"files:         {len(result.files)}  events: {result.events}  open escrows: {result.open_escrows}")
-        for warning in result.warnings:
-            print(f"warning: {warning}")
-        for problem in result.problems:
-            print(f"PROBLEM: {problem}")
-        print("INTEGRITY: OK" if result.ok else f"INTEGRITY: {len(result.problems)} PROBLEM(S)")
+        print(f"files:         {len(result.files)}  events: {result.events:,}  open escrows: {result.open_escrows:,}")
+    _print_bounded("warning", result.warnings, shown)
+    _print_bounded("PROBLEM", result.problems, shown)
+    if result.not_a_ledger:
+        print("INTEGRITY: NOT A TOLLMESH LEDGER")
+    else:
+        print("INTEGRITY: OK" if result.ok else f"INTEGRITY: {len(result.problems):,} PROBLEM(S)")
     return 0 if result.ok else 1
+
+
+def _print_bounded(label: str, findings: list, shown: Optional[int]) -> None:
+    """The first ``shown`` findings (all if None), then how many more there are."""
+    for finding in findings[:shown]:
+        print(f"{label}: {finding}")
+    if shown is not None and len(findings) > shown:
+        print(f"... and {len(findings) - shown:,} more {label.lower()}(s) (--max-problems 0 lists them all)")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -187,12 +231,49 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the charts; without ``--out``, into ``plots/`` beside the ledger unless it holds charts
+    already (a run's own): then into the first free ``plots-2/``, ``plots-3/``..., said."""
     from ledger.plot import plot
 
-    out = _out_dir("--out", args.out) if args.out else _beside(args.ledger, "plots")
-    for path in plot(args.ledger, out):
+    if args.out:
+        out = _out_dir("--out", args.out)
+    else:
+        default = _beside(args.ledger, "plots")
+        out = _free_plot_dir(default)
+        if out != default:
+            print(f"{default} holds plots already: writing to {out} instead (--out DIR to choose)")
+    for path in plot(args.ledger, out, **_run_context(args.ledger)):
         print(f"wrote {path}")
     return 0
+
+
+def _free_plot_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``...: the first that holds no PNG (a file there is an error later)."""
+    candidate, n = path, 1
+    while candidate.is_dir() and any(candidate.glob("*.png")):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _run_context(ledger: Path) -> dict:
+    """What the charts of a simulation's ledger should say (its run, scenario and seed) and its tick, read
+    from the run's ``run.json`` (beside the ledger, or above its Parquet dataset); nothing for another ledger."""
+    from mesh.errors import ConfigError
+    from mesh.sim_progress import RUN_FILE, load_run
+    from mesh.sim_report import run_about, tick_s
+
+    folder = ledger if ledger.is_dir() else ledger.parent
+    for run_dir in (folder, folder.parent):
+        if (run_dir / RUN_FILE).is_file():
+            try:
+                scenario = load_run(run_dir)
+            except ConfigError:
+                return {}
+            return {"about": run_about(scenario, run_dir), "tick_s": tick_s(scenario), "start_s": scenario.start_s,
+                    "end_s": scenario.start_s + scenario.days * 86_400,
+                    "time_label": "simulated time (UTC)"}
+    return {}
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
@@ -209,20 +290,41 @@ def _beside(ledger: Path, name: str) -> Path:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    """A count of at least 1 (argparse names the flag in front of the error)."""
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
+def _whole_number(text: str) -> int:
+    """A whole number such as 7 or -3, or an error that says so (not argparse's ``invalid int value``)."""
+    try:
+        return int(text)  # 7, -3, 10_000
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _days(text: str) -> float:
+    """A number of simulated days (a fraction is allowed: 0.5 is half a day); the scenario checks its range."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days such as 3 or 0.5, got {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
+    from mesh import __version__
+
     parser = argparse.ArgumentParser(prog="tollmesh", description="Agents that pay each other per call, through escrow.")
+    parser.add_argument("--version", action="version", version=f"tollmesh {__version__}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub.add_parser("simulate", help="run a multi-agent economy on the mesh (Ray) and report on it"))
     demo = sub.add_parser("demo", help="run a seeded in-process economy and print its report")
-    demo.add_argument("--agents", type=int, default=50, help="number of agents (at least 2)")
-    demo.add_argument("--messages", type=_positive_int, default=20_000)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--agents", type=_whole_number, default=50, help="number of agents (at least 2; default 50)")
+    demo.add_argument("--messages", type=_positive_int, default=20_000, help="calls the demo makes (default 20000)")
+    demo.add_argument("--seed", type=_whole_number, default=7,
+                      help="the run's seed: the same seed gives the same calls and outcomes (default 7)")
     demo.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/demo-<time>-seed<S>/")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(func=_cmd_demo)
@@ -251,8 +353,8 @@ def _simulate_parser(p: argparse.ArgumentParser) -> None:
                    help=f"a scenario TOML file, or a built-in scenario: {', '.join(builtin_scenarios())} (default: default)")
     p.add_argument("--agents", type=_positive_int, help="scale every group so the agents sum to about N")
     p.add_argument("--messages", type=_positive_int, help="calls the simulation makes (pipelines add their own)")
-    p.add_argument("--days", type=float, help="simulated days the run spans (caps roll over each day)")
-    p.add_argument("--seed", type=int, help="the run's seed: the same seed gives the same calls and outcomes")
+    p.add_argument("--days", type=_days, help="simulated days the run spans (caps roll over each day)")
+    p.add_argument("--seed", type=_whole_number, help="the run's seed: the same seed gives the same calls and outcomes")
     p.add_argument("--shards", type=_positive_int, help="budget shard actors")
     p.add_argument("--hosts", type=_positive_int, help="host actors the light agents are spread over")
     p.add_argument("--batch-size", type=_positive_int, help="most calls in one tick's batch")
@@ -278,18 +380,21 @@ def _ledger_parser(ledger: argparse.ArgumentParser) -> None:
         return p
 
     report = tool("report", "calls, spend, by status, reason, agent and edge", _cmd_report)
-    report.add_argument("--json", action="store_true")
-    report.add_argument("--top", type=_positive_int, default=10)
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--top", type=_positive_int, default=10, help="how many payers, earners and edges to list (default 10)")
     verify = tool("verify", "schema, hash chain, sequence, transitions, conservation (exit 1 on a problem)", _cmd_verify)
-    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument("--max-problems", type=_whole_number, default=DEFAULT_MAX_PROBLEMS, metavar="N",
+                        help=f"list at most N problems and N warnings, then how many more (0: all; default {DEFAULT_MAX_PROBLEMS})")
     export = tool("export", "write the events as CSV, JSON or Parquet", _cmd_export)
-    export.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--format", choices=["csv", "json", "parquet"], required=True, help="the output format")
+    export.add_argument("--out", type=Path, required=True, help="the file to write (its folder is made if missing)")
     settle_p = tool("settle", "net released, unsettled tolls into one batch (paper mode)", _cmd_settle)
     settle_p.add_argument("--minimum", default=DEFAULT_MINIMUM_USD, help="minimum net USD to settle (default 0.50)")
     settle_p.add_argument("--live", action="store_true", help="live mode (fails closed: wire your own rail)")
     plot = tool("plot", "PNG charts: spend over time, top payers and earners, status and reason mix", _cmd_plot)
-    plot.add_argument("--out", type=Path, default=None, help="default: plots/ beside the ledger")
+    plot.add_argument("--out", type=Path, default=None,
+                      help="the folder to draw into (default: plots/ beside the ledger, or plots-2/... if it holds plots)")
     compact = tool("compact", "rebuild the day-partitioned Parquet dataset from the JSONL", _cmd_compact)
     compact.add_argument("--out", type=Path, default=None, help="default: parquet/ beside the ledger")
 

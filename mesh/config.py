@@ -17,7 +17,9 @@ mesh.errors.ConfigError: invalid TollboothConfig: toll_per_message_usd=True: exp
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
@@ -157,8 +159,12 @@ def _problem(exc: TollmeshError) -> str:
     return str(exc)
 
 
-def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigError:
-    """One ConfigError naming every bad field of ``what`` (its path, the value given, what is allowed)."""
+def config_error(exc: ValidationError, what: str = "TollboothConfig", model: Optional[type] = None) -> ConfigError:
+    """One ConfigError naming every bad field of ``what`` (its path, the value given, what is allowed).
+
+    With ``model`` (the pydantic class that refused), an unknown field is answered with the
+    closest known one ("did you mean 'price_usd'?"), or the list of the known ones.
+    """
     problems = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
@@ -166,10 +172,48 @@ def config_error(exc: ValidationError, what: str = "TollboothConfig") -> ConfigE
             problems.append(message)  # a check across fields: its message names the field
             continue
         where = _where(error["loc"])
+        if error["type"] == "missing":  # its input is the whole parent table: not worth showing
+            problems.append(f"{where}: a required field is missing")
+            continue
+        if error["type"] == "extra_forbidden":
+            message = _unknown_field(error["loc"], model)
         given = repr(error.get("input"))
         given = given if len(given) <= 80 else given[:77] + "..."
         problems.append(f"{where}={given}: {message}")
     return ConfigError(f"invalid {what}: " + "; ".join(problems))
+
+
+def _unknown_field(loc: tuple, model: Optional[type]) -> str:
+    """What to say of the unknown field at ``loc``: the known field it most resembles, or all of them."""
+    known = _fields_at(model, loc[:-1]) if model is not None else []
+    if not known:
+        return "no such field"
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"no such field: did you mean {close[0]!r}?"
+    return f"no such field; the fields here are: {', '.join(known)}"
+
+
+def _fields_at(model: Any, path: tuple) -> list[str]:
+    """The field names of the (sub)model at ``path`` (list indexes skipped) under ``model``, or []."""
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = next((t for t in _types_in(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return list(getattr(model, "model_fields", {})) if model is not None else []
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """``annotation`` and the types inside it (``list[X]``, ``Optional[X]``...)."""
+    found, todo = [], [annotation]
+    while todo:
+        t = todo.pop()
+        found.append(t)
+        todo.extend(typing.get_args(t))
+    return found
 
 
 def _where(loc: tuple) -> str:

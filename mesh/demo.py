@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ledger.replay import reconcile, replay_file, snapshot
+from ledger.report import build_report, read_table
 from ledger.verify import verify
 from mesh.budget import BudgetBook
 from mesh.clock import ManualClock
 from mesh.config import TollboothConfig
 from mesh.errors import InvalidArgumentError
 from mesh.escrow import EscrowBook
-from mesh.money import format_usd
+from mesh.money import format_usd, usd_to_micros
 from mesh.records import SettlementStatus
 from mesh.tollbooth import Tollbooth
 
@@ -86,8 +87,7 @@ def _report(config: TollboothConfig, clock: ManualClock, live: dict, stats: dict
     differences = reconcile(snapshot(replayed, round(clock.now_s() * 1_000_000)), live)
     balances = live["balances_micros"]
     deposits = live["deposits_total_micros"]
-    start = deposits // len(names)
-    net = sorted(((balances.get(n, 0) - start, n) for n in names), reverse=True)
+    ledger = build_report(read_table(config.ledger_path), top=3)  # paid and earned as `ledger report` counts them
     return {
         "ledger": str(config.ledger_path),
         "messages": sum(outcomes.values()),
@@ -95,8 +95,9 @@ def _report(config: TollboothConfig, clock: ManualClock, live: dict, stats: dict
         "stats": stats,
         "released_usd": format_usd(stats["released_micros"]),
         "refunded_usd": format_usd(stats["refunded_micros"]),
-        "top_earners": [(n, format_usd(v)) for v, n in net[:3]],
-        "top_payers": [(n, format_usd(v)) for v, n in net[::-1][:3]],
+        # released tolls, summed by target (earned) and by source (paid): amounts of 0 or more
+        "top_earners": [(r["agent"], format_usd(r["earned_micros"])) for r in ledger["top_earners"]],
+        "top_payers": [(r["agent"], format_usd(r["paid_micros"])) for r in ledger["top_payers"]],
         "conservation_holds": sum(balances.values()) + live["locked_total_micros"] == deposits,
         "replay_matches_live": not differences,
         "replay_differences": differences[:10],
@@ -108,17 +109,23 @@ def _report(config: TollboothConfig, clock: ManualClock, live: dict, stats: dict
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     stats = report["stats"]
+    by_reason = ", ".join(f"{r} {n:,}" for r, n in sorted(stats["rejected_by_reason"].items())) or "-"
     lines = [
         f"ledger:            {report['ledger']}",
-        f"messages:          {report['messages']}",
-        f"locked:            {stats['escrow_locked']}",
-        f"released:          {stats['escrow_released']}  (${report['released_usd']})",
-        f"refunded:          {stats['escrow_refunded']}  (${report['refunded_usd']}, {stats['escrow_expired']} by timeout)",
-        f"rejected:          {stats['rejected']}  {stats['rejected_by_reason']}",
-        "top earners:       " + ", ".join(f"{n} +${v}" for n, v in report["top_earners"]),
-        "top payers:        " + ", ".join(f"{n} ${v}" for n, v in report["top_payers"]),
+        f"messages:          {report['messages']:,}",
+        f"locked:            {stats['escrow_locked']:,}",
+        f"released:          {stats['escrow_released']:,}  (${_grouped(report['released_usd'])})",
+        f"refunded:          {stats['escrow_refunded']:,}  (${_grouped(report['refunded_usd'])}, {stats['escrow_expired']:,} by timeout)",
+        f"rejected:          {stats['rejected']:,}  ({by_reason})",
+        "top earners:       " + ", ".join(f"{n} ${_grouped(v)}" for n, v in report["top_earners"]),
+        "top payers:        " + ", ".join(f"{n} ${_grouped(v)}" for n, v in report["top_payers"]),
         f"conservation:      {'holds' if report['conservation_holds'] else 'BROKEN'}",
         f"replay == live:    {'yes' if report['replay_matches_live'] else 'NO'}",
         f"ledger verify:     {'OK' if report['ledger_verifies'] else 'PROBLEMS'}  (Parquet: {report['parquet_dir']})",
     ]
     return "\n".join(lines)
+
+
+def _grouped(usd: str) -> str:
+    """A :func:`~mesh.money.format_usd` string with thousands separators, for the terminal."""
+    return format_usd(usd_to_micros(usd), grouped=True)

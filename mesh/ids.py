@@ -60,6 +60,26 @@ def check_id(field: str, value: Any) -> None:
         raise InvalidIdError(field, _shown(value), problem)
 
 
+def agent_id_of(agent: Any) -> Any:
+    """The id an agent stands for in a charge. A str is itself. An agent object (the seed's router
+    passes the target agent itself, then calls its ``handle``): one with a str ``name`` attribute is
+    recorded by it; one with a callable ``handle`` but no such name, by ``str(agent)``. Anything else
+    (None, numbers, bytes, containers, an object that is no agent) comes back as it is, for
+    :func:`check_id` to refuse: a value is not taken for an id because it can be printed.
+
+    >>> class Summarizer:
+    ...     name = "summarizer"
+    >>> agent_id_of("bob"), agent_id_of(Summarizer()), agent_id_of(None), agent_id_of(["bob"])
+    ('bob', 'summarizer', None, ['bob'])
+    """
+    if isinstance(agent, (str, bytes, bytearray, int, float, list, tuple, dict, set)) or agent is None:
+        return agent
+    name = getattr(agent, "name", None)
+    if isinstance(name, str):
+        return name
+    return str(agent) if callable(getattr(agent, "handle", None)) else agent
+
+
 def check_payment_field(field: str, value: Any) -> None:
     """Raise unless ``value`` is None or text of at most :data:`MAX_PAYMENT_FIELD_CHARS` (the same text rules as ids)."""
     if value is None:

@@ -49,7 +49,7 @@ from mesh.agent import (
 from mesh.clock import check_seconds
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
-from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
 from mesh.fast_path import FastPath
 from mesh.files import write_whole
 from mesh.mesh_config import MeshConfig
@@ -164,8 +164,11 @@ class Mesh:
         try:
             ray.get(host.pid.remote())
             total = ray.get(self._coordinator.register.remote(name, registered))
-        except Exception:
+        except Exception as exc:
             ray.kill(host, no_restart=True)
+            cause = getattr(exc, "cause", None)  # a RayTaskError: its message is the actor's traceback, in colour
+            if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, TollmeshError):
+                raise cause from None  # the coordinator's own clear error (an id already in the mesh...)
             raise
         if self._fast is not None:
             self._fast.add_host(host, registered)

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 import ray
 
 from mesh.agent import check_id, check_payment_field
+from mesh.ids import agent_id_of
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
 from mesh.errors import InvalidTypeError
@@ -51,7 +52,10 @@ class MeshTollbooth:
         self, task_id: str, source_agent: str, target_agent: str, payer_wallet: Optional[str] = None,
         tx_signature: Optional[str] = None, *, amount_usd: Optional[UsdLike] = None, escrow: Optional[bool] = None,
     ) -> TollRecord:
-        """Lock the toll (paper mode: lock and release at once); FAILED or PENDING with a reason otherwise."""
+        """Lock the toll (paper mode: lock and release at once); FAILED or PENDING with a reason otherwise.
+
+        As :meth:`Tollbooth.charge <mesh.tollbooth.Tollbooth.charge>`: an agent object counts by its ``name``
+        (else, with a ``handle`` method, by ``str()``), and a paper-mode record without a payment names ``"paper_mode"`` as its wallet."""
         item = self._charge_item(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
         return record_from_wire((await self._coalescer("charges").submit([item]))[0])
 
@@ -141,6 +145,7 @@ class MeshTollbooth:
         self, task_id: str, source: str, target: str, wallet: Optional[str], signature: Optional[str],
         amount_usd: Optional[UsdLike], escrow: Optional[bool],
     ) -> tuple:
+        source, target = agent_id_of(source), agent_id_of(target)  # an agent object: by its name (see Tollbooth.charge)
         check_id("task_id", task_id)
         check_id("source_agent", source)
         check_id("target_agent", target)

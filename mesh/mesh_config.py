@@ -73,7 +73,7 @@ class MeshConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise config_error(exc, "MeshConfig") from None
+            raise config_error(exc, "MeshConfig", MeshConfig) from None
 
     @field_validator("out_dir")
     @classmethod

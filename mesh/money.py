@@ -82,15 +82,16 @@ def check_micros(value: int, *, field: str = "amount_micros") -> int:
     return value
 
 
-def format_usd(micros: int) -> str:
-    """Format integer micros as a USD string with six decimals, exactly.
+def format_usd(micros: int, *, grouped: bool = False) -> str:
+    """Format integer micros as a USD string with six decimals, exactly; ``grouped`` puts
+    thousands separators in the whole dollars (for text meant to be read, never for data).
 
-    >>> format_usd(-1500)
-    '-0.001500'
+    >>> format_usd(-1500), format_usd(7_200_000_000, grouped=True)
+    ('-0.001500', '7,200.000000')
     """
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{sign}{whole}.{frac:06d}"
+    return f"{sign}{whole:,}.{frac:06d}" if grouped else f"{sign}{whole}.{frac:06d}"
 
 
 def micros_to_usd(micros: int) -> float:

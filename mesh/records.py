@@ -3,11 +3,14 @@
 A :class:`TollRecord` is an immutable snapshot (a named tuple, cheap to make on the
 hot path): each state change makes a new one.
 Money is stored as integer micros; ``amount_usd`` is derived for display and for
-the seed's field of that name.
+the seed's field of that name. A record may be built with ``amount_usd=`` as the seed's
+records are (converted exactly, refused if it is not an exact amount):
 
 >>> r = TollRecord("t1", "alice", "bob", amount_micros=10_000)
 >>> r.amount_usd, r.status.value
 (0.01, 'pending')
+>>> TollRecord(task_id="t1", source_agent="a", target_agent="b", amount_usd=0.001, amount_tokens=0.0).amount_micros
+1000
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import hashlib
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
-from mesh.money import check_micros, micros_to_usd, usd_to_micros
+from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.money import UsdLike, check_micros, micros_to_usd, usd_to_micros
+
+#: The wallet and signature a paper-mode charge records when none is given (the seed's value).
+PAPER_WALLET = "paper_mode"
 
 
 class SettlementStatus(str, Enum):
@@ -51,8 +58,8 @@ class Reason(str, Enum):
     INVALID_MESSAGE = "invalid_message"  # a message of a batch failed its checks (an id...): not sent, not recorded
 
 
-class TollRecord(NamedTuple):
-    """One toll: the seed's fields plus the exact amount and a reason. Immutable."""
+class _TollRecordFields(NamedTuple):
+    """The fields of a :class:`TollRecord`, in order (its wire and pickle form)."""
 
     task_id: str
     source_agent: str
@@ -66,6 +73,29 @@ class TollRecord(NamedTuple):
     settled_at: Optional[str] = None
     created_at: str = ""
     reason: Optional[str] = None
+
+
+class TollRecord(_TollRecordFields):
+    """One toll: the seed's fields plus the exact amount and a reason. Immutable.
+
+    Give the amount as ``amount_micros`` (int) or, as the seed does, ``amount_usd`` (keyword
+    only; converted exactly, see :func:`~mesh.money.usd_to_micros`), not both. A float where
+    the micros go (the seed's fourth positional field is ``amount_usd``) is refused.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, task_id: str, source_agent: str, target_agent: str, amount_micros: Optional[int] = None,
+        amount_tokens: float = 0.0, status: SettlementStatus = SettlementStatus.PENDING,
+        tx_signature: Optional[str] = None, payer_wallet: Optional[str] = None, nonce: str = "",
+        settled_at: Optional[str] = None, created_at: str = "", reason: Optional[str] = None,
+        *, amount_usd: Optional[UsdLike] = None,
+    ) -> TollRecord:
+        if amount_usd is not None or amount_micros is None or amount_micros.__class__ is float:
+            amount_micros = _amount_of(amount_micros, amount_usd)
+        return tuple.__new__(cls, (task_id, source_agent, target_agent, amount_micros, amount_tokens, status,
+                                   tx_signature, payer_wallet, nonce, settled_at, created_at, reason))
 
     @property
     def amount_usd(self) -> float:
@@ -90,10 +120,10 @@ class TollRecord(NamedTuple):
         self, status: SettlementStatus, *, settled_at: Optional[str] = None, reason: Optional[str] = None
     ) -> TollRecord:
         """A copy in ``status`` (the hot path's faster :meth:`evolve`)."""
-        return TollRecord(
+        return _new(TollRecord, (
             self.task_id, self.source_agent, self.target_agent, self.amount_micros, self.amount_tokens,
             status, self.tx_signature, self.payer_wallet, self.nonce, settled_at, self.created_at, reason,
-        )
+        ))
 
     def to_dict(self) -> dict[str, Any]:
         """The seed's dict of the record, plus ``amount_micros`` and ``reason``."""
@@ -132,6 +162,18 @@ class TollRecord(NamedTuple):
 
 
 _STATUS_BY_VALUE = {status.value: status for status in SettlementStatus}
+_new = tuple.__new__  # the hot path's constructor, for fields already checked (skips TollRecord.__new__)
+
+
+def _amount_of(amount_micros: Any, amount_usd: Optional[UsdLike]) -> int:
+    """The micros of a record built with ``amount_usd`` or without an amount (0); a float of micros refused."""
+    if amount_usd is not None:
+        if amount_micros is not None:
+            raise InvalidArgumentError("amount_usd", amount_usd, "give amount_usd or amount_micros, not both")
+        return usd_to_micros(amount_usd)
+    if amount_micros is None:
+        return 0
+    raise InvalidTypeError("amount_micros", amount_micros, "an int of micro-USD (for USD, pass amount_usd=)")
 
 
 def status_of(value: str) -> SettlementStatus:
@@ -142,7 +184,7 @@ def status_of(value: str) -> SettlementStatus:
 
 def _record_from_fields(*fields: Any) -> TollRecord:
     """Rebuild a pickled :class:`TollRecord` (see ``TollRecord.__reduce__``)."""
-    return TollRecord(*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:])
+    return _new(TollRecord, (*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:]))
 
 
 def record_to_wire(record: Optional[TollRecord]) -> Optional[tuple]:
@@ -152,4 +194,4 @@ def record_to_wire(record: Optional[TollRecord]) -> Optional[tuple]:
 
 def record_from_wire(fields: Optional[tuple]) -> Optional[TollRecord]:
     """The record :func:`record_to_wire` sent."""
-    return None if fields is None else TollRecord(*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:])
+    return None if fields is None else _new(TollRecord, (*fields[:5], _STATUS_BY_VALUE[fields[5]], *fields[6:]))

@@ -181,7 +181,7 @@ class Scenario(_Model):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise config_error(exc, "Scenario") from None
+            raise config_error(exc, "Scenario", Scenario) from None
 
     @field_validator("start_date", mode="before")
     @classmethod

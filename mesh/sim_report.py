@@ -22,6 +22,7 @@ from ledger.reader import read_table
 from ledger.replay import reconcile
 from ledger.report import REPORT_COLUMNS
 from ledger.report import build_report as build_ledger_report
+from ledger.report import calls_text
 from ledger.verify import verify
 from mesh.memory import open_escrow_bytes, rss_bytes
 from mesh.money import format_usd
@@ -68,7 +69,7 @@ def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool 
                              "report": str(run_dir / "report.json")}
     caps = _cap_hits(table)
     if plots:
-        files["plots"] = [str(p) for p in _plots(table, ledger, run_dir / "plots", log)]
+        files["plots"] = [str(p) for p in _plots(table, ledger, run_dir / "plots", log, scenario, run_dir)]
     del table  # verify streams the JSONL: the table need not stay in memory beside it...
     pa.default_memory_pool().release_unused()  # ...nor Arrow's pool keep its pages (1.4 GB at 2 million events)
     report: dict[str, Any] = {
@@ -124,7 +125,8 @@ def _weighted_percentile_ms(values_s: np.ndarray, weights: np.ndarray, q: float)
 
 def _outcomes(ledger: dict[str, Any], log: RunLog) -> dict[str, Any]:
     return {
-        "calls": ledger["calls"] + ledger["by_kind"].get("reject", 0),  # locked, and refused up front
+        # every call (pipelines' onward calls included), as `ledger report` counts them: one per task id
+        "calls": ledger["calls"], "locked_calls": ledger["locked_calls"], "rejected_calls": ledger["rejected_calls"],
         "by_status": ledger["by_status"],
         "by_reason": ledger["by_reason"],
         "released_micros": ledger["spend_micros"], "released_usd": ledger["spend_usd"],
@@ -176,7 +178,7 @@ def _checks(ledger_path: Path, ledger: dict[str, Any], stats: dict[str, Any], en
     counters = {
         "released_micros": (ledger["spend_micros"], stats["released_micros"]),
         "refunded_micros": (ledger["refunded_micros"], stats["refunded_micros"]),
-        "locks": (ledger["calls"], stats["locked"]),
+        "locks": (ledger["locked_calls"], stats["locked"]),
         "rejections": (ledger["by_kind"].get("reject", 0), stats["rejected"]),
     }
     mismatched = {k: {"ledger": a, "live": b} for k, (a, b) in counters.items() if a != b}
@@ -195,52 +197,97 @@ def checks_pass(report: dict[str, Any]) -> bool:
                                                 "ledger_matches_counters"))
 
 
-def _plots(table: pa.Table, ledger: dict[str, Any], out_dir: Path, log: RunLog) -> list[Path]:
+def run_about(scenario: Scenario, run_dir: Path) -> str:
+    """What a run's charts show, in one line: ``run default-seed7: scenario 'default', seed 7, 3 simulated days``."""
+    return (f"run {run_dir.name}: scenario {scenario.name!r}, seed {scenario.seed}, {scenario.days:g} simulated "
+            f"day{'s' * (scenario.days != 1)}, {scenario.agent_count:,} agents")
+
+
+def tick_s(scenario: Scenario) -> float:
+    """How far each tick moves the run's clock, in seconds (as :class:`~mesh.simulate.Simulation` moves it)."""
+    return round(scenario.days * 86_400 / scenario.ticks * 1_000_000) / 1_000_000
+
+
+def _plots(table: pa.Table, ledger: dict[str, Any], out_dir: Path, log: RunLog, scenario: Scenario,
+           run_dir: Path) -> list[Path]:
     from ledger.plot import plot_table
 
-    return plot_table(table, ledger, out_dir) + [_plot_ticks(out_dir / "run_ticks.png", log)]
+    about = run_about(scenario, run_dir)
+    charts = plot_table(table, ledger, out_dir, about=about, tick_s=tick_s(scenario), start_s=scenario.start_s,
+                        end_s=scenario.start_s + scenario.days * 86_400,
+                        time_label="simulated time (UTC)")
+    return charts + [_plot_ticks(out_dir / "run_ticks.png", log, scenario, about)]
 
 
-def _plot_ticks(path: Path, log: RunLog) -> Path:
+def _plot_ticks(path: Path, log: RunLog, scenario: Scenario, about: str) -> Path:
+    import datetime as dt
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ticks = [t["tick"] for t in log.ticks]
-    fig, (rate, mix) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    rate.plot(ticks, [t["messages"] / max(t["wall_s"], 1e-9) for t in log.ticks], color="tab:blue")
-    rate.set_ylabel("messages/s")
-    rate.set_title("the run, tick by tick")
+    from ledger.plot import day_axis
+
+    step_s = tick_s(scenario)
+    start = dt.datetime.fromtimestamp(scenario.start_s, tz=dt.timezone.utc)
+    at = [start + dt.timedelta(seconds=t["tick"] * step_s) for t in log.ticks]
+    fig, (rate, mix) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    rate.plot(at, [t["messages"] / max(t["wall_s"], 1e-9) for t in log.ticks], color="tab:blue", marker=".", markersize=3)
+    rate.set_ylabel("messages/s (wall clock)")
+    rate.set_title(f"The run, tick by tick ({scenario.ticks:,} ticks of {_duration(step_s)} simulated time)")
     for key, color in (("released", "tab:green"), ("refunded", "tab:orange"), ("rejected", "tab:red")):
-        mix.plot(ticks, [t[key] for t in log.ticks], label=key, color=color)
-    mix.set_xlabel("tick (simulated time)")
+        mix.plot(at, [t[key] for t in log.ticks], label=key, color=color, marker=".", markersize=3)
     mix.set_ylabel("calls per tick")
-    mix.legend()
+    mix.legend(loc="upper center", fontsize=8, ncols=3)
+    if at:
+        end = start + dt.timedelta(seconds=(log.ticks[-1]["tick"] + 1) * step_s)
+        day_axis(rate, start, end, label="")
+        day_axis(mix, start, end, label="simulated time (UTC); one point per tick", day_labels=False)
+        rate.set_ylim(0, rate.get_ylim()[1] * 1.12)  # room for the day labels
+        mix.set_ylim(0, mix.get_ylim()[1] * 1.3)  # and for the legend
+    fig.suptitle(about, fontsize=10, color="0.25")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+def _duration(seconds: float) -> str:
+    for unit_s, unit in ((86_400, "day"), (3_600, "h"), (60, "min")):
+        if seconds >= unit_s:
+            return f"{seconds / unit_s:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def _n(count: Optional[int]) -> str:
+    return "n/a" if count is None else f"{count:,}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     run, speed, out, caps, mem, checks = (report[k] for k in ("run", "speed", "outcomes", "caps", "memory", "checks"))
     mb = 1 / 1e6
+
+    def usd(micros: int) -> str:
+        return "$" + format_usd(micros, grouped=True)
+
     lines = [
         f"run:          {run['scenario']} seed {run['seed']}: {run['messages_sent']:,} of {run['messages_planned']:,} messages"
         f" over {run['simulated_days_run']:g} simulated day(s), {run['agents']:,} agents{'  (INTERRUPTED)' if run['interrupted'] else ''}",
         f"speed:        {speed['messages_per_s']:,.0f} messages/s, {speed['calls_per_s']:,.0f} calls/s with pipelines"
         f" ({speed['run_s']} s, setup {speed['setup_s']} s); round trip p50 {speed['round_trip_ms_p50']} ms,"
         f" p99 {speed['round_trip_ms_p99']} ms",
-        "by status:    " + ", ".join(f"{s} {v['tasks']:,} (${format_usd(v['amount_micros'])})" for s, v in out["by_status"].items()),
+        f"calls:        {calls_text(out)}",
+        "by status:    " + ", ".join(f"{s} {v['tasks']:,} ({usd(v['amount_micros'])})" for s, v in out["by_status"].items()),
         "by reason:    " + (", ".join(f"{r} {n:,}" for r, n in out["by_reason"].items()) or "-"),
-        f"money:        released ${out['released_usd']}, refunded ${out['refunded_usd']} (refund rate {out['refund_rate']:.2%})",
+        f"money:        released {usd(out['released_micros'])}, refunded {usd(out['refunded_micros'])}"
+        f" (refund rate {out['refund_rate']:.2%} of locked calls)",
         f"cap hits:     {caps['rejections']:,} rejections, {caps['agents_capped']:,} agents capped",
-        "top earners:  " + ", ".join(f"{r['agent']} ${format_usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
-        "top payers:   " + ", ".join(f"{r['agent']} ${format_usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
+        "top earners:  " + ", ".join(f"{r['agent']} {usd(r['earned_micros'])}" for r in report["top_earners"][:5]),
+        "top payers:   " + ", ".join(f"{r['agent']} {usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
         f"memory:       {mem['rss_bytes_total'] * mb:,.0f} MB in {mem['processes']} processes; "
-        f"{mem['host_bytes_per_agent']} B per agent, {mem['shard_bytes_per_open_escrow']} B per open escrow",
+        f"{_n(mem['host_bytes_per_agent'])} B per agent, {_n(mem['shard_bytes_per_open_escrow'])} B per open escrow",
         "checks:       " + ", ".join(f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in checks.items() if k != "problems"),
         f"output:       {report['files']['report']}",
     ]

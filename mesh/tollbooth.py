@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from ledger.events import record_event
@@ -31,9 +32,9 @@ from mesh.clock import Clock, SystemClock, iso_utc, now_us
 from mesh.config import TollboothConfig
 from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, LedgerError
 from mesh.escrow import EscrowBook
-from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, check_id, check_payment_field, is_id  # noqa: F401
+from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, agent_id_of, check_id, check_payment_field, is_id  # noqa: F401
 from mesh.money import UsdLike, micros_to_usd, usd_to_micros
-from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.records import PAPER_WALLET, Reason, SettlementStatus, TollRecord
 from mesh.verifier import Verifier, verify_async, verify_sync
 
 logger = logging.getLogger("tollmesh")
@@ -61,6 +62,8 @@ class Tollbooth:
             max_settled_records=self.config.max_settled_records,
         )
         self._writer: Optional[LedgerWriter] = None
+        self.ledger_path: Optional[Path] = None  # the ledger this booth writes (see _claim_default_ledger)
+        self._default_ledger = False
         if self.config.ledger_enabled:
             self._open_ledger()
         self._apply_caps()
@@ -87,6 +90,12 @@ class Tollbooth:
         ``amount_usd`` overrides the configured toll; ``escrow=True`` locks even in
         paper mode (what ``@monetize`` does), ``escrow=False`` releases at once.
         A ``task_id`` already charged returns its first record.
+
+        An agent may be given as an object, as the seed's router passes the target agent
+        itself: it is recorded by its ``name`` attribute (a str), else, if it has a ``handle``
+        method (the seed's agents do), by ``str(agent)``; other non-str values are refused.
+        A paper-mode record without a payment names ``"paper_mode"`` as its
+        ``payer_wallet`` and ``tx_signature``, as the seed's do.
         """
         draft, instant = self._draft(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
         reason = None
@@ -224,6 +233,8 @@ class Tollbooth:
                 self._writer.close()
                 self._writer = None
                 self._book.journal = _closed_journal
+                if self._default_ledger:
+                    _free_default_ledger(self.ledger_path)
 
     def __enter__(self) -> Tollbooth:
         return self
@@ -238,6 +249,7 @@ class Tollbooth:
         tx_signature: Optional[str], amount_usd: Optional[UsdLike], escrow: Optional[bool],
     ) -> tuple[TollRecord, bool]:
         if not (_is_id(task_id) and _is_id(source_agent) and _is_id(target_agent)):
+            source_agent, target_agent = agent_id_of(source_agent), agent_id_of(target_agent)
             _check_id("task_id", task_id)
             _check_id("source_agent", source_agent)
             _check_id("target_agent", target_agent)
@@ -247,6 +259,8 @@ class Tollbooth:
         if escrow is not None and not isinstance(escrow, bool):
             raise InvalidTypeError("escrow", escrow, "a bool or None")
         amount_micros = self._toll_micros() if amount_usd is None else usd_to_micros(amount_usd)
+        if self.config.paper_mode:  # the seed's paper-mode record names its (absent) payment so
+            payer_wallet, tx_signature = payer_wallet or PAPER_WALLET, tx_signature or PAPER_WALLET
         draft = TollRecord(
             task_id=task_id, source_agent=source_agent, target_agent=target_agent,
             amount_micros=amount_micros, amount_tokens=self.config.toll_per_message_tokens,
@@ -302,7 +316,17 @@ class Tollbooth:
         return micros
 
     def _open_ledger(self) -> None:
-        path = self.config.ledger_path
+        default = "ledger_path" not in self.config.model_fields_set  # the default: other booths of this process may use it
+        path = _claim_default_ledger(self.config.ledger_path) if default else self.config.ledger_path
+        try:
+            self._open_ledger_at(path)
+        except BaseException:
+            if default:
+                _free_default_ledger(path)
+            raise
+        self.ledger_path, self._default_ledger = path, default
+
+    def _open_ledger_at(self, path: Path) -> None:
         if ledger_has_events(path):  # a booth never writes onto a ledger it did not read
             if not self.config.restore_from_ledger:
                 raise ConfigError(f"ledger_path={str(path)!r} already holds a ledger and restore_from_ledger is False: "
@@ -322,6 +346,34 @@ class Tollbooth:
         budget.default_cap_micros = self.config.max_daily_toll_micros
         for agent, cap in self.config.agent_daily_caps_micros().items():
             budget.set_cap(agent, cap)
+
+
+# -- the default ledger, when one process opens several booths on it ------------------
+
+_default_ledgers_open: set[Path] = set()  # default ledgers a booth of this process writes (until it closes)
+_default_ledgers_lock = threading.Lock()
+
+
+def _claim_default_ledger(path: Path) -> Path:
+    """The default ledger ``path`` for a new booth; if a booth of this process already writes it (the
+    seed's ``create_tollbooth()`` makes a new booth each call, and a ledger has one writer), the first
+    free ``booth-2/``, ``booth-3/``... beside it, logged. The same script gets the same ledgers each run."""
+    with _default_ledgers_lock:
+        chosen, n = path, 1
+        while chosen.resolve() in _default_ledgers_open:
+            n += 1
+            chosen = path.parent / f"booth-{n}" / path.name
+        _default_ledgers_open.add(chosen.resolve())
+    if chosen != path:
+        logger.warning("the default ledger %s is written by another booth of this process: this booth writes %s",
+                       path, chosen)
+        chosen.parent.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+def _free_default_ledger(path: Path) -> None:
+    with _default_ledgers_lock:
+        _default_ledgers_open.discard(path.resolve())
 
 
 def _closed_journal(kind: str, record: TollRecord, ts_us: int) -> None:

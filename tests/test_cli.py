@@ -94,7 +94,7 @@ def test_report_over_ten_thousand_calls_of_a_billion_dollars_is_exact(make_booth
         booth.charge_sync(f"t{n}", f"agent-{n % 3}", "bob", amount_usd=1_000_000_000)
     booth.close()
     assert main(["ledger", "report", str(ledger_path)]) == 0
-    assert "spend:         $10000000000000.000000" in capsys.readouterr().out  # was $-8446744073709.551616
+    assert "spend:         $10,000,000,000,000.000000" in capsys.readouterr().out  # was $-8446744073709.551616
     assert main(["ledger", "report", str(ledger_path), "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["spend_micros"] == 10**19 and report["by_status"]["released"]["amount_micros"] == 10**19

@@ -72,3 +72,53 @@ def test_seed_router_example(monkeypatch, tmp_path):
     assert asyncio.run(scenario()) == {"echo": "hi"}
     assert booth.get_record("m1").status is SettlementStatus.RELEASED
     assert booth.get_record("m2").status is SettlementStatus.REFUNDED
+
+
+def test_the_router_may_pass_the_target_agent_object_itself(tmp_path):
+    """The seed's router passes ``target_agent`` (an object with ``handle``) to ``charge``:
+    it is recorded by its ``name``, else (with a ``handle``) by ``str()``; non-agents are still refused."""
+    from mesh import InvalidTypeError, Tollbooth, TollboothConfig
+
+    class Named:
+        name = "summarizer"
+
+    class Unnamed:
+        async def handle(self, task_id, payload):
+            return payload
+
+        def __str__(self) -> str:
+            return "unnamed-agent"
+
+    class NoAgent:  # neither a name nor a handle: printable, but no agent
+        def __str__(self) -> str:
+            return "alice"
+
+    booth = Tollbooth(TollboothConfig(paper_mode=False, ledger_path=tmp_path / "l.jsonl"))
+    assert booth.charge_sync("m1", "planner", Named()).target_agent == "summarizer"
+    assert asyncio.run(booth.charge("m2", Named(), Unnamed())).source_agent == "summarizer"
+    assert booth.get_record("m2").target_agent == "unnamed-agent"
+    for bad in (None, 7, b"bob", ["bob"], NoAgent()):
+        try:
+            booth.charge_sync("m3", "planner", bad)
+        except InvalidTypeError as exc:
+            assert "target_agent" in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} was taken as an agent")
+
+
+def test_seed_records_are_built_with_amount_usd_and_paper_charges_name_paper_mode(tmp_path):
+    from mesh import InvalidTypeError, Tollbooth, TollboothConfig, TollRecord
+
+    record = TollRecord(task_id="t1", source_agent="a", target_agent="b", amount_usd=0.001, amount_tokens=0.0)
+    assert record.amount_micros == 1000 and record.amount_usd == 0.001
+    assert TollRecord.from_dict(record.to_dict()) == record
+    try:
+        TollRecord("t1", "a", "b", 0.001, 0.0)  # the seed's fourth positional field is USD: refused, not 1000x off
+    except InvalidTypeError as exc:
+        assert "amount_usd=" in str(exc)
+    else:
+        raise AssertionError("a float of micros was taken")
+    booth = Tollbooth(TollboothConfig(paper_mode=True, ledger_path=tmp_path / "l.jsonl"))
+    paper = booth.charge_sync("t1", "a", "b")
+    assert (paper.payer_wallet, paper.tx_signature) == ("paper_mode", "paper_mode")
+    assert booth.charge_sync("t2", "a", "b", payer_wallet="0xw", tx_signature="sig").payer_wallet == "0xw"
