@@ -55,12 +55,13 @@ def hot_ids(tag: str, count: int) -> list[str]:
 def make_messages(ids: list[str], count: int, *, seed: int, failure_rate: float = 0.0,
                   hot_share: float = 0.0, hot_sources: tuple[str, ...] | list[str] = ()) -> Batch:
     """``count`` messages between ``ids`` (source != target, seeded); ``round(failure_rate * count)`` of
-    them fail in the handler, ``round(hot_share * count)`` come from ``hot_sources`` (none of both)."""
+    them fail in the handler, ``round(hot_share * count)`` (at most the rest) come from ``hot_sources``."""
     if failure_rate < 0 or hot_share < 0 or failure_rate + hot_share > 1:
         raise ValueError(f"failure_rate {failure_rate} and hot_share {hot_share}: each at least 0, together at most 1")
     rng = random.Random(seed)
     hot_count = round(hot_share * count) if hot_sources else 0
     failing = set(rng.sample(range(count), round(failure_rate * count)))
+    hot_count = min(hot_count, count - len(failing))  # both rounded up (0.5 and 0.5 of 3: 2 and 2) must still fit
     hot_at = iter(sorted(rng.sample(sorted(set(range(count)) - failing), hot_count)))
     next_hot, messages, hot_calls = next(hot_at, -1), [], Counter()
     for n in range(count):

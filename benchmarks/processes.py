@@ -75,11 +75,12 @@ def _read(process: psutil.Process, role: Optional[str]) -> Optional[Process]:
     return Process(process.pid, role, name, times.user + times.system, rss)
 
 
-def snapshot() -> dict[int, Process]:
-    """This process (``driver``) and every live descendant, by pid."""
+def snapshot(*, descendants: bool = True) -> dict[int, Process]:
+    """This process (``driver``) and every live descendant, by pid (only this one: ``descendants=False``,
+    for what runs in process, beside which a Ray someone else started in this process may idle)."""
     me = psutil.Process()
     found = {me.pid: _read(me, "driver")}
-    for child in me.children(recursive=True):
+    for child in me.children(recursive=True) if descendants else ():
         found[child.pid] = _read(child, None)
     return {pid: p for pid, p in found.items() if p is not None}
 

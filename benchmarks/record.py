@@ -26,14 +26,14 @@ class Timed:
 
 
 @contextmanager
-def timed() -> Iterator[Timed]:
-    """Snapshot the processes, time the block, snapshot again."""
+def timed(*, in_process: bool = False) -> Iterator[Timed]:
+    """Snapshot the processes, time the block, snapshot again (``in_process``: this process only)."""
     out = Timed()
-    out.before = processes.snapshot()
+    out.before = processes.snapshot(descendants=not in_process)
     started = time.perf_counter()
     yield out
     out.elapsed_s = time.perf_counter() - started
-    out.after = processes.snapshot()
+    out.after = processes.snapshot(descendants=not in_process)
 
 
 def run_record(name: str, kind: str, lifecycles: int, measured: Timed, latencies_ns: list[int], *,
