@@ -61,7 +61,8 @@ def _switched_suite(sdist: Path) -> str:
 
 
 def test_the_seeds_own_suite_passes_with_one_import_line_switched(request, tmp_path):
-    sdist = _sdist(request.config.cache.mkdir("seed-sdist"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: download to a temp dir
+    sdist = _sdist(cache.mkdir("seed-sdist") if cache is not None else tmp_path / "seed-sdist")
     (tmp_path / "test_seed_tollbooth.py").write_text(_switched_suite(sdist))
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     env = {k: v for k, v in os.environ.items() if k != "TOLLBOOTH_PAPER_MODE"}
