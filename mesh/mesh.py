@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import uuid
 import weakref
@@ -54,6 +53,7 @@ from mesh.fast_path import FastPath
 from mesh.files import write_whole
 from mesh.mesh_config import MeshConfig
 from mesh.money import UsdLike, usd_to_micros
+from mesh.ray_session import RaySession, connect
 from mesh.verifier import Verifier
 
 logger = logging.getLogger("tollmesh.mesh")
@@ -62,13 +62,21 @@ logger = logging.getLogger("tollmesh.mesh")
 class Mesh:
     """A running mesh; see the module doc. ``call`` and ``send`` have async twins, ``acall`` and ``asend``."""
 
-    def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, **options: Any) -> None:
+    def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, dashboard: bool = False,
+                 **options: Any) -> None:
         if config is not None and options:
             raise InvalidArgumentError("options", sorted(options), "give a MeshConfig or keyword options, not both")
         if config is not None and not isinstance(config, MeshConfig):
             raise InvalidTypeError("config", config, "a MeshConfig")
+        if not isinstance(dashboard, bool):
+            raise InvalidTypeError("dashboard", dashboard, "a bool")
         self.config = config or MeshConfig(**options)
-        self._started_ray = _ensure_ray(address, self.config.namespace)
+        #: which Ray the mesh runs on (``ray.summary``: one line saying so; ``ray.dashboard_url``)
+        self.ray: RaySession = connect(address, self.config.namespace, dashboard=dashboard)
+        self._started_ray = self.ray.started
+        logger.info("%s", self.ray.summary)
+        #: what the mesh restored from the ledger already in ``out_dir`` (None: it started empty)
+        self.restored: Optional[dict[str, Any]] = None
         self._task_prefix = uuid.uuid4().hex[:12]
         self._task_numbers = count()
         self._handles: list[Any] = []
@@ -80,13 +88,16 @@ class Mesh:
     @classmethod
     def attach(cls, name: str = "tollmesh", *, namespace: str = "tollmesh", address: Optional[str] = None) -> Mesh:
         """Reach a mesh another driver started (its actors must still be alive)."""
-        started = _ensure_ray(address, namespace)
+        session = connect(address, namespace)
+        started = session.started
         try:
             coordinator = ray.get_actor(f"{name}.coordinator", namespace=namespace)
         except ValueError:
             raise InvalidArgumentError("name", name, f"no running mesh of that name in namespace {namespace!r}") from None
         mesh = cls.__new__(cls)
         mesh.config = ray.get(coordinator.get_config.remote())
+        mesh.ray = session
+        mesh.restored = None
         mesh._started_ray = started
         mesh._task_prefix = uuid.uuid4().hex[:12]
         mesh._task_numbers = count()
@@ -487,16 +498,8 @@ def _kill(name: str, namespace: str) -> None:
 
 
 def _ensure_ray(address: Optional[str], namespace: str) -> bool:
-    """Start a local Ray, or attach to ``address`` / ``RAY_ADDRESS``; True if we started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
-    else:  # "local": a Ray of our own, never one another process happens to run on this machine
-        ray.init(address="local", namespace=namespace, include_dashboard=False, log_to_driver=False)
-    return True
+    """Start a local Ray, or attach to ``address`` / ``RAY_ADDRESS``; True if we started it (see :mod:`mesh.ray_session`)."""
+    return connect(address, namespace).started
 
 
 __all__ = ["Agent", "Mesh", "MeshConfig", "Message"]
