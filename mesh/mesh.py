@@ -41,6 +41,7 @@ from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
 from actors.run_files import WriterFiles
 from actors.wire import pack
+from ledger.replay import ledger_has_events
 from mesh.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
@@ -54,6 +55,7 @@ from mesh.files import write_whole
 from mesh.mesh_config import MeshConfig
 from mesh.money import UsdLike, usd_to_micros
 from mesh.ray_session import RaySession, connect
+from mesh.restored import announce, restore_info
 from mesh.verifier import Verifier
 
 logger = logging.getLogger("tollmesh.mesh")
@@ -422,8 +424,10 @@ class Mesh:
         else:
             raise ConfigError(f"a mesh named {config.name!r} is already running in namespace {config.namespace!r}: "
                               "use Mesh.attach, or another name")
-        if config.ledger_path.exists() and not config.restore_from_ledger:
-            raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False")
+        restoring = ledger_has_events(config.ledger_path)
+        if restoring and not config.restore_from_ledger:
+            raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False: "
+                              "give another out_dir (or none: a fresh one), or set it True to adopt that ledger")
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
@@ -457,6 +461,10 @@ class Mesh:
         ).remote(slim, writer_stats["next_seq"])
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
+        if restoring:  # never silent: the caps used today and the balances come back with the ledger
+            self.restored = restore_info(config.ledger_path, writer_stats["next_seq"],
+                                         ray.get(coordinator.snapshot.remote()))
+            announce(self.restored, f"mesh {config.name!r}")
         self._fast = FastPath(config, coordinator, shards, writer)
         return coordinator
 
