@@ -8,7 +8,7 @@ what they restored in ``.restored``.
 >>> info = restore_info("/tmp/run/toll_ledger.jsonl", 12, {"balances_micros": {"a": 5_000_000},
 ...     "used_today_micros": {"a": 1_000_000, "b": 20_000}, "open_escrows": {"t1": {}}})
 >>> print(restore_message(info))
-restored 12 events from /tmp/run/toll_ledger.jsonl: 2 agents, balances $5.000000 in all, 1 open escrow(s), $1.020000 of today's caps already used (a fresh ledger_path or out_dir starts empty)
+restored 12 event(s) from /tmp/run/toll_ledger.jsonl: 2 agent(s), balances $5.000000 in all, 1 open escrow(s), $1.020000 of today's caps already used (a fresh ledger_path or out_dir starts empty)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def restore_info(path: Path | str, events: int, snapshot: dict[str, Any]) -> dic
 
 def restore_message(info: dict[str, Any]) -> str:
     """One line: what was restored, from where."""
-    return (f"restored {info['events']:,} events from {info['from']}: {info['agents']:,} agents, "
+    return (f"restored {info['events']:,} event(s) from {info['from']}: {info['agents']:,} agent(s), "
             f"balances ${format_usd(info['balances_total_micros'])} in all, {info['open_escrows']:,} open escrow(s), "
             f"${format_usd(info['used_today_micros'])} of today's caps already used "
             "(a fresh ledger_path or out_dir starts empty)")
