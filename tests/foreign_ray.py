@@ -8,10 +8,12 @@ which would stop every Ray on the machine).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,17 +31,18 @@ def free_port() -> int:
 class ForeignRay:
     """``with ForeignRay(tmp_path) as cluster:`` a one-CPU Ray head at ``cluster.address``."""
 
-    def __init__(self, temp_dir: Path) -> None:
-        self.temp_dir = Path(temp_dir)
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's sockets: at most 107 bytes a path
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "ForeignRay":
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
-        self.log = open(self.temp_dir / "ray-start.log", "wb")
+        self.log = open(self.log_dir / "ray-start.log", "wb")
         self.process = subprocess.Popen(
             [str(RAY), "start", "--head", "--block", f"--port={self.port}", "--num-cpus=1",
              "--include-dashboard=false", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
@@ -49,7 +52,7 @@ class ForeignRay:
         while not self.alive():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"the foreign Ray did not start: {(self.temp_dir / 'ray-start.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the foreign Ray did not start: {(self.log_dir / 'ray-start.log').read_text()[-2000:]}")
             time.sleep(0.5)
         return self
 
@@ -76,6 +79,7 @@ class ForeignRay:
             pass
         self.process = None
         self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def crash(self) -> None:
         """The cluster dies at once (SIGKILL to every process it started), as a machine that goes away."""
