@@ -25,16 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from mesh.errors import TollmeshError
+from mesh.errors import RayUnavailableError
+
+__all__ = ["ClusterWatch", "RaySession", "RayUnavailableError", "connect", "explain_ray_error", "probe"]
 
 #: How long a given address may take to accept a TCP connection before it is called unreachable.
 PROBE_TIMEOUT_S = 5.0
 #: How often Ray's metrics agent reports what the mesh's actors count (Ray's default: 10 s).
 DASHBOARD_METRICS_INTERVAL_MS = 2_000
-
-
-class RayUnavailableError(TollmeshError):
-    """Ray could not be started or reached, or the cluster went away: one sentence, no traceback."""
 
 
 @dataclass(frozen=True)
