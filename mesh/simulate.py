@@ -124,7 +124,8 @@ class Simulation:
 
         if self._resumed is None:
             self._check_run_dir()  # before Ray starts: a taken directory is said at once
-        session = connect(self.address, MeshConfig.model_fields["namespace"].default, dashboard=self.dashboard)  # before the run dir is made
+        namespace = MeshConfig.model_fields["namespace"].default
+        session = connect(self.address, namespace, dashboard=self.dashboard)  # before the run dir is made
         watch = None if self.on_ray_lost is None else ClusterWatch(session, self.on_ray_lost).start()
         try:
             _say(session.summary)
