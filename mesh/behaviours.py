@@ -43,7 +43,7 @@ def load_behaviour(spec: str) -> type:
     module = _import(spec, module_name)
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise ConfigError(f"behaviour={spec!r}: cannot be imported: module {module_name!r} ({_where(module)}) has no {class_name!r}")
+        raise ConfigError(f"{_cannot(spec, module_name)} ({_where(module)}) has no {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, SimAgent)):
         raise ConfigError(f"behaviour={spec!r}: must name a subclass of mesh.SimAgent, got {cls!r}")
     ship_by_value(module)
@@ -85,14 +85,18 @@ def _import(spec: str, module_name: str) -> object:
     except ConfigError:
         raise
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigError(f"behaviour={spec!r}: cannot be imported: no module named {exc.name!r} (looked in the current folder "
-                              f"{here} and sys.path)") from None
-        raise ConfigError(f"behaviour={spec!r}: cannot be imported: module {module_name!r} raised {_described(exc)}") from None
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise ConfigError(f"behaviour={spec!r}: cannot be imported: no module named {exc.name!r} "
+                              f"(looked in the current folder {here} and sys.path)") from None
+        raise ConfigError(f"{_cannot(spec, module_name)} raised {_described(exc)}") from None
     except Exception as exc:  # the module's own code raised (or does not compile): say what and where
-        raise ConfigError(f"behaviour={spec!r}: cannot be imported: module {module_name!r} raised {_described(exc)}") from None
+        raise ConfigError(f"{_cannot(spec, module_name)} raised {_described(exc)}") from None
     finally:
         _importing.spec = previous
+
+
+def _cannot(spec: str, module_name: str) -> str:
+    return f"behaviour={spec!r}: cannot be imported: module {module_name!r}"
 
 
 def _described(exc: BaseException) -> str:

@@ -32,8 +32,7 @@ from typing import Callable, Optional
 import orjson
 
 from mesh.demo import format_report, run_demo
-from mesh.errors import InvalidArgumentError, TollmeshError
-from mesh.ray_session import RayUnavailableError
+from mesh.errors import InvalidArgumentError, RayUnavailableError, TollmeshError
 from mesh.money import format_usd
 from mesh.settlement import DEFAULT_MINIMUM_USD, settle
 
@@ -51,25 +50,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TollmeshError as exc:
         print(f"tollmesh: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # Ray's own errors (a cluster that went away...): one line, no traceback
+    except OSError as exc:  # a path the system refused (permissions, a full disk...): named, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tollmesh: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # Ray's own errors (an actor that died for good...): one line, no traceback
         message = _ray_problem(exc)
         if message is None:
             raise
         print(f"tollmesh: error: {message}", file=sys.stderr)
         return 3
-    except OSError as exc:  # a path the system refused (permissions, a full disk...): named, in one line
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"tollmesh: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
 
 
 def _ray_problem(exc: BaseException) -> Optional[str]:
     """What went wrong, when Ray raised ``exc`` (None otherwise); Ray is imported only if it is loaded."""
     if "ray" not in sys.modules:
         return None
+    from ray.exceptions import RayError
+
     from mesh.ray_session import explain_ray_error
 
-    return explain_ray_error(exc)
+    return explain_ray_error(exc) if isinstance(exc, RayError) else None
 
 
 def _out_dir(flag: str, path: Path, given: Optional[Path] = None) -> Path:
@@ -118,7 +119,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         return _finish(simulation.run, args)
     except RunDirTaken as exc:
-        print(f"tollmesh: error: {exc.explain(_command_line(argv_of(args)))}", file=sys.stderr)
+        print(f"tollmesh: error: {exc.explain(_command_line(_argv_of(args)))}", file=sys.stderr)
         return 2
 
 
@@ -136,7 +137,7 @@ def _ray_lost(run_dir: Path) -> Callable[[str], None]:
     return lost
 
 
-def argv_of(args: argparse.Namespace) -> list[str]:
+def _argv_of(args: argparse.Namespace) -> list[str]:
     """The arguments this command was run with (``main(argv)``'s, else the process's)."""
     return list(getattr(args, "argv", None) or sys.argv[1:])
 

@@ -81,10 +81,8 @@ def connect(address: Optional[str], namespace: str, *, dashboard: bool = False) 
         ray.init(address="local", namespace=namespace, log_to_driver=False, **options)
     except RayUnavailableError:
         raise
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
-        message = explain_ray_error(exc)
-        if message is None:
-            raise
+    except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError... for a bad address
+        message = explain_ray_error(exc) or f"Ray could not start or connect: {type(exc).__name__}: {_first_line(exc)}"
         raise RayUnavailableError(f"{message}{_given(address)}{_auth_hint(address)}") from None
     return _describe(ray, started=True, joined=None)
 
@@ -125,7 +123,8 @@ class ClusterWatch:
                 last_answer = time.monotonic()
             except OSError:
                 if time.monotonic() - last_answer >= self._lost_after_s and not self._stop.is_set():
-                    which = "the local Ray it started" if self.session.started else f"the Ray cluster at {self.session.joined}"
+                    which = (f"the Ray cluster at {self.session.joined}" if self.session.joined
+                             else "the local Ray it started" if self.session.started else "the Ray cluster")
                     self._on_lost(f"{which} went away mid-run: its GCS ({self.session.address}) has not answered for "
                                   f"{self._lost_after_s:g} s")
                     return
@@ -152,7 +151,7 @@ def explain_ray_error(exc: BaseException) -> Optional[str]:
     """One sentence for an error Ray raised (None: not one of Ray's)."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayError
 
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = _first_line(exc)
     if isinstance(exc, ActorDiedError) and ("node has crashed" in str(exc) or "Owner" in str(exc)):
         return ("the Ray cluster went away mid-run (an actor's node or owner died: "
                 f"{type(exc).__name__}); nothing more can be sent")
@@ -164,8 +163,6 @@ def explain_ray_error(exc: BaseException) -> Optional[str]:
         return f"Ray failed: {type(exc).__name__}: {_short(first)}"
     if isinstance(exc, ConnectionError):
         return f"could not reach Ray: {_short(first)}"
-    if type(exc).__module__.startswith("ray") or "ray" in first.lower() or "gcs" in first.lower():
-        return f"Ray failed: {type(exc).__name__}: {_short(first)}"
     return None
 
 
@@ -191,6 +188,11 @@ def _auth_hint(address: Optional[str]) -> str:
     if not (Path.home() / ".ray" / "auth_token").is_file():
         return ""
     return "; if that cluster uses token authentication (`ray start` turns it on), set RAY_AUTH_MODE=token"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return _short(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _given(address: Optional[str]) -> str:

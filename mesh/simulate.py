@@ -171,15 +171,9 @@ class Simulation:
             raise ConfigError(f"output directory {self.run_dir} is not empty: choose another, or pass --overwrite")
 
     def _prepare_run_dir(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"output directory {self.run_dir} is a file: choose a directory")
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            holds_run = any((self.run_dir / marker).exists() for marker in RUN_MARKERS)
-            if not self.overwrite:
-                if holds_run:
-                    raise RunDirTaken(self.run_dir)
-                raise ConfigError(f"output directory {self.run_dir} is not empty: choose another, or pass --overwrite")
-            if not holds_run:
+        self._check_run_dir()
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):  # --overwrite: only a run is replaced
+            if not any((self.run_dir / marker).exists() for marker in RUN_MARKERS):
                 raise ConfigError(f"output directory {self.run_dir} is not empty and holds no run: not overwriting it")
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
