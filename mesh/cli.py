@@ -17,7 +17,9 @@ LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report
 ``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
 created as needed (``export`` creates the folder of its ``--out`` file too). A bad path
 (a file where a directory must be, a folder that cannot be made or read) is answered
-with one line on stderr and exit code 2, never a traceback.
+with one line on stderr and exit code 2, never a traceback; so is Ray's failure (no cluster at
+``--address``, a cluster that goes away mid-run, an actor dead for good), with exit code 3.
+``simulate`` says in one line which Ray it uses (one of its own unless told to join one).
 """
 
 from __future__ import annotations
