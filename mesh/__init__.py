@@ -27,6 +27,7 @@ from mesh.errors import (
     InvalidTypeError,
     LedgerError,
     PaymentRequiredError,
+    RayUnavailableError,
     TollmeshError,
     TollRejectedError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "MeshTollbooth",
     "Message",
     "PaymentRequiredError",
+    "RayUnavailableError",
     "Reason",
     "Scenario",
     "SettlementResult",

@@ -2,7 +2,9 @@
 
     tollmesh simulate [--config FILE|NAME] [--agents N] [--messages N] [--days D] [--seed S]
                       [--shards N] [--hosts N] [--batch-size N] [--fsync always|batch|never]
-                      [--name NAME] [--out DIR] [--overwrite] [--json] [--no-progress] [--no-plots]
+                      [--name NAME] [--out DIR] [--overwrite] [--address ADDRESS] [--dashboard]
+                      [--json] [--no-progress] [--no-plots]
+    tollmesh simulate --resume RUN_DIR [--address ADDRESS] [--dashboard]
     tollmesh demo [--agents N] [--messages N] [--seed S] [--out DIR] [--json]
     tollmesh ledger report  LEDGER [--json] [--top N]
     tollmesh ledger verify  LEDGER [--json]
@@ -16,7 +18,9 @@ LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report
 ``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
 created as needed (``export`` creates the folder of its ``--out`` file too). A bad path
 (a file where a directory must be, a folder that cannot be made or read) is answered
-with one line on stderr and exit code 2, never a traceback.
+with one line on stderr and exit code 2, never a traceback; so is Ray's failure (no cluster at
+``--address``, a cluster that goes away mid-run, an actor dead for good), with exit code 3.
+``simulate`` says in one line which Ray it uses (one of its own unless told to join one).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Callable, Optional
 import orjson
 
 from mesh.demo import format_report, run_demo
-from mesh.errors import InvalidArgumentError, TollmeshError
+from mesh.errors import InvalidArgumentError, RayUnavailableError, TollmeshError
 from mesh.money import format_usd
 from mesh.settlement import DEFAULT_MINIMUM_USD, settle
 
@@ -67,10 +71,14 @@ def _stdout_closed() -> int:
 
 def _run(argv: Optional[list[str]]) -> int:
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except BrokenPipeError:
         raise
+    except RayUnavailableError as exc:  # Ray could not be started or reached, or went away
+        print(f"tollmesh: error: {exc}", file=sys.stderr)
+        return 3
     except TollmeshError as exc:
         print(f"tollmesh: error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +86,23 @@ def _run(argv: Optional[list[str]]) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"tollmesh: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # Ray's own errors (an actor that died for good...): one line, no traceback
+        message = _ray_problem(exc)
+        if message is None:
+            raise
+        print(f"tollmesh: error: {message}", file=sys.stderr)
+        return 3
+
+
+def _ray_problem(exc: BaseException) -> Optional[str]:
+    """What went wrong, when Ray raised ``exc`` (None otherwise); Ray is imported only if it is loaded."""
+    if "ray" not in sys.modules:
+        return None
+    from ray.exceptions import RayError
+
+    from mesh.ray_session import explain_ray_error
+
+    return explain_ray_error(exc) if isinstance(exc, RayError) else None
 
 
 def _out_dir(flag: str, path: Path, given: Optional[Path] = None) -> Path:
@@ -104,7 +129,7 @@ def _print_json(value: object) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from mesh.scenario import load_scenario
-    from mesh.simulate import Simulation
+    from mesh.simulate import RunDirTaken, Simulation
 
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k in _SCENARIO_FLAGS if getattr(args, k) is not None]
@@ -113,15 +138,47 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             print(f"tollmesh: error: --resume plays the run's own scenario: drop {', '.join(given)}", file=sys.stderr)
             return 2
         return _finish(Simulation.resume(args.resume, progress=not args.no_progress and not args.json,
-                                         plots=not args.no_plots).run, args)
+                                         plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
+                                         on_ray_lost=_ray_lost(args.resume.absolute())).run, args)
     scenario = load_scenario(args.config).scaled(
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
     )
     run_dir = _out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}"
     simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
-                            plots=not args.no_plots)
-    return _finish(simulation.run, args)
+                            plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
+                            on_ray_lost=_ray_lost(run_dir.absolute()))
+    try:
+        return _finish(simulation.run, args)
+    except RunDirTaken as exc:
+        print(f"tollmesh: error: {exc.explain(_command_line(_argv_of(args)))}", file=sys.stderr)
+        return 2
+
+
+def _ray_lost(run_dir: Path) -> Callable[[str], None]:
+    """What the command does when its Ray cluster goes away mid-run: says so in one line, and exits 3
+    at once (Ray's driver would end the process a minute later without a word)."""
+    import os
+    import shlex
+
+    def lost(problem: str) -> None:
+        print(f"\ntollmesh: error: {problem}; the run stopped: what it wrote is in {run_dir}, resumable with "
+              f"`tollmesh simulate --resume {shlex.quote(str(run_dir))}`", file=sys.__stderr__, flush=True)
+        os._exit(3)
+
+    return lost
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    """The arguments this command was run with (``main(argv)``'s, else the process's)."""
+    return list(getattr(args, "argv", None) or sys.argv[1:])
+
+
+def _command_line(argv: list[str]) -> str:
+    """``tollmesh ...`` as the user typed it, quoted for a shell."""
+    import shlex
+
+    return shlex.join(["tollmesh", *argv])
 
 
 _SCENARIO_FLAGS = ("agents", "messages", "days", "seed", "shards", "hosts", "batch_size", "fsync", "name")
@@ -364,6 +421,11 @@ def _simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same directory")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="finish the run in RUN_DIR (interrupted, or its driver killed) from its ledger, with its own scenario")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="join the Ray cluster at ADDRESS (host:port, or auto) instead of starting a local Ray "
+                        "(default: RAY_ADDRESS if set, else a local Ray of its own)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard with the local Ray and print its address (the run's metrics are there)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (no progress bar)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import time
 import typing
 from decimal import Decimal
 from enum import Enum
@@ -60,7 +61,24 @@ UsdField = Annotated[Union[int, float, str, Decimal], WrapValidator(_exact_usd)]
 #: An agent id as a key of a config's caps (see :func:`~mesh.ids.check_id`).
 AgentIdKey = Annotated[str, AfterValidator(_valid_id)]
 
-DEFAULT_LEDGER_PATH = Path("tollmesh-out") / "toll_ledger.jsonl"
+#: Where default ledgers go: a booth without ``ledger_path`` writes a fresh ledger of its own there
+#: (see :func:`default_ledger_path`), never one an earlier run left.
+DEFAULT_OUT_DIR = Path("tollmesh-out")
+_PROCESS_STAMP: dict[int, str] = {}  # pid -> stamp: a forked child gets a ledger of its own
+
+
+def default_ledger_path(mode: str) -> Path:
+    """The ledger of a booth given no ``ledger_path``: ``tollmesh-out/booth-<time>-<pid>-<mode>/toll_ledger.jsonl``.
+
+    One per process and mode: this run's booths share it (paper and live apart), and an earlier
+    run's ledger (and the caps it used) never comes back unasked; give a ``ledger_path`` to keep one.
+
+    >>> default_ledger_path("paper").name, default_ledger_path("paper") == default_ledger_path("paper")
+    ('toll_ledger.jsonl', True)
+    """
+    pid = os.getpid()
+    stamp = _PROCESS_STAMP.setdefault(pid, f"{time.strftime('%Y%m%d-%H%M%S')}-{pid}")
+    return DEFAULT_OUT_DIR / f"booth-{stamp}-{mode}" / "toll_ledger.jsonl"
 
 
 class TollboothMode(str, Enum):
@@ -130,7 +148,7 @@ class TollboothConfig(BaseModel):
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "paper_mode", mode is TollboothMode.PAPER)
         if self.ledger_path is None:
-            object.__setattr__(self, "ledger_path", DEFAULT_LEDGER_PATH)
+            object.__setattr__(self, "ledger_path", default_ledger_path(mode.value))
 
     # -- exact views of the money fields ----------------------------------------
 

@@ -92,6 +92,10 @@ class CallFailedError(TollmeshError):
         return (type(self), (self.result,))
 
 
+class RayUnavailableError(TollmeshError):
+    """Ray could not be started or reached, or its cluster went away (see :mod:`mesh.ray_session`)."""
+
+
 class InvalidIdError(InvalidArgumentError):
     """An id (agent, task) or payment field that is not text every part of tollmesh can write:
     empty, too long, not encodable as UTF-8 (a lone surrogate) or holding a control character."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import uuid
 import weakref
@@ -42,6 +41,7 @@ from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
 from actors.run_files import WriterFiles
 from actors.wire import pack
+from ledger.replay import ledger_has_events
 from mesh.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
@@ -54,6 +54,8 @@ from mesh.fast_path import FastPath
 from mesh.files import write_whole
 from mesh.mesh_config import MeshConfig
 from mesh.money import UsdLike, usd_to_micros
+from mesh.ray_session import RaySession, connect
+from mesh.restored import announce, restore_info
 from mesh.verifier import Verifier
 
 logger = logging.getLogger("tollmesh.mesh")
@@ -62,13 +64,21 @@ logger = logging.getLogger("tollmesh.mesh")
 class Mesh:
     """A running mesh; see the module doc. ``call`` and ``send`` have async twins, ``acall`` and ``asend``."""
 
-    def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, **options: Any) -> None:
+    def __init__(self, config: Optional[MeshConfig] = None, *, address: Optional[str] = None, dashboard: bool = False,
+                 **options: Any) -> None:
         if config is not None and options:
             raise InvalidArgumentError("options", sorted(options), "give a MeshConfig or keyword options, not both")
         if config is not None and not isinstance(config, MeshConfig):
             raise InvalidTypeError("config", config, "a MeshConfig")
+        if not isinstance(dashboard, bool):
+            raise InvalidTypeError("dashboard", dashboard, "a bool")
         self.config = config or MeshConfig(**options)
-        self._started_ray = _ensure_ray(address, self.config.namespace)
+        #: which Ray the mesh runs on (``ray.summary``: one line saying so; ``ray.dashboard_url``)
+        self.ray: RaySession = connect(address, self.config.namespace, dashboard=dashboard)
+        self._started_ray = self.ray.started
+        logger.info("%s", self.ray.summary)
+        #: what the mesh restored from the ledger already in ``out_dir`` (None: it started empty)
+        self.restored: Optional[dict[str, Any]] = None
         self._task_prefix = uuid.uuid4().hex[:12]
         self._task_numbers = count()
         self._handles: list[Any] = []
@@ -80,13 +90,16 @@ class Mesh:
     @classmethod
     def attach(cls, name: str = "tollmesh", *, namespace: str = "tollmesh", address: Optional[str] = None) -> Mesh:
         """Reach a mesh another driver started (its actors must still be alive)."""
-        started = _ensure_ray(address, namespace)
+        session = connect(address, namespace)
+        started = session.started
         try:
             coordinator = ray.get_actor(f"{name}.coordinator", namespace=namespace)
         except ValueError:
             raise InvalidArgumentError("name", name, f"no running mesh of that name in namespace {namespace!r}") from None
         mesh = cls.__new__(cls)
         mesh.config = ray.get(coordinator.get_config.remote())
+        mesh.ray = session
+        mesh.restored = None
         mesh._started_ray = started
         mesh._task_prefix = uuid.uuid4().hex[:12]
         mesh._task_numbers = count()
@@ -414,8 +427,10 @@ class Mesh:
         else:
             raise ConfigError(f"a mesh named {config.name!r} is already running in namespace {config.namespace!r}: "
                               "use Mesh.attach, or another name")
-        if config.ledger_path.exists() and not config.restore_from_ledger:
-            raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False")
+        restoring = ledger_has_events(config.ledger_path)
+        if restoring and not config.restore_from_ledger:
+            raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False: "
+                              "give another out_dir (or none: a fresh one), or set it True to adopt that ledger")
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
@@ -449,6 +464,10 @@ class Mesh:
         ).remote(slim, writer_stats["next_seq"])
         ray.get(coordinator.agent_count.remote())
         self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
+        if restoring:  # never silent: the caps used today and the balances come back with the ledger
+            self.restored = restore_info(config.ledger_path, writer_stats["next_seq"],
+                                         ray.get(coordinator.snapshot.remote()))
+            announce(self.restored, f"mesh {config.name!r}")
         self._fast = FastPath(config, coordinator, shards, writer)
         return coordinator
 
@@ -490,16 +509,8 @@ def _kill(name: str, namespace: str) -> None:
 
 
 def _ensure_ray(address: Optional[str], namespace: str) -> bool:
-    """Start a local Ray, or attach to ``address`` / ``RAY_ADDRESS``; True if we started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
-    else:  # "local": a Ray of our own, never one another process happens to run on this machine
-        ray.init(address="local", namespace=namespace, include_dashboard=False, log_to_driver=False)
-    return True
+    """Start a local Ray, or attach to ``address`` / ``RAY_ADDRESS``; True if we started it (see :mod:`mesh.ray_session`)."""
+    return connect(address, namespace).started
 
 
 __all__ = ["Agent", "Mesh", "MeshConfig", "Message"]

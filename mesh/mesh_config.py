@@ -14,16 +14,28 @@ mesh.errors.ConfigError: invalid MeshConfig: shards=2.0: Input should be a valid
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
 from mesh.clock import END_TIME_S
 from mesh.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
 from mesh.money import usd_to_micros
 from mesh.sharding import MAX_SHARDS
+
+
+def fresh_out_dir(name: str) -> Path:
+    """A new run directory for a mesh given no ``out_dir``: ``tollmesh-out/mesh/<name>-<UTC time>-<6 hex>``,
+    so that two runs never share a ledger (nor its spending) unless told to.
+
+    >>> fresh_out_dir("demo").parent, fresh_out_dir("demo") != fresh_out_dir("demo")
+    (PosixPath('tollmesh-out/mesh'), True)
+    """
+    return Path("tollmesh-out") / "mesh" / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
 
 
 class MeshConfig(BaseModel):
@@ -35,7 +47,9 @@ class MeshConfig(BaseModel):
 
     name: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     namespace: str = Field(default="tollmesh", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    out_dir: Path = Field(default=Path("tollmesh-out") / "mesh", validate_default=True, strict=False)
+    # default: a fresh directory per mesh, tollmesh-out/mesh/<name>-<time>-<random>/ (see fresh_out_dir);
+    # an out_dir that holds a ledger is restored from it (announced), or refused with restore_from_ledger=False
+    out_dir: Path = Field(default=None, validate_default=True, strict=False)
     detached: bool = False  # actors outlive the driver that started them (attach from others; shut down explicitly)
     # Layout
     shards: int = Field(default=4, ge=1, le=MAX_SHARDS)
@@ -74,6 +88,14 @@ class MeshConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise config_error(exc, "MeshConfig", MeshConfig) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fresh_out_dir(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("out_dir") is None:
+            name = data.get("name", "tollmesh")
+            data = {**data, "out_dir": fresh_out_dir(name if isinstance(name, str) else "tollmesh")}
+        return data
 
     @field_validator("out_dir")
     @classmethod

@@ -24,7 +24,6 @@ mesh.errors.ConfigError: invalid Scenario: traffic[0].target='b': names no group
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import math
 import sys
 from importlib import resources
@@ -320,14 +319,7 @@ def load_scenario(source: str | Path) -> Scenario:
 
 
 def load_behaviour(spec: str) -> type:
-    """The agent class a group's ``behaviour`` names (``"package.module:Class"``)."""
-    from mesh.sim_agents import SimAgent
+    """The agent class a group's ``behaviour`` names (``"package.module:Class"``; see :mod:`mesh.behaviours`)."""
+    from mesh.behaviours import load_behaviour as load
 
-    module_name, _, class_name = spec.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"behaviour={spec!r}: cannot be imported: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, SimAgent)):
-        raise ConfigError(f"behaviour={spec!r}: must name a subclass of mesh.SimAgent")
-    return cls
+    return load(spec)

@@ -22,6 +22,7 @@ the end of the current tick: nothing is left locked, the ledger is flushed and v
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import signal
 import sys
@@ -35,12 +36,15 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from ray import get as ray_get
+from ray import shutdown as ray_shutdown
 from ray.exceptions import RayError
 
 from mesh.agent import Message
+from mesh.behaviours import refuse_nested_run, ship_by_value
 from mesh.clock import US_PER_SECOND
 from mesh.errors import ConfigError, TollmeshError
 from mesh.mesh_config import MeshConfig
+from mesh.ray_session import ClusterWatch, RaySession, connect
 from mesh.scenario import Scenario, Traffic, load_behaviour
 from mesh.sim_agents import OnwardTarget, SimAgent, SimBehaviour, group_class, pick_many
 from mesh.sim_progress import RunProgress, load_run, read_progress, save_run, tick_starts
@@ -67,7 +71,9 @@ class Simulation:
     def __init__(
         self, scenario: Scenario, run_dir: str | Path, *, behaviours: Optional[dict[str, type]] = None,
         overwrite: bool = False, progress: bool = False, plots: bool = True, address: Optional[str] = None,
+        dashboard: bool = False, on_ray_lost: Optional[Callable[[str], None]] = None,
     ) -> None:
+        refuse_nested_run()
         if not isinstance(scenario, Scenario):
             raise ConfigError(f"scenario must be a mesh.Scenario, got {type(scenario).__name__}")
         self.scenario = scenario
@@ -80,10 +86,13 @@ class Simulation:
         for name, cls in self.behaviours.items():
             if not (isinstance(cls, type) and issubclass(cls, SimAgent)):
                 raise ConfigError(f"behaviours[{name!r}]={cls!r}: must be a subclass of mesh.SimAgent")
+            ship_by_value(sys.modules.get(cls.__module__))  # hosts get your classes without importing your module
         self.overwrite = overwrite
         self.progress = progress
         self.plots = plots
         self.address = address
+        self.dashboard = dashboard
+        self.on_ray_lost = on_ray_lost  # called (from a thread) with a sentence if the Ray cluster goes away mid-run
         self._stop = threading.Event()
         self._ids = {g.name: g.agent_ids() for g in scenario.groups}
         self._resumed: Optional[RunProgress] = None
@@ -114,8 +123,25 @@ class Simulation:
         from mesh.mesh import Mesh
 
         if self._resumed is None:
+            self._check_run_dir()  # before Ray starts: a taken directory is said at once
+        namespace = MeshConfig.model_fields["namespace"].default
+        session = connect(self.address, namespace, dashboard=self.dashboard)  # before the run dir is made
+        watch = None if self.on_ray_lost is None else ClusterWatch(session, self.on_ray_lost).start()
+        try:
+            _say(session.summary)
+            if self.dashboard:
+                _say_dashboard(session)
+            return self._run(Mesh, log_started_s=time.perf_counter())
+        finally:
+            if watch is not None:
+                watch.stop()
+            if session.started:
+                ray_shutdown()
+
+    def _run(self, Mesh: type, log_started_s: float) -> dict[str, Any]:
+        if self._resumed is None:
             self._prepare_run_dir()
-        log = RunLog(started_s=time.perf_counter(), first_tick=self._first_tick, resumed=self._resumed is not None)
+        log = RunLog(started_s=log_started_s, first_tick=self._first_tick, resumed=self._resumed is not None)
         if self._resumed is not None:
             log.outcomes.update(self._resumed.outcomes)
         with self._sigint_stops(), Mesh(self._mesh_config(), address=self.address) as mesh:
@@ -135,16 +161,19 @@ class Simulation:
 
     # -- setup --------------------------------------------------------------------------
 
-    def _prepare_run_dir(self) -> None:
+    def _check_run_dir(self) -> None:
+        """Raise if the run directory cannot take this run (see :meth:`_prepare_run_dir`)."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"output directory {self.run_dir} is a file: choose a directory")
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            holds_run = any((self.run_dir / marker).exists() for marker in RUN_MARKERS)
-            if not self.overwrite:
-                what = "already holds a run" if holds_run else "is not empty"
-                resume = " (or --resume it, if it did not finish)" if holds_run else ""
-                raise ConfigError(f"output directory {self.run_dir} {what}: choose another, or pass --overwrite{resume}")
-            if not holds_run:
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.overwrite:
+            if any((self.run_dir / marker).exists() for marker in RUN_MARKERS):
+                raise RunDirTaken(self.run_dir)
+            raise ConfigError(f"output directory {self.run_dir} is not empty: choose another, or pass --overwrite")
+
+    def _prepare_run_dir(self) -> None:
+        self._check_run_dir()
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):  # --overwrite: only a run is replaced
+            if not any((self.run_dir / marker).exists() for marker in RUN_MARKERS):
                 raise ConfigError(f"output directory {self.run_dir} is not empty and holds no run: not overwriting it")
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -317,6 +346,52 @@ class SimulationError(TollmeshError):
 
 #: Outcomes that the ledger does not hold as the call's end (the call must be made again).
 FAULT_REASONS = frozenset({"shard_unavailable", "ledger_append_lost", "settle_unavailable"})
+
+
+class RunDirTaken(ConfigError):
+    """The output directory holds a run: one that did not finish (resumable) or one that did (replaceable).
+
+    :meth:`explain` says which, with the command that resumes it or replaces it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.resumable, self.progress_text = _unfinished(run_dir)
+        super().__init__(self.explain(None))
+
+    def explain(self, command: Optional[str]) -> str:
+        """The message, with ``command`` (the command line that was refused) made into the one that replaces the run."""
+        replace = f"`{command} --overwrite`" if command else "overwrite=True"
+        if self.resumable:
+            resume = f"`tollmesh simulate --resume {shlex.quote(str(self.run_dir))}`" if command else "Simulation.resume(run_dir)"
+            return (f"output directory {self.run_dir} holds a run that did not finish ({self.progress_text}): "
+                    f"it is resumable: resume it with {resume}; or replace it with {replace}")
+        return (f"output directory {self.run_dir} already holds a run: choose another, or pass --overwrite to "
+                f"replace it ({replace}); {self.progress_text}")
+
+
+def _unfinished(run_dir: Path) -> tuple[bool, str]:
+    """Whether the run in ``run_dir`` can be resumed, and how far it got, in words."""
+    try:
+        scenario = load_run(run_dir)
+        progress = read_progress(run_dir, scenario)
+    except (TollmeshError, OSError, ValueError) as exc:
+        return False, f"not resumable: {exc}"
+    if progress.finished:
+        return False, "it finished: see its report.json"
+    return True, f"it stopped in tick {progress.next_tick + 1} of {scenario.ticks}"
+
+
+def _say(message: str) -> None:
+    print(f"tollmesh: {message}", file=sys.stderr)
+
+
+def _say_dashboard(session: RaySession) -> None:
+    if session.dashboard_url is None:
+        _say("dashboard: none (the mesh joined a cluster: open the cluster's own dashboard)")
+        return
+    _say(f"dashboard: {session.dashboard_url} (tollmesh metrics, ray_tollmesh_*, in its Metrics view"
+         f" with Prometheus/Grafana; raw: {session.metrics_url})")
 
 
 def _warn(message: str) -> None:

@@ -35,6 +35,7 @@ from mesh.escrow import EscrowBook
 from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, agent_id_of, check_id, check_payment_field, is_id  # noqa: F401
 from mesh.money import UsdLike, micros_to_usd, usd_to_micros
 from mesh.records import PAPER_WALLET, Reason, SettlementStatus, TollRecord
+from mesh.restored import announce, restore_info
 from mesh.verifier import Verifier, verify_async, verify_sync
 
 logger = logging.getLogger("tollmesh")
@@ -64,6 +65,8 @@ class Tollbooth:
         self._writer: Optional[LedgerWriter] = None
         self.ledger_path: Optional[Path] = None  # the ledger this booth writes (see _claim_default_ledger)
         self._default_ledger = False
+        #: what the booth restored from an existing ledger (see :mod:`mesh.restored`); None: it started empty
+        self.restored: Optional[dict[str, Any]] = None
         if self.config.ledger_enabled:
             self._open_ledger()
         self._apply_caps()
@@ -331,10 +334,12 @@ class Tollbooth:
             if not self.config.restore_from_ledger:
                 raise ConfigError(f"ledger_path={str(path)!r} already holds a ledger and restore_from_ledger is False: "
                                   "set it True to adopt that ledger, or give a new ledger_path")
-            replay_file(self._book, path)  # what happened, not judged again by today's caps and timeout
+            events = replay_file(self._book, path)  # what happened, not judged again by today's caps and timeout
             conflict = balances_conflict(self._book, path, self.config.track_balances)
             if conflict is not None:
                 raise ConfigError(conflict)
+            self.restored = restore_info(path, events, snapshot(self._book, now_us(self.clock)))
+            announce(self.restored, "tollbooth")  # never silent: the caps used today come back with it
         self._writer = LedgerWriter(
             path, parquet_dir=self.config.ledger_parquet_dir, fsync=self.config.ledger_fsync,
             max_segment_bytes=self.config.ledger_max_segment_bytes, rotate_daily=self.config.ledger_rotate_daily,

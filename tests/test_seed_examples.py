@@ -21,7 +21,10 @@ def test_seed_decorator_example(capsys, monkeypatch, tmp_path):
 
     print(summarize("Long document text. Many sentences here. And more after that. ..."))
     assert capsys.readouterr().out == "Long document text. Many sentences here. And more after that.\n"
-    assert (tmp_path / "tollmesh-out" / "toll_ledger.jsonl").exists()
+    from mesh.tollbooth import get_tollbooth
+
+    ledger = tmp_path / get_tollbooth().config.ledger_path  # this run's own default ledger, under ./tollmesh-out/
+    assert ledger.exists() and ledger.parent.parent == tmp_path / "tollmesh-out"
 
 
 def test_seed_router_example(monkeypatch, tmp_path):
