@@ -69,8 +69,9 @@ def modeled_ceiling(cpu_us: dict[str, float], one_of_a_kind_us: dict[str, float]
     busiest_us = one_of_a_kind_us[busiest] if busiest else 0.0
     limit = 1e6 / busiest_us if busiest_us > 0 else math.inf
 
-    def at(n: int) -> float:
-        return round(min(n * 1e6 / total if total > 0 else math.inf, limit), 1)
+    def at(n: int) -> Optional[float]:  # None: no CPU measured (a run shorter than psutil's 10 ms tick), no bound
+        value = min(n * 1e6 / total if total > 0 else math.inf, limit)
+        return round(value, 1) if math.isfinite(value) else None
 
     return {
         "by_cores": {str(n): at(n) for n in cores},
