@@ -40,13 +40,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Any:
-    """One local Ray for the whole test session: 2 CPUs, no dashboard."""
+    """One local Ray of its own for the whole test session (never another process's): 2 CPUs, no dashboard."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tests_dir = str(Path(__file__).parent)  # workers import the agent classes the tests define
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="tollmesh-tests", log_to_driver=False,
              _metrics_export_port=_free_port())
     yield ray
     ray.shutdown()
