@@ -565,6 +565,11 @@ class EscrowCoordinator:
                     break
                 except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
                     logger.warning("rebuild of shards %s failed (%s: %s), again", shards, type(exc).__name__, exc)
+            else:
+                if resume_log:  # never got through: the recovery goes round again rather than leave the log stopped
+                    self._lost_since_rebuild = True
+                    await asyncio.sleep(RECOVERY_PAUSE_S)
+                return
         logger.warning("shards %s rebuilt from the ledger", shards)
         # the locked gauge, summed again (a shard that is itself restarting just now is left out)
         stats = await asyncio.gather(*(s.stats.remote() for s in self._shards), return_exceptions=True)
