@@ -20,7 +20,7 @@ a key that matches is confirmed against the stored id (two ids may share a key).
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ ROW_COLUMNS: dict = {
     "lock_us": np.int64,  # when the lock was taken (its deadline is this plus the timeout)
     "settled_s": np.int64,  # settled_at, whole seconds (-1: not settled)
     "lock_day": np.int32, "lock_epoch": np.int32,  # the cap period the lock took room in
+    "tokens": np.float64,  # amount_tokens (0.0 on the mesh's own calls)
 }
 
 
@@ -85,7 +86,9 @@ class TaskTable:
         self.count = 0
         self.cols: dict[str, np.ndarray] = {name: np.zeros(_INITIAL_ROWS, dtype) for name, dtype in ROW_COLUMNS.items()}
         self.nonce = np.zeros((_INITIAL_ROWS, 16), np.uint8)
-        self.task_ids: list[str] = []
+        self.task_ids: list[Optional[str]] = []  # None: a PENDING row a later record of its task id replaced
+        self.wallets: dict[int, str] = {}  # payer_wallet and tx_signature of the rows that have one (few)
+        self.signatures: dict[int, str] = {}
         self.index = KeyIndex()
 
     def __len__(self) -> int:
@@ -98,7 +101,7 @@ class TaskTable:
     def append(self, task_ids: list[str], keys: np.ndarray, nonces: np.ndarray, *, source: np.ndarray,
                target: np.ndarray, amount: np.ndarray, state: np.ndarray, reason: np.ndarray,
                created_s: np.ndarray, lock_us: np.ndarray, lock_day: int, lock_epoch: int,
-               settled_s: np.ndarray | int = -1) -> int:
+               settled_s: np.ndarray | int = -1, tokens: np.ndarray | float = 0.0) -> int:
         """Append rows (all columns the same length) and index their keys; the first new row."""
         n, first = len(task_ids), self.count
         self._reserve(first + n)
@@ -115,11 +118,24 @@ class TaskTable:
         cols["settled_s"][first:end] = settled_s
         cols["lock_day"][first:end] = lock_day
         cols["lock_epoch"][first:end] = lock_epoch
+        cols["tokens"][first:end] = tokens
         self.nonce[first:end] = nonces
         self.task_ids.extend(task_ids)
         self.count = end
         self.index.add(keys, np.arange(first, end, dtype=np.int64))
         return first
+
+    def forget(self, row: int) -> None:
+        """Drop a PENDING row from the index's answers (a record of its task id replaces it)."""
+        self.task_ids[row] = None
+        self.wallets.pop(row, None)
+        self.signatures.pop(row, None)
+
+    def set_payment(self, row: int, wallet: Optional[str], signature: Optional[str]) -> None:
+        if wallet is not None:
+            self.wallets[row] = wallet
+        if signature is not None:
+            self.signatures[row] = signature
 
     def lookup(self, keys: np.ndarray, task_ids: Sequence[str]) -> np.ndarray:
         """The row of each task id (-1 if unknown): keys searched in bulk, matches confirmed by the id itself."""
