@@ -46,6 +46,7 @@ import ray
 
 from actors.agent_host import OK, TIMEOUT, refund_reason
 from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.columnar_batch import ColumnarBatch, is_plain
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
@@ -208,6 +209,12 @@ class EscrowCoordinator:
     async def submit_counted(self, messages: list[WireMessage] | bytes) -> dict[str, int]:
         """:meth:`submit` answered only with how many calls ended in each ``status`` (or
         ``status:reason``): nothing per call travels back (bulk senders read the ledger)."""
+        await self._ready()
+        messages = unpack(messages)
+        if is_plain(messages):
+            size = self.config.max_batch_messages
+            parts = await asyncio.gather(*(self._run_columns(messages[i:i + size]) for i in range(0, len(messages), size)))
+            return dict(sum(parts, Tally()))
         counts: Tally = Tally()
         for record, _, _, error in await self.submit(messages):
             fault = None if error is None else next((f for note, f in _FAULTS.items() if error.startswith(note)), None)
@@ -217,6 +224,11 @@ class EscrowCoordinator:
             reason = record[_REASON]
             counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
         return dict(counts)
+
+    async def _run_columns(self, messages: list[WireMessage]) -> Tally:
+        """One batch of plain calls as columns (:mod:`actors.columnar_batch`), within the driver bound."""
+        async with self._admission:
+            return await ColumnarBatch(self, messages).run()
 
     async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[tuple]:
         """Queue a submission for the next batch; its results once that batch is durable."""
@@ -460,15 +472,17 @@ class EscrowCoordinator:
     # -- shard calls, credits, recovery ---------------------------------------------------
 
     async def _shard_call(
-        self, shard: int, method: str, ops: Any, entries: list[LogEntry]
+        self, shard: int, method: str, ops: Any, entries: list[LogEntry], *, columns: bool = False,
     ) -> tuple[Optional[ShardAnswer], Optional[LogEntry]]:
-        """Call ``method(ops, now_us, mode)`` on a shard through the ordered log; retry after a rebuild.
+        """Call ``method(ops, now_us, mode)`` on a shard through the ordered log; retry after a rebuild
+        (``columns``: ``method(*ops)``, a columnar call whose arguments hold their time).
 
         ``(None, None)`` when the shard stayed unreachable.
         """
         for attempt in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            ref = getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), "live")
+            call = getattr(self._shards[shard], method)
+            ref = call.remote(*ops) if columns else call.remote(pack(ops), self._clock.now_us(), "live")
             entry = self._log.push(ref)
             try:
                 answer = await entry.answer
@@ -948,14 +962,34 @@ class EscrowCoordinator:
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
 
+    def _count_tally(self, tally: dict[str, int]) -> None:
+        """Count a columnar shard answer's events (:func:`actors.shard_core.tally_events`)."""
+        rejected = Tally({k[len("rejected:"):]: v for k, v in tally.items() if k.startswith("rejected:")})
+        self._count_lock_totals(tally["locked"], tally["locked_micros"], rejected)
+        refunds = Tally({k[len("refunded:"):]: v for k, v in tally.items() if k.startswith("refunded:")})
+        self._amounts["locked"] -= tally["released_micros"] - self._paper_micros(tally) + tally["refunded_micros"]
+        self._counts["released"] += tally["released"]
+        self._amounts["released"] += tally["released_micros"]
+        self._counts["refunded"] += tally["refunded"]
+        self._amounts["refunded"] += tally["refunded_micros"]
+        for reason, count in refunds.items():
+            self._counts[f"refunded:{reason}"] += count
+        self._metrics.count_settled(tally["released"], tally["released_micros"], refunds)
+
+    @staticmethod
+    def _paper_micros(tally: dict[str, int]) -> int:
+        return 0 if not tally.get("paper_released") else tally["paper_released_micros"]
+
     def _count_locks(self, locked: list[tuple[int, tuple]], rejected: Tally) -> None:
-        amount = sum(record[_AMOUNT] for _, record in locked)
-        self._counts["locked"] += len(locked)
+        self._count_lock_totals(len(locked), sum(record[_AMOUNT] for _, record in locked), rejected)
+
+    def _count_lock_totals(self, locked: int, amount: int, rejected: Tally) -> None:
+        self._counts["locked"] += locked
         self._amounts["locked"] += amount
         self._counts["rejected"] += sum(rejected.values())
         for reason, count in rejected.items():
             self._counts[f"rejected:{reason}"] += count
-        self._metrics.count_locks(len(locked))
+        self._metrics.count_locks(locked)
         self._metrics.count_rejections(rejected)
 
     def _count_settled(self, records: list[tuple]) -> None:

@@ -128,7 +128,7 @@ class ShardCore:
         amount_micros, amount_tokens, payer_wallet, tx_signature, reason)``, in order."""
         book = self._begin(mode)
         expired_rows, expired = book.expire_due(now_us)  # first: no op then expires another's escrow on the way
-        parts, rows, repeats = [expired], [], []
+        parts, records, repeats = [expired], [], []
         start = 0
         while start < len(ops):
             end = start
@@ -138,16 +138,15 @@ class ShardCore:
                 answer = self._lock_plain(ops[start:end], now_us)
                 parts.append(answer.events)
                 repeats.extend(start + i for i in np.flatnonzero(answer.repeat).tolist())
-                rows.extend(answer.rows.tolist())
+                records.extend(book.record(row) for row in answer.rows.tolist())
             if end < len(ops):
                 row, repeat, events = self._one(ops[end], now_us)
                 parts.append(events)
                 if repeat:
                     repeats.append(end)
-                rows.append(row)
+                records.append(book.record(row))  # now: a later op of its task id may replace a PENDING record
                 end += 1
             start = end
-        records = [book.record(row) for row in rows]
         return self._answer(records, EventColumns.concat(parts), repeats, expired_rows)
 
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
@@ -328,7 +327,8 @@ def tally_events(events: EventColumns) -> dict[str, int]:
     refunded = (kind == REFUND) | (kind == EXPIRE)
     tally["locked"], tally["locked_micros"] = int(locked.sum()), int(amount[locked].sum())
     tally["released"], tally["released_micros"] = int(released.sum()), int(amount[released].sum())
-    tally["paper_released"] = int((kind == PAPER_RELEASE).sum())
+    paper = kind == PAPER_RELEASE
+    tally["paper_released"], tally["paper_released_micros"] = int(paper.sum()), int(amount[paper].sum())
     tally["refunded"], tally["refunded_micros"] = int(refunded.sum()), int(amount[refunded].sum())
     for name, mask in (("rejected", kind == REJECT_KIND), ("refunded", refunded)):
         codes, counts = np.unique(reason[mask], return_counts=True)

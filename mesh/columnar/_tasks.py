@@ -86,7 +86,8 @@ class TaskTable:
         self.count = 0
         self.cols: dict[str, np.ndarray] = {name: np.zeros(_INITIAL_ROWS, dtype) for name, dtype in ROW_COLUMNS.items()}
         self.nonce = np.zeros((_INITIAL_ROWS, 16), np.uint8)
-        self.task_ids: list[Optional[str]] = []  # None: a PENDING row a later record of its task id replaced
+        self.task_ids: list[str] = []
+        self.forgotten: set[int] = set()  # PENDING rows a later record of their task id replaced (never found)
         self.wallets: dict[int, str] = {}  # payer_wallet and tx_signature of the rows that have one (few)
         self.signatures: dict[int, str] = {}
         self.index = KeyIndex()
@@ -127,9 +128,7 @@ class TaskTable:
 
     def forget(self, row: int) -> None:
         """Drop a PENDING row from the index's answers (a record of its task id replaces it)."""
-        self.task_ids[row] = None
-        self.wallets.pop(row, None)
-        self.signatures.pop(row, None)
+        self.forgotten.add(row)
 
     def set_payment(self, row: int, wallet: Optional[str], signature: Optional[str]) -> None:
         if wallet is not None:
@@ -149,11 +148,13 @@ class TaskTable:
             candidate = run_rows[at[where]]
             same = np.fromiter((stored[r] == task_ids[i] for r, i in zip(candidate.tolist(), where.tolist())),
                                bool, where.size)
+            if self.forgotten:
+                same &= np.fromiter((r not in self.forgotten for r in candidate.tolist()), bool, where.size)
             rows[where[same]] = candidate[same]
             for i in where[~same].tolist():  # two ids with one key (about one pair in 2^64): the run's next rows
                 j = int(at[i]) + 1
                 while j < len(run_keys) and run_keys[j] == keys[i]:
-                    if stored[run_rows[j]] == task_ids[i]:
+                    if stored[run_rows[j]] == task_ids[i] and run_rows[j] not in self.forgotten:
                         rows[i] = run_rows[j]
                         break
                     j += 1
