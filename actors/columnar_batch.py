@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -30,7 +30,8 @@ from actors.agent_host import OK
 from actors.ordered_log import LogEntry
 from actors.shard_core import ColumnsAnswer
 from mesh.agent import WireMessage
-from mesh.columnar import LOCKED, REASON_CODE, REASON_NAMES, STATUS_NAMES
+from mesh.call_columns import FAULT_NAMES
+from mesh.columnar import FAILED, LOCKED, REASON_CODE, REASON_NAMES, STATUS_NAMES
 from mesh.records import Reason
 from mesh.sharding import shard_of
 
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 _UNKNOWN_AGENT, _UNKNOWN_METHOD = REASON_CODE[Reason.UNKNOWN_AGENT], REASON_CODE[Reason.UNKNOWN_METHOD]
 _REFUND_CODE = {1: REASON_CODE[Reason.HANDLER_ERROR], 2: REASON_CODE[Reason.HANDLER_TIMEOUT],
                 3: REASON_CODE[Reason.HANDLER_TIMEOUT]}  # agent_host's ERROR, TIMEOUT, STUCK; else agent_unavailable
-_AGENT_UNAVAILABLE = REASON_CODE[Reason.AGENT_UNAVAILABLE]
+_AGENT_UNAVAILABLE, _SHARD_UNAVAILABLE = REASON_CODE[Reason.AGENT_UNAVAILABLE], REASON_CODE[Reason.SHARD_UNAVAILABLE]
+SETTLE_UNAVAILABLE, APPEND_LOST = FAULT_NAMES.index("settle_unavailable"), FAULT_NAMES.index("ledger_append_lost")
+STATUS_CODE = {name: code for code, name in enumerate(STATUS_NAMES) if name is not None}
 
 
 def is_plain(messages: list[WireMessage]) -> bool:
@@ -51,26 +54,34 @@ def is_plain(messages: list[WireMessage]) -> bool:
 class ColumnarBatch:
     """The columns of one batch and what became of them (see the module doc)."""
 
-    def __init__(self, coordinator: EscrowCoordinator, messages: list[WireMessage]) -> None:
+    def __init__(self, coordinator: EscrowCoordinator, task_ids: list[str], sources: list[str], targets: list[str],
+                 methods: list[str], payloads: list[Any], problems: list[Optional[str]]) -> None:
         self.c = coordinator
-        (self.task_ids, self.sources, self.targets, self.methods, self.payloads, _, _, problems) = (
-            list(column) for column in zip(*messages))
-        n = len(messages)
+        self.task_ids, self.sources, self.targets, self.methods, self.payloads = task_ids, sources, targets, methods, payloads
+        n = len(task_ids)
         self.n = n
         self.prices, self.rejects, self.hosts = self._price(problems)
-        self.outcome: list[Optional[str]] = [None] * n  # how each call ended, as submit_counted counts it
+        # how each call ended: its status and reason codes, and a fault code where the ledger may not hold it
+        self.status, self.reason, self.fault = np.zeros(n, np.int8), np.zeros(n, np.int8), np.zeros(n, np.int8)
         self.entries: list[LogEntry] = []
         self.tallies: list[tuple[LogEntry, dict[str, int]]] = []
         self.by_shard: dict[int, np.ndarray] = self._group_by_shard()
 
-    async def run(self) -> Counter:
+    @classmethod
+    def of_wire(cls, coordinator: EscrowCoordinator, messages: list[WireMessage]) -> ColumnarBatch:
+        """A batch of :func:`mesh.agent.to_wire` messages (their payment fields are empty: :func:`is_plain`)."""
+        task_ids, sources, targets, methods, payloads, _, _, problems = (list(column) for column in zip(*messages))
+        return cls(coordinator, task_ids, sources, targets, methods, payloads, problems)
+
+    async def run(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the batch; per call its status and reason codes (:mod:`mesh.columnar`) and fault code (:data:`mesh.call_columns.FAULT_NAMES`)."""
         started = time.perf_counter()
         locks = await self._lock()
         delivered = await self._deliver(locks)
         await self._settle(locks, delivered)
         await self._await_durable(locks, delivered)
         self.c._metrics.batch(self.n, (time.perf_counter() - started) * 1_000, self.c._amounts["locked"])
-        return Counter(self.outcome)
+        return self.status, self.reason, self.fault
 
     # -- the hops -------------------------------------------------------------------
 
@@ -82,15 +93,13 @@ class ColumnarBatch:
         for shard, (answer, entry) in zip(shards, answers):
             indices = self.by_shard[shard]
             if answer is None:
-                for i in indices.tolist():
-                    self.outcome[i] = f"failed:{Reason.SHARD_UNAVAILABLE.value}"
+                self.status[indices], self.reason[indices] = FAILED, _SHARD_UNAVAILABLE
                 continue
             self.tallies.append((entry, answer.tally))
             deliver = answer.status == LOCKED
             if not self.c._redeliver:
                 deliver &= ~answer.repeat
-            for j in np.flatnonzero(~deliver).tolist():
-                self.outcome[indices[j]] = _ended(answer.status[j], answer.reason[j])
+            self.status[indices], self.reason[indices] = answer.status, answer.reason
             locks[shard] = (indices, answer, entry, deliver)
         return locks
 
@@ -128,13 +137,11 @@ class ColumnarBatch:
         for shard, (answer, entry) in zip(shards, answers):
             indices, ok, reasons, _ = calls[shard]
             if answer is None:  # the shard stayed unreachable: the escrows stay locked until they expire
-                for i in indices.tolist():
-                    self.outcome[i] = "fault:settle_unavailable"
+                self.fault[indices] = SETTLE_UNAVAILABLE
                 continue
             self.tallies.append((entry, answer.tally))
             self.settles[shard] = (indices, ok, reasons, entry)
-            for j, i in enumerate(indices.tolist()):
-                self.outcome[i] = _ended(answer.status[j], answer.reason[j])
+            self.status[indices], self.reason[indices] = answer.status, answer.reason
             if answer.credit_agents:
                 credits.append((entry, (None, None, None, list(zip(answer.credit_agents, answer.credit_micros.tolist(),
                                                                      answer.credit_events.tolist())))))
@@ -155,9 +162,8 @@ class ColumnarBatch:
             settle = self.settles.get(shard)
             if id(entry) not in lost and (settle is None or id(settle[3]) not in lost):
                 continue
-            for i in indices[~deliver].tolist():  # a refusal whose event may not be on disk
-                if id(entry) in lost:
-                    self.outcome[i] = "fault:ledger_append_lost"
+            if id(entry) in lost:  # a refusal whose event may not be on disk
+                self.fault[indices[~deliver]] = APPEND_LOST
             if settle is not None:
                 await self._settle_again(shard, settle)
 
@@ -178,9 +184,10 @@ class ColumnarBatch:
         for j, i in enumerate(indices.tolist()):
             record = None if answer is None else answer[0][j]
             if record is None:  # unknown after the rebuild: its lock never reached the ledger
-                self.outcome[i] = "fault:ledger_append_lost"
+                self.fault[i] = APPEND_LOST
             else:
-                self.outcome[i] = record[5] if record[11] is None else f"{record[5]}:{record[11]}"
+                self.fault[i] = 0
+                self.status[i], self.reason[i] = STATUS_CODE[record[5]], REASON_CODE.get(record[11], 0)
         if answer is not None:
             if c._counts_entry(first_seq):
                 c._count_answer("settle_batch", answer)
@@ -233,8 +240,3 @@ class ColumnarBatch:
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
         return {s: order[bounds[s]:bounds[s + 1]] for s in range(shards) if bounds[s + 1] > bounds[s]}
-
-
-def _ended(status: int, reason: int) -> str:
-    name, why = STATUS_NAMES[int(status)], REASON_NAMES[int(reason)]
-    return name if why is None else f"{name}:{why}"

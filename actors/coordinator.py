@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import orjson
 import ray
 
@@ -56,6 +57,7 @@ from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
 from ledger.tally import tally_ledger
 from mesh.agent import PriceTable, WireMessage
+from mesh.call_columns import CallColumns
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.files import write_whole
@@ -213,8 +215,9 @@ class EscrowCoordinator:
         messages = unpack(messages)
         if is_plain(messages):
             size = self.config.max_batch_messages
-            parts = await asyncio.gather(*(self._run_columns(messages[i:i + size]) for i in range(0, len(messages), size)))
-            return dict(sum(parts, Tally()))
+            parts = await asyncio.gather(*(self._run_columns(ColumnarBatch.of_wire(self, messages[i:i + size]))
+                                           for i in range(0, len(messages), size)))
+            return dict(sum((CallColumns([], *part).counts() for part in parts), Tally()))
         counts: Tally = Tally()
         for record, _, _, error in await self.submit(messages):
             fault = None if error is None else next((f for note, f in _FAULTS.items() if error.startswith(note)), None)
@@ -225,10 +228,23 @@ class EscrowCoordinator:
             counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
         return dict(counts)
 
-    async def _run_columns(self, messages: list[WireMessage]) -> Tally:
+    async def submit_columns(self, task_ids: list[str], sources: list[str], targets: list[str], methods: list[str],
+                             payloads: list[Any], problems: list[Optional[str]]) -> tuple:
+        """Run calls given as columns (checked by :meth:`mesh.Mesh.send_columns`, no x402 payment),
+        in batches of up to ``max_batch_messages``; per call its status, reason and fault codes (int8 arrays)."""
+        await self._ready()
+        size = self.config.max_batch_messages
+        parts = await asyncio.gather(*(self._run_columns(ColumnarBatch(
+            self, task_ids[i:i + size], sources[i:i + size], targets[i:i + size], methods[i:i + size],
+            payloads[i:i + size], problems[i:i + size])) for i in range(0, len(task_ids), size)))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(column) for column in zip(*parts)) if parts else tuple(np.zeros(0, np.int8) for _ in range(3))
+
+    async def _run_columns(self, batch: ColumnarBatch) -> tuple:
         """One batch of plain calls as columns (:mod:`actors.columnar_batch`), within the driver bound."""
         async with self._admission:
-            return await ColumnarBatch(self, messages).run()
+            return await batch.run()
 
     async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[tuple]:
         """Queue a submission for the next batch; its results once that batch is durable."""
