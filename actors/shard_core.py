@@ -36,6 +36,8 @@ from mesh.columnar.rebuild import rebuild_from_ledger
 from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS
 from mesh.records import TollRecord
 
+SCALAR_OPS = 8  # a run of this many ops or fewer is applied one at a time in Python scalars, not as arrays
+
 # What lock_batch does with a draft (the first item of each op).
 LOCK, INSTANT, REJECT, PEND = 0, 1, 2, 3
 
@@ -134,6 +136,8 @@ class ShardCore:
             end = start
             while end < len(ops) and _plain(ops[end]):
                 end += 1
+            if 0 < end - start <= SCALAR_OPS:
+                end = start  # a few ops: one at a time in Python scalars, cheaper than arrays
             if end > start:
                 answer = self._lock_plain(ops[start:end], now_us)
                 parts.append(answer.events)
@@ -152,6 +156,8 @@ class ShardCore:
     def settle_batch(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int, mode: str) -> ShardAnswer:
         """Release (``True``) or refund (``False``, with a reason) each ``(task_id, release, reason)``."""
         book = self._begin(mode)
+        if len(ops) <= SCALAR_OPS:
+            return self._settle_one_by_one(ops, now_us)
         task_ids = [task_id for task_id, _, _ in ops]
         ok = np.fromiter((release for _, release, _ in ops), bool, len(ops))
         reasons = np.fromiter((0 if release else REASON_CODE[reason] for _, release, reason in ops), np.int8, len(ops))
@@ -279,7 +285,7 @@ class ShardCore:
         return book.lock(task_ids, sources, targets, prices, now_us, reject_reasons=rejects)
 
     def _one(self, op: tuple, now_us: int) -> tuple[int, bool, EventColumns]:
-        """One op with tokens or a payment, a paper release or a pending record."""
+        """One op, in Python scalars: a lock or refusal, a paper release or a pending record."""
         action, task_id, source, target, amount, tokens, wallet, signature, reason = op
         book = self.book
         source_idx, target_idx = (int(i) for i in book.register([source, target]))
@@ -287,11 +293,21 @@ class ShardCore:
             apply = book.instant if action == INSTANT else book.pend
             return apply(task_id, source_idx, target_idx, amount, now_us, tokens=tokens, wallet=wallet,
                          signature=signature)
-        answer = book.lock([task_id], np.array([source_idx], np.int32), np.array([target_idx], np.int32),
-                           np.array([amount], np.int64), now_us,
-                           reject_reasons=np.array([REASON_CODE[reason] if action == REJECT else 0], np.int8),
-                           tokens=np.array([tokens], np.float64), wallets=[wallet], signatures=[signature])
-        return int(answer.rows[0]), bool(answer.repeat[0]), answer.events
+        return book.lock_one(task_id, source_idx, target_idx, amount, now_us,
+                             reject_reason=REASON_CODE[reason] if action == REJECT else 0, tokens=tokens,
+                             wallet=wallet, signature=signature)
+
+    def _settle_one_by_one(self, ops: list[tuple[str, bool, Optional[str]]], now_us: int) -> ShardAnswer:
+        book = self.book
+        expired_rows, expired = book.expire_due(now_us)
+        parts, records, repeats = [expired], [], []
+        for j, (task_id, release, reason) in enumerate(ops):
+            row, repeat, events = book.settle_one(task_id, release, 0 if release else REASON_CODE[reason], now_us)
+            parts.append(events)
+            records.append(book.record(row))
+            if repeat:
+                repeats.append(j)
+        return self._answer(records, EventColumns.concat(parts), repeats, expired_rows)
 
     def _credits(self, events: EventColumns) -> list[tuple[str, int, int]]:
         agents, amounts, at = self.book.credits_of(events)

@@ -19,6 +19,7 @@ a key that matches is confirmed against the stored id (two ids may share a key).
 
 from __future__ import annotations
 
+import sys
 from hashlib import blake2b
 from typing import Optional, Sequence
 
@@ -26,6 +27,7 @@ import numpy as np
 
 _INITIAL_ROWS = 1 << 10
 _MERGE_RATIO = 2  # a run is merged into the one before it while that one is at most this many times larger
+RECENT_ROWS = 4_096  # rows appended one at a time that wait in a dict before they go to the index as a run
 
 #: The numpy columns of a task row: name -> dtype (the nonce is 16 bytes a row, kept apart).
 ROW_COLUMNS: dict = {
@@ -37,6 +39,12 @@ ROW_COLUMNS: dict = {
     "lock_day": np.int32, "lock_epoch": np.int32,  # the cap period the lock took room in
     "tokens": np.float64,  # amount_tokens (0.0 on the mesh's own calls)
 }
+
+
+def task_key(task_id: str) -> tuple[int, bytes]:
+    """One id's key and nonce digest (:func:`task_keys` of one)."""
+    digest = blake2b(task_id.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], sys.byteorder, signed=True), digest
 
 
 def task_keys(task_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +96,7 @@ class TaskTable:
         self.nonce = np.zeros((_INITIAL_ROWS, 16), np.uint8)
         self.task_ids: list[str] = []
         self.forgotten: set[int] = set()  # PENDING rows a later record of their task id replaced (never found)
+        self.recent: dict[str, int] = {}  # rows appended one at a time, not in the index's runs yet
         self.wallets: dict[int, str] = {}  # payer_wallet and tx_signature of the rows that have one (few)
         self.signatures: dict[int, str] = {}
         self.index = KeyIndex()
@@ -126,9 +135,43 @@ class TaskTable:
         self.index.add(keys, np.arange(first, end, dtype=np.int64))
         return first
 
+    def append_one(self, task_id: str, key: int, nonce: bytes, *, source: int, target: int, amount: int, state: int,
+                   reason: int, created_s: int, lock_us: int, lock_day: int, lock_epoch: int, settled_s: int = -1,
+                   tokens: float = 0.0) -> int:
+        """Append one row (the per-message paths): kept in :attr:`recent` until ``RECENT_ROWS`` of them go to the
+        index as one run. Its row."""
+        row = self.count
+        self._reserve(row + 1)
+        cols = self.cols
+        for name, value in (("key", key), ("source", source), ("target", target), ("amount", amount), ("state", state),
+                            ("reason", reason), ("created_s", created_s), ("lock_us", lock_us),
+                            ("settled_s", settled_s), ("lock_day", lock_day), ("lock_epoch", lock_epoch),
+                            ("tokens", tokens)):
+            cols[name][row] = value
+        self.nonce[row] = np.frombuffer(nonce, np.uint8)
+        self.task_ids.append(task_id)
+        self.count = row + 1
+        self.recent[task_id] = row
+        if len(self.recent) >= RECENT_ROWS:
+            rows = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+            self.index.add(cols["key"][rows], rows)
+            self.recent.clear()
+        return row
+
+    def find_one(self, task_id: str, key: int) -> int:
+        """The row of one task id (-1 if unknown)."""
+        row = self.recent.get(task_id)
+        if row is not None:
+            return row
+        if not self.count:
+            return -1
+        return int(self._in_runs(np.array([key], np.int64), [task_id])[0])
+
     def forget(self, row: int) -> None:
         """Drop a PENDING row from the index's answers (a record of its task id replaces it)."""
         self.forgotten.add(row)
+        if self.recent.get(self.task_ids[row]) == row:
+            del self.recent[self.task_ids[row]]
 
     def set_payment(self, row: int, wallet: Optional[str], signature: Optional[str]) -> None:
         if wallet is not None:
@@ -138,6 +181,16 @@ class TaskTable:
 
     def lookup(self, keys: np.ndarray, task_ids: Sequence[str]) -> np.ndarray:
         """The row of each task id (-1 if unknown): keys searched in bulk, matches confirmed by the id itself."""
+        rows = self._in_runs(keys, task_ids)
+        if self.recent:
+            recent = self.recent
+            for i in np.flatnonzero(rows < 0).tolist():
+                row = recent.get(task_ids[i])
+                if row is not None:
+                    rows[i] = row
+        return rows
+
+    def _in_runs(self, keys: np.ndarray, task_ids: Sequence[str]) -> np.ndarray:
         rows = np.full(len(keys), -1, np.int64)
         stored = self.task_ids
         for run_keys, run_rows, at, hit in self.index.candidates(keys):

@@ -60,13 +60,14 @@ from mesh.columnar._codes import (
 from mesh.columnar._codes import KIND_NAMES
 from mesh.columnar._codes import PENDING as PENDING_STATE
 from mesh.columnar._events import EventColumns, encode_jsonl, json_strings
-from mesh.columnar._tasks import TaskTable, task_keys
+from mesh.columnar._tasks import TaskTable, task_key, task_keys
 from mesh.errors import InvalidAmountError, InvalidArgumentError
 from mesh.records import TollRecord
 from mesh.sharding import shard_of
 
 MAX_HELD_MICROS = 1 << 62  # the most a balance, a day's usage or a locked total may reach (int64 sums stay exact)
 NO_CAP = np.iinfo(np.int64).max  # the cap column's value for "no cap"
+_RECORD_ENCODED_EVENTS = 16  # events of a call up to this many are encoded one record at a time (cheaper than arrays)
 _SCAN_ROWS = 4_096  # rows looked at per step when the expiry sweep walks the task table
 _INITIAL_AGENTS = 1 << 10
 
@@ -322,6 +323,68 @@ class ColumnarBook:
         return SettleAnswer(rows, status, reason, repeat, EventColumns.concat([expired, events]), expired_rows,
                             t.col("target")[credit_rows], t.col("amount")[credit_rows], credit_event)
 
+    def lock_one(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, *, reject_reason: int = 0,
+                 tokens: float = 0.0, wallet: Optional[str] = None,
+                 signature: Optional[str] = None) -> tuple[int, bool, EventColumns]:
+        """:meth:`lock` of one message in Python scalars (the per-message paths: no array work per call):
+        its row, whether it was a repeat, and the events (the escrows expired first, then its own)."""
+        task_id, source, target, price, now_us = self._one_checked(task_id, source, target, price_micros, now_us)
+        if isinstance(reject_reason, bool) or not isinstance(reject_reason, int) or not 0 <= reject_reason < len(REASON_NAMES):
+            raise InvalidArgumentError("reject_reason", reject_reason, "a reason code (0: none)")
+        _, expired = self._expire(now_us)
+        key, nonce = task_key(task_id)
+        row = self._find_one(task_id, key)
+        if row >= 0:
+            return row, True, expired
+        day = day_of(now_us)
+        reason = reject_reason or self._room_one(source, price, day)
+        state = FAILED if reason else LOCKED
+        if not reason:
+            self._reserve_one(source, price, day)
+        row = self.tasks.append_one(task_id, key, nonce, source=source, target=target, amount=price, state=state,
+                                    reason=reason, created_s=now_us // US_PER_SECOND, lock_us=now_us, lock_day=day,
+                                    lock_epoch=self.epoch, tokens=float(tokens))
+        self.tasks.set_payment(row, wallet, signature)
+        event = EventColumns.one(REJECT if reason else LOCK, row, source, target, price, state, reason, now_us, -1)
+        return row, False, EventColumns.concat([expired, event])
+
+    def settle_one(self, task_id: str, ok: bool, reason_code: int, now_us: int) -> tuple[int, bool, EventColumns]:
+        """:meth:`settle` of one task id in Python scalars: its row (-1: unknown), whether it changed
+        nothing (the escrow was not open), and the events (the escrows expired first, then its own)."""
+        (task_id,) = check.ids("task_id", [task_id])
+        if not isinstance(ok, (bool, np.bool_)):
+            raise InvalidArgumentError("ok", ok, "a bool")
+        now_us = check.now("now_us", now_us)
+        if not ok and (isinstance(reason_code, bool) or not isinstance(reason_code, int) or not 0 < reason_code < len(REASON_NAMES)):
+            raise InvalidArgumentError("reason_code", reason_code, "a refund needs a reason code")
+        _, expired = self._expire(now_us)
+        key, _ = task_key(task_id)
+        row = self.tasks.find_one(task_id, key)
+        if row < 0 or self.tasks.cols["state"][row] != LOCKED:
+            return row, True, expired
+        cols, a = self.tasks.cols, self._agents
+        source, target, amount = int(cols["source"][row]), int(cols["target"][row]), int(cols["amount"][row])
+        a["locked"][source] -= amount
+        if ok:
+            if self.track_balances:
+                if a["owned"][target]:
+                    a["balance"][target] += amount
+                    a["has_account"][target] = True
+                else:
+                    self.transfers_out_micros += amount
+            cols["state"][row] = RELEASED
+        else:
+            if a["used_day"][source] == cols["lock_day"][row] and cols["lock_epoch"][row] == self.epoch:
+                a["used"][source] -= amount
+            if self.track_balances:
+                a["balance"][source] += amount
+            cols["state"][row], cols["reason"][row] = REFUNDED, reason_code
+        settled_s = now_us // US_PER_SECOND
+        cols["settled_s"][row] = settled_s
+        event = EventColumns.one(RELEASE if ok else REFUND, row, source, target, amount, cols["state"][row],
+                                 cols["reason"][row], now_us, settled_s)
+        return row, False, EventColumns.concat([expired, event])
+
     def pend(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, *, tokens: float = 0.0,
              wallet: Optional[str] = None, signature: Optional[str] = None) -> tuple[int, bool, EventColumns]:
         """Record one task as PENDING (payment required, nothing locked): its row, whether it was a
@@ -469,7 +532,7 @@ class ColumnarBook:
         Events of rows with tokens or a payment (few: the per-message paths) are encoded one record at a time.
         """
         t = self.tasks
-        if self._has_extras(events.row):
+        if len(events) <= _RECORD_ENCODED_EVENTS or self._has_extras(events.row):
             return self._encode_records(events)
         return encode_jsonl(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
                             names_json=self.names_json(), mode=self.mode, shard=self.shard)
@@ -531,6 +594,47 @@ class ColumnarBook:
             if rows[i] >= 0:  # (a task id twice in the batch: its row is forgotten once)
                 self.tasks.forget(int(rows[i]))
         rows[pending] = -1
+
+    def _one_checked(self, task_id: Any, source: Any, target: Any, price: Any, now_us: Any) -> tuple:
+        (task_id,) = check.ids("task_id", [task_id])
+        for field, agent in (("source", source), ("target", target)):
+            if isinstance(agent, (bool, np.bool_)) or not isinstance(agent, (int, np.integer)) or not 0 <= agent < self.agent_count:
+                raise InvalidArgumentError(field, agent, f"an agent index from 0 to {self.agent_count - 1}")
+        if isinstance(price, (bool, np.bool_)) or not isinstance(price, (int, np.integer)):
+            raise InvalidAmountError("price_micros", price, "an int of micros")
+        check.amounts("price_micros", np.array([price], np.int64), 1)
+        return task_id, int(source), int(target), int(price), check.now("now_us", now_us)
+
+    def _find_one(self, task_id: str, key: int) -> int:
+        """The row of one task id, -1 if unknown or PENDING (a PENDING row is forgotten: it is recorded anew)."""
+        row = self.tasks.find_one(task_id, key)
+        if row >= 0 and self.tasks.cols["state"][row] == PENDING_STATE:
+            self.tasks.forget(row)
+            return -1
+        return row
+
+    def _room_one(self, source: int, price: int, day: int) -> int:
+        """:meth:`_room` of one message: its reason code (0: it fits)."""
+        a = self._agents
+        if self.track_balances and not a["has_account"][source]:
+            return UNKNOWN_AGENT
+        if self.track_balances and int(a["balance"][source]) < price:
+            return INSUFFICIENT_FUNDS
+        used = int(a["used"][source]) if a["used_day"][source] == day else 0
+        cap = int(a["cap"][source]) if a["cap_set"][source] else (
+            NO_CAP if self.default_cap_micros is None else self.default_cap_micros)
+        return OVER_DAILY_CAP if used + price > cap else 0
+
+    def _reserve_one(self, source: int, price: int, day: int) -> None:
+        a = self._agents
+        used = int(a["used"][source]) if a["used_day"][source] == day else 0
+        if used + price > MAX_HELD_MICROS or int(a["locked"][source]) + price > MAX_HELD_MICROS:
+            raise InvalidAmountError("price_micros", price, f"would take an agent's usage or locked total past {MAX_HELD_MICROS} micros")
+        a["used"][source], a["used_day"][source] = used + price, day
+        a["locked"][source] += price
+        if self.track_balances:
+            a["balance"][source] -= price
+            assert a["balance"][source] >= 0, "a negative balance"
 
     def _one_unlocked(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, tokens: float,
                       wallet: Optional[str], signature: Optional[str], *, instant: bool) -> tuple[int, bool, EventColumns]:
