@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import ray
 from ray import cloudpickle
 
@@ -182,6 +183,13 @@ class AgentHost:
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]] | bytes) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(unpack(items))
+
+    async def handle_columns(self, task_ids: list[str], agent_ids: list[str], methods: list[str], payloads: list[Any],
+                             sources: list[str]) -> np.ndarray:
+        """:meth:`handle_batch` of calls given as columns; only each call's outcome code comes back
+        (int8: :data:`OK`, :data:`ERROR`, :data:`TIMEOUT`), not the handlers' values (the bulk path)."""
+        answers = await self._core.handle_batch(list(zip(task_ids, agent_ids, methods, payloads, sources)))
+        return np.fromiter((code for code, _ in answers), np.int8, len(answers))
 
     async def bind_loop(self) -> None:
         """Note this actor's event loop, where the fast lane's stage runs handlers."""

@@ -20,13 +20,14 @@ counted as ``fault:ledger_append_lost``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+import ray
 
-from actors.agent_host import OK
+from actors.agent_host import OK, TIMEOUT
 from actors.ordered_log import LogEntry
 from actors.shard_core import ColumnsAnswer
 from mesh.agent import WireMessage
@@ -38,10 +39,13 @@ from mesh.sharding import shard_of
 if TYPE_CHECKING:
     from actors.coordinator import EscrowCoordinator
 
+logger = logging.getLogger("tollmesh.coordinator")
+
 _UNKNOWN_AGENT, _UNKNOWN_METHOD = REASON_CODE[Reason.UNKNOWN_AGENT], REASON_CODE[Reason.UNKNOWN_METHOD]
-_REFUND_CODE = {1: REASON_CODE[Reason.HANDLER_ERROR], 2: REASON_CODE[Reason.HANDLER_TIMEOUT],
-                3: REASON_CODE[Reason.HANDLER_TIMEOUT]}  # agent_host's ERROR, TIMEOUT, STUCK; else agent_unavailable
-_AGENT_UNAVAILABLE, _SHARD_UNAVAILABLE = REASON_CODE[Reason.AGENT_UNAVAILABLE], REASON_CODE[Reason.SHARD_UNAVAILABLE]
+_SHARD_UNAVAILABLE = REASON_CODE[Reason.SHARD_UNAVAILABLE]
+#: The refund reason code of each outcome code, by the code modulo its length (-1, the host died: the last).
+_REFUND_CODES = np.array([0, REASON_CODE[Reason.HANDLER_ERROR], REASON_CODE[Reason.HANDLER_TIMEOUT],
+                          REASON_CODE[Reason.HANDLER_TIMEOUT], REASON_CODE[Reason.AGENT_UNAVAILABLE]], np.int8)
 SETTLE_UNAVAILABLE, APPEND_LOST = FAULT_NAMES.index("settle_unavailable"), FAULT_NAMES.index("ledger_append_lost")
 STATUS_CODE = {name: code for code, name in enumerate(STATUS_NAMES) if name is not None}
 
@@ -103,31 +107,52 @@ class ColumnarBatch:
             locks[shard] = (indices, answer, entry, deliver)
         return locks
 
-    async def _deliver(self, locks: dict) -> dict[int, tuple[int, Any]]:
-        """Run the locked messages on their hosts; ``{message index: (code, value)}``."""
+    async def _deliver(self, locks: dict) -> np.ndarray:
+        """Run the locked messages on their hosts (one ``handle_columns`` per host, in message order);
+        each message's outcome code (those not run: -1)."""
         to_run = np.sort(np.concatenate([indices[deliver] for indices, _, _, deliver in locks.values()] or [np.zeros(0, np.int64)]))
-        by_host: dict[int, list[int]] = defaultdict(list)
-        for i in to_run.tolist():
-            by_host[self.hosts[i]].append(i)
-        c = self.c
-        answers = await asyncio.gather(*(c._deliver_to(h, [self._message(i) for i in by_host[h]]) for h in by_host))
-        outcomes: dict[int, tuple[int, Any]] = {}
-        for host, answer in zip(by_host, answers):
-            outcomes.update(zip(by_host[host], answer))
-        return outcomes
+        codes = np.full(self.n, -1, np.int8)
+        if not len(to_run):
+            return codes
+        host_of = self.hosts[to_run]
+        order = np.argsort(host_of, kind="stable")
+        hosts, starts = np.unique(host_of[order], return_index=True)
+        groups = np.split(to_run[order], starts[1:])
+        answers = await asyncio.gather(*(self._run_on(int(h), g) for h, g in zip(hosts.tolist(), groups)))
+        for group, answer in zip(groups, answers):
+            codes[group] = answer
+        return codes
 
-    async def _settle(self, locks: dict, outcomes: dict[int, tuple[int, Any]]) -> None:
+    async def _run_on(self, host_index: int, indices: np.ndarray) -> np.ndarray:
+        """The outcome codes of ``indices`` run on one host; all :data:`~actors.agent_host.TIMEOUT` if it is
+        stuck past the handler timeout (it is restarted), all ``-1`` (agent unavailable) if it died."""
+        c, take = self.c, indices.tolist()
+        host = c._directory.hosts[host_index]
+        ref = host.handle_columns.remote([self.task_ids[i] for i in take], [self.targets[i] for i in take],
+                                         [self.methods[i] for i in take], [self.payloads[i] for i in take],
+                                         [self.sources[i] for i in take])
+        timeout_s = c.config.handler_timeout_s
+        try:
+            return await asyncio.wait_for(_awaited(ref), timeout_s * 1.5 + 1.0)
+        except asyncio.TimeoutError:
+            logger.error("host %s stuck past the handler timeout: restarting it", c._directory.host_names[host_index])
+            ray.kill(host, no_restart=False)
+            return np.full(len(take), TIMEOUT, np.int8)
+        except Exception as exc:  # noqa: BLE001 - the host died: its messages are refunded
+            logger.warning("host %s failed (%s: %s): its calls are refunded", c._directory.host_names[host_index],
+                           type(exc).__name__, exc)
+            return np.full(len(take), -1, np.int8)
+
+    async def _settle(self, locks: dict, outcomes: np.ndarray) -> None:
         """One ``settle_columns`` per shard: release what succeeded, refund the rest; then the credits."""
         calls = {}
         for shard, (indices, answer, _, deliver) in locks.items():
             at = np.flatnonzero(deliver)
             if not len(at):
                 continue
-            codes = np.fromiter((outcomes[i][0] for i in indices[at].tolist()), np.int8, len(at))
+            codes = outcomes[indices[at]]
             ok = codes == OK
-            reasons = np.fromiter((0 if code == OK else _REFUND_CODE.get(code, _AGENT_UNAVAILABLE) for code in codes.tolist()),
-                                  np.int8, len(at))
-            calls[shard] = (indices[at], ok, reasons, answer.rows[at])
+            calls[shard] = (indices[at], ok, _REFUND_CODES[codes.astype(np.int64) % len(_REFUND_CODES)], answer.rows[at])
         shards = list(calls)
         answers = await asyncio.gather(*(
             self._call(s, "settle_columns", (calls[s][3], calls[s][1], calls[s][2], self.c._clock.now_us()))
@@ -207,28 +232,25 @@ class ColumnarBatch:
         return ([self.task_ids[i] for i in take], [self.sources[i] for i in take], [self.targets[i] for i in take],
                 self.prices[indices], self.rejects[indices], self.c._clock.now_us())
 
-    def _message(self, i: int) -> tuple:
-        return (self.task_ids[i], self.sources[i], self.targets[i], self.methods[i], self.payloads[i])
-
-    def _price(self, problems: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    def _price(self, problems: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each message's price, refusal code (0: none) and host index (-1: none), from the directory."""
         agents = self.c._directory.agents
-        prices = np.zeros(self.n, np.int64)
-        rejects = np.zeros(self.n, np.int8)
-        hosts = [-1] * self.n
-        seen: dict[tuple[str, str], tuple[int, int, int]] = {}
-        for i, (target, method) in enumerate(zip(self.targets, self.methods)):
-            known = seen.get((target, method))
-            if known is None:
+        seen: dict[tuple[str, str], int] = {}  # (target, method) -> its place in `known`
+        known: list[tuple[int, int, int]] = []  # (host, price, refusal code)
+        for target, method in zip(self.targets, self.methods):
+            if (target, method) not in seen:
                 entry = agents.get(target)
                 price = None if entry is None else entry[1].price_micros(method)
-                known = seen[(target, method)] = (
-                    -1 if entry is None else entry[0], price or 0,
-                    _UNKNOWN_AGENT if entry is None else _UNKNOWN_METHOD if price is None else 0)
-            hosts[i], prices[i], rejects[i] = known
-        for i, problem in enumerate(problems):
-            if problem is not None:
-                rejects[i] = REASON_CODE[problem]
+                seen[(target, method)] = len(known)
+                known.append((-1 if entry is None else entry[0], price or 0,
+                              _UNKNOWN_AGENT if entry is None else _UNKNOWN_METHOD if price is None else 0))
+        at = np.fromiter(map(seen.__getitem__, zip(self.targets, self.methods)), np.int64, self.n)
+        table = np.array(known, np.int64).reshape(-1, 3)
+        hosts, prices, rejects = table[at, 0], table[at, 1], table[at, 2].astype(np.int8)
+        if any(p is not None for p in problems):
+            for i, problem in enumerate(problems):
+                if problem is not None:
+                    rejects[i] = REASON_CODE[problem]
         return prices, rejects, hosts
 
     def _group_by_shard(self) -> dict[int, np.ndarray]:
@@ -240,3 +262,7 @@ class ColumnarBatch:
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
         return {s: order[bounds[s]:bounds[s + 1]] for s in range(shards) if bounds[s + 1] > bounds[s]}
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref

@@ -258,14 +258,15 @@ class Mesh:
         return counts
 
     def send_columns(self, sources: list[str], targets: list[str], payloads: Optional[list[Any]] = None, *,
-                     methods: str | list[str] = DEFAULT_METHOD, task_ids: Optional[list[str]] = None) -> CallColumns:
+                     methods: str | list[str] = DEFAULT_METHOD, task_ids: Optional[list[str]] = None,
+                     max_batch_messages: Optional[int] = None) -> CallColumns:
         """Make many calls given as columns, the mesh's bulk path: one call per index, ``sources[i]``
         paying ``targets[i]`` to run ``methods[i]`` (or one method for all) on ``payloads[i]``.
 
         No record travels back: the answer holds each call's task id, status and reason
         (:class:`~mesh.call_columns.CallColumns`); the ledger holds the rest. Calls with an
-        x402 payment go through :meth:`send`. Sent in batches of ``max_batch_messages``, at most
-        ``max_inflight_batches`` at once.
+        x402 payment go through :meth:`send`. Sent in batches of ``max_batch_messages`` (the
+        config's by default), at most ``max_inflight_batches`` at once.
 
         >>> done = mesh.send_columns(["alice", "bob"], ["echo", "echo"], ["hi", "yo"])  # doctest: +SKIP
         >>> done.statuses(), dict(done.counts())                                          # doctest: +SKIP
@@ -276,7 +277,10 @@ class Mesh:
         if task_ids is None:
             prefix, numbers = self._task_prefix, self._task_numbers
             task_ids = [f"{prefix}-{next(numbers)}" for _ in sources]
-        size, refs, pending = self.config.max_batch_messages, [], []
+        size = max_batch_messages or self.config.max_batch_messages
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
+        refs, pending = [], []
         for start in range(0, len(task_ids), size):
             part = slice(start, start + size)
             refs.append(self._coordinator.submit_columns.remote(

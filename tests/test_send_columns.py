@@ -1,0 +1,160 @@
+"""``Mesh.send_columns``, the bulk path: the same outcomes as ``Mesh.send``, strict columns, faults.
+
+Random batches (hot sources at their caps and balances, unknown targets and methods,
+handlers that raise, repeated task ids, oversized payloads) go once through
+``send_columns`` and once, on a twin mesh, through ``send``: every call must end the
+same way, both ledgers verify and replay to the live state, and money is conserved.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import replay_file, reconcile, snapshot, verify
+from mesh import Agent, CallColumns, InvalidArgumentError, InvalidIdError, InvalidTypeError, Message
+from mesh.budget import BudgetBook
+from mesh.escrow import EscrowBook
+
+
+class Priced(Agent):
+    price_usd = "0.004"
+    prices_usd = {"big": "0.009"}
+
+    def handle(self, ctx, payload):
+        if payload == "boom":
+            raise RuntimeError("on purpose")
+        return payload
+
+    def big(self, ctx, payload):
+        return payload
+
+
+class Dying(Agent):
+    price_usd = "0.001"
+
+    def handle(self, ctx, payload):
+        if payload == "die":
+            os._exit(1)
+        return payload
+
+
+SOURCES = [f"payer-{i}" for i in range(6)]
+TARGETS = ["svc-0", "svc-1", "nobody"]
+call = st.tuples(st.sampled_from(SOURCES[:2] * 3 + SOURCES), st.sampled_from(TARGETS[:2] * 4 + TARGETS),
+                 st.sampled_from(["ok"] * 8 + ["boom", "x" * 300]), st.sampled_from(["handle"] * 5 + ["big", "nope"]),
+                 st.integers(0, 40))
+
+
+def _mesh(make_mesh, track: bool):
+    mesh = make_mesh(shards=2, max_daily_toll_per_agent="0.03", track_balances=track, max_payload_bytes=200,
+                     max_batch_messages=7)
+    mesh.add_agents(Priced, TARGETS[:2])
+    if track:
+        mesh.deposit_many({s: "0.02" for s in SOURCES[:4]})
+    return mesh
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(calls=st.lists(call, min_size=1, max_size=40), track=st.booleans())
+def test_send_columns_ends_every_call_as_send_does(make_mesh, calls, track):
+    columns_mesh, records_mesh = _mesh(make_mesh, track), _mesh(make_mesh, track)
+    picked = [(s, t, p, m, f"t{k}") for s, t, p, m, k in calls]
+    first, second = picked[: len(picked) // 2], picked[len(picked) // 2:]
+    for half in (first, second):
+        half = list({task: (s, t, p, m, task) for s, t, p, m, task in half}.values())  # distinct ids within a send
+        done = columns_mesh.send_columns([c[0] for c in half], [c[1] for c in half], [c[2] for c in half],
+                                         methods=[c[3] for c in half], task_ids=[c[4] for c in half])
+        results = records_mesh.send([Message(s, t, p, m, task) for s, t, p, m, task in half])
+        assert done.task_ids == [c[4] for c in half]
+        assert done.statuses() == [r.status.value for r in results]
+        assert done.reasons() == [r.reason for r in results]
+        assert done.faults() == [None] * len(half)
+    for mesh in (columns_mesh, records_mesh):
+        live, stats = mesh.snapshot(), mesh.stats()
+        assert stats["locked_micros"] == 0 and stats["open_escrows"] == 0
+        mesh.shutdown()
+        result = verify(mesh.ledger_path)
+        assert result.ok, result.problems
+        book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=track), escrow_timeout_s=None)
+        replay_file(book, mesh.ledger_path)
+        keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
+        replayed = snapshot(book, 0)
+        assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
+
+
+def test_counts_are_those_of_send_counted(make_mesh):
+    mesh = _mesh(make_mesh, track=False)
+    sources = [SOURCES[i % 3] for i in range(30)]
+    targets = [TARGETS[i % 3] for i in range(30)]
+    payloads = ["boom" if i % 7 == 0 else "ok" for i in range(30)]
+    done = mesh.send_columns(sources, targets, payloads)
+    counted = mesh.send_counted([Message(s, t, p) for s, t, p in zip(sources, targets, payloads)])
+    assert done.counts() == counted
+    assert sum(done.counts().values()) == 30 and done.counts()["failed:unknown_agent"] == 10
+    stats = mesh.stats()
+    assert stats["released"] + stats["refunded"] + stats["rejected"] == 60
+
+
+def test_a_repeated_task_id_is_answered_not_run_again(make_mesh):
+    mesh = _mesh(make_mesh, track=False)
+    first = mesh.send_columns(["payer-0"], ["svc-0"], ["ok"], task_ids=["job-1"])
+    again = mesh.send_columns(["payer-0"], ["svc-0"], ["boom"], task_ids=["job-1"])
+    assert first.statuses() == again.statuses() == ["released"]
+    assert mesh.stats()["released"] == 1
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"sources": "payer-0"}, InvalidTypeError, "sources"),
+    ({"sources": ["payer-0", 7]}, InvalidIdError, "sources[1]"),
+    ({"targets": ["svc-0"]}, InvalidArgumentError, "targets"),
+    ({"payloads": ["a"]}, InvalidArgumentError, "payloads"),
+    ({"payloads": "ab"}, InvalidTypeError, "payloads"),
+    ({"methods": ["handle", "_secret"]}, InvalidArgumentError, "methods[1]"),
+    ({"methods": 3}, InvalidTypeError, "methods"),
+    ({"task_ids": ["a", "a"]}, InvalidArgumentError, "task_ids"),
+    ({"task_ids": ["a", ""]}, InvalidIdError, "task_ids[1]"),
+    ({"max_batch_messages": 0}, InvalidArgumentError, "max_batch_messages"),
+    ({"max_batch_messages": True}, InvalidArgumentError, "max_batch_messages"),
+])
+def test_bad_columns_are_refused_before_anything_is_sent(make_mesh, kwargs, error, words):
+    mesh = _mesh(make_mesh, track=False)
+    args = {"sources": ["payer-0", "payer-1"], "targets": ["svc-0", "svc-1"], "payloads": ["a", "b"], **kwargs}
+    with pytest.raises(error) as raised:
+        mesh.send_columns(**args)
+    assert words in str(raised.value)
+    assert mesh.stats()["locked"] + mesh.stats()["rejected"] == 0
+
+
+def test_an_oversized_payload_fails_alone(make_mesh):
+    mesh = _mesh(make_mesh, track=False)
+    done = mesh.send_columns(["payer-0", "payer-1"], ["svc-0", "svc-1"], ["x" * 500, "ok"])
+    assert done.statuses() == ["failed", "released"] and done.reasons() == ["payload_too_large", None]
+
+
+def test_no_calls_is_an_empty_answer(make_mesh):
+    mesh = _mesh(make_mesh, track=False)
+    done = mesh.send_columns([], [], [])
+    assert isinstance(done, CallColumns) and len(done) == 0 and done.counts() == {}
+
+
+def test_a_host_that_dies_mid_batch_refunds_its_calls_and_the_ledger_holds_them(make_mesh):
+    mesh = make_mesh(shards=2, max_batch_messages=50)
+    mesh.add_agents(Dying, ["mortal"])
+    mesh.add_agents(Priced, ["svc-0"])
+    n = 40
+    payloads = ["die" if i == 5 else "ok" for i in range(n)]
+    targets = ["mortal" if i % 2 else "svc-0" for i in range(n)]
+    done = mesh.send_columns([SOURCES[i % 4] for i in range(n)], targets, payloads)
+    statuses = np.array(done.statuses())
+    assert set(statuses[[i for i in range(n) if targets[i] == "mortal"]]) <= {"refunded"}
+    assert set(statuses[[i for i in range(n) if targets[i] == "svc-0"]]) == {"released"}
+    assert set(done.reasons()) <= {None, "agent_unavailable"}
+    stats = mesh.stats()
+    assert stats["open_escrows"] == 0 and stats["locked_micros"] == 0
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
