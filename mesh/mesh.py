@@ -277,7 +277,7 @@ class Mesh:
         if task_ids is None:
             prefix, numbers = self._task_prefix, self._task_numbers
             task_ids = [f"{prefix}-{next(numbers)}" for _ in sources]
-        size = max_batch_messages or self.config.max_batch_messages
+        size = self.config.max_batch_messages if max_batch_messages is None else max_batch_messages
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
         refs, pending = [], []

@@ -1,7 +1,7 @@
 """``Mesh.send_columns``, the bulk path: the same outcomes as ``Mesh.send``, strict columns, faults.
 
-Random batches (hot sources at their caps and balances, unknown targets and methods,
-handlers that raise, repeated task ids, oversized payloads) go once through
+Random sends (hot sources at their caps and balances, unknown targets and methods,
+handlers that raise, task ids repeated by their caller, oversized payloads) go once through
 ``send_columns`` and once, on a twin mesh, through ``send``: every call must end the
 same way, both ledgers verify and replay to the live state, and money is conserved.
 """
@@ -9,15 +9,15 @@ same way, both ledgers verify and replay to the live state, and money is conserv
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from ledger import replay_file, reconcile, snapshot, verify
-from mesh import Agent, CallColumns, InvalidArgumentError, InvalidIdError, InvalidTypeError, Message
+from mesh import Agent, CallColumns, InvalidArgumentError, InvalidTypeError, Message
 from mesh.budget import BudgetBook
+from mesh.errors import InvalidIdError
 from mesh.escrow import EscrowBook
 
 
@@ -45,11 +45,6 @@ class Dying(Agent):
 
 SOURCES = [f"payer-{i}" for i in range(6)]
 TARGETS = ["svc-0", "svc-1", "nobody"]
-call = st.tuples(st.sampled_from(SOURCES[:2] * 3 + SOURCES), st.sampled_from(TARGETS[:2] * 4 + TARGETS),
-                 st.sampled_from(["ok"] * 8 + ["boom", "x" * 300]), st.sampled_from(["handle"] * 5 + ["big", "nope"]),
-                 st.integers(0, 40))
-
-
 def _mesh(make_mesh, track: bool):
     mesh = make_mesh(shards=2, max_daily_toll_per_agent="0.03", track_balances=track, max_payload_bytes=200,
                      max_batch_messages=7)
@@ -59,21 +54,25 @@ def _mesh(make_mesh, track: bool):
     return mesh
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-@given(calls=st.lists(call, min_size=1, max_size=40), track=st.booleans())
-def test_send_columns_ends_every_call_as_send_does(make_mesh, calls, track):
+@pytest.mark.parametrize("seed, track", [(1, False), (2, True), (3, True)])
+def test_send_columns_ends_every_call_as_send_does(make_mesh, seed, track):
+    rng = random.Random(seed)
     columns_mesh, records_mesh = _mesh(make_mesh, track), _mesh(make_mesh, track)
-    picked = [(s, t, p, m, f"t{k}") for s, t, p, m, k in calls]
-    first, second = picked[: len(picked) // 2], picked[len(picked) // 2:]
-    for half in (first, second):
-        half = list({task: (s, t, p, m, task) for s, t, p, m, task in half}.values())  # distinct ids within a send
-        done = columns_mesh.send_columns([c[0] for c in half], [c[1] for c in half], [c[2] for c in half],
-                                         methods=[c[3] for c in half], task_ids=[c[4] for c in half])
-        results = records_mesh.send([Message(s, t, p, m, task) for s, t, p, m, task in half])
-        assert done.task_ids == [c[4] for c in half]
+    for _ in range(3):  # three sends; task ids repeat across them (a retry comes from the same caller)
+        picked = {}
+        for _ in range(rng.randint(1, 40)):
+            k = rng.randint(0, 50)
+            source = SOURCES[k % len(SOURCES)] if rng.random() < 0.9 else SOURCES[0]
+            picked[f"t{k}"] = (source if f"t{k}" not in picked else picked[f"t{k}"][0], rng.choice(TARGETS[:2] * 4 + TARGETS),
+                               rng.choice(["ok"] * 8 + ["boom", "x" * 300]), rng.choice(["handle"] * 5 + ["big", "nope"]))
+        calls = [(SOURCES[int(task[1:]) % len(SOURCES)], t, p, m, task) for task, (_, t, p, m) in picked.items()]
+        done = columns_mesh.send_columns([c[0] for c in calls], [c[1] for c in calls], [c[2] for c in calls],
+                                         methods=[c[3] for c in calls], task_ids=[c[4] for c in calls])
+        results = records_mesh.send([Message(s, t, p, m, task) for s, t, p, m, task in calls])
+        assert done.task_ids == [c[4] for c in calls]
         assert done.statuses() == [r.status.value for r in results]
         assert done.reasons() == [r.reason for r in results]
-        assert done.faults() == [None] * len(half)
+        assert done.faults() == [None] * len(calls)
     for mesh in (columns_mesh, records_mesh):
         live, stats = mesh.snapshot(), mesh.stats()
         assert stats["locked_micros"] == 0 and stats["open_escrows"] == 0
@@ -88,16 +87,16 @@ def test_send_columns_ends_every_call_as_send_does(make_mesh, calls, track):
 
 
 def test_counts_are_those_of_send_counted(make_mesh):
-    mesh = _mesh(make_mesh, track=False)
+    mesh, twin = _mesh(make_mesh, track=False), _mesh(make_mesh, track=False)
     sources = [SOURCES[i % 3] for i in range(30)]
     targets = [TARGETS[i % 3] for i in range(30)]
     payloads = ["boom" if i % 7 == 0 else "ok" for i in range(30)]
     done = mesh.send_columns(sources, targets, payloads)
-    counted = mesh.send_counted([Message(s, t, p) for s, t, p in zip(sources, targets, payloads)])
+    counted = twin.send_counted([Message(s, t, p) for s, t, p in zip(sources, targets, payloads)])
     assert done.counts() == counted
     assert sum(done.counts().values()) == 30 and done.counts()["failed:unknown_agent"] == 10
     stats = mesh.stats()
-    assert stats["released"] + stats["refunded"] + stats["rejected"] == 60
+    assert stats["released"] + stats["refunded"] + stats["rejected"] == 30
 
 
 def test_a_repeated_task_id_is_answered_not_run_again(make_mesh):
@@ -110,7 +109,7 @@ def test_a_repeated_task_id_is_answered_not_run_again(make_mesh):
 
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"sources": "payer-0"}, InvalidTypeError, "sources"),
-    ({"sources": ["payer-0", 7]}, InvalidIdError, "sources[1]"),
+    ({"sources": ["payer-0", 7]}, InvalidTypeError, "sources[1]"),
     ({"targets": ["svc-0"]}, InvalidArgumentError, "targets"),
     ({"payloads": ["a"]}, InvalidArgumentError, "payloads"),
     ({"payloads": "ab"}, InvalidTypeError, "payloads"),
