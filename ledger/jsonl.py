@@ -174,22 +174,17 @@ class JsonlWriter:
         """:meth:`append` for a single event (the in-process booth's hot path): in v2, a batch of one line."""
         if self._rotates or self._segment_bytes == 0:
             self._rotate_if_due(_day(event))
-        seq = event["seq"] = self.next_seq
+        event["seq"] = self.next_seq
         if self.format_version == 2:
             event["v"] = 2
-            body = orjson.dumps(event)
-            if NULL_HINT in body:
-                body = without_nulls(body)
-            body = b'%s,"first_seq":%d,"lines":1}' % (body[:-1], seq)
-            digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
-            line = b'%s,"seal":"%s"}\n' % (body[:-1], digest.encode())
+            line, digest = _sealed_single(orjson.dumps(event), self.next_seq, self.last_hash.encode())
         else:
             body = orjson.dumps(event)
-            digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
-            line = b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode())
+            digest = sha256(self.last_hash.encode() + body).hexdigest()[:32].encode()
+            line = b'%s,"hash":"%s"}\n' % (body[:-1], digest)
         self._write(line)
         self.next_seq += 1
-        self.last_hash = digest
+        self.last_hash = digest.decode()
         return line
 
     def close(self) -> None:
@@ -261,6 +256,11 @@ class JsonlWriter:
         if rotate:
             self._rotate_if_due(day)
         if self.format_version == 2:
+            if len(bodies) == 1:  # a batch of one: one line, sealed as it is made
+                seq = self.next_seq
+                line, digest = _sealed_single(b'{"v":2,"seq":%d,%b' % (seq, bodies[0][len(SEQ_PLACEHOLDER):]), seq,
+                                              self.last_hash.encode())
+                return self._write_lines([line], seq + 1, digest, lead)
             return self._seal_and_write(_v2_bodies_texts(bodies, self.next_seq, self._batch_max_lines), lead)
         seq, previous, skip = self.next_seq, self.last_hash.encode(), len(SEQ_PLACEHOLDER)
         lines = []
@@ -434,6 +434,16 @@ def split_encoded(lines: bytes) -> list[bytes]:
         if not body.startswith(SEQ_PLACEHOLDER) or not body.endswith(b"}"):
             raise LedgerError(f"encoded event {index} must be a JSON object starting with {SEQ_PLACEHOLDER.decode()!r}: {body[:40]!r}")
     return bodies
+
+
+def _sealed_single(body: bytes, seq: int, previous: bytes) -> tuple[bytes, bytes]:
+    """A batch of one event: its v2 line (``body``, numbered ``seq``, nulls left out here) sealed after
+    ``previous``, with its newline; and its seal."""
+    if NULL_HINT in body:
+        body = without_nulls(body)
+    body = b'%b,"first_seq":%d,"lines":1}' % (body[:-1], seq)
+    digest = sha256(previous + body).hexdigest()[:32].encode()
+    return b'%b,"seal":"%b"}\n' % (body[:-1], digest), digest
 
 
 def _v2_texts(events: list[dict[str, Any]], first_seq: int, max_lines: int) -> list[tuple[bytes, int]]:
