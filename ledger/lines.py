@@ -119,10 +119,9 @@ def parse_line(raw: bytes) -> dict[str, Any]:
         raise ValueError(f"unknown event kind {event.get('kind')!r}")
     if version == 2 and "seal" not in event and ("lines" in event or "first_seq" in event):
         raise ValueError("a batch's last line without its seal (no crash leaves one: a cut line is no JSON)")
-    if not event.keys() >= _NULLABLE:
+    if not event.keys() >= _NULLABLE:  # the fields a v2 line (or any) leaves out: null
         for name in NULLABLE_FIELDS:
-            if name not in event:
-                event[name] = None
+            event.setdefault(name, None)
     return event
 
 
@@ -149,8 +148,8 @@ def classify_lines(
     ``skip(raw)``: lines it accepts, outside a run of lines that are not events, are passed over unparsed
     (it must accept no v2 line: a batch is judged whole).
     """
-    run: list[RawLine] = []  # lines that are not events yet: not JSON, or v2 lines waiting for their seal
-    waiting: dict[int, dict[str, Any]] = {}  # the events of the v2 lines in ``run``, by id of their line
+    run: list[RawLine] = []  # lines that are not events yet: not JSON, or v2 lines waiting for their seal (event kept)
+    junk = 0  # how many lines of ``run`` are not JSON
     line_no = 0
     for raw in raws:
         line_no += 1
@@ -163,40 +162,46 @@ def classify_lines(
             event = parse_line(raw)
         except MalformedLine as exc:
             run.append(RawLine(path, line_no, raw, None, str(exc), after_byte=after_byte, newline=newline))
+            junk += 1
             continue
         except ValueError as exc:  # JSON, but not an event: never torn, nor is the run before it
-            yield from run
-            run, waiting = [], {}
+            yield from _unsealed(run)
+            run, junk = [], 0
             yield RawLine(path, line_no, raw, None, str(exc), after_byte=after_byte, newline=newline)
             continue
+        line = RawLine(path, line_no, raw, event, after_byte=after_byte, newline=newline)
         if event["v"] == 2 and "seal" not in event:  # an event once its batch's seal comes
-            line = RawLine(path, line_no, raw, None, UNSEALED, after_byte=after_byte, newline=newline)
-            waiting[id(line)] = event
             run.append(line)
             continue
         if run:
-            cut = _batch_start(run, waiting, batch_lines(event) - 1)
-            yield from _judge_run(run[:cut], event)
-            for line in run[cut:]:  # a line of the batch that is not JSON stays what it is (verify says the batch changed)
-                found = waiting.get(id(line))
-                if found is not None:
-                    line.event, line.problem = found, None
-                yield line
-            run, waiting = [], {}
-        yield RawLine(path, line_no, raw, event, after_byte=after_byte, newline=newline)
-    for line in run:  # the run the file ends with: torn only at the end of the ledger
-        line.torn = last_file
+            members = batch_lines(event) - 1  # the lines of its batch before it
+            if junk or members != len(run):  # else the run is the batch, whole: its lines are events
+                cut = _batch_start(run, members)
+                yield from _judge_run(_unsealed(run[:cut]), event)
+                run = run[cut:]  # a line of the batch that is not JSON stays a problem (verify says the batch changed)
+            yield from run
+            run, junk = [], 0
         yield line
+    yield from _unsealed(run, torn=last_file)  # the run the file ends with: torn only at the end of the ledger
 
 
-def _batch_start(run: list[RawLine], waiting: dict[int, dict[str, Any]], members: int) -> int:
+def _unsealed(run: list[RawLine], *, torn: bool = False) -> list[RawLine]:
+    """``run``'s lines, judged: a v2 line still waiting for its seal is no event (and ``torn`` sets each line's flag)."""
+    for line in run:
+        if line.event is not None:
+            line.event, line.problem = None, UNSEALED
+        line.torn = torn
+    return run
+
+
+def _batch_start(run: list[RawLine], members: int) -> int:
     """Where in ``run`` the batch a seal ends begins: at its ``members``-th v2 line back (lines that are
     not JSON between them are of the batch too: changed or inserted there); ``len(run)`` if it has none."""
     if members <= 0:
         return len(run)
     start = len(run)
     for index in range(len(run) - 1, -1, -1):
-        if id(run[index]) in waiting:
+        if run[index].event is not None:
             start, members = index, members - 1
             if not members:
                 break
