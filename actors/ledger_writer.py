@@ -11,7 +11,8 @@ other core instead of waiting on this process's GIL; small commits are gathered 
 ``MAX_PARQUET_BATCHES_IN_FLIGHT`` batches travel to it at once (backpressure).
 
 The writer is restartable: a new instance reopens the JSONL family and continues the
-sequence and the hash chain (a torn last line is marked with a ``recover`` event).
+sequence and the chain of seals (or hashes, in a v1 ledger), in the ledger's format (a torn
+last line or batch is marked with a ``recover`` event).
 A batch whose caller saw the writer die may or may not be on disk; the caller decides
 by reading the ledger (tasks are idempotent by ``task_id``). The sink runs on the
 writer's node. Each sink's first call catches the dataset up with the JSONL

@@ -4,8 +4,10 @@ A line that is not a valid event is an error naming the file and line, except a
 *torn* one: what a crash left after the last event of the last file, or a run of lines
 the writer marked as torn by a ``recover`` event right after it when it reopened the
 file. The writer judges a ledger's end by the same rule (:func:`ledger.lines.classify_lines`).
-Readers check the JSON and the schema version here; ``ledger verify`` checks
-everything else (schema, hash chain, sequence, transitions, conservation).
+In format v2 a line is an event once its batch's seal is read (:mod:`ledger.seal`),
+and a field a line leaves out is null (both formats read alike). Readers check the JSON
+and the format version here; ``ledger verify`` checks everything else (schema, hash
+chain or seals, sequence, transitions, conservation).
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
