@@ -7,8 +7,11 @@ SHA-256 (first 128 bits, hex) of the previous seal (or the previous v1 line's ``
 newlines included, with the last line's ``seal`` field cut out (:func:`batch_body`), so a
 changed, dropped, inserted or reordered byte of any line of the batch breaks it. A batch
 of one event is one line. A batch holds at most :data:`SEAL_MAX_LINES` lines: the writer
-seals a longer append in pieces, so a reader holds at most that many lines waiting for
-their seal, and ``ledger verify`` names the changed batch to within that many lines.
+seals a longer append in pieces (in one write), so a reader holds at most that many lines
+waiting for their seal, and ``ledger verify`` names a changed batch to within that many
+lines. Why 1,000: a reader holding 10,000 parsed lines at a time ran ~2 us a line slower
+here (fresh memory for each batch: this VM charges for the first touch of a page), while a
+seal costs a batch of 1,000 ~2 ns a line.
 
 Lines of a batch whose seal is missing (a crash cut the write short) are no events: a
 reader skips them as torn, the next writer marks them with a ``recover`` event, exactly as
@@ -16,8 +19,7 @@ a torn v1 line (:mod:`ledger.lines`).
 
 Why no Merkle root over line hashes (which would let verify name the changed line, not
 its batch): it costs a hash per line again, the cost v2 removes. ``python -m
-benchmarks.ledger_seal`` measures both (on the 2-core VM: ~0.2 us an event to seal a
-batch of 10,000, ~1 us more for the leaves and the tree). Verify still names the line of
+benchmarks.ledger_seal`` measures both). Verify still names the line of
 every problem a line shows by itself (its JSON, its seq, its fields, its transition).
 
 >>> body = b'{"v":2,"seq":0,"ts_us":0,"kind":"deposit","first_seq":0,"lines":1}'
@@ -37,7 +39,7 @@ from typing import Iterable, Optional
 from ledger.schema import NULLABLE_FIELDS
 
 FORMAT = 2
-SEAL_MAX_LINES = 10_000  # a batch's lines at most: a longer append is sealed in pieces
+SEAL_MAX_LINES = 1_000  # a batch's lines at most: a longer append is sealed in pieces (in one write)
 LINE_PREFIX = b'{"v":2,"seq":'  # how every v2 line starts
 SEAL_KEY = b',"seal":"'
 SEAL_SUFFIX_BYTES = len(SEAL_KEY) + 32 + len(b'"}')  # 43: the tail a batch's last line ends with

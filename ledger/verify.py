@@ -108,12 +108,13 @@ class _Verifier:
         self.replay_broken = False
         self.locked_any = False
         self.format_version: Optional[int] = None  # of the last event
-        self.unsealed: deque[RawLine] = deque(maxlen=SEAL_MAX_LINES)  # this file's lines since the last batch ended
+        # this file's lines since the last batch ended, as (line number, bytes, seq or None): what a seal covers
+        self.unsealed: deque[tuple[int, bytes, Any]] = deque(maxlen=SEAL_MAX_LINES)
         self.path: Optional[Path] = None
 
     def see(self, line: RawLine) -> None:
         """Check the next line of the ledger (each, in order): an event, a torn line (a warning), or a problem."""
-        if line.path != self.path:
+        if line.path is not self.path and line.path != self.path:
             self.path = line.path
             self.unsealed.clear()
         if line.event is None:
@@ -121,13 +122,13 @@ class _Verifier:
                 self.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
             else:
                 self.problem(line.path, line.line_no, line.problem)
-            self.unsealed.append(line)  # its bytes are its batch's, if a seal comes
+            self.unsealed.append((line.line_no, line.raw, None))  # its bytes are its batch's, if a seal comes
             return
         self.check_line(line.path, line.line_no, line.raw, line.event)
         if line.event["v"] == 1 or "seal" in line.event:
             self.unsealed.clear()
         else:
-            self.unsealed.append(line)
+            self.unsealed.append((line.line_no, line.raw, line.event.get("seq")))
 
     def problem(self, path: Path, line: int, message: str) -> None:
         self.result.problems.append(Finding(path, line, message))
@@ -202,9 +203,9 @@ class _Verifier:
         except ValueError as exc:
             self.problem(path, line_no, str(exc))
             return
-        if seal_digest(self.previous_hash, batch_body([line.raw for line in before], raw)) != stored:
-            first_line = before[0].line_no if before else line_no
-            first = before[0].event.get("seq") if before and before[0].event is not None else first_seq
+        if seal_digest(self.previous_hash, batch_body([line[1] for line in before], raw)) != stored:
+            first_line = before[0][0] if before else line_no
+            first = before[0][2] if before and before[0][2] is not None else first_seq
             self.problem(path, first_line, f"seal broken: the batch of seq {first}..{seq} (lines {first_line}-{line_no}) "
                                            "was changed (a line of it changed, dropped or inserted), or a batch before it dropped or inserted")
         self.previous_hash = stored
