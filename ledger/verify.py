@@ -184,6 +184,8 @@ class _Verifier:
         self.format_version = version
         if version == 2 and event.get("hash") is not None:
             self.problem(path, line_no, "a v2 line with a hash field: v2 seals batches (the seal is on a batch's last line)")
+        elif version == 1 and any(event.get(name) is not None for name in ("seal", "lines", "first_seq")):
+            self.problem(path, line_no, "a v1 line with a v2 seal's fields: v1 chains each line by its hash")
 
     def _check_seal(self, path: Path, line_no: int, raw: bytes, event: dict[str, Any]) -> None:
         """The seal of the batch this line ends: its fields, then the digest of the batch's bytes."""

@@ -387,3 +387,20 @@ def test_a_v2_rows_hash_in_parquet_is_its_batchs_seal_on_its_last_row(tmp_path):
     writer.close()
     seals = [orjson.loads(line).get("seal") for line in path.read_bytes().splitlines()]
     assert read_table(path).column("hash").to_pylist() == seals == [None, None, seals[2], seals[3]]
+
+
+def test_a_line_of_the_other_format_is_named(tmp_path):
+    path = tmp_path / "l.jsonl"
+    writer = JsonlWriter(path, format_version=1)
+    writer.append([deposit(0), deposit(1)])
+    writer.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[1].replace(b'"amount_micros":2', b'"amount_micros":2,"lines":1'))
+    assert any(p.line == 2 and "a v1 line with a v2 seal's fields" in p.message for p in verify(path).problems)
+    v2 = tmp_path / "v2.jsonl"
+    writer = JsonlWriter(v2)
+    writer.append_one(deposit(2))
+    writer.close()
+    path.write_bytes(b"".join(lines) + v2.read_bytes().replace(b'"seq":0', b'"seq":2'))
+    found = [f"{p.line}: {p.message}" for p in verify(path).problems]
+    assert "3: a v2 line after v1 lines: a ledger is written in one format" in found
