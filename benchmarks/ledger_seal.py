@@ -9,10 +9,10 @@ Three measurements, each the minimum over ``--repeats`` after an untimed warm-up
   Merkle root over the lines' digests (what verify would need to name a changed line inside a
   batch), to judge whether it is cheap enough to add.
 * ``write``: :class:`ledger.jsonl.JsonlWriter` itself, us per event (wall and CPU) and bytes per
-  event, fsync ``never`` (the format's cost, not the disk's), at the same batch sizes, for today's
-  v1 (events with every field, nulls included), v1 of null-free events (what the producers hand in
-  now) and v2; through ``append`` (dicts) and ``append_bodies`` (lines encoded by the producer,
-  the writer actor's way in).
+  event, fsync ``never`` (the format's cost, not the disk's), at the same batch sizes, for v1 as
+  before v2 (events with every field, nulls included), v1 of null-free events (what the producers
+  hand in now) and v2; through ``append`` (dicts), ``append_bodies`` (lines encoded by the
+  producer, the writer actor's way in) and, for batches of one, ``append_one`` (the in-process booth's).
 * ``read``: reading the written ledger back (:func:`ledger.reader.event_lines`, what replay and
   the tools do) and ``ledger verify``, us per event, v1 against v2.
 
@@ -104,12 +104,12 @@ def chain_per_line(new: Callable[[bytes], Any], lines: list[bytes]) -> bytes:
     return previous
 
 
-def seal_per_batch(new: Callable[[bytes], Any], lines: list[bytes], batch: int) -> bytes:
-    """v2: one digest per batch, of the previous seal and the batch's bytes (joined, as the writer has them)."""
+def seal_per_batch(new: Callable[[bytes], Any], batches: list[bytes]) -> bytes:
+    """v2: one digest per batch, of the previous seal and the batch's bytes (joined before, as the writer has them)."""
     previous = b"0" * 32
-    for start in range(0, len(lines), batch):
+    for batch in batches:
         digest = new(previous)
-        digest.update(b"".join(lines[start:start + batch]))
+        digest.update(batch)
         previous = digest.hexdigest()[:32].encode()
     return previous
 
@@ -129,7 +129,8 @@ def measure_hashing(lines: list[bytes], repeats: int) -> dict[str, Any]:
     for name, new in hashers().items():
         rows = {"chain_per_line": round(best(lambda: chain_per_line(new, lines), repeats)[1] / n * 1e9, 1)}
         for batch in BATCH_SIZES:
-            rows[f"seal_batch_{batch}"] = round(best(lambda: seal_per_batch(new, lines, batch), repeats)[1] / n * 1e9, 1)
+            joined = [b"\n".join(lines[start:start + batch]) + b"\n" for start in range(0, n, batch)]
+            rows[f"seal_batch_{batch}"] = round(best(lambda: seal_per_batch(new, joined), repeats)[1] / n * 1e9, 1)
         rows["merkle_root"] = round(best(lambda: merkle_root(new, lines), repeats)[1] / n * 1e9, 1)
         figures["ns_per_event"][name] = rows
     return figures
@@ -147,7 +148,7 @@ def write_once(root: Path, events: list[dict[str, Any]], batch: int, format_vers
         work = [[dict(e) for e in events[i:i + batch]] for i in range(0, len(events), batch)]
     path = root / f"l{time.perf_counter_ns()}.jsonl"
     writer = JsonlWriter(path, "never", format_version=format_version)
-    append = writer.append_bodies if way == "bodies" else writer.append
+    append = {"bodies": writer.append_bodies, "append": writer.append, "append_one": lambda batch: writer.append_one(batch[0])}[way]
     wall, cpu = time.perf_counter(), time.process_time()
     for item in work:
         append(item)
@@ -164,7 +165,7 @@ def measure_writing(events: list[dict[str, Any]], repeats: int, root: Path) -> l
     rows = []
     variants = (("v1, every field (before v2)", 1, full), ("v1, null fields left out", 1, events), ("v2", 2, events))
     for batch in BATCH_SIZES:
-        for way in ("append", "bodies"):
+        for way in ("append_one", "append", "bodies") if batch == 1 else ("append", "bodies"):
             for label, format_version, source in variants:
                 write_once(root, source, batch, format_version, way)  # the warm-up: the same sizes, untimed
                 runs = [write_once(root, source, batch, format_version, way) for _ in range(repeats)]
@@ -229,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report["write"] = measure_writing(events, args.repeats, Path(tmp))
         print("\nJsonlWriter, fsync never: us per event (wall / CPU), bytes per event")
         for row in report["write"]:
-            print(f"  batch {row['batch']:>6,} {row['way']:7} {row['format']:30} {row['wall_us_per_event']:7.2f} / "
+            print(f"  batch {row['batch']:>6,} {row['way']:10} {row['format']:30} {row['wall_us_per_event']:7.2f} / "
                   f"{row['cpu_us_per_event']:5.2f} us  {row['bytes_per_event']:6.1f} B")
         report["read"] = measure_reading(events, args.repeats, Path(tmp))
         print("\nreading back, CPU us per event")

@@ -240,6 +240,11 @@ class JsonlWriter:
         """Number, encode, chain and write events of one day, one pass each while it is in cache."""
         self._rotate_if_due(_day(events[0]) if day is None else day)
         if self.format_version == 2:
+            if len(events) == 1:  # a batch of one: one line, sealed as it is made
+                event, seq = events[0], self.next_seq
+                event["v"], event["seq"] = 2, seq
+                line, digest = _sealed_single(orjson.dumps(event), seq, self.last_hash.encode())
+                return self._write_lines([line], seq + 1, digest)
             return self._seal_and_write(_v2_texts(events, self.next_seq, self._batch_max_lines))
         seq, previous, dumps = self.next_seq, self.last_hash.encode(), orjson.dumps
         lines = []
