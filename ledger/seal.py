@@ -9,9 +9,11 @@ changed, dropped, inserted or reordered byte of any line of the batch breaks it.
 of one event is one line. A batch holds at most :data:`SEAL_MAX_LINES` lines: the writer
 seals a longer append in pieces (in one write), so a reader holds at most that many lines
 waiting for their seal, and ``ledger verify`` names a changed batch to within that many
-lines. Why 1,000: a reader holding 10,000 parsed lines at a time ran ~2 us a line slower
-here (fresh memory for each batch: this VM charges for the first touch of a page), while a
-seal costs a batch of 1,000 ~2 ns a line.
+lines. Why 256: reading (parsing) cost 3.6-3.8 us a line here with batches of 64 to 256
+lines, 5.2-5.5 us at 512 and 1,000, 7.3 us at 10,000 (a batch's parsed lines, held until its
+seal, no longer fit the core's cache; and fresh memory costs here at its first touch),
+while writing cost the same within the noise, and a seal costs a batch of 256 ~0.2 byte and
+~10 ns a line.
 
 Lines of a batch whose seal is missing (a crash cut the write short) are no events: a
 reader skips them as torn, the next writer marks them with a ``recover`` event, exactly as
@@ -39,7 +41,7 @@ from typing import Iterable, Optional
 from ledger.schema import NULLABLE_FIELDS
 
 FORMAT = 2
-SEAL_MAX_LINES = 1_000  # a batch's lines at most: a longer append is sealed in pieces (in one write)
+SEAL_MAX_LINES = 256  # a batch's lines at most: a longer append is sealed in pieces (in one write)
 LINE_PREFIX = b'{"v":2,"seq":'  # how every v2 line starts
 SEAL_KEY = b',"seal":"'
 SEAL_SUFFIX_BYTES = len(SEAL_KEY) + 32 + len(b'"}')  # 43: the tail a batch's last line ends with
