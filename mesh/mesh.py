@@ -479,7 +479,7 @@ class Mesh:
         writer = LedgerWriterActor.options(name=config.actor_name("writer"), scheduling_strategy=home, **common).remote(
             str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
             fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
-            rotate_daily=config.ledger_rotate_daily,
+            rotate_daily=config.ledger_rotate_daily, format_version=config.ledger_format,
         )
         caps_path = self._write_agent_caps()
         shards = [

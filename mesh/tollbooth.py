@@ -343,6 +343,7 @@ class Tollbooth:
         self._writer = LedgerWriter(
             path, parquet_dir=self.config.ledger_parquet_dir, fsync=self.config.ledger_fsync,
             max_segment_bytes=self.config.ledger_max_segment_bytes, rotate_daily=self.config.ledger_rotate_daily,
+            format_version=self.config.ledger_format,
         )
         self._book.recall = lambda task_id, seq: event_at(path, seq)  # a repeat past the window, read back
 

@@ -51,7 +51,7 @@ def test_verify_exit_code_and_named_line(ledger_dir, capsys):
     path.write_bytes(b"".join(lines))
     assert main(["ledger", "verify", str(path)]) == 1
     out = capsys.readouterr().out
-    assert f"PROBLEM: {path}:5: hash chain broken" in out
+    assert f"PROBLEM: {path}:5: seal broken: the batch of seq 4..4 (lines 5-5)" in out  # a booth seals each event
 
 
 def test_export_settle_plot_compact(ledger_dir, tmp_path, capsys):
