@@ -58,6 +58,8 @@ def namespaces_missing() -> Optional[str]:
             return f"`{tool}` is not installed (util-linux / iproute2)"
     if os.geteuid() != 0:
         return "making network namespaces, veth pairs and a bridge needs root (CI runs as root)"
+    if not Path(HEAD_DISK_MOUNT).is_dir():
+        return f"no {HEAD_DISK_MOUNT} to mount the head's disk on"
     probe = subprocess.run(["unshare", "--net", "--pid", "--mount", "--fork", "--mount-proc", "sh", "-c",
                             "ip link add probe0 type bridge && mount -t tmpfs tmpfs /tmp"],
                            capture_output=True, text=True, timeout=30)
