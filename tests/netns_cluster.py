@@ -3,8 +3,8 @@
 A :class:`NamespacedCluster` is a small LAN made inside the test: a bridge in a network namespace
 of its own (the switch), and one namespace set per node (``unshare --net --pid --mount``), each
 plugged into the switch by a veth pair, with its own IP on a private /24 drawn for the cluster, its
-own ``/tmp`` and ``/dev/shm`` (tmpfs), its own ``$HOME`` (holding the cluster's auth token) and its
-own process tree, in which ``ray start ... --block`` runs. A client namespace on the same LAN plays
+own ``/tmp`` and ``/dev/shm`` (tmpfs), its own ``$HOME`` (holding the cluster's auth token), its
+own host name and its own process tree, in which ``ray start ... --block`` runs. A client namespace on the same LAN plays
 the user's laptop: :meth:`NamespacedCluster.client_run` runs a command there (``ray job submit``),
 :meth:`NamespacedCluster.http_get` fetches a URL from there (a thread that joined its network
 namespace), so nothing of the cluster is reachable from, or visible on, the machine's own network.
@@ -60,7 +60,7 @@ def namespaces_missing() -> Optional[str]:
         return "making network namespaces, veth pairs and a bridge needs root (CI runs as root)"
     if not Path(HEAD_DISK_MOUNT).is_dir():
         return f"no {HEAD_DISK_MOUNT} to mount the head's disk on"
-    probe = subprocess.run(["unshare", "--net", "--pid", "--mount", "--fork", "--mount-proc", "sh", "-c",
+    probe = subprocess.run(["unshare", "--net", "--pid", "--mount", "--uts", "--fork", "--mount-proc", "sh", "-c",
                             "ip link add probe0 type bridge && mount -t tmpfs tmpfs /tmp"],
                            capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
@@ -314,6 +314,7 @@ class NamespacedCluster:
         head_disk = f"mount --bind {_quote(self.head_disk)} {HEAD_DISK_MOUNT}\n" if name == "head" else ""
         script = (
             "set -eu\n"
+            f"hostname {name}\n"
             f"{head_disk}"
             "mount -t tmpfs -o size=1g,mode=1777 tmpfs /tmp\n"
             "mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm\n"
@@ -326,7 +327,7 @@ class NamespacedCluster:
         )
         try:
             process = subprocess.Popen(
-                ["unshare", "--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc",
+                ["unshare", "--net", "--pid", "--mount", "--uts", "--fork", "--kill-child", "--mount-proc",
                  "sh", "-c", script, name, *ray_start, f"--node-ip-address={ip}"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )

@@ -187,6 +187,8 @@ def _the_log_ends_with_the_report(logs: str, report: dict) -> None:
     labels = ["run", "speed", "calls", "by status", "by reason", "money", "cap hits", "top earners", "top payers",
               "memory", "checks", "output"]
     assert [line.split(":", 1)[0] for line in tail] == labels, tail  # the report, and nothing after it
+    said = f"tollmesh: ray job {SUBMISSION_ID}: the run directory is {HEAD_DISK_MOUNT}/runs/{RUN_NAME}-seed7 on head "
+    assert said in logs, logs[:2_000]  # named whole, on which host, at the start
     assert f"{MESSAGES:,} of {MESSAGES:,} messages" in tail[0], tail[0]
     checks = tail[-2]
     assert checks.count(" yes") == 4 and "NO" not in checks, checks
@@ -220,6 +222,9 @@ def _figures(report: dict, ledger: dict, placed: dict, after: dict, restarted: l
         "restarted_on": [f"{cls} -> {ip}" for cls, ip in restarted],
         "calls": outcomes["calls"], "driver_calls": outcomes["driver_calls"], "by_status": outcomes["by_status"], "by_reason": outcomes["by_reason"],
         "ticks_sent_again": len(re.findall(r"sending the tick again", logs)),
+        "slowest_tick": max(report["ticks"], key=lambda t: t["wall_s"]),
+        "median_tick_s": sorted(t["wall_s"] for t in report["ticks"])[len(report["ticks"]) // 2],
+        "driver_said": [line for line in logs.splitlines() if line.startswith("tollmesh: ")],
         "speed": report["speed"], "ledger": ledger, "checks": report["checks"],
         "metrics_seen": scraped,
     }
