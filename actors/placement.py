@@ -10,8 +10,9 @@ would leave a cluster's capacity, and a test's expectations, to chance.
 
 Ray 2.60 ignores a soft node affinity for an actor that asks for no resource at all (measured on
 a three-node cluster: six such actors landed on two nodes, whatever node each named), so an actor
-placed this way asks for :data:`PLACED_ACTOR_CPUS` of a CPU, a thousandth: a node of one CPU
-holds a thousand of them. On a single node nothing is asked and no affinity is set (as before).
+placed this way asks for :data:`PLACED_ACTOR_MEMORY_BYTES` of Ray's logical ``memory`` resource, a
+kilobyte: not a CPU, which the cluster's tasks may hold all of (the actor would wait for one), and
+nothing any node runs short of. On a single node nothing is asked and no affinity is set (as before).
 
 Nodes with CPUs are preferred: a head started with ``--num-cpus=0`` (kept free of work, as Ray
 advises for big clusters) gets no shard or host unless no node has a CPU. On one machine every
@@ -31,10 +32,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["PLACED_ACTOR_CPUS", "Rotation", "cluster_rotation", "deal_order", "soft_affinity"]
+__all__ = ["PLACED_ACTOR_MEMORY_BYTES", "Rotation", "cluster_rotation", "deal_order", "soft_affinity"]
 
-#: the CPU an actor placed on a node asks for: any at all, so that Ray honours its soft affinity
-PLACED_ACTOR_CPUS = 0.001
+#: the logical memory an actor placed on a node asks for: any resource at all, so that Ray honours its soft affinity
+PLACED_ACTOR_MEMORY_BYTES = 1024
 
 
 def deal_order(node_ids: list[str], driver: Optional[str]) -> list[str]:
@@ -67,7 +68,7 @@ class Rotation:
         nodes = self.take(count)
         if len(self.order) == 1:
             return [{} for _ in nodes]
-        return [{"scheduling_strategy": soft_affinity(node), "num_cpus": PLACED_ACTOR_CPUS} for node in nodes]
+        return [{"scheduling_strategy": soft_affinity(node), "memory": PLACED_ACTOR_MEMORY_BYTES} for node in nodes]
 
 
 def cluster_rotation(*, start: int = 0) -> Rotation:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.placement import PLACED_ACTOR_CPUS, Rotation, deal_order
+from actors.placement import PLACED_ACTOR_MEMORY_BYTES, Rotation, deal_order
 
 node_ids = st.lists(st.text("0123456789abcdef", min_size=4, max_size=8), min_size=1, max_size=6, unique=True)
 
@@ -41,11 +41,11 @@ def test_on_a_single_node_nothing_is_asked_of_ray():
     assert Rotation(["solo"]).actor_options(3) == [{}, {}, {}]
 
 
-def test_on_a_cluster_each_actor_asks_a_sliver_of_cpu_and_names_its_node():
+def test_on_a_cluster_each_actor_asks_a_kilobyte_of_memory_and_names_its_node():
     w1, w2, head = ("%056x" % n for n in (1, 2, 3))  # Ray's node ids: 28 bytes, in hex
     options = Rotation([w1, w2, head]).actor_options(4)
     assert [o["scheduling_strategy"].node_id for o in options] == [w1, w2, head, w1]
-    assert all(o["scheduling_strategy"].soft and o["num_cpus"] == PLACED_ACTOR_CPUS > 0 for o in options)
+    assert all(o["scheduling_strategy"].soft and o["memory"] == PLACED_ACTOR_MEMORY_BYTES > 0 for o in options)
 
 
 def test_no_node_is_an_error():
