@@ -41,11 +41,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import orjson
 import ray
 
 from actors.agent_host import OK, TIMEOUT, refund_reason
 from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.columnar_batch import ColumnarBatch, is_plain
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
@@ -55,6 +57,7 @@ from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
 from ledger.tally import tally_ledger
 from mesh.agent import PriceTable, WireMessage
+from mesh.call_columns import CallColumns
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.errors import InvalidArgumentError, TollmeshError
 from mesh.files import write_whole
@@ -208,6 +211,13 @@ class EscrowCoordinator:
     async def submit_counted(self, messages: list[WireMessage] | bytes) -> dict[str, int]:
         """:meth:`submit` answered only with how many calls ended in each ``status`` (or
         ``status:reason``): nothing per call travels back (bulk senders read the ledger)."""
+        await self._ready()
+        messages = unpack(messages)
+        if is_plain(messages):
+            size = self.config.max_batch_messages
+            parts = await asyncio.gather(*(self._run_columns(ColumnarBatch.of_wire(self, messages[i:i + size]))
+                                           for i in range(0, len(messages), size)))
+            return dict(sum((CallColumns([], *part).counts() for part in parts), Tally()))
         counts: Tally = Tally()
         for record, _, _, error in await self.submit(messages):
             fault = None if error is None else next((f for note, f in _FAULTS.items() if error.startswith(note)), None)
@@ -217,6 +227,24 @@ class EscrowCoordinator:
             reason = record[_REASON]
             counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
         return dict(counts)
+
+    async def submit_columns(self, task_ids: list[str], sources: list[str], targets: list[str], methods: list[str],
+                             payloads: list[Any], problems: list[Optional[str]]) -> tuple:
+        """Run calls given as columns (checked by :meth:`mesh.Mesh.send_columns`, no x402 payment),
+        in batches of up to ``max_batch_messages``; per call its status, reason and fault codes (int8 arrays)."""
+        await self._ready()
+        size = self.config.max_batch_messages
+        parts = await asyncio.gather(*(self._run_columns(ColumnarBatch(
+            self, task_ids[i:i + size], sources[i:i + size], targets[i:i + size], methods[i:i + size],
+            payloads[i:i + size], problems[i:i + size])) for i in range(0, len(task_ids), size)))
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(column) for column in zip(*parts)) if parts else tuple(np.zeros(0, np.int8) for _ in range(3))
+
+    async def _run_columns(self, batch: ColumnarBatch) -> tuple:
+        """One batch of plain calls as columns (:mod:`actors.columnar_batch`), within the driver bound."""
+        async with self._admission:
+            return await batch.run()
 
     async def _enqueue(self, messages: list[WireMessage], nested: bool) -> list[tuple]:
         """Queue a submission for the next batch; its results once that batch is durable."""
@@ -460,15 +488,17 @@ class EscrowCoordinator:
     # -- shard calls, credits, recovery ---------------------------------------------------
 
     async def _shard_call(
-        self, shard: int, method: str, ops: Any, entries: list[LogEntry]
+        self, shard: int, method: str, ops: Any, entries: list[LogEntry], *, columns: bool = False,
     ) -> tuple[Optional[ShardAnswer], Optional[LogEntry]]:
-        """Call ``method(ops, now_us, mode)`` on a shard through the ordered log; retry after a rebuild.
+        """Call ``method(ops, now_us, mode)`` on a shard through the ordered log; retry after a rebuild
+        (``columns``: ``method(*ops)``, a columnar call whose arguments hold their time).
 
         ``(None, None)`` when the shard stayed unreachable.
         """
         for attempt in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            ref = getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), "live")
+            call = getattr(self._shards[shard], method)
+            ref = call.remote(*ops) if columns else call.remote(pack(ops), self._clock.now_us(), "live")
             entry = self._log.push(ref)
             try:
                 answer = await entry.answer
@@ -948,14 +978,34 @@ class EscrowCoordinator:
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
 
+    def _count_tally(self, tally: dict[str, int]) -> None:
+        """Count a columnar shard answer's events (:func:`actors.shard_core.tally_events`)."""
+        rejected = Tally({k[len("rejected:"):]: v for k, v in tally.items() if k.startswith("rejected:")})
+        self._count_lock_totals(tally["locked"], tally["locked_micros"], rejected)
+        refunds = Tally({k[len("refunded:"):]: v for k, v in tally.items() if k.startswith("refunded:")})
+        self._amounts["locked"] -= tally["released_micros"] - self._paper_micros(tally) + tally["refunded_micros"]
+        self._counts["released"] += tally["released"]
+        self._amounts["released"] += tally["released_micros"]
+        self._counts["refunded"] += tally["refunded"]
+        self._amounts["refunded"] += tally["refunded_micros"]
+        for reason, count in refunds.items():
+            self._counts[f"refunded:{reason}"] += count
+        self._metrics.count_settled(tally["released"], tally["released_micros"], refunds)
+
+    @staticmethod
+    def _paper_micros(tally: dict[str, int]) -> int:
+        return 0 if not tally.get("paper_released") else tally["paper_released_micros"]
+
     def _count_locks(self, locked: list[tuple[int, tuple]], rejected: Tally) -> None:
-        amount = sum(record[_AMOUNT] for _, record in locked)
-        self._counts["locked"] += len(locked)
+        self._count_lock_totals(len(locked), sum(record[_AMOUNT] for _, record in locked), rejected)
+
+    def _count_lock_totals(self, locked: int, amount: int, rejected: Tally) -> None:
+        self._counts["locked"] += locked
         self._amounts["locked"] += amount
         self._counts["rejected"] += sum(rejected.values())
         for reason, count in rejected.items():
             self._counts[f"rejected:{reason}"] += count
-        self._metrics.count_locks(len(locked))
+        self._metrics.count_locks(locked)
         self._metrics.count_rejections(rejected)
 
     def _count_settled(self, records: list[tuple]) -> None:

@@ -7,7 +7,8 @@ leaves it after). Its ledger (JSONL and Parquet, fsync per batch) goes to a
 directory of its own, deleted afterwards; what the writer wrote is checked against the runs.
 
 - :func:`run_calls`: ``Mesh.call`` one at a time (the fast lane open), a latency per call;
-- :func:`run_send`: ``Mesh.send`` of one batch at a time from ``inflight`` threads, a latency per batch;
+- :func:`run_send`: ``Mesh.send_columns`` (or ``Mesh.send``) of one batch at a time from ``inflight`` threads,
+  a latency per batch;
 - :func:`run_concurrent`: ``Mesh.acall`` with ``concurrency`` calls in flight, a latency per call.
 
 Each is warmed up untimed first and timed between two process snapshots (:mod:`benchmarks.record`).
@@ -143,27 +144,34 @@ def run_calls(session: MeshSession, calls: int, *, warmup: int, seed: int) -> di
 
 
 def run_send(session: MeshSession, batch: Batch, *, name: str, batch_messages: Optional[int] = None,
-             warmup: Optional[Batch] = None, **extra: Any) -> dict[str, Any]:
-    """``batch`` through ``Mesh.send``, ``batch_messages`` a call, ``layout.inflight`` calls at once
-    (one thread each); a latency per batch. ``warmup`` is sent first, untimed."""
+             warmup: Optional[Batch] = None, columns: bool = True, **extra: Any) -> dict[str, Any]:
+    """``batch`` through ``Mesh.send_columns`` (``columns``, the bulk path) or ``Mesh.send`` (a record
+    per call back), ``batch_messages`` a call, ``layout.inflight`` calls at once (one thread each); a
+    latency per batch. ``warmup`` is sent first, untimed."""
     size = batch_messages or session.layout.batch
     if warmup is not None:
-        _send_all(session, warmup.messages, size)
+        _send_all(session, warmup.messages, size, columns)
     with timed() as measured:
-        latencies_ns, outcomes = _send_all(session, batch.messages, size)
+        latencies_ns, outcomes = _send_all(session, batch.messages, size, columns)
     layout = {**asdict(session.layout), "batch": size}
-    return run_record(name, "mesh_send", len(batch.messages), measured, latencies_ns, latency_of="batch",
+    return run_record(name, "mesh_send_columns" if columns else "mesh_send", len(batch.messages), measured, latencies_ns,
+                      latency_of="batch",
                       outcomes=dict(outcomes), layout=layout, expected=dict(batch.expected),
                       rss_bytes=rss_by_role(measured.after), rss_after_setup_bytes=session.rss_after_setup, **extra)
 
 
-def _send_all(session: MeshSession, messages: list[Message], size: int) -> tuple[list[int], Counter]:
+def _send_all(session: MeshSession, messages: list[Message], size: int, columns: bool) -> tuple[list[int], Counter]:
     chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
+    if columns:  # the caller's columns, made before the clock starts
+        chunks = [([m.source for m in c], [m.target for m in c], [m.payload for m in c]) for c in chunks]
 
-    def one(chunk: list[Message]) -> tuple[int, Counter]:
+    def one(chunk: Any) -> tuple[int, Counter]:
         started = time.perf_counter_ns()
-        results = session.mesh.send(chunk, max_batch_messages=size)
-        return time.perf_counter_ns() - started, Counter(outcome_key(r) for r in results)
+        if columns:
+            counts = session.mesh.send_columns(*chunk).counts()
+        else:
+            counts = Counter(outcome_key(r) for r in session.mesh.send(chunk, max_batch_messages=size))
+        return time.perf_counter_ns() - started, counts
 
     outcomes: Counter = Counter()
     latencies_ns = []

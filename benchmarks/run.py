@@ -91,25 +91,28 @@ def _centre(plan: Plan, root: Path, report: Report, log: Callable[[str], None]) 
         ids, warm = session.ids, agents.make_messages(session.ids, max(2_000, plan.messages // 10), seed=seed + 99)
         report["runs"].append(_guarded(report, "Mesh.call", lambda: run_calls(
             session, plan.calls, warmup=max(20, plan.calls // 10), seed=seed)))
-        main = _guarded(report, "main Mesh.send", lambda: run_send(
-            session, agents.make_messages(ids, plan.messages, seed=seed), name="Mesh.send, batched", warmup=warm))
+        main = _guarded(report, "main Mesh.send_columns", lambda: run_send(
+            session, agents.make_messages(ids, plan.messages, seed=seed), name="Mesh.send_columns, batched", warmup=warm))
         report["runs"].append(main)
+        report["runs"].append(_guarded(report, "Mesh.send", lambda: run_send(
+            session, agents.make_messages(ids, plan.messages, seed=seed + 7), name="Mesh.send, batched (records back)",
+            warmup=warm, columns=False)))
         for size in sweeps["batch"]:
             log(f"  batch {size:,}")
             _point(report, "batch", size, lambda: run_send(
                 session, agents.make_messages(ids, plan.point_messages, seed=seed + size), batch_messages=size,
-                name=f"Mesh.send, batches of {size:,}"))
+                name=f"Mesh.send_columns, batches of {size:,}"))
         for tag, share in zip(tags, sweeps["contention"]):
             log(f"  contention {share}")
             hot = agents.hot_ids(tag, agents.HOT_SOURCES)
             _point(report, "contention", share, lambda: run_send(
                 session, agents.make_messages(ids, plan.point_messages, seed=seed, hot_share=share, hot_sources=hot),
-                name=f"Mesh.send, {share:.0%} from {len(hot)} hot sources at their cap"))
+                name=f"Mesh.send_columns, {share:.0%} from {len(hot)} hot sources at their cap"))
         for rate in sweeps["failure_rate"]:
             log(f"  failure rate {rate}")
             _point(report, "failure_rate", rate, lambda: run_send(
                 session, agents.make_messages(ids, plan.point_messages, seed=seed + 1, failure_rate=rate),
-                name=f"Mesh.send, {rate:.0%} of handlers raising"))
+                name=f"Mesh.send_columns, {rate:.0%} of handlers raising"))
         for concurrency in sweeps["concurrency"]:
             log(f"  concurrency {concurrency}")
             _point(report, "concurrency", concurrency, lambda: run_concurrent(

@@ -17,6 +17,7 @@ are imported on first use, so ``import mesh`` stays light for in-process users.
 from typing import Any
 
 from mesh.agent import Agent, CallContext, CallResult, Message
+from mesh.call_columns import CallColumns
 from mesh.clock import Clock, ManualClock, SystemClock
 from mesh.config import TollboothConfig, TollboothMode
 from mesh.errors import (
@@ -47,6 +48,7 @@ __all__ = [
     "Agent",
     "CallContext",
     "CallFailedError",
+    "CallColumns",
     "CallResult",
     "Clock",
     "ConfigError",

@@ -31,6 +31,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import orjson
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -47,6 +48,7 @@ from mesh.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
 )
+from mesh.call_columns import CallColumns, check_columns
 from mesh.clock import check_seconds
 from mesh.coalesce import Coalescer
 from mesh.config import TollboothConfig
@@ -259,6 +261,38 @@ class Mesh:
         for batch in ray.get(refs):
             counts.update(batch)
         return counts
+
+    def send_columns(self, sources: list[str], targets: list[str], payloads: Optional[list[Any]] = None, *,
+                     methods: str | list[str] = DEFAULT_METHOD, task_ids: Optional[list[str]] = None) -> CallColumns:
+        """Make many calls given as columns, the mesh's bulk path: one call per index, ``sources[i]``
+        paying ``targets[i]`` to run ``methods[i]`` (or one method for all) on ``payloads[i]``.
+
+        No record travels back: the answer holds each call's task id, status and reason
+        (:class:`~mesh.call_columns.CallColumns`); the ledger holds the rest. Calls with an
+        x402 payment go through :meth:`send`. Sent in batches of ``max_batch_messages``, at most
+        ``max_inflight_batches`` at once.
+
+        >>> done = mesh.send_columns(["alice", "bob"], ["echo", "echo"], ["hi", "yo"])  # doctest: +SKIP
+        >>> done.statuses(), dict(done.counts())                                          # doctest: +SKIP
+        (['released', 'released'], {'released': 2})
+        """
+        sources, targets, payloads, methods, task_ids, problems = check_columns(
+            sources, targets, payloads, methods, task_ids, self.config.max_payload_bytes)
+        if task_ids is None:
+            prefix, numbers = self._task_prefix, self._task_numbers
+            task_ids = [f"{prefix}-{next(numbers)}" for _ in sources]
+        size, refs, pending = self.config.max_batch_messages, [], []
+        for start in range(0, len(task_ids), size):
+            part = slice(start, start + size)
+            refs.append(self._coordinator.submit_columns.remote(
+                task_ids[part], sources[part], targets[part], methods[part], payloads[part], problems[part]))
+            pending.append(refs[-1])
+            if len(pending) >= self.config.max_inflight_batches:
+                _, pending = ray.wait(pending, num_returns=1)
+        parts = ray.get(refs)
+        if not parts:
+            return CallColumns([], *(np.zeros(0, np.int8) for _ in range(3)))
+        return CallColumns(task_ids, *(np.concatenate(column) for column in zip(*parts)))
 
     async def asend(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """:meth:`send` for async code."""

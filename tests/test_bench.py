@@ -157,13 +157,13 @@ def test_the_whole_bench_tiny_writes_a_consistent_report(tmp_path: Path) -> None
     report = orjson.loads(json_path.read_bytes())
     assert png_path.stat().st_size > 10_000
     kinds = [run["kind"] for run in report["runs"]]
-    assert kinds[-3:] == ["booth", "mesh_call", "mesh_send"]
+    assert kinds[-4:] == ["booth", "mesh_call", "mesh_send_columns", "mesh_send"]
     seed_rate = report["seed"]["lifecycles_per_s"] if report["seed"] else None
     points = [p for sweep in report["sweeps"].values() for p in sweep]
     assert {name for name, sweep in report["sweeps"].items() if sweep} == set(report["plan"]["sweeps"])
     for run in report["runs"] + points:
         _check_run(run, seed_rate)
-    for run in report["runs"][-2:] + points:
+    for run in report["runs"][-3:] + points:
         assert {"coordinator", "shards", "writer", "hosts", "ray", "driver"} <= set(run["cpu_us"])
         assert "coordinator" in run["one_of_a_kind_cpu_us"]
     for point in points:

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.budget_shard import LOCK, REJECT, ShardCore, ShardSpec
+from actors.budget_shard import LOCK, REJECT, ShardSpec
+from record_shard import RecordShardCore as ShardCore
 from ledger import verify
 from ledger.jsonl import JsonlWriter
 from mesh.columnar import REASON_CODE, ColumnarBook

@@ -128,7 +128,7 @@ def test_a_shard_rebuilt_through_the_writer_equals_one_rebuilt_from_the_disk(tmp
             through_writer = ShardCore(spec, WriterFiles(f"rebuild-writer-{seed}"))
             assert through_writer.snapshot(driver.now_us) == from_disk.snapshot(driver.now_us)
             assert through_writer.rebuilt_through_seq == from_disk.rebuilt_through_seq == driver.writer.next_seq
-            budget, expected = through_writer.book.budget, from_disk.book.budget
+            budget, expected = through_writer, from_disk
             for agent in AGENTS:
                 assert budget.cap_micros(agent) == expected.cap_micros(agent)
             assert budget.cap_micros(AGENTS[0]) == 5_000 and budget.cap_micros(AGENTS[2]) == 7_000

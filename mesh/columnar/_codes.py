@@ -27,10 +27,11 @@ OVER_DAILY_CAP = REASON_CODE[Reason.OVER_DAILY_CAP]
 INSUFFICIENT_FUNDS = REASON_CODE[Reason.INSUFFICIENT_FUNDS]
 UNKNOWN_AGENT = REASON_CODE[Reason.UNKNOWN_AGENT]
 ESCROW_TIMEOUT = REASON_CODE[Reason.ESCROW_TIMEOUT]
+PAYMENT_REQUIRED = REASON_CODE[Reason.PAYMENT_REQUIRED]
 
 # -- event kinds ---------------------------------------------------------------------
-DEPOSIT, LOCK, PAPER_RELEASE, RELEASE, REFUND, EXPIRE, REJECT = range(7)
-KIND_NAMES: tuple = ("deposit", "lock", "paper_release", "release", "refund", "expire", "reject")
+DEPOSIT, LOCK, PAPER_RELEASE, RELEASE, REFUND, EXPIRE, REJECT, PEND = range(8)
+KIND_NAMES: tuple = ("deposit", "lock", "paper_release", "release", "refund", "expire", "reject", "pending")
 KIND_CODE: dict = {name: code for code, name in enumerate(KIND_NAMES)}
 
 #: JSON fragments by code (what the encoder takes from).

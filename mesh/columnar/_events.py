@@ -62,7 +62,8 @@ class EventColumns:
 
     @staticmethod
     def empty() -> EventColumns:
-        return EventColumns(*(np.zeros(0, dtype) for dtype in _DTYPES))
+        """No events (one shared instance: its arrays are empty and read-only)."""
+        return _EMPTY
 
     @staticmethod
     def of(kind, row, source, target, amount, status, reason, ts_us, settled_s) -> EventColumns:
@@ -71,6 +72,12 @@ class EventColumns:
         n = max((len(v) for v in values if isinstance(v, np.ndarray)), default=1)
         return EventColumns(*(np.broadcast_to(np.asarray(v, dtype), (n,)).astype(dtype, copy=False)
                               for v, dtype in zip(values, _DTYPES)))
+
+    @staticmethod
+    def one(kind, row, source, target, amount, status, reason, ts_us, settled_s) -> EventColumns:
+        """One event from scalars (the per-message paths: no broadcasting)."""
+        values = (kind, row, source, target, amount, status, reason, ts_us, settled_s)
+        return EventColumns(*(np.array([v], dtype) for v, dtype in zip(values, _DTYPES)))
 
     @staticmethod
     def concat(parts: Sequence[EventColumns]) -> EventColumns:
@@ -87,6 +94,15 @@ class EventColumns:
 
 
 _DTYPES = (np.int8, np.int64, np.int32, np.int32, np.int64, np.int8, np.int8, np.int64, np.int64)
+
+
+def _read_only_empty(dtype: type) -> np.ndarray:
+    array = np.zeros(0, dtype)
+    array.flags.writeable = False
+    return array
+
+
+_EMPTY = EventColumns(*(_read_only_empty(dtype) for dtype in _DTYPES))
 
 
 def json_strings(texts: pa.Array) -> pa.Array:

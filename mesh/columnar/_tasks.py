@@ -19,13 +19,15 @@ a key that matches is confirmed against the stored id (two ids may share a key).
 
 from __future__ import annotations
 
+import sys
 from hashlib import blake2b
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 _INITIAL_ROWS = 1 << 10
 _MERGE_RATIO = 2  # a run is merged into the one before it while that one is at most this many times larger
+RECENT_ROWS = 4_096  # rows appended one at a time that wait in a dict before they go to the index as a run
 
 #: The numpy columns of a task row: name -> dtype (the nonce is 16 bytes a row, kept apart).
 ROW_COLUMNS: dict = {
@@ -35,7 +37,14 @@ ROW_COLUMNS: dict = {
     "lock_us": np.int64,  # when the lock was taken (its deadline is this plus the timeout)
     "settled_s": np.int64,  # settled_at, whole seconds (-1: not settled)
     "lock_day": np.int32, "lock_epoch": np.int32,  # the cap period the lock took room in
+    "tokens": np.float64,  # amount_tokens (0.0 on the mesh's own calls)
 }
+
+
+def task_key(task_id: str) -> tuple[int, bytes]:
+    """One id's key and nonce digest (:func:`task_keys` of one)."""
+    digest = blake2b(task_id.encode(), digest_size=16).digest()
+    return int.from_bytes(digest[:8], sys.byteorder, signed=True), digest
 
 
 def task_keys(task_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +95,10 @@ class TaskTable:
         self.cols: dict[str, np.ndarray] = {name: np.zeros(_INITIAL_ROWS, dtype) for name, dtype in ROW_COLUMNS.items()}
         self.nonce = np.zeros((_INITIAL_ROWS, 16), np.uint8)
         self.task_ids: list[str] = []
+        self.forgotten: set[int] = set()  # PENDING rows a later record of their task id replaced (never found)
+        self.recent: dict[str, int] = {}  # rows appended one at a time, not in the index's runs yet
+        self.wallets: dict[int, str] = {}  # payer_wallet and tx_signature of the rows that have one (few)
+        self.signatures: dict[int, str] = {}
         self.index = KeyIndex()
 
     def __len__(self) -> int:
@@ -98,7 +111,7 @@ class TaskTable:
     def append(self, task_ids: list[str], keys: np.ndarray, nonces: np.ndarray, *, source: np.ndarray,
                target: np.ndarray, amount: np.ndarray, state: np.ndarray, reason: np.ndarray,
                created_s: np.ndarray, lock_us: np.ndarray, lock_day: int, lock_epoch: int,
-               settled_s: np.ndarray | int = -1) -> int:
+               settled_s: np.ndarray | int = -1, tokens: np.ndarray | float = 0.0) -> int:
         """Append rows (all columns the same length) and index their keys; the first new row."""
         n, first = len(task_ids), self.count
         self._reserve(first + n)
@@ -115,14 +128,69 @@ class TaskTable:
         cols["settled_s"][first:end] = settled_s
         cols["lock_day"][first:end] = lock_day
         cols["lock_epoch"][first:end] = lock_epoch
+        cols["tokens"][first:end] = tokens
         self.nonce[first:end] = nonces
         self.task_ids.extend(task_ids)
         self.count = end
         self.index.add(keys, np.arange(first, end, dtype=np.int64))
         return first
 
+    def append_one(self, task_id: str, key: int, nonce: bytes, *, source: int, target: int, amount: int, state: int,
+                   reason: int, created_s: int, lock_us: int, lock_day: int, lock_epoch: int, settled_s: int = -1,
+                   tokens: float = 0.0) -> int:
+        """Append one row (the per-message paths): kept in :attr:`recent` until ``RECENT_ROWS`` of them go to the
+        index as one run. Its row."""
+        row = self.count
+        self._reserve(row + 1)
+        cols = self.cols
+        for name, value in (("key", key), ("source", source), ("target", target), ("amount", amount), ("state", state),
+                            ("reason", reason), ("created_s", created_s), ("lock_us", lock_us),
+                            ("settled_s", settled_s), ("lock_day", lock_day), ("lock_epoch", lock_epoch),
+                            ("tokens", tokens)):
+            cols[name][row] = value
+        self.nonce[row] = np.frombuffer(nonce, np.uint8)
+        self.task_ids.append(task_id)
+        self.count = row + 1
+        self.recent[task_id] = row
+        if len(self.recent) >= RECENT_ROWS:
+            rows = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+            self.index.add(cols["key"][rows], rows)
+            self.recent.clear()
+        return row
+
+    def find_one(self, task_id: str, key: int) -> int:
+        """The row of one task id (-1 if unknown)."""
+        row = self.recent.get(task_id)
+        if row is not None:
+            return row
+        if not self.count:
+            return -1
+        return int(self._in_runs(np.array([key], np.int64), [task_id])[0])
+
+    def forget(self, row: int) -> None:
+        """Drop a PENDING row from the index's answers (a record of its task id replaces it)."""
+        self.forgotten.add(row)
+        if self.recent.get(self.task_ids[row]) == row:
+            del self.recent[self.task_ids[row]]
+
+    def set_payment(self, row: int, wallet: Optional[str], signature: Optional[str]) -> None:
+        if wallet is not None:
+            self.wallets[row] = wallet
+        if signature is not None:
+            self.signatures[row] = signature
+
     def lookup(self, keys: np.ndarray, task_ids: Sequence[str]) -> np.ndarray:
         """The row of each task id (-1 if unknown): keys searched in bulk, matches confirmed by the id itself."""
+        rows = self._in_runs(keys, task_ids)
+        if self.recent:
+            recent = self.recent
+            for i in np.flatnonzero(rows < 0).tolist():
+                row = recent.get(task_ids[i])
+                if row is not None:
+                    rows[i] = row
+        return rows
+
+    def _in_runs(self, keys: np.ndarray, task_ids: Sequence[str]) -> np.ndarray:
         rows = np.full(len(keys), -1, np.int64)
         stored = self.task_ids
         for run_keys, run_rows, at, hit in self.index.candidates(keys):
@@ -133,11 +201,13 @@ class TaskTable:
             candidate = run_rows[at[where]]
             same = np.fromiter((stored[r] == task_ids[i] for r, i in zip(candidate.tolist(), where.tolist())),
                                bool, where.size)
+            if self.forgotten:
+                same &= np.fromiter((r not in self.forgotten for r in candidate.tolist()), bool, where.size)
             rows[where[same]] = candidate[same]
             for i in where[~same].tolist():  # two ids with one key (about one pair in 2^64): the run's next rows
                 j = int(at[i]) + 1
                 while j < len(run_keys) and run_keys[j] == keys[i]:
-                    if stored[run_rows[j]] == task_ids[i]:
+                    if stored[run_rows[j]] == task_ids[i] and run_rows[j] not in self.forgotten:
                         rows[i] = run_rows[j]
                         break
                     j += 1

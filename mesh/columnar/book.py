@@ -53,18 +53,21 @@ import pyarrow as pa
 from mesh.clock import US_PER_SECOND, day_of, iso_utc
 from mesh.columnar import _checks as check
 from mesh.columnar._codes import (
-    EXPIRE, ESCROW_TIMEOUT, FAILED, INSUFFICIENT_FUNDS, LOCK, LOCKED, NO_REASON, OVER_DAILY_CAP, REASON_CODE,
-    REASON_NAMES, REFUND, REFUNDED, REJECT, RELEASE, RELEASED, STATUS_NAMES, STATUS_OF_CODE, UNKNOWN, UNKNOWN_AGENT,
-    DEPOSIT,
+    EXPIRE, ESCROW_TIMEOUT, FAILED, INSUFFICIENT_FUNDS, LOCK, LOCKED, NO_REASON, OVER_DAILY_CAP, PAPER_RELEASE,
+    PAYMENT_REQUIRED, PEND, REASON_CODE, REASON_NAMES, REFUND, REFUNDED, REJECT, RELEASE, RELEASED, STATUS_NAMES,
+    STATUS_OF_CODE, UNKNOWN, UNKNOWN_AGENT, DEPOSIT,
 )
+from mesh.columnar._codes import KIND_NAMES
+from mesh.columnar._codes import PENDING as PENDING_STATE
 from mesh.columnar._events import EventColumns, encode_jsonl, json_strings
-from mesh.columnar._tasks import TaskTable, task_keys
+from mesh.columnar._tasks import TaskTable, task_key, task_keys
 from mesh.errors import InvalidAmountError, InvalidArgumentError
 from mesh.records import TollRecord
 from mesh.sharding import shard_of
 
 MAX_HELD_MICROS = 1 << 62  # the most a balance, a day's usage or a locked total may reach (int64 sums stay exact)
 NO_CAP = np.iinfo(np.int64).max  # the cap column's value for "no cap"
+_RECORD_ENCODED_EVENTS = 16  # events of a call up to this many are encoded one record at a time (cheaper than arrays)
 _SCAN_ROWS = 4_096  # rows looked at per step when the expiry sweep walks the task table
 _INITIAL_AGENTS = 1 << 10
 
@@ -169,6 +172,10 @@ class ColumnarBook:
             self._names_json = None
         return np.fromiter((index[name] for name in names), np.int32, len(names))
 
+    def index_of(self, name: str) -> Optional[int]:
+        """The dense index of ``name`` (None: not registered)."""
+        return self._index.get(name)
+
     def agent_index(self, names: Sequence[str]) -> np.ndarray:
         """The index of each registered name (InvalidArgumentError naming an unknown one)."""
         names = check.ids("names", names)
@@ -216,11 +223,15 @@ class ColumnarBook:
         return EventColumns.of(DEPOSIT, -1, -1, agents, amount, RELEASED, NO_REASON, now_us, -1)
 
     def lock(self, task_ids: Sequence[str], source_idx: np.ndarray, target_idx: np.ndarray, price_micros: np.ndarray,
-             now_us: int, *, reject_reasons: Optional[np.ndarray] = None) -> LockAnswer:
+             now_us: int, *, reject_reasons: Optional[np.ndarray] = None, tokens: Optional[np.ndarray] = None,
+             wallets: Optional[Sequence[Optional[str]]] = None,
+             signatures: Optional[Sequence[Optional[str]]] = None) -> LockAnswer:
         """Lock each message's price in escrow, or refuse it with a reason, in message order.
 
         ``reject_reasons``: where not 0, the message is refused for that reason before any
         room is judged (the coordinator's ``x402_rejected``, ``unknown_method``...).
+        ``tokens``, ``wallets``, ``signatures``: the records' ``amount_tokens``, ``payer_wallet``
+        and ``tx_signature`` (absent: 0.0 and None). A PENDING task id is locked (or refused) anew.
         """
         ids = check.ids("task_ids", task_ids)
         n, count = len(ids), self.agent_count
@@ -233,6 +244,7 @@ class ColumnarBook:
         expired_rows, expired = self._expire(now_us)
         keys, nonces = task_keys(ids)
         rows = self.tasks.lookup(keys, ids) if self.tasks.count else np.full(n, -1, np.int64)
+        self._forget_pending(rows)
         earlier = _earlier_twin(keys, ids, np.flatnonzero(rows < 0))
         new = np.flatnonzero((rows < 0) & (earlier < 0))
         reason = np.zeros(len(new), np.int8)
@@ -247,8 +259,12 @@ class ColumnarBook:
         first = self.tasks.append(
             [ids[i] for i in new.tolist()], keys[new], nonces[new], source=source[new], target=target[new],
             amount=price[new], state=state, reason=reason, created_s=now_us // US_PER_SECOND, lock_us=now_us,
-            lock_day=day, lock_epoch=self.epoch)
+            lock_day=day, lock_epoch=self.epoch, tokens=0.0 if tokens is None else tokens[new])
         rows[new] = np.arange(first, first + len(new))
+        if wallets is not None or signatures is not None:
+            for i, row in zip(new.tolist(), range(first, first + len(new))):
+                self.tasks.set_payment(row, None if wallets is None else wallets[i],
+                                       None if signatures is None else signatures[i])
         twins = np.flatnonzero(earlier >= 0)
         rows[twins] = rows[earlier[twins]]
         events = EventColumns.of(np.where(accepted, LOCK, REJECT), rows[new], source[new], target[new], price[new],
@@ -306,6 +322,94 @@ class ColumnarBook:
             status, reason = np.zeros(n, np.int8), np.zeros(n, np.int8)
         return SettleAnswer(rows, status, reason, repeat, EventColumns.concat([expired, events]), expired_rows,
                             t.col("target")[credit_rows], t.col("amount")[credit_rows], credit_event)
+
+    def lock_one(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, *, reject_reason: int = 0,
+                 tokens: float = 0.0, wallet: Optional[str] = None,
+                 signature: Optional[str] = None) -> tuple[int, bool, EventColumns]:
+        """:meth:`lock` of one message in Python scalars (the per-message paths: no array work per call):
+        its row, whether it was a repeat, and the events (the escrows expired first, then its own)."""
+        task_id, source, target, price, now_us = self._one_checked(task_id, source, target, price_micros, now_us)
+        if isinstance(reject_reason, bool) or not isinstance(reject_reason, int) or not 0 <= reject_reason < len(REASON_NAMES):
+            raise InvalidArgumentError("reject_reason", reject_reason, "a reason code (0: none)")
+        _, expired = self._expire(now_us)
+        key, nonce = task_key(task_id)
+        row = self._find_one(task_id, key)
+        if row >= 0:
+            return row, True, expired
+        day = day_of(now_us)
+        reason = reject_reason or self._room_one(source, price, day)
+        state = FAILED if reason else LOCKED
+        if not reason:
+            self._reserve_one(source, price, day)
+        row = self.tasks.append_one(task_id, key, nonce, source=source, target=target, amount=price, state=state,
+                                    reason=reason, created_s=now_us // US_PER_SECOND, lock_us=now_us, lock_day=day,
+                                    lock_epoch=self.epoch, tokens=float(tokens))
+        self.tasks.set_payment(row, wallet, signature)
+        event = EventColumns.one(REJECT if reason else LOCK, row, source, target, price, state, reason, now_us, -1)
+        return row, False, EventColumns.concat([expired, event])
+
+    def settle_one(self, task_id: str, ok: bool, reason_code: int, now_us: int) -> tuple[int, bool, EventColumns]:
+        """:meth:`settle` of one task id in Python scalars: its row (-1: unknown), whether it changed
+        nothing (the escrow was not open), and the events (the escrows expired first, then its own)."""
+        (task_id,) = check.ids("task_id", [task_id])
+        if not isinstance(ok, (bool, np.bool_)):
+            raise InvalidArgumentError("ok", ok, "a bool")
+        now_us = check.now("now_us", now_us)
+        if not ok and (isinstance(reason_code, bool) or not isinstance(reason_code, int) or not 0 < reason_code < len(REASON_NAMES)):
+            raise InvalidArgumentError("reason_code", reason_code, "a refund needs a reason code")
+        _, expired = self._expire(now_us)
+        key, _ = task_key(task_id)
+        row = self.tasks.find_one(task_id, key)
+        if row < 0 or self.tasks.cols["state"][row] != LOCKED:
+            return row, True, expired
+        cols, a = self.tasks.cols, self._agents
+        source, target, amount = int(cols["source"][row]), int(cols["target"][row]), int(cols["amount"][row])
+        a["locked"][source] -= amount
+        if ok:
+            if self.track_balances:
+                if a["owned"][target]:
+                    a["balance"][target] += amount
+                    a["has_account"][target] = True
+                else:
+                    self.transfers_out_micros += amount
+            cols["state"][row] = RELEASED
+        else:
+            if a["used_day"][source] == cols["lock_day"][row] and cols["lock_epoch"][row] == self.epoch:
+                a["used"][source] -= amount
+            if self.track_balances:
+                a["balance"][source] += amount
+            cols["state"][row], cols["reason"][row] = REFUNDED, reason_code
+        settled_s = now_us // US_PER_SECOND
+        cols["settled_s"][row] = settled_s
+        event = EventColumns.one(RELEASE if ok else REFUND, row, source, target, amount, cols["state"][row],
+                                 cols["reason"][row], now_us, settled_s)
+        return row, False, EventColumns.concat([expired, event])
+
+    def pend(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, *, tokens: float = 0.0,
+             wallet: Optional[str] = None, signature: Optional[str] = None) -> tuple[int, bool, EventColumns]:
+        """Record one task as PENDING (payment required, nothing locked): its row, whether it was a
+        repeat (a task id known and not PENDING: answered, nothing written), and the events."""
+        return self._one_unlocked(task_id, source, target, price_micros, now_us, tokens, wallet, signature, instant=False)
+
+    def instant(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, *, tokens: float = 0.0,
+                wallet: Optional[str] = None, signature: Optional[str] = None) -> tuple[int, bool, EventColumns]:
+        """Lock and release one toll at once (paper mode's ``paper_release``), or refuse it as :meth:`lock`
+        would: its row, whether it was a repeat, and the events."""
+        return self._one_unlocked(task_id, source, target, price_micros, now_us, tokens, wallet, signature, instant=True)
+
+    def expiry_due(self, now_us: int) -> bool:
+        """Whether an escrow is past its timeout at ``now_us`` (nothing changes)."""
+        return bool(len(self._due_rows(check.now("now_us", now_us))))
+
+    def credits_of(self, events: EventColumns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The releases among ``events`` paid to agents another shard holds (with balances): their
+        agents, amounts and event indices (what the caller forwards as credits)."""
+        if not self.track_balances or not len(events):
+            empty = np.zeros(0, np.int64)
+            return empty.astype(np.int32), empty, empty
+        paid = (events.kind == RELEASE) | (events.kind == PAPER_RELEASE)
+        at = np.flatnonzero(paid & ~self._agents["owned"][np.maximum(events.target, 0)])
+        return events.target[at], events.amount[at], at
 
     def expire_due(self, now_us: int) -> tuple[np.ndarray, EventColumns]:
         """Refund every escrow past its timeout (reason ``escrow_timeout``): their rows and events."""
@@ -372,17 +476,21 @@ class ColumnarBook:
         ids = check.ids("task_ids", task_ids)
         return self.tasks.lookup(task_keys(ids)[0], ids) if self.tasks.count else np.full(len(ids), -1, np.int64)
 
-    def record(self, row: int) -> Optional[TollRecord]:
-        """The :class:`~mesh.records.TollRecord` of a task row as it stands (None for -1): for the edges and tests."""
+    def record(self, row: int, *, status: Optional[int] = None, reason: Optional[int] = None,
+               settled_s: Optional[int] = None) -> Optional[TollRecord]:
+        """The :class:`~mesh.records.TollRecord` of a task row as it stands (None for -1), or as an event of it
+        left it (its ``status``, ``reason`` and ``settled_s`` codes): for the edges and tests."""
         if row < 0:
             return None
         t, cols = self.tasks, self.tasks.cols
-        settled_s = int(cols["settled_s"][row])
+        status = int(cols["state"][row]) if status is None else status
+        reason = int(cols["reason"][row]) if reason is None else reason
+        settled_s = int(cols["settled_s"][row]) if settled_s is None else settled_s
         return TollRecord(
             t.task_ids[row], self.names[cols["source"][row]], self.names[cols["target"][row]], int(cols["amount"][row]),
-            0.0, STATUS_OF_CODE[cols["state"][row]], None, None, bytes(t.nonce[row]).hex(),
-            None if settled_s < 0 else iso_utc(settled_s * US_PER_SECOND, "seconds"),
-            iso_utc(int(cols["created_s"][row]) * US_PER_SECOND, "seconds"), REASON_NAMES[cols["reason"][row]],
+            float(cols["tokens"][row]), STATUS_OF_CODE[status], t.signatures.get(row), t.wallets.get(row),
+            bytes(t.nonce[row]).hex(), None if settled_s < 0 else iso_utc(settled_s * US_PER_SECOND, "seconds"),
+            iso_utc(int(cols["created_s"][row]) * US_PER_SECOND, "seconds"), REASON_NAMES[reason],
         )
 
     def open_rows(self) -> np.ndarray:
@@ -419,8 +527,13 @@ class ColumnarBook:
         return [(self.names[a], int(m), int(e)) for a, m, e in zip(answer.credit_agent, answer.credit_amount, answer.credit_event)]
 
     def encode(self, events: EventColumns) -> bytes:
-        """The events as JSON lines for ``JsonlWriter.append_encoded`` (see :mod:`mesh.columnar._events`)."""
+        """The events as JSON lines for ``JsonlWriter.append_encoded`` (see :mod:`mesh.columnar._events`).
+
+        Events of rows with tokens or a payment (few: the per-message paths) are encoded one record at a time.
+        """
         t = self.tasks
+        if len(events) <= _RECORD_ENCODED_EVENTS or self._has_extras(events.row):
+            return self._encode_records(events)
         return encode_jsonl(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
                             names_json=self.names_json(), mode=self.mode, shard=self.shard)
 
@@ -441,6 +554,133 @@ class ColumnarBook:
         }
 
     # -- internals --------------------------------------------------------------
+
+    def _has_extras(self, rows: np.ndarray) -> bool:
+        t = self.tasks
+        if not len(rows):
+            return False
+        if t.wallets or t.signatures:
+            listed = rows[rows >= 0].tolist()
+            if any(r in t.wallets or r in t.signatures for r in listed):
+                return True
+        tokens = t.col("tokens")
+        return bool(len(tokens)) and bool(np.any(tokens[np.maximum(rows, 0)][rows >= 0] != 0.0))
+
+    def _encode_records(self, events: EventColumns) -> bytes:
+        """:meth:`encode` through :func:`ledger.events.record_event`, one event at a time."""
+        from ledger.events import record_event
+        from ledger.jsonl import encode_events
+
+        made = []
+        for i in range(len(events)):
+            kind, row = KIND_NAMES[int(events.kind[i])], int(events.row[i])
+            if row < 0:  # a deposit
+                record = TollRecord("", "", self.names[int(events.target[i])], int(events.amount[i]),
+                                    status=STATUS_OF_CODE[int(events.status[i])],
+                                    created_at=iso_utc(int(events.ts_us[i]), "seconds"))
+            else:
+                record = self.record(row, status=int(events.status[i]), reason=int(events.reason[i]),
+                                     settled_s=int(events.settled_s[i]))
+            made.append(record_event(kind, record, ts_us=int(events.ts_us[i]), mode=self.mode, shard=self.shard))
+        return encode_events(made)
+
+    def _forget_pending(self, rows: np.ndarray) -> None:
+        """Rows of PENDING tasks become unknown (-1) in ``rows``, and leave the index: they are recorded anew."""
+        if not self.tasks.count:
+            return
+        found = np.flatnonzero(rows >= 0)
+        pending = found[self.tasks.col("state")[rows[found]] == PENDING_STATE]
+        for i in pending.tolist():
+            if rows[i] >= 0:  # (a task id twice in the batch: its row is forgotten once)
+                self.tasks.forget(int(rows[i]))
+        rows[pending] = -1
+
+    def _one_checked(self, task_id: Any, source: Any, target: Any, price: Any, now_us: Any) -> tuple:
+        (task_id,) = check.ids("task_id", [task_id])
+        for field, agent in (("source", source), ("target", target)):
+            if isinstance(agent, (bool, np.bool_)) or not isinstance(agent, (int, np.integer)) or not 0 <= agent < self.agent_count:
+                raise InvalidArgumentError(field, agent, f"an agent index from 0 to {self.agent_count - 1}")
+        if isinstance(price, (bool, np.bool_)) or not isinstance(price, (int, np.integer)):
+            raise InvalidAmountError("price_micros", price, "an int of micros")
+        check.amounts("price_micros", np.array([price], np.int64), 1)
+        return task_id, int(source), int(target), int(price), check.now("now_us", now_us)
+
+    def _find_one(self, task_id: str, key: int) -> int:
+        """The row of one task id, -1 if unknown or PENDING (a PENDING row is forgotten: it is recorded anew)."""
+        row = self.tasks.find_one(task_id, key)
+        if row >= 0 and self.tasks.cols["state"][row] == PENDING_STATE:
+            self.tasks.forget(row)
+            return -1
+        return row
+
+    def _room_one(self, source: int, price: int, day: int) -> int:
+        """:meth:`_room` of one message: its reason code (0: it fits)."""
+        a = self._agents
+        if self.track_balances and not a["has_account"][source]:
+            return UNKNOWN_AGENT
+        if self.track_balances and int(a["balance"][source]) < price:
+            return INSUFFICIENT_FUNDS
+        used = int(a["used"][source]) if a["used_day"][source] == day else 0
+        cap = int(a["cap"][source]) if a["cap_set"][source] else (
+            NO_CAP if self.default_cap_micros is None else self.default_cap_micros)
+        return OVER_DAILY_CAP if used + price > cap else 0
+
+    def _reserve_one(self, source: int, price: int, day: int) -> None:
+        a = self._agents
+        used = int(a["used"][source]) if a["used_day"][source] == day else 0
+        if used + price > MAX_HELD_MICROS or int(a["locked"][source]) + price > MAX_HELD_MICROS:
+            raise InvalidAmountError("price_micros", price, f"would take an agent's usage or locked total past {MAX_HELD_MICROS} micros")
+        a["used"][source], a["used_day"][source] = used + price, day
+        a["locked"][source] += price
+        if self.track_balances:
+            a["balance"][source] -= price
+            assert a["balance"][source] >= 0, "a negative balance"
+
+    def _one_unlocked(self, task_id: str, source: int, target: int, price_micros: int, now_us: int, tokens: float,
+                      wallet: Optional[str], signature: Optional[str], *, instant: bool) -> tuple[int, bool, EventColumns]:
+        (task_id,) = check.ids("task_id", [task_id])
+        source_idx, target_idx = check.indices("source", np.array([source]), 1, self.agent_count), check.indices(
+            "target", np.array([target]), 1, self.agent_count)
+        price = check.amounts("price_micros", np.array([price_micros]) if not isinstance(price_micros, bool) else price_micros, 1)
+        now_us = check.now("now_us", now_us)
+        _, expired = self._expire(now_us)
+        keys, nonces = task_keys([task_id])
+        rows = self.tasks.lookup(keys, [task_id]) if self.tasks.count else np.full(1, -1, np.int64)
+        self._forget_pending(rows)
+        if rows[0] >= 0:
+            return int(rows[0]), True, expired
+        day = day_of(now_us)
+        reason = int(self._room(source_idx, price, day)[0]) if instant else PAYMENT_REQUIRED
+        state = FAILED if instant and reason else RELEASED if instant else PENDING_STATE
+        settled_s = now_us // US_PER_SECOND if state == RELEASED else -1
+        row = self.tasks.append([task_id], keys, nonces, source=source_idx, target=target_idx, amount=price,
+                                state=np.array([state]), reason=np.array([reason]), created_s=now_us // US_PER_SECOND,
+                                lock_us=now_us, lock_day=day, lock_epoch=self.epoch, settled_s=settled_s,
+                                tokens=float(tokens))
+        self.tasks.set_payment(row, wallet, signature)
+        kind = REJECT if state == FAILED else PAPER_RELEASE if instant else PEND
+        if state == RELEASED:
+            self._pay_at_once(int(source_idx[0]), int(target_idx[0]), int(price[0]), day)
+        event = EventColumns.of(kind, np.array([row]), source_idx, target_idx, price, state, reason, now_us, settled_s)
+        return row, False, EventColumns.concat([expired, event])
+
+    def _pay_at_once(self, source: int, target: int, price: int, day: int) -> None:
+        """A paper release: the source's room and funds taken, the target paid, nothing left locked."""
+        a = self._agents
+        used0 = int(a["used"][source]) if a["used_day"][source] == day else 0
+        if used0 + price > MAX_HELD_MICROS:
+            raise InvalidAmountError("price_micros", price, f"would take an agent's usage past {MAX_HELD_MICROS} micros")
+        a["used"][source], a["used_day"][source] = used0 + price, day
+        if not self.track_balances:
+            return
+        a["balance"][source] -= price
+        assert a["balance"][source] >= 0, "a negative balance"
+        if a["owned"][target]:
+            a["balance"][target] += price
+            a["has_account"][target] = True
+            assert a["balance"][target] <= MAX_HELD_MICROS, "a balance past MAX_HELD_MICROS"
+        else:
+            self.transfers_out_micros += price
 
     def _caps(self, agents: np.ndarray) -> np.ndarray:
         a = self._agents

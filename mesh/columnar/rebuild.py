@@ -6,8 +6,8 @@ credits the releases other shards paid to its agents; balances are tracked from 
 ledger's first deposit; nothing is judged again (no cap, no timeout: a lock the ledger
 holds is taken, an ``expire`` applied where it is written); a ledger that contradicts
 itself (a settlement of a toll not locked, a lock of funds not held, a second lock of
-an open escrow) raises LedgerError naming the line. ``pending`` events are not kept
-(the book does not hold payment-required records: those stay on the per-message path).
+an open escrow) raises LedgerError naming the line. A ``pending`` record is kept until a
+later record of its task id replaces it.
 
 >>> import numpy as np
 >>> book = rebuild_from_events(ColumnarBook(track_balances=True), [
@@ -25,7 +25,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from mesh.clock import US_PER_DAY, US_PER_SECOND, iso_utc
-from mesh.columnar._codes import ESCROW_TIMEOUT, FAILED, LOCKED, REASON_CODE, REFUNDED, RELEASED
+from mesh.columnar._codes import (
+    ESCROW_TIMEOUT, FAILED, LOCKED, PAYMENT_REQUIRED, PENDING, REASON_CODE, REFUNDED, RELEASED,
+)
 from mesh.columnar._tasks import ROW_COLUMNS, task_keys
 from mesh.columnar.book import ColumnarBook
 from mesh.errors import LedgerError
@@ -61,16 +63,17 @@ def rebuild_from_events(book: ColumnarBook, events: Iterable[dict[str, Any]], *,
     return book
 
 
-def rebuild_from_ledger(book: ColumnarBook, path: Path | str) -> ColumnarBook:
-    """:func:`rebuild_from_events` over the JSONL ledger at ``path`` (all its files, streamed; absent: empty)."""
-    from ledger.files import segments
+def rebuild_from_ledger(book: ColumnarBook, path: Path | str, *, files: Optional[Any] = None) -> ColumnarBook:
+    """:func:`rebuild_from_events` over the JSONL ledger at ``path`` (all its files, streamed; absent: empty),
+    read from this disk or through ``files`` (a :class:`ledger.replay.LedgerFiles`, as a shard on another node)."""
     from ledger.reader import event_lines
+    from ledger.replay import _sources
 
-    paths = segments(path) if Path(path).exists() else []
+    paths, read_lines = _sources(path, files, missing_ok=True)
     lines = {}
 
     def stream():
-        for line in event_lines(paths):
+        for line in event_lines(paths, read_lines=read_lines):
             lines["at"] = f"{line.path}:{line.line_no}: event seq={line.event.get('seq')}"
             yield line.event
 
@@ -87,6 +90,10 @@ class _Replay:
         self.task_ids: list[str] = []
         self.nonces: list[bytes] = []
         self.open: dict[str, int] = {}  # task id -> its row, while locked
+        self.pending: dict[str, int] = {}  # task id -> its row, while PENDING (a later record replaces it)
+        self.forgotten: list[int] = []
+        self.wallets: dict[int, str] = {}
+        self.signatures: dict[int, str] = {}
         self._seconds: dict[str, int] = {}
 
     def apply(self, event: dict[str, Any]) -> None:
@@ -125,7 +132,12 @@ class _Replay:
         self.book.tasks.append(self.task_ids, keys, nonces, source=rows["source"], target=rows["target"],
                                amount=rows["amount"], state=rows["state"], reason=rows["reason"],
                                created_s=rows["created_s"], lock_us=rows["lock_us"], lock_day=rows["lock_day"],
-                               lock_epoch=rows["lock_epoch"], settled_s=rows["settled_s"])
+                               lock_epoch=rows["lock_epoch"], settled_s=rows["settled_s"], tokens=rows["tokens"])
+        tasks = self.book.tasks
+        tasks.wallets.update(self.wallets)
+        tasks.signatures.update(self.signatures)
+        for row in self.forgotten:
+            tasks.forget(row)
 
     # -- internals --------------------------------------------------------------
 
@@ -136,10 +148,17 @@ class _Replay:
         if event.get("status") != expected:
             raise LedgerError(f"{kind} of task_id={event.get('task_id')!r} with status {event.get('status')!r}, expected {expected!r}")
         task_id = event["task_id"]
-        if kind in ("lock", "paper_release", "reject"):
+        if kind in ("lock", "paper_release", "reject", "pending"):
             if task_id in self.open:
                 raise LedgerError(f"{kind} of task_id={task_id!r} while its escrow is locked: one task id, one escrow")
+            replaced = self.pending.pop(task_id, None)
+            if replaced is not None:
+                self.forgotten.append(replaced)
             row = self._append(event)
+            if kind == "pending":
+                self.rows["state"][row], self.rows["reason"][row] = PENDING, PAYMENT_REQUIRED
+                self.pending[task_id] = row
+                return
             if kind == "reject":
                 self.rows["state"][row], self.rows["reason"][row] = FAILED, REASON_CODE[event["reason"]]
                 return
@@ -156,7 +175,6 @@ class _Replay:
                 self._release(row, event)
             else:
                 self._refund(row, event, ESCROW_TIMEOUT if kind == "expire" else REASON_CODE[event["reason"]])
-        # pending: not kept (see the module doc)
 
     def _append(self, event: dict[str, Any]) -> int:
         rows = self.rows
@@ -172,6 +190,12 @@ class _Replay:
         rows["settled_s"].append(-1)
         rows["lock_day"].append(ts_us // US_PER_DAY)
         rows["lock_epoch"].append(self.book.epoch)
+        rows["tokens"].append(float(event.get("amount_tokens") or 0.0))
+        row = len(self.task_ids)
+        if event.get("payer_wallet") is not None:
+            self.wallets[row] = event["payer_wallet"]
+        if event.get("tx_signature") is not None:
+            self.signatures[row] = event["tx_signature"]
         nonce = bytes.fromhex(event["nonce"])
         if len(nonce) != 16:
             raise LedgerError(f"task_id={event['task_id']!r}: nonce {event['nonce']!r} is not 32 hex digits")
