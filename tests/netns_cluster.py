@@ -85,7 +85,6 @@ class Node:
     ip: str
     process: subprocess.Popen
     log_path: Path
-    killed: bool = False
 
     @property
     def pid(self) -> int:
@@ -97,7 +96,6 @@ class Node:
     def kill(self) -> None:
         """The host loses power: SIGKILL to the process holding its namespaces, which takes every
         process in them with it (``--kill-child``, then the kernel empties the PID namespace)."""
-        self.killed = True
         if self.alive():
             self.process.kill()
         self.process.wait(timeout=30)
@@ -124,7 +122,6 @@ class NamespacedCluster:
     cpus_per_node: int = 1
     object_store_bytes: int = 150_000_000
     system_config: dict = field(default_factory=dict)
-    env: dict = field(default_factory=dict)  # more environment for every node (and the jobs they run)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -212,15 +209,6 @@ class NamespacedCluster:
         assert self._client is not None
         return subprocess.run(_nsenter(self._client.pid, *command), env=env or self.client_env(),
                               capture_output=True, text=True, timeout=timeout_s, **options)
-
-    def client_popen(self, *command: str, log: Path, env: Optional[dict] = None) -> subprocess.Popen:
-        assert self._client is not None
-        handle = open(log, "wb")
-        try:
-            return subprocess.Popen(_nsenter(self._client.pid, *command), env=env or self.client_env(),
-                                    stdout=handle, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        finally:
-            handle.close()
 
     def http_get(self, url: str, *, timeout_s: float = 10.0, token: bool = True) -> tuple[int, str]:
         """GET ``url`` from the client's network namespace (with the cluster's token); status and text."""
@@ -343,7 +331,7 @@ class NamespacedCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_", "TOLLMESH_AUDIT"))}
         python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         env.update(HOME="/tmp/home", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=python_path,
-                   RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0", **self.env)
+                   RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
         return env
 
     def _common_start(self) -> list[str]:

@@ -95,7 +95,8 @@ def _run(cluster: NamespacedCluster) -> dict:
     _the_log_ends_with_the_report(logs, report)
     ledger = _the_ledger_verifies(run_dir)
     assert _ledger_bytes(run_dir) > ledger_bytes_at_kill > 0, "calls were made after the loss, and before it"
-    after = _mesh_actors(cluster, ip_of, alive_only=False)
+    after = _mesh_actors(cluster, ip_of, alive_only=False)  # each actor's last node (the mesh has shut down)
+    assert victim.ip not in {ip for ips in after.values() for ip in ips}, after
     restarted = _restarted(cluster, ip_of)
     assert any(cls == "BudgetShard" for cls, _ in restarted), f"a shard of the lost host came back: {restarted}"
     assert all(ip != victim.ip for _, ip in restarted), restarted
@@ -219,6 +220,7 @@ def _figures(report: dict, ledger: dict, placed: dict, after: dict, restarted: l
     return {
         "hosts": {"head": head, "lost": victim},
         "placed_before_the_loss": {cls: dict(Counter(ips)) for cls, ips in placed.items()},
+        "last_node_at_the_end": {cls: dict(Counter(ips)) for cls, ips in after.items()},
         "restarted_on": [f"{cls} -> {ip}" for cls, ip in restarted],
         "calls": outcomes["calls"], "driver_calls": outcomes["driver_calls"], "by_status": outcomes["by_status"], "by_reason": outcomes["by_reason"],
         "ticks_sent_again": len(re.findall(r"sending the tick again", logs)),
