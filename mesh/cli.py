@@ -12,7 +12,9 @@
     tollmesh ledger settle  LEDGER [--minimum USD] [--live]
     tollmesh ledger plot    LEDGER [--out DIR]
     tollmesh ledger compact LEDGER [--out DIR]
-    tollmesh bench [--quick] [--json PATH] [--plot PATH] [--readme JSON] [sweeps...]   (see benchmarks/)
+    tollmesh bench [--quick] [--json PATH] [--plot PATH] [--readme JSON] [--address ADDRESS] [sweeps...]   (see benchmarks/)
+    tollmesh cluster init [--provider local|aws|gcp] [--head-ip IP --worker-ips IP,... --ssh-user USER] [--out FILE]
+    tollmesh cluster grafana [--out FILE]
 
 LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report``,
 ``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
@@ -20,7 +22,10 @@ created as needed (``export`` creates the folder of its ``--out`` file too). A b
 (a file where a directory must be, a folder that cannot be made or read) is answered
 with one line on stderr and exit code 2, never a traceback; so is Ray's failure (no cluster at
 ``--address``, a cluster that goes away mid-run, an actor dead for good), with exit code 3.
-``simulate`` says in one line which Ray it uses (one of its own unless told to join one).
+``simulate`` says in one line which Ray it uses (one of its own unless told to join one). As a Ray
+job's entrypoint (``ray job submit ... -- tollmesh simulate --out /data/runs``) it names its run
+directory whole, on which node, shows no progress bar, and refuses a run directory inside the copy of
+``--working-dir`` that Ray deletes after the job.
 """
 
 from __future__ import annotations
@@ -137,15 +142,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if given:
             print(f"tollmesh: error: --resume plays the run's own scenario: drop {', '.join(given)}", file=sys.stderr)
             return 2
-        return _finish(Simulation.resume(args.resume, progress=not args.no_progress and not args.json,
-                                         plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
-                                         on_ray_lost=_ray_lost(args.resume.absolute())).run, args)
+        run_dir = _in_a_job(args.resume)
+        return _finish(Simulation.resume(run_dir, progress=_progress(args), plots=not args.no_plots,
+                                         address=args.address, dashboard=args.dashboard,
+                                         on_ray_lost=_ray_lost(run_dir.absolute())).run, args)
     scenario = load_scenario(args.config).scaled(
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
     )
-    run_dir = _out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}"
-    simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
+    run_dir = _in_a_job(_out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}")
+    simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=_progress(args),
                             plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
                             on_ray_lost=_ray_lost(run_dir.absolute()))
     try:
@@ -153,6 +159,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except RunDirTaken as exc:
         print(f"tollmesh: error: {exc.explain(_command_line(_argv_of(args)))}", file=sys.stderr)
         return 2
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """The progress bar: on, unless asked not to, or in a Ray job (its log would keep every redraw)."""
+    from mesh.ray_job import current_job
+
+    return not (args.no_progress or args.json or current_job() is not None)
+
+
+def _in_a_job(run_dir: Path) -> Path:
+    """``run_dir``, made absolute when this is a Ray job's entrypoint (so the job's log names it whole),
+    and refused if it lies in the copy of ``--working-dir`` Ray deletes after the job; said in one line."""
+    import socket
+
+    from mesh.ray_job import check_run_dir, current_job
+
+    job = current_job()
+    if job is None:
+        return run_dir
+    run_dir = run_dir.absolute()
+    check_run_dir(run_dir, job)
+    print(f"tollmesh: ray job {job.submission_id}: the run directory is {run_dir} on {socket.gethostname()}"
+          " (the node this entrypoint runs on: the head, unless the submission asked for another)", file=sys.stderr)
+    return run_dir
 
 
 def _ray_lost(run_dir: Path) -> Callable[[str], None]:
@@ -386,8 +416,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(func=_cmd_demo)
     _ledger_parser(sub.add_parser("ledger", help="tools over a ledger: report, verify, export, settle, plot, compact"))
+    _cluster_parser(sub.add_parser("cluster", help="on a Ray cluster: write a `ray up` YAML (init), a Grafana dashboard"))
     _bench_parser(sub.add_parser("bench", help="the seed's booth, ours and the mesh side by side, with sweeps (JSON, PNG)"))
     return parser
+
+
+def _cluster_parser(p: argparse.ArgumentParser) -> None:
+    from mesh.cluster.command import add_arguments
+
+    add_arguments(p)
 
 
 def _bench_parser(p: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ from actors.agent_host import AgentHost, HostSettings, write_groups
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
+from actors.placement import cluster_rotation
 from actors.run_files import WriterFiles
 from actors.wire import pack
 from ledger.replay import ledger_has_events
@@ -84,6 +85,7 @@ class Mesh:
         self._task_prefix = uuid.uuid4().hex[:12]
         self._task_numbers = count()
         self._handles: list[Any] = []
+        self._hosts_placed = 0  # hosts this driver started: the next goes on the next node
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._fast: Optional[FastPath] = None
         self._coordinator = self._start_actors()
@@ -107,6 +109,7 @@ class Mesh:
         mesh._task_numbers = count()
         mesh._coordinator = coordinator
         mesh._handles = []
+        mesh._hosts_placed = 0
         mesh._coalescers = weakref.WeakKeyDictionary()
         mesh._fast = None  # only the driver that compiled the fast lane may run it
         mesh._owner = False
@@ -146,10 +149,12 @@ class Mesh:
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise InvalidArgumentError("hosts", hosts, "must be an int of at least 1")
         hosts = min(hosts, max(len(ids) for _, ids, _, _ in checked))
+        placed = cluster_rotation(start=self._hosts_placed).actor_options(hosts)  # dealt over the nodes, as the shards
         total = 0
-        for h in range(hosts):
+        for h, options in enumerate(placed):
             share = [(cls, ids[h::hosts], kwargs, prices) for cls, ids, kwargs, prices in checked if ids[h::hosts]]
-            total = self._start_host(share, {})
+            total = self._start_host(share, options)
+            self._hosts_placed += 1
         return total
 
     def add_agent(
@@ -483,7 +488,7 @@ class Mesh:
         )
         caps_path = self._write_agent_caps()
         shards = [
-            BudgetShard.options(name=config.actor_name(f"shard.{i}"), scheduling_strategy="SPREAD", **common).remote(
+            BudgetShard.options(name=config.actor_name(f"shard.{i}"), **placed, **common).remote(
                 ShardSpec(
                     index=i, shards=config.shards, default_cap_micros=config.default_cap_micros,
                     agent_caps_path=caps_path, runtime_caps_path=str(config.runtime_caps_path),
@@ -493,7 +498,7 @@ class Mesh:
                 ),
                 config.actor_name("writer"), config.namespace,
             )
-            for i in range(config.shards)
+            for i, placed in enumerate(cluster_rotation().actor_options(config.shards))  # over the cluster's nodes
         ]
         writer_stats, *_ = ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
         slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file

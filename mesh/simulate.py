@@ -135,8 +135,8 @@ class Simulation:
         finally:
             if watch is not None:
                 watch.stop()
-            if session.started:
-                ray_shutdown()
+            if session.started or session.joined is not None:  # a cluster joined is left: Ray's buffered
+                ray_shutdown()  # notices (a node that died...) come out now, before the report is printed
 
     def _run(self, Mesh: type, log_started_s: float) -> dict[str, Any]:
         if self._resumed is None:
