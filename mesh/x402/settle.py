@@ -177,3 +177,18 @@ def _paid_calls(ledger: Path | str, verified_seqs: int) -> tuple[dict[str, tuple
         elif event.get("status") == "released" and decode_payment(event["tx_signature"]) is not None:
             paid.setdefault(event["task_id"], (event["tx_signature"], event["amount_micros"]))
     return paid, refunded
+
+
+def terms_of_ledger(ledger: Path | str) -> Any:
+    """The :class:`~mesh.x402.terms.PaymentTerms` the ledger's first x402 payment accepted (whom to settle to)."""
+    from mesh.errors import ConfigError
+    from mesh.x402.terms import PaymentTerms
+
+    for line in event_lines(segments(ledger)):
+        payload = decode_payment(line.event.get("tx_signature"))
+        accepted = payload.get("accepted") if payload is not None else None
+        if isinstance(accepted, dict) and accepted.get("payTo"):
+            extra = accepted.get("extra") or {}
+            return PaymentTerms(pay_to=accepted["payTo"], network=accepted.get("network", ""), asset=accepted.get("asset"),
+                                token_name=extra.get("name"), token_version=extra.get("version"))
+    raise ConfigError(f"{ledger}: no call of this ledger was paid with an x402 payment: nothing to settle by payment")
