@@ -400,11 +400,11 @@ class _X402Payer:
 
 
 def _machine_cpu_s() -> float:
-    """CPU seconds the whole machine has spent (user + system, every core): the run's, on a machine to itself."""
+    """CPU seconds the whole machine has spent (user, nice'd and system, every core): the run's, on a machine to itself."""
     import psutil
 
     times = psutil.cpu_times()
-    return times.user + times.system
+    return times.user + getattr(times, "nice", 0.0) + times.system
 
 
 class SimulationError(TollmeshError):
