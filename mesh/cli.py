@@ -359,7 +359,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         agents[agent_id] = target
     options = ServeOptions(
         host=args.host, port=args.port, out_dir=args.out, pay_to=args.pay_to, network=args.network, agents=agents,
-        paper=args.paper, facilitator_url=args.facilitator, facilitator_timeout_s=args.facilitator_timeout,
+        paper=args.paper, free=args.no_payment, facilitator_url=args.facilitator, facilitator_timeout_s=args.facilitator_timeout,
         chain_balance_usd=args.chain_balance, wallet_daily_cap_usd=None if args.wallet_daily_cap in ("none", "0") else args.wallet_daily_cap,
         max_body_bytes=args.max_body_bytes, timeout_s=args.timeout, address=args.address,
     )
@@ -527,6 +527,8 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paper", action="store_true", help="paper mode: structural checks only, nothing settled (said so)")
     p.add_argument("--facilitator", metavar="URL", help="verify and settle through the facilitator at URL (fails closed)")
     p.add_argument("--facilitator-timeout", type=float, default=5.0, help="seconds a facilitator request may take (default 5)")
+    p.add_argument("--no-payment", action="store_true",
+                   help="payment off: calls go through escrow unpaid (the benchmarks' baseline; never expose it)")
     p.add_argument("--chain-balance", default="10", help="USD every wallet holds on the in-memory chain (default 10)")
     p.add_argument("--wallet-daily-cap", default="1.00", help="USD a payer wallet may spend a day here, or none (default 1.00)")
     p.add_argument("--max-body-bytes", type=_positive_int, default=64 * 1024, help="largest request body (default 65536)")

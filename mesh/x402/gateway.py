@@ -61,6 +61,7 @@ logger = logging.getLogger("tollmesh.gateway")
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_BODY_TIMEOUT_S = 10.0
 TIMEOUT_MARGIN_S = 5.0  # past the mesh's own handler timeout, the gateway stops waiting (the mesh refunds by then)
+FREE_SOURCE = "gateway-free"  # who pays when payment is off (mode "free")
 _URL_SAFE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 
 #: A sentence for each refusal a client can get, for the ``detail`` of the JSON body.
@@ -199,6 +200,8 @@ class Gateway:
     async def _handle(self, request: Request, agent_id: str, method: str, price_micros: int) -> Response:
         try:
             payload = await self._payload(request)
+            if self.mode == "free":
+                return await self._free_call(agent_id, method, payload)
             header = request.headers.get("payment-signature")
             if not header:
                 reason = Reason.X402_WRONG_SCHEME.value if request.headers.get("x-payment") else "payment_required"
@@ -217,6 +220,14 @@ class Gateway:
             return refusal.response
         except asyncio.TimeoutError:
             return _json(504, {"error": "gateway_timeout", "detail": REASON_TEXT["gateway_timeout"]})
+
+    async def _free_call(self, agent_id: str, method: str, payload: Any) -> Response:
+        """Payment off (the benchmarks' baseline): the same escrow, paid by the gateway's own budget, no x402."""
+        result = await asyncio.wait_for(self.mesh.acall(FREE_SOURCE, agent_id, payload, method=method), self.timeout_s)
+        if result.ok:
+            return _json(200, {"result": result.value, "task_id": result.task_id, "mode": self.mode})
+        reason = result.record.reason or result.record.status.value
+        return _json(_STATUS_OF_REASON.get(reason, 502), {"error": reason, "task_id": result.task_id})
 
     async def _payload(self, request: Request) -> Any:
         """The body as JSON (None when empty), within the size and time limits."""

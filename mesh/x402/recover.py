@@ -61,21 +61,23 @@ def _recover_coincurve(digest: bytes, rsv: bytes) -> bytes:
     return PublicKey.from_signature_and_message(rsv, digest, hasher=None).format(compressed=False)[1:]
 
 
-def _eth_keys_native():
-    from eth_keys import KeyAPI
-    from eth_keys.backends import NativeECCBackend
-
-    return KeyAPI(backend=NativeECCBackend())
-
-
 _native = None
 
 
-def _recover_eth_keys(digest: bytes, rsv: bytes) -> bytes:
+def _eth_keys_native():
+    """eth-keys' own pure-Python backend (each datatype is given it: by default eth-keys would use coincurve)."""
     global _native
     if _native is None:
-        _native = _eth_keys_native()
-    return _native.Signature(rsv).recover_public_key_from_msg_hash(digest).to_bytes()
+        from eth_keys.backends import NativeECCBackend
+
+        _native = NativeECCBackend()
+    return _native
+
+
+def _recover_eth_keys(digest: bytes, rsv: bytes) -> bytes:
+    from eth_keys.datatypes import Signature
+
+    return Signature(rsv, backend=_eth_keys_native()).recover_public_key_from_msg_hash(digest).to_bytes()
 
 
 _RECOVER: dict[str, Callable[[bytes, bytes], bytes]] = {"coincurve": _recover_coincurve, "eth-keys": _recover_eth_keys}
@@ -119,7 +121,9 @@ class Signer:
             self._key = PrivateKey(private_key)
             public = self._key.public_key.format(compressed=False)[1:]
         else:
-            self._key = _eth_keys_native().PrivateKey(private_key)
+            from eth_keys.datatypes import PrivateKey
+
+            self._key = PrivateKey(private_key, backend=_eth_keys_native())
             public = self._key.public_key.to_bytes()
         self.address_bytes: bytes = keccak(public)[-20:]
 

@@ -41,6 +41,7 @@ class ServeOptions:
     network: str = "eip155:84532"
     agents: dict[str, str] = field(default_factory=dict)  # agent id -> "module:Class"; none: the demo agents
     paper: bool = False
+    free: bool = False  # payment off: the benchmarks' baseline (escrow without x402)
     facilitator_url: Optional[str] = None
     facilitator_timeout_s: float = 5.0
     chain_balance_usd: str = "10"
@@ -54,7 +55,9 @@ class ServeOptions:
     def mode(self) -> str:
         if self.paper and self.facilitator_url:
             raise ConfigError("--paper and --facilitator exclude each other: paper mode settles nothing")
-        return "paper" if self.paper else "facilitator" if self.facilitator_url else "live"
+        if self.free and (self.paper or self.facilitator_url):
+            raise ConfigError("--no-payment excludes --paper and --facilitator")
+        return "free" if self.free else "paper" if self.paper else "facilitator" if self.facilitator_url else "live"
 
 
 def demo_key(name: str) -> bytes:
@@ -96,9 +99,9 @@ def build_gateway(options: ServeOptions, *, mesh: Any = None) -> Any:
         verifier: Any = FacilitatorVerifier(facilitator, terms)
         settler_facilitator: Any = facilitator
     else:
-        verifier = ExactEvmVerifier(terms, paper=mode == "paper")
+        verifier = None if mode == "free" else ExactEvmVerifier(terms, paper=mode == "paper")
         chain = InMemoryChain(terms, default_balance_micros=usd_to_micros(options.chain_balance_usd, field="--chain-balance"))
-        settler_facilitator = None if mode == "paper" else LocalFacilitator(chain)
+        settler_facilitator = None if mode in ("paper", "free") else LocalFacilitator(chain)
     if mesh is None:
         mesh = Mesh(MeshConfig(
             name="gateway", out_dir=options.out_dir, shards=options.shards, handler_timeout_s=options.timeout_s,
