@@ -42,3 +42,13 @@ def test_paying_runs_are_reproducible(ray_session, tmp_path):
     Simulation(Scenario(**PAYING), tmp_path / "b", plots=False).run()
     signed = [[(e["task_id"], e["kind"], e["tx_signature"]) for e in paid_events(tmp_path / run)] for run in "ab"]
     assert signed[0] == signed[1] and signed[0]
+
+
+def test_only_escrow_or_x402_is_a_way_to_pay():
+    import pytest
+
+    from mesh import ConfigError
+
+    with pytest.raises(ConfigError, match=r"groups\.0\.pays="):
+        Scenario(**{**PAYING, "groups": [{**PAYING["groups"][0], "pays": "bitcoin"}, *PAYING["groups"][1:]]})
+    assert Scenario(**PAYING).x402_groups == ["users"]
