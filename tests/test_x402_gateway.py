@@ -244,3 +244,11 @@ def test_paper_mode_settles_nothing_and_says_so(gateway_of):
     (record,) = gateway.settler.log.read()
     assert record["mode"] == "paper" and "no funds moved" in record["note"]
     nothing_locked(gateway)
+
+
+def test_an_agent_past_its_time_is_refunded_with_504(gateway_of):
+    gateway = gateway_of(agents={"slow": "x402_helpers:Slow"}, handler_timeout_s=0.5)
+    response = asyncio.run(_post(gateway, "/agents/slow", 5, {"PAYMENT-SIGNATURE": _signed(PayingWallet.derived(3, "s"))}))
+    assert (response.status_code, response.json()["error"]) == (504, "handler_timeout")
+    assert gateway.settler.log.read() == []
+    nothing_locked(gateway)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
 
+from mesh import Agent
 from mesh.x402.terms import PaymentTerms
 from mesh.x402.wallet import PayingWallet
 
@@ -39,3 +41,13 @@ def forged(header: str) -> str:
 
 def encoded(value: Any) -> str:
     return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+class Slow(Agent):
+    """Sleeps for its payload's seconds: past the mesh's handler timeout, the gateway answers 504."""
+
+    price_usd = "0.001"
+
+    async def handle(self, ctx, payload):
+        await asyncio.sleep(float(payload))
+        return "late"

@@ -164,7 +164,7 @@ class Gateway:
             path, call, methods=["POST"], name=f"{agent_id}.{method}", operation_id=f"{agent_id}__{method}",
             summary=f"{agent_id}.{method}: ${format_usd(price_micros)} a call ({price_micros} atomic USDC)",
             description=(doc[0] + "\n\n" if doc else "") + (
-                f"Price: {price_micros} atomic units of USDC ({t_asset(self.terms)}), paid to {self.terms.pay_to} on "
+                f"Price: {price_micros} atomic units of USDC ({_asset_text(self.terms)}), paid to {self.terms.pay_to} on "
                 f"{self.terms.network}. The request body is the call's JSON payload; the answer is "
                 "`{\"result\": ...}` with a PAYMENT-RESPONSE header."),
             responses={
@@ -285,7 +285,7 @@ class Gateway:
         return _json(402, body, {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(quote)})
 
 
-def t_asset(terms: PaymentTerms) -> str:
+def _asset_text(terms: PaymentTerms) -> str:
     return f"{terms.token_name} {terms.asset}"
 
 
