@@ -7,7 +7,8 @@ v2 ledger (a batch whose bytes changed, named by its seqs and lines, see :mod:`l
 a line of it that is no event, or out of sequence, is named by its line); amounts (``amount_usd``
 agrees with ``amount_micros``); legal transitions (no release without a lock, no second
 settlement, a settlement of the locked amount between the locked agents, the status each
-kind implies); and, replaying through the core, caps and conservation of balances.
+kind implies); an x402 payment (a signed authorization, see :mod:`ledger.payments`) spent
+by one call only, never by two; and, replaying through the core, caps and conservation of balances.
 A torn line left by a crash is a warning, not a problem. A file none of whose first
 :data:`NOT_A_LEDGER_PROBE_LINES` lines is a tollmesh event is not read further: the result
 says it is not a tollmesh ledger (``not_a_ledger`` tells why), rather than list every line.
@@ -34,6 +35,7 @@ from pydantic import ValidationError
 
 from ledger.files import segments
 from ledger.jsonl import chain_hash, line_body
+from ledger.payments import PaymentKey, payment_of
 from ledger.reader import RawLine, iter_lines
 from ledger.replay import apply_event, snapshot
 from ledger.schema import GENESIS_HASH, LedgerEvent
@@ -111,6 +113,7 @@ class _Verifier:
         # this file's lines since the last batch ended, as (line number, bytes, seq or None): what a seal covers
         self.unsealed: deque[tuple[int, bytes, Any]] = deque(maxlen=SEAL_MAX_LINES)
         self.path: Optional[Path] = None
+        self.payments: dict[PaymentKey, tuple[str, Path, int]] = {}  # what each spent payment paid for, and where
 
     def see(self, line: RawLine) -> None:
         """Check the next line of the ledger (each, in order): an event, a torn line (a warning), or a problem."""
@@ -147,6 +150,8 @@ class _Verifier:
         if kind in _STATUS_OF_KIND:
             self._check_amount(path, line_no, event)
             self._check_transition(path, line_no, event)
+            if event.get("tx_signature") and kind in _OPENING_KINDS:
+                self._check_payment(path, line_no, event)
         if len(self.result.problems) > problems_before and not self.replay_broken:
             self.replay_broken = True
             self.result.warnings.append(Finding(path, line_no, "replay through the core stops at this bad line"))
@@ -237,6 +242,17 @@ class _Verifier:
         if same != (state.amount_micros, state.source_agent, state.target_agent):
             self.problem(path, line_no, f"{kind} of task_id={task_id} changes its amount or agents from the lock")
         state.status = expected_status
+
+    def _check_payment(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        """An x402 authorization pays for one call: a second call spending its nonce is a replay the ledger let through."""
+        spent = payment_of(event)
+        if spent is None:
+            return
+        first = self.payments.setdefault(spent.key, (spent.task_id, path, line_no))
+        if first[0] != spent.task_id:
+            network, _, payer, nonce = spent.key
+            self.problem(path, line_no, f"x402 nonce {nonce} of payer {payer} on {network} used twice: by task_id={first[0]} "
+                                        f"({first[1].name}:{first[2]}) and task_id={spent.task_id}")
 
     def _replay(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         if self.replay_broken:

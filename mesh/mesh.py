@@ -388,11 +388,18 @@ class Mesh:
     def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:
         """Verify paid calls with ``verifier(wallet, signature, amount_usd) -> bool`` (sync or async; None removes it).
 
-        It runs in the coordinator's process, so it must be picklable. It fails closed.
+        It runs in the coordinator's process, so it must be picklable. It fails closed. A
+        :class:`~mesh.verifier.PaymentChecker` (:class:`mesh.x402.ExactEvmVerifier`) names its
+        reasons, checks a batch's payments at once, judges validity windows on the mesh's clock and
+        learns which payments the mesh's ledger spent already; a restarted coordinator gets it back.
         """
         if verifier is not None and not callable(verifier):
             raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
         ray.get(self._coordinator.set_verifier.remote(verifier))
+
+    def x402_stats(self) -> Optional[dict[str, Any]]:
+        """The verifier's counters (payments checked, CPU seconds in the coordinator), if it keeps any."""
+        return ray.get(self._coordinator.x402_stats.remote())
 
     def expire_stale(self) -> list:
         """Refund every escrow past its timeout now (the coordinator also sweeps on its own)."""
@@ -477,6 +484,7 @@ class Mesh:
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
+        (config.out_dir / "x402_verifier.pkl").unlink(missing_ok=True)  # and its verifier: a new mesh is given its own
         shutil.rmtree(config.out_dir / "hosts", ignore_errors=True)
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
         # the run directory is on this node's disk: the writer and the coordinator, which use it, stay here

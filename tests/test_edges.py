@@ -63,7 +63,7 @@ GROUP_FIELDS = {
     "count": ["count"],
     "number": ["failure_rate"],
     "text": ["name", "behaviour"],
-    "other": ["latency_ms", "onward"],
+    "other": ["latency_ms", "onward", "pays"],
 }
 LATENCY_FIELDS = {"number": ["ms", "low_ms", "high_ms", "p50_ms", "p99_ms"], "other": ["distribution"]}
 ONWARD_FIELDS = {"text": ["to"], "number": ["alpha", "probability"], "other": ["pattern"]}
