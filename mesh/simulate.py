@@ -260,9 +260,12 @@ class Simulation:
                 self._set_clock(mesh, tick)
                 if redeliver:
                     ray_get(mesh.actor("coordinator").set_redelivery.remote(True))
-                outcomes = mesh.send_columns(  # the bulk path: columns in, status codes out
-                    [m.source for m in messages], [m.target for m in messages], [m.payload for m in messages],
-                    task_ids=[m.task_id for m in messages], max_batch_messages=self.scenario.batch_size).counts()
+                if any(m.payer_wallet or m.tx_signature for m in messages):  # x402 payers: verified a call at a time
+                    outcomes = mesh.send_counted(messages, max_batch_messages=self.scenario.batch_size)
+                else:  # the bulk path: columns in, status codes out
+                    outcomes = mesh.send_columns(
+                        [m.source for m in messages], [m.target for m in messages], [m.payload for m in messages],
+                        task_ids=[m.task_id for m in messages], max_batch_messages=self.scenario.batch_size).counts()
                 if redeliver:
                     ray_get(mesh.actor("coordinator").set_redelivery.remote(False))
                 stats = mesh.stats()
