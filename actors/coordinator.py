@@ -72,12 +72,13 @@ from mesh.records import (
     record_to_wire,
 )
 from mesh.sharding import shard_of
-from mesh.verifier import Verifier, verify_async
+from mesh.verifier import Verifier, verify_async, verify_many_async
 
 logger = logging.getLogger("tollmesh.coordinator")
 
 MAX_CONCURRENT_CALLS = 10_000  # Ray runs at most this many coordinator calls at once; the rest wait in its queue
 MAX_SHARD_ATTEMPTS = 4
+VERIFIER_FILE = "x402_verifier.pkl"  # the verifier set_verifier was given, for a restarted coordinator
 RECOVERY_PAUSE_S = 0.2  # between rounds of a recovery that met a dead writer
 # Records travel as plain tuples (mesh.records.record_to_wire); the coordinator reads them by index.
 _TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
@@ -304,17 +305,17 @@ class EscrowCoordinator:
         return results  # type: ignore[return-value]
 
     async def _verify_payments(self, messages: list[WireMessage]) -> dict[int, Reason]:
-        """x402: the reason each paid message fails verification (absent: it verified, or carried no payment)."""
+        """x402: the reason each paid message fails verification (absent: it verified, or carried no payment).
+
+        A verifier with ``check_payments`` checks the batch's payments at once (see :mod:`mesh.verifier`)."""
         verifier = self._verifier
         if verifier is None:
             return {}
-        paid = [(i, m) for i, m in enumerate(messages) if m[5] and m[6]]
+        paid = [(i, m) for i, m in enumerate(messages) if m[5] and m[6] and m[7] is None]
         if not paid:
             return {}
-        timeout_s = self.config.x402_verify_timeout_s
-        reasons = await asyncio.gather(*(
-            verify_async(verifier, m[5], m[6], self._price_of(m) / 1e6, timeout_s=timeout_s) for _, m in paid
-        ))
+        items = [(m[0], m[5], m[6], self._price_of(m)) for _, m in paid]
+        reasons = await verify_many_async(verifier, items, timeout_s=self.config.x402_verify_timeout_s)
         return {i: reason for (i, _), reason in zip(paid, reasons) if reason is not None}
 
     def _price_of(self, message: WireMessage) -> int:
@@ -656,7 +657,8 @@ class EscrowCoordinator:
         wallet, signature = fields[5], fields[6]
         if self._verifier is None or not (wallet and signature) or pend:
             return None
-        return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s)
+        return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s,
+                                  task_id=fields[0], amount_micros=fields[3])
 
     def _count_answer(self, method: str, answer: ShardAnswer) -> None:
         """Count what a shard's answer to ``lock_batch`` or ``settle_batch`` changed (its events): the
@@ -833,7 +835,30 @@ class EscrowCoordinator:
         return answer
 
     def set_verifier(self, verifier: Optional[Verifier]) -> None:
+        """Verify paid calls with ``verifier`` from now on (None: no more). A verifier that can judges
+        validity windows on the mesh's clock and learns the payments the ledger spent already; it is
+        kept beside the ledger (``x402_verifier.pkl``) so that a restarted coordinator verifies as before."""
+        path = self.config.out_dir / VERIFIER_FILE
+        if verifier is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_whole(path, ray.cloudpickle.dumps(verifier))
+        self._adopt_verifier(verifier)
+
+    def _adopt_verifier(self, verifier: Optional[Verifier]) -> None:
+        if verifier is not None:
+            if callable(getattr(verifier, "bind_clock", None)):
+                verifier.bind_clock(lambda: self._clock.now_us() / US_PER_SECOND)
+            if callable(getattr(verifier, "restore_from_ledger", None)):
+                restored = verifier.restore_from_ledger(self.config.ledger_path)
+                if restored:
+                    logger.warning("x402: %d payment(s) the ledger spent already will be refused if presented again", restored)
         self._verifier = verifier
+
+    def x402_stats(self) -> Optional[dict[str, Any]]:
+        """The verifier's own counters (payments checked, CPU seconds), if it keeps any."""
+        stats = getattr(self._verifier, "stats", None)
+        return stats() if callable(stats) else None
 
     async def set_caps(self, default_cap_micros: Optional[int], agent_caps_micros: dict[str, Optional[int]]) -> None:
         """Change the daily caps on every shard (from now on; usage so far counts). They are kept in
@@ -937,10 +962,18 @@ class EscrowCoordinator:
             last_us = last_ts_us(self.config.ledger_path)
             if last_us is not None:
                 self._clock.resume_after(last_us)  # a manual clock starts again where the ledger left off
+            self._reload_verifier()
             await self._recount()
             for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
                 self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def _reload_verifier(self) -> None:
+        """The verifier the old instance was given (kept by :meth:`set_verifier`), with the payments spent since."""
+        path = self.config.out_dir / VERIFIER_FILE
+        if path.exists():
+            self._adopt_verifier(ray.cloudpickle.loads(path.read_bytes()))
+            logger.warning("coordinator restarted: its x402 verifier is back, from %s", path)
 
     async def _recount(self) -> None:
         """Count the calls again from the ledger (the truth), from the mesh's start to its end now.

@@ -11,7 +11,8 @@ other core instead of waiting on this process's GIL; small commits are gathered 
 ``MAX_PARQUET_BATCHES_IN_FLIGHT`` batches travel to it at once (backpressure).
 
 The writer is restartable: a new instance reopens the JSONL family and continues the
-sequence and the hash chain (a torn last line is marked with a ``recover`` event).
+sequence and the chain of seals (or hashes, in a v1 ledger), in the ledger's format (a torn
+last line or batch is marked with a ``recover`` event).
 A batch whose caller saw the writer die may or may not be on disk; the caller decides
 by reading the ledger (tasks are idempotent by ``task_id``). The sink runs on the
 writer's node. Each sink's first call catches the dataset up with the JSONL
@@ -101,11 +102,13 @@ class LedgerWriterActor:
         rotate_daily: bool = False,
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_commit_events: int = DEFAULT_MAX_COMMIT_EVENTS,
+        format_version: Optional[int] = None,
     ) -> None:
         tune_gc()
         if max_commit_events < 1:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
-        self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
+        self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily,
+                                  format_version=format_version)
         self._jsonl_path = str(jsonl_path)
         self._run_dir = RunDirectory(Path(jsonl_path).absolute().parent)
         self._parquet = None if parquet_dir is None else (str(parquet_dir), row_group_events)

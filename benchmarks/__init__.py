@@ -13,7 +13,9 @@ title), ``figures`` (percentiles, ratios, the ceiling), ``record`` (one run's fi
 (the options), ``run`` (the whole run), ``report`` (the table, the README's table), ``plot``
 (the PNG), ``command`` (the CLI). Parts run on their own: ``python -m benchmarks.ledger_writers``
 (the ledger writers' events/s), ``python -m benchmarks.ledger_floor`` (the least the ledger can
-cost a lifecycle), ``python -m benchmarks.simulate`` (``tollmesh simulate``, cold, repeated).
+cost a lifecycle), ``python -m benchmarks.ledger_seal`` (ledger format v2's seal per batch against
+v1's hash per line, SHA-256 against BLAKE2b), ``python -m benchmarks.simulate`` (``tollmesh simulate``,
+cold, repeated).
 
 This package imports nothing heavy: ``tollmesh`` reads the bench's options from :mod:`benchmarks.plan`.
 """

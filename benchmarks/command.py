@@ -3,10 +3,11 @@
     tollmesh bench [--quick] [--json PATH] [--plot PATH] [--shards 1,2,4] [--batch 1000,20000]
                    [--agents 1000,100000,1000000] [--concurrency 1,100] [--contention 0.1,0.5]
                    [--failure-rate 0,0.02] [--lifecycles N] [--calls N] [--messages N] [--cores N]
+                   [--address ADDRESS]
     tollmesh bench --readme PATH.json      # the README's performance table, from a saved run
 
 The exit code is 0 when every run's outcomes and ledger checks pass, 1 when one does not (each
-problem is printed), 2 on a bad option.
+problem is printed), 2 on a bad option, 3 when no Ray cluster answers at ``--address``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from benchmarks.run import run_bench
 
-    report = run_bench(make_plan(args))
+    plan = make_plan(args)
+    if plan.address:
+        from mesh.errors import RayUnavailableError
+        from mesh.ray_session import probe
+
+        try:
+            probe(plan.address)  # before the booths' runs: an address where nothing answers is said at once
+        except RayUnavailableError as exc:
+            print(f"tollmesh bench: error: {exc}", file=sys.stderr)
+            return 3
+    report = run_bench(plan)
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

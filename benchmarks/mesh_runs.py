@@ -2,7 +2,8 @@
 
 Every mesh runs on a local Ray of its own (``ray.init(address="local", ...)``, as ``Mesh`` starts
 one), started by :func:`mesh_session` and shut down with the mesh, so one point's actors never
-share the machine with the next's. Its ledger (JSONL and Parquet, fsync per batch) goes to a
+share the machine with the next's; with ``--address`` every mesh joins that cluster instead (and
+leaves it after). Its ledger (JSONL and Parquet, fsync per batch) goes to a
 directory of its own, deleted afterwards; what the writer wrote is checked against the runs.
 
 - :func:`run_calls`: ``Mesh.call`` one at a time (the fast lane open), a latency per call;
@@ -57,16 +58,21 @@ class MeshSession:
 
 @contextmanager
 def mesh_session(root: Path, layout: Layout, *, cores: int, hot_tags: tuple[str, ...] = (),
-                 max_batch: Optional[int] = None) -> Iterator[MeshSession]:
-    """A local Ray of its own and a mesh laid out as ``layout`` (its ``hot_tags`` sources capped, batches
-    up to ``max_batch``, default ``layout.batch``), both shut down after; ``session.closed`` then holds
-    what the ledger writer wrote."""
+                 max_batch: Optional[int] = None, address: Optional[str] = None) -> Iterator[MeshSession]:
+    """A local Ray of its own (or the cluster at ``address``) and a mesh laid out as ``layout`` (its
+    ``hot_tags`` sources capped, batches up to ``max_batch``, default ``layout.batch``), both shut down
+    (or left) after; ``session.closed`` then holds what the ledger writer wrote."""
     if ray.is_initialized():
         raise RuntimeError("the bench starts a local Ray of its own for every mesh: shut down the Ray running here first")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.perf_counter()
-    ray.init(address="local", num_cpus=cores, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
-             logging_level=logging.WARNING)
+    if address:
+        from mesh.ray_session import connect
+
+        connect(address, NAMESPACE)  # checked first: an address where nothing answers is said at once
+    else:
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
+                 logging_level=logging.WARNING)
     try:
         name = f"bench-{uuid.uuid4().hex[:8]}"
         caps = {source: agents.HOT_CAP_USD for tag in hot_tags for source in agents.hot_ids(tag, agents.HOT_SOURCES)}

@@ -15,7 +15,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 MAX_AGENTS = 1_000_000
@@ -56,11 +56,13 @@ class Plan:
     centre: Layout
     sweeps: dict[str, tuple] = field(default_factory=dict)
     seed: int = 7
+    address: Optional[str] = None  # a Ray cluster every mesh joins (None: a local Ray of its own per mesh)
 
     def as_dict(self) -> dict[str, Any]:
         return {"quick": self.quick, "cores": self.cores, "lifecycles": self.lifecycles, "calls": self.calls,
                 "messages": self.messages, "point_messages": self.point_messages, "seed": self.seed,
-                "centre": vars(self.centre).copy(), "sweeps": {k: list(v) for k, v in self.sweeps.items()}}
+                "centre": vars(self.centre).copy(), "sweeps": {k: list(v) for k, v in self.sweeps.items()},
+                "address": self.address}
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -114,6 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inflight", type=_int_in(1, 256), default=4, help="Mesh.send calls in flight (default 4)")
     p.add_argument("--cores", type=_int_in(1, 1_024), default=os.cpu_count() or 1,
                    help="CPUs each bench Ray is given (default: this machine's)")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="run every mesh on the Ray cluster at ADDRESS (host:port) instead of a local Ray of its own "
+                        "(CPU and memory by role then count this machine's processes only: the driver)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,4 +134,4 @@ def make_plan(args: argparse.Namespace) -> Plan:
     centre = Layout(shards=2 if 2 in sweeps["shards"] else sweeps["shards"][0], agents=sweeps["agents"][0],
                     batch=sweeps["batch"][-1], inflight=args.inflight)
     sizes = {k: getattr(args, k) or base[k] for k in ("lifecycles", "calls", "messages", "point_messages")}
-    return Plan(quick=args.quick, cores=args.cores, centre=centre, sweeps=sweeps, **sizes)
+    return Plan(quick=args.quick, cores=args.cores, centre=centre, sweeps=sweeps, address=args.address, **sizes)

@@ -35,6 +35,10 @@ def format_table(report: dict[str, Any]) -> str:
     """The text table ``tollmesh bench`` prints: the measured things, CPU by role, the sweeps."""
     lines = [f"{'run':34} {'lifecycles/s':>12} {'x seed':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'of':>9} "
              f"{'CPU us':>7} {'busiest one-of-a-kind us':>25} {'ceiling 2c':>11} {'limit':>10}"]
+    address = report.get("plan", {}).get("address")
+    if address:
+        lines.insert(0, f"meshes on the Ray cluster at {address}: CPU and memory by role count this machine's "
+                        "processes only (the driver's), not the cluster's")
     for run in report["runs"]:
         lat, c = run["latency_ms"], run["ceiling"]
         lines.append(f"{run['name'][:34]:34} {_n(run['lifecycles_per_s']):>12} {_x(run):>7} {_n(lat['p50'], 3):>8} "

@@ -86,7 +86,8 @@ def _centre(plan: Plan, root: Path, report: Report, log: Callable[[str], None]) 
     centre, sweeps, seed = plan.centre, plan.sweeps, plan.seed
     tags = tuple(f"hot{i}" for i in range(len(sweeps["contention"])))
     log(f"centre mesh {vars(centre)} ...")
-    with mesh_session(root, centre, cores=plan.cores, hot_tags=tags, max_batch=max(sweeps["batch"])) as session:
+    with mesh_session(root, centre, cores=plan.cores, hot_tags=tags, max_batch=max(sweeps["batch"]),
+                      address=plan.address) as session:
         ids, warm = session.ids, agents.make_messages(session.ids, max(2_000, plan.messages // 10), seed=seed + 99)
         report["runs"].append(_guarded(report, "Mesh.call", lambda: run_calls(
             session, plan.calls, warmup=max(20, plan.calls // 10), seed=seed)))
@@ -142,7 +143,7 @@ def _other_layouts(plan: Plan, root: Path, report: Report, log: Callable[[str], 
         log(f"mesh with {sweep} {value:,} ...")
 
         def one() -> dict:
-            with mesh_session(root, layout, cores=plan.cores) as session:
+            with mesh_session(root, layout, cores=plan.cores, address=plan.address) as session:
                 warm = agents.make_messages(session.ids, max(2_000, plan.point_messages // 10), seed=plan.seed + 99)
                 point = run_send(session, agents.make_messages(session.ids, plan.point_messages, seed=plan.seed),
                                  name=f"Mesh.send, {sweep} {value:,}", warmup=warm, setup_s=session.setup_s)

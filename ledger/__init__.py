@@ -1,4 +1,4 @@
-"""The ledger: one hash-chained event per state change in JSONL, a Parquet dataset, and tools.
+"""The ledger: one event per state change in JSONL (a seal per batch, or a hash per line), a Parquet dataset, and tools.
 
 >>> from ledger import EventKind
 >>> EventKind.LOCK.value

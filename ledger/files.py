@@ -2,7 +2,8 @@
 
 A JSONL ledger is a family of segment files: ``<stem>.jsonl`` first, then, once the
 writer rotates (by size or by day), ``<stem>.000001.jsonl``, ``<stem>.000002.jsonl``...
-in order. ``<stem>.settlements.jsonl`` beside them holds settlement batches.
+in order. ``<stem>.settlements.jsonl`` beside them holds settlement batches (netting), and
+``<stem>.payments.jsonl`` the settlements of calls paid with signed x402 payments.
 A ledger can be named by its first file or by the directory holding it.
 
 >>> import tempfile, pathlib
@@ -23,6 +24,8 @@ from mesh.errors import LedgerError
 
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})\.jsonl$")
 SETTLEMENTS_SUFFIX = ".settlements.jsonl"
+PAYMENTS_SUFFIX = ".payments.jsonl"
+_SIDE_FILES = (SETTLEMENTS_SUFFIX, PAYMENTS_SUFFIX)  # beside a ledger, not part of it
 
 
 def first_segment(ledger: Path | str) -> Path:
@@ -31,7 +34,7 @@ def first_segment(ledger: Path | str) -> Path:
     if ledger.is_dir():
         firsts = [
             p for p in sorted(ledger.glob("*.jsonl"))
-            if not _SEGMENT.match(p.name) and not p.name.endswith(SETTLEMENTS_SUFFIX)
+            if not _SEGMENT.match(p.name) and not p.name.endswith(_SIDE_FILES)
         ]
         if len(firsts) != 1:
             found = ", ".join(p.name for p in firsts) or "none"
@@ -62,3 +65,9 @@ def segments(ledger: Path | str) -> list[Path]:
 def settlements_path(ledger: Path | str) -> Path:
     first = first_segment(ledger)
     return first.with_name(first.stem + SETTLEMENTS_SUFFIX)
+
+
+def payments_path(ledger: Path | str) -> Path:
+    """Where the settlements of x402-paid calls are kept, beside the ledger."""
+    first = first_segment(ledger)
+    return first.with_name(first.stem + PAYMENTS_SUFFIX)

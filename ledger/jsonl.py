@@ -1,12 +1,17 @@
-"""The JSONL ledger writer: hash-chained lines, batched appends, group commit, rotation.
+"""The JSONL ledger writer: sealed batches (or hash-chained lines), group commit, rotation.
 
-Each event becomes one line: its JSON object (orjson) with a last field ``hash``, the
-SHA-256 (first 128 bits, hex) of the previous line's hash and this line without its hash (see
-:func:`chain_hash`), so a changed, dropped, inserted or reordered line breaks the chain.
+Each event becomes one line: its JSON object (orjson). In format v2 (the default for a new
+ledger) its null fields are left out, and each appended batch is sealed once: its last line
+ends with ``first_seq``, ``lines`` and ``seal``, the SHA-256 (first 128 bits, hex) of the
+previous batch's seal and the batch's bytes (:mod:`ledger.seal`), so a changed, dropped,
+inserted or reordered line breaks it; a batch of one event is one line. In format v1 (a
+ledger written so before, which its writers keep) each line ends with ``hash``, the SHA-256
+of the previous line's hash and this line without its hash (see :func:`chain_hash`).
 An :meth:`JsonlWriter.append` of a batch is one ``write``; it reaches the OS before
 the call returns (a process crash loses nothing). The fsync policy decides the disk:
 
-* ``always``: each event is written and fsynced on its own before the next;
+* ``always``: each event is written and fsynced on its own before the next (in v2, each is
+  a batch of its own);
 * ``batch``: one write and one fsync per appended batch (group commit);
 * ``never``: one write per batch, the OS flushes when it likes (a power loss may
   lose the last events; the default of the in-process Tollbooth, as the seed).
@@ -31,9 +36,9 @@ One writer at a time holds a ledger: an ``flock`` on ``<first file>.lock`` (:mod
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
 >>> w = JsonlWriter(path)
->>> lines = w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit"}]); w.close()
->>> path.read_bytes()[:50]
-b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit","hash":"'
+>>> lines = w.append([{"v": 1, "seq": None, "ts_us": 0, "kind": "deposit", "reason": None}]); w.close()
+>>> path.read_bytes()[:78]
+b'{"v":2,"seq":0,"ts_us":0,"kind":"deposit","first_seq":0,"lines":1,"seal":"...'
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ import orjson
 from ledger.files import segment_path, segments
 from ledger.lines import HASH_SUFFIX_BYTES, RawLine, chain_hash, classify_lines, line_body  # noqa: F401  (read from here too)
 from ledger.lock import DEFAULT_LOCK_TIMEOUT_S, check_lock_timeout, release_lock, take_lock
-from ledger.schema import GENESIS_HASH, SCHEMA_VERSION, EventKind
+from ledger.schema import DEFAULT_FORMAT, GENESIS_HASH, LEDGER_FORMATS, SCHEMA_VERSION, EventKind
+from ledger.seal import NULL_HINT, SEAL_MAX_LINES, seal_fields, split_seal, without_nulls
 from mesh.clock import US_PER_DAY
 from mesh.errors import LedgerError
 
@@ -59,6 +65,8 @@ SEQ_PLACEHOLDER = b'{"v":1,"seq":null,'  # how every encoded event starts before
 LOCK_SUFFIX = ".lock"  # the writer's lock file: the ledger's first file name and this
 _EVENT_JOIN = b"}," + SEQ_PLACEHOLDER  # between two events of a JSON array of them
 _EVENT_BREAK = b"}\n" + SEQ_PLACEHOLDER  # the same place in JSON lines
+_V2_JOIN = b'},{"v":2,"seq":'  # between two numbered v2 events of a JSON array of them
+_V2_BREAK = b'}\n{"v":2,"seq":'
 _TAIL_BYTES = 1 << 16  # how far back we first look for the last event when reopening (then 8x as far, and so on)
 
 _Item = TypeVar("_Item")
@@ -82,10 +90,14 @@ class _Mark:
 
 
 class JsonlWriter:
-    """Appends batches of events to a JSONL ledger family, numbering and chaining them.
+    """Appends batches of events to a JSONL ledger family, numbering and sealing (or chaining) them.
 
     ``lock_timeout_s``: how long to wait for another writer of the ledger to let it go
     (default :data:`ledger.lock.DEFAULT_LOCK_TIMEOUT_S`); then LedgerError naming the holder.
+    ``format_version``: the line format (:data:`~ledger.schema.LEDGER_FORMATS`). None: the
+    ledger's own (a v1 ledger goes on in v1), or :data:`~ledger.schema.DEFAULT_FORMAT` for a new
+    one. A ledger keeps one format: another than its own is a LedgerError (start a new ledger
+    to switch; both read the same).
     """
 
     def __init__(
@@ -96,7 +108,10 @@ class JsonlWriter:
         max_segment_bytes: Optional[int] = None,
         rotate_daily: bool = False,
         lock_timeout_s: Optional[float] = None,
+        format_version: Optional[int] = None,
     ) -> None:
+        if format_version is not None and (format_version not in LEDGER_FORMATS or isinstance(format_version, bool)):
+            raise LedgerError(f"format_version={format_version!r}: must be one of {LEDGER_FORMATS} (or None: the ledger's own)")
         self.first_path = Path(path)
         self.fsync = FsyncPolicy(fsync)
         if max_segment_bytes is not None and max_segment_bytes < 1:
@@ -108,13 +123,14 @@ class JsonlWriter:
         self._fd: Optional[int] = None
         self._lock_fd: Optional[int] = None
         self._refusal: Optional[str] = None  # why the writer refuses appends, once a failed write could not be undone
+        self.format_version: int = format_version or DEFAULT_FORMAT  # settled by the ledger's last event in _start
         try:
             self.first_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger directory {self.first_path.parent}: {exc}") from exc
         self._lock_fd = take_lock(self.lock_path, timeout_s=timeout_s, what=f"the ledger {self.first_path}")
         try:
-            self._start()
+            self._start(format_version)
         except BaseException:
             self.close()
             raise
@@ -132,7 +148,7 @@ class JsonlWriter:
     def append(self, events: list[dict[str, Any]]) -> bytes:
         """Number, chain and append ``events`` (one write); return the lines written.
 
-        Each event dict has ``ts_us`` and no ``hash``; its ``seq`` is set in place. Raises
+        Each event dict has ``ts_us`` and no ``hash``; its ``seq`` (and in v2 its ``v``) is set in place. Raises
         LedgerError on failure; then nothing of the batch is in the ledger (see the module doc):
         the sequence and the chain are not advanced.
         """
@@ -155,16 +171,20 @@ class JsonlWriter:
         return self._by_day(bodies, [_body_day(body) for body in bodies], lambda run, day: self._commit(run, day=day))
 
     def append_one(self, event: dict[str, Any]) -> bytes:
-        """:meth:`append` for a single event (the in-process booth's hot path)."""
+        """:meth:`append` for a single event (the in-process booth's hot path): in v2, a batch of one line."""
         if self._rotates or self._segment_bytes == 0:
             self._rotate_if_due(_day(event))
         event["seq"] = self.next_seq
-        body = orjson.dumps(event)
-        digest = sha256(self.last_hash.encode() + body).hexdigest()[:32]
-        line = b'%s,"hash":"%s"}\n' % (body[:-1], digest.encode())
+        if self.format_version == 2:
+            event["v"] = 2
+            line, digest = _sealed_single(orjson.dumps(event), self.next_seq, self.last_hash.encode())
+        else:
+            body = orjson.dumps(event)
+            digest = sha256(self.last_hash.encode() + body).hexdigest()[:32].encode()
+            line = b'%s,"hash":"%s"}\n' % (body[:-1], digest)
         self._write(line)
         self.next_seq += 1
-        self.last_hash = digest
+        self.last_hash = digest.decode()
         return line
 
     def close(self) -> None:
@@ -178,13 +198,19 @@ class JsonlWriter:
 
     # -- opening ----------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Open the last segment and go on from the ledger's last event, mending what a crash left after it."""
+    def _start(self, format_version: Optional[int]) -> None:
+        """Open the last segment and go on from the ledger's last event, in its format, mending what a crash left after it."""
         existing = segments(self.first_path) if self.first_path.exists() else [self.first_path]
         self._segment_number = len(existing) - 1
         self._fd, self._segment_bytes = _open_segment(existing[-1])
         tail = _scan_tail(existing)
         self.next_seq, self.last_hash = tail.next_seq, tail.last_hash
+        if tail.format_version is not None:
+            if format_version is not None and format_version != tail.format_version:
+                raise LedgerError(
+                    f"{self.first_path} is a v{tail.format_version} ledger, and a ledger keeps one format: open it with "
+                    f"format_version=None (or {tail.format_version}), or start a new ledger for v{format_version}")
+            self.format_version = tail.format_version
         self._segment_day = _first_day(existing[-1])
         if tail.torn_bytes:  # a new line, then the recover event: one write, undone whole if it fails
             lead = b"" if tail.newline else b"\n"
@@ -213,6 +239,13 @@ class JsonlWriter:
     def _append_run(self, events: list[dict[str, Any]], day: Optional[int]) -> bytes:
         """Number, encode, chain and write events of one day, one pass each while it is in cache."""
         self._rotate_if_due(_day(events[0]) if day is None else day)
+        if self.format_version == 2:
+            if len(events) == 1:  # a batch of one: one line, sealed as it is made
+                event, seq = events[0], self.next_seq
+                event["v"], event["seq"] = 2, seq
+                line, digest = _sealed_single(orjson.dumps(event), seq, self.last_hash.encode())
+                return self._write_lines([line], seq + 1, digest)
+            return self._seal_and_write(_v2_texts(events, self.next_seq, self._batch_max_lines))
         seq, previous, dumps = self.next_seq, self.last_hash.encode(), orjson.dumps
         lines = []
         for event in events:  # the hot loop: about 2 us an event
@@ -227,6 +260,13 @@ class JsonlWriter:
         """Number, chain and write encoded events (each starting with ``SEQ_PLACEHOLDER``), after ``lead``."""
         if rotate:
             self._rotate_if_due(day)
+        if self.format_version == 2:
+            if len(bodies) == 1:  # a batch of one: one line, sealed as it is made
+                seq = self.next_seq
+                line, digest = _sealed_single(b'{"v":2,"seq":%d,%b' % (seq, bodies[0][len(SEQ_PLACEHOLDER):]), seq,
+                                              self.last_hash.encode())
+                return self._write_lines([line], seq + 1, digest, lead)
+            return self._seal_and_write(_v2_bodies_texts(bodies, self.next_seq, self._batch_max_lines), lead)
         seq, previous, skip = self.next_seq, self.last_hash.encode(), len(SEQ_PLACEHOLDER)
         lines = []
         for body in bodies:  # the hot loop of encoded events: about 1.5 us an event
@@ -236,9 +276,32 @@ class JsonlWriter:
             seq += 1
         return self._write_lines(lines, seq, previous, lead)
 
+    @property
+    def _batch_max_lines(self) -> int:
+        """The lines of a v2 batch at most: one with fsync ``always`` (each event durable on its own)."""
+        return 1 if self.fsync is FsyncPolicy.ALWAYS else SEAL_MAX_LINES
+
+    def _seal_and_write(self, texts: list[tuple[bytes, int]], lead: bytes = b"") -> bytes:
+        """Seal v2 batches (``texts``: each its numbered lines and their count, in seq order), chained
+        from the last seal, and write them as :meth:`_write_lines` writes lines."""
+        previous, seq, batches = self.last_hash.encode(), self.next_seq, []
+        for text, count in texts:
+            if NULL_HINT in text:
+                text = without_nulls(text)
+            head = memoryview(text)[:-2]  # the last line without its "}\n"
+            fields = seal_fields(seq, count)  # ... ,"first_seq":F,"lines":L}
+            digest = sha256(previous)
+            digest.update(head)
+            digest.update(fields)
+            previous = digest.hexdigest()[:32].encode()
+            batches.append(b"".join((head, fields[:-1], b',"seal":"', previous, b'"}\n')))
+            seq += count
+        return self._write_lines(batches, seq, previous, lead)
+
     def _write_lines(self, lines: list[bytes], next_seq: int, last_hash: bytes, lead: bytes = b"") -> bytes:
-        """Write numbered, chained lines after ``lead`` (one write, or one per line with fsync ``always``,
-        the batch undone whole if one fails); then advance the sequence and the chain; return the lines."""
+        """Write numbered, chained lines (or sealed v2 batches) after ``lead`` (one write, or one per line
+        with fsync ``always``, the whole undone if one fails); then advance the sequence and the chain;
+        return the bytes written."""
         data = b"".join(lines)
         if self.fsync is FsyncPolicy.ALWAYS and len(lines) > 1:
             batch_start = self._segment_bytes
@@ -378,6 +441,50 @@ def split_encoded(lines: bytes) -> list[bytes]:
     return bodies
 
 
+def _sealed_single(body: bytes, seq: int, previous: bytes) -> tuple[bytes, bytes]:
+    """A batch of one event: its v2 line (``body``, numbered ``seq``, nulls left out here) sealed after
+    ``previous``, with its newline; and its seal."""
+    if NULL_HINT in body:
+        body = without_nulls(body)
+    body = b'%b,"first_seq":%d,"lines":1}' % (body[:-1], seq)
+    digest = sha256(previous + body).hexdigest()[:32].encode()
+    return b'%b,"seal":"%b"}\n' % (body[:-1], digest), digest
+
+
+def _v2_texts(events: list[dict[str, Any]], first_seq: int, max_lines: int) -> list[tuple[bytes, int]]:
+    """Events numbered from ``first_seq`` as v2 lines (``v`` and ``seq`` set in place), in runs of at most
+    ``max_lines``: (the run's lines, their count) each, nulls not yet left out.
+
+    A run is dumped as one JSON array and cut between its events, as :func:`encode_events` does."""
+    seq = first_seq
+    for event in events:
+        event["v"] = 2
+        event["seq"] = seq
+        seq += 1
+    texts = []
+    for start in range(0, len(events), max_lines):
+        run = events[start:start + max_lines]
+        whole = orjson.dumps(run)
+        if whole.count(b"[") == 1 and whole.count(_V2_JOIN) == len(run) - 1 and whole.startswith(b'[{"v":2,"seq":'):
+            text = whole[1:-1].replace(_V2_JOIN, _V2_BREAK) + b"\n"
+        else:
+            text = b"".join([orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in run])
+        texts.append((text, len(run)))
+    return texts
+
+
+def _v2_bodies_texts(bodies: list[bytes], first_seq: int, max_lines: int) -> list[tuple[bytes, int]]:
+    """Encoded events (each starting with ``SEQ_PLACEHOLDER``) numbered from ``first_seq`` as v2 lines,
+    in runs of at most ``max_lines``: (the run's lines, their count) each."""
+    skip, texts = len(SEQ_PLACEHOLDER), []
+    for start in range(0, len(bodies), max_lines):
+        run = bodies[start:start + max_lines]
+        seq = first_seq + start
+        lines = [b'{"v":2,"seq":%d,%b\n' % (seq + n, body[skip:]) for n, body in enumerate(run)]  # the hot loop
+        texts.append((b"".join(lines), len(run)))
+    return texts
+
+
 def _day(event: dict[str, Any]) -> int:
     return event["ts_us"] // US_PER_DAY
 
@@ -396,6 +503,7 @@ class _Tail:
 
     next_seq: int
     last_hash: str
+    format_version: Optional[int]  # the last event's (None: the ledger has none)
     torn_bytes: int = 0  # the bytes after the last event, in the last file: a torn run (see ledger.lines)
     newline: bool = True  # whether the last file ends in a newline (or is empty)
 
@@ -417,9 +525,10 @@ def _scan_tail(files: list[Path], *, last_file: bool = True) -> _Tail:
         window *= 8
     newline = not data or data.endswith(b"\n")
     if last is None:  # no event in the file: it is torn whole, and the chain goes on from the file before
-        before = _scan_tail(files[:-1], last_file=False) if len(files) > 1 else _Tail(0, GENESIS_HASH)
-        return _Tail(before.next_seq, before.last_hash, torn_bytes=size, newline=newline)
-    return _Tail(last.event["seq"] + 1, _chain_point(last, path, last_end), torn_bytes=size - last_end, newline=newline)
+        before = _scan_tail(files[:-1], last_file=False) if len(files) > 1 else _Tail(0, GENESIS_HASH, None)
+        return _Tail(before.next_seq, before.last_hash, before.format_version, torn_bytes=size, newline=newline)
+    return _Tail(last.event["seq"] + 1, _chain_point(last, path, last_end), last.event["v"],
+                 torn_bytes=size - last_end, newline=newline)
 
 
 def _last_event(data: bytes, start: int, path: Path, *, last_file: bool) -> tuple[Optional[RawLine], int]:
@@ -450,15 +559,16 @@ def _split_lines(data: bytes) -> list[bytes]:
 
 
 def _chain_point(line: RawLine, path: Path, end: int) -> str:
-    """The hash of the ledger's last event, which the next line chains onto; LedgerError if it has none."""
+    """The hash (v1) or seal (v2) of the ledger's last event, which the next line or batch chains onto;
+    LedgerError if it has none."""
     seq = line.event.get("seq")
     try:
-        _, digest = line_body(line.raw)
+        _, digest = split_seal(line.raw) if line.event["v"] == 2 else line_body(line.raw)
     except ValueError:
         digest = None
     if digest is None or not isinstance(seq, int) or isinstance(seq, bool):
         raise LedgerError(
-            f"{path}: the last event (the line ending at byte {end}) has no hash field or no integer seq, so the "
+            f"{path}: the last event (the line ending at byte {end}) has no hash or seal field or no integer seq, so the "
             "chain cannot go on from it: the ledger was not written by tollmesh, or was edited (run `tollmesh ledger verify`)"
         )
     return digest

@@ -3,7 +3,9 @@
 Typed columns (see :data:`ledger.schema.ARROW_SCHEMA`): int64 micros and decimal(18,6)
 USD amounts, UTC timestamps, dictionary-encoded agents, kinds, statuses and reasons.
 Rows come from the very JSONL bytes the ledger wrote, parsed by Arrow's C++ JSON reader
-(the JSONL is the source; the Parquet is derived from it). A row group is written per
+(the JSONL is the source; the Parquet is derived from it), v1 and v2 lines alike: a field a v2
+line leaves out is null, and ``hash`` is a v1 line's hash, or on the last row of a v2 batch its
+seal (null on the batch's other rows). A row group is written per
 ``row_group_events``; a file is ``day=<day>/part-<first seq>.parquet``, written as
 ``.parquet.tmp`` and renamed when closed (at ``max_file_rows``, on a new day, on
 :meth:`ParquetLedgerWriter.close`), so readers only ever see whole files. One writer
@@ -52,11 +54,12 @@ JSONL_ARROW_SCHEMA = pa.schema(
         ("tx_signature", pa.string()), ("payer_wallet", pa.string()), ("nonce", pa.string()),
         ("settled_at", pa.string()), ("created_at", pa.string()), ("reason", pa.string()),
         ("proof_digest", pa.string()), ("torn_bytes", pa.int64()), ("hash", pa.string()),
+        ("first_seq", pa.int64()), ("lines", pa.int64()), ("seal", pa.string()),  # v2's seal, on a batch's last line
     ]
 )
 _PARSE = pajson.ParseOptions(explicit_schema=JSONL_ARROW_SCHEMA, unexpected_field_behavior="error")
 _DICTIONARY_FIELDS = ("kind", "mode", "source_agent", "target_agent", "status", "reason", "payer_wallet")
-_STRING_FIELDS = ("task_id", "tx_signature", "proof_digest", "nonce", "hash")
+_STRING_FIELDS = ("task_id", "tx_signature", "proof_digest", "nonce")
 
 
 def jsonl_to_table(blob: bytes) -> pa.Table:
@@ -79,6 +82,7 @@ def jsonl_to_table(blob: bytes) -> pa.Table:
     columns["amount_usd"] = micros_to_decimal(micros.to_numpy())
     for name in _STRING_FIELDS:
         columns[name] = _empty_to_null(raw[name])
+    columns["hash"] = _chain_column(raw["hash"], raw["seal"])
     for name in _DICTIONARY_FIELDS:
         columns[name] = _empty_to_null(raw[name]).dictionary_encode()
     for name in ("created_at", "settled_at"):
@@ -103,6 +107,12 @@ def _lock_dataset(root: Path, timeout_s: float) -> int:
     except OSError as exc:
         raise LedgerError(f"cannot write the Parquet dataset {root}: {exc}") from exc
     return take_lock(root / DATASET_LOCK_NAME, timeout_s=timeout_s, what=str(root))
+
+
+def _chain_column(hashes: pa.ChunkedArray, seals: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each row's ``hash`` (v1), else its ``seal`` (the last row of a v2 batch), else null."""
+    hashes = _empty_to_null(hashes)
+    return hashes if seals.null_count == len(seals) else pc.coalesce(hashes, seals)
 
 
 def _empty_to_null(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -4,8 +4,10 @@ A line that is not a valid event is an error naming the file and line, except a
 *torn* one: what a crash left after the last event of the last file, or a run of lines
 the writer marked as torn by a ``recover`` event right after it when it reopened the
 file. The writer judges a ledger's end by the same rule (:func:`ledger.lines.classify_lines`).
-Readers check the JSON and the schema version here; ``ledger verify`` checks
-everything else (schema, hash chain, sequence, transitions, conservation).
+In format v2 a line is an event once its batch's seal is read (:mod:`ledger.seal`),
+and a field a line leaves out is null (both formats read alike). Readers check the JSON
+and the format version here; ``ledger verify`` checks everything else (schema, hash
+chain or seals, sequence, transitions, conservation).
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"
@@ -29,6 +31,7 @@ from ledger.files import segments
 from ledger.lines import HASH_SUFFIX_BYTES, RawLine, classify_lines, parse_line  # noqa: F401  (RawLine, parse_line: read from here too)
 from ledger.parquet import jsonl_to_table
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
+from ledger.seal import sealed_seq
 from mesh.errors import LedgerError
 
 _SEQ_PREFIX = b'{"v":%d,"seq":' % SCHEMA_VERSION
@@ -188,8 +191,9 @@ def _seq_below(raw: bytes, seq: int) -> bool:
 
 
 def _line_seq(raw: bytes) -> int | None:
-    """The ``seq`` a whole line (with its newline and hash) starts with, as the writer writes it; None if
-    it has none. A torn line may start so too: it has no hash at its end (and stays in its torn run)."""
+    """The ``seq`` a whole v1 line (with its newline and hash) starts with, as the writer writes it; None if
+    it has none. A torn line may start so too: it has no hash at its end (and stays in its torn run).
+    No v2 line has one: a v2 batch is read whole (see :func:`_next_seq_line`)."""
     if not raw.startswith(_SEQ_PREFIX) or raw[-_HASH_TAIL_BYTES:-35] != b',"hash":"' or not raw.endswith(b'"}\n'):
         return None
     end = raw.find(b",", len(_SEQ_PREFIX), len(_SEQ_PREFIX) + 20)
@@ -199,8 +203,9 @@ def _line_seq(raw: bytes) -> int | None:
 
 def _start_offset(path: Path, seq: int) -> int:
     """The start of a line of ``path`` before which every line's ``seq`` is below ``seq`` (0 if none
-    is known to be): bisection over the file's bytes, down to ``BISECT_STOP_BYTES``. The writer
-    numbers lines in file order; lines without a readable ``seq`` (torn ones) are stepped over."""
+    is known to be), and in v2 the start of a batch: bisection over the file's bytes, down to
+    ``BISECT_STOP_BYTES``. The writer numbers lines in file order; lines without a readable ``seq``
+    (torn ones, and v2 lines but a batch's last) are stepped over."""
     try:
         with path.open("rb") as f:
             low, high = 0, f.seek(0, os.SEEK_END)
@@ -217,14 +222,20 @@ def _start_offset(path: Path, seq: int) -> int:
 
 
 def _next_seq_line(f: Any, position: int, stop: int) -> tuple[int, int] | None:
-    """(start, seq) of the first line starting after ``position`` and before ``stop`` that has a readable ``seq``."""
+    """(where reading may start, seq) of the first line starting after ``position`` and before ``stop``
+    that has a readable ``seq``: a v1 line's start, or the end of a v2 batch's last line (its batch
+    is all below that seq, and the next batch starts there)."""
     f.seek(position)
     f.readline()  # the rest of the line ``position`` falls in
     while f.tell() < stop:
         start = f.tell()
-        line_seq = _line_seq(f.readline())
+        raw = f.readline()
+        line_seq = _line_seq(raw)
         if line_seq is not None:
             return start, line_seq
+        line_seq = sealed_seq(raw)
+        if line_seq is not None:
+            return f.tell(), line_seq
     return None
 
 

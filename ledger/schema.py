@@ -1,9 +1,10 @@
 """The ledger event schema, defined once: kinds, the pydantic model, the Arrow schema.
 
-A JSONL line holds these fields in this order, ``hash`` always last:
+A JSONL line holds these fields in this order, its chain fields last:
 
 ========================  ===============================================================
-``v``                     schema version (:data:`SCHEMA_VERSION`)
+``v``                     the line's format (:data:`LEDGER_FORMATS`): 1, a hash per line;
+                          2, a seal per batch (:mod:`ledger.seal`), null fields left out
 ``seq``                   sequence number: 0, 1, 2... across all files of a ledger
 ``ts_us``                 UTC time of the change, integer microseconds since the epoch
 ``kind``                  what happened (:class:`EventKind`)
@@ -17,9 +18,16 @@ A JSONL line holds these fields in this order, ``hash`` always last:
 ``reason``                why it failed, is pending or was refunded, or null
 ``proof_digest``          SHA-256 of ``tx_signature`` (first 32 hex digits), or null
 ``torn_bytes``            ``recover`` events only: the length of the torn line skipped
-``hash``                  the hash chain: SHA-256 (first 128 bits, hex) of the previous
+``hash``                  v1: the hash chain: SHA-256 (first 128 bits, hex) of the previous
                           line's ``hash`` and this line without its ``hash`` field
+``first_seq``, ``lines``  v2, the last line of a batch only: the batch's first seq and its
+``seal``                  number of lines; the seal chaining the batch (:mod:`ledger.seal`)
 ========================  ===============================================================
+
+A field of :data:`NULLABLE_FIELDS` left out of a line is null: v2 lines leave their nulls
+out, and every reader fills them in (:func:`ledger.lines.parse_line`), so a v1 and a v2
+ledger of the same events read the same. Producers hand the writer events that start
+``"v": 1, "seq": None`` (:data:`SCHEMA_VERSION`); the writer numbers them and writes its format.
 
 >>> LedgerEvent.model_validate({"v": 1, "seq": 0, "ts_us": 0, "kind": "deposit",
 ...     "target_agent": "a", "amount_micros": 5, "hash": "0" * 32}).amount_micros
@@ -34,8 +42,10 @@ from typing import Literal, Optional
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
-GENESIS_HASH = "0" * 32  # the "previous hash" of a ledger's first line
+SCHEMA_VERSION = 1  # the ``v`` of an event handed to the writer (and of a v1 line)
+LEDGER_FORMATS = (1, 2)  # the line formats this tollmesh reads (``v``)
+DEFAULT_FORMAT = 2  # what a new ledger is written in
+GENESIS_HASH = "0" * 32  # the "previous hash" of a ledger's first line (or batch)
 
 
 class EventKind(str, Enum):
@@ -61,7 +71,7 @@ class LedgerEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1]
+    v: Literal[1, 2]
     seq: int = Field(ge=0)
     ts_us: int
     kind: EventKind
@@ -82,7 +92,17 @@ class LedgerEvent(BaseModel):
     reason: Optional[str] = None
     proof_digest: Optional[str] = None
     torn_bytes: Optional[int] = Field(default=None, ge=1)
-    hash: str = Field(pattern=r"^[0-9a-f]{32}$")
+    hash: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{32}$")  # v1 (verify checks which format has what)
+    first_seq: Optional[int] = Field(default=None, ge=0)  # v2, the last line of a batch
+    lines: Optional[int] = Field(default=None, ge=1)
+    seal: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+
+#: The fields a line may hold as null, and so may leave out (v2 does): readers fill them with None.
+NULLABLE_FIELDS = ("mode", "shard", "status", "tx_signature", "payer_wallet", "settled_at", "reason",
+                   "proof_digest", "torn_bytes")
+#: The fields that chain a line or seal a batch: the format's, not the event's.
+CHAIN_FIELDS = ("hash", "first_seq", "lines", "seal")
 
 
 def _dictionary() -> pa.DataType:
@@ -114,7 +134,7 @@ ARROW_SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
         pa.field("settled_at", pa.timestamp("us", tz="UTC")),
         pa.field("torn_bytes", pa.int64()),
-        pa.field("hash", pa.string(), nullable=False),
+        pa.field("hash", pa.string()),  # v1: the line's hash; v2: the batch's seal on its last row, else null
     ],
     metadata={"tollmesh.schema_version": str(SCHEMA_VERSION)},
 )

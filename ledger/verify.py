@@ -2,10 +2,13 @@
 
 Checks, line by line across all files: JSON and schema (:class:`~ledger.schema.LedgerEvent`);
 the sequence (a gap or a step back means a dropped, inserted or reordered line); the hash
-chain (a changed line, or one dropped or inserted before it); amounts (``amount_usd``
+chain of a v1 ledger (a changed line, or one dropped or inserted before it), the seals of a
+v2 ledger (a batch whose bytes changed, named by its seqs and lines, see :mod:`ledger.seal`;
+a line of it that is no event, or out of sequence, is named by its line); amounts (``amount_usd``
 agrees with ``amount_micros``); legal transitions (no release without a lock, no second
 settlement, a settlement of the locked amount between the locked agents, the status each
-kind implies); and, replaying through the core, caps and conservation of balances.
+kind implies); an x402 payment (a signed authorization, see :mod:`ledger.payments`) spent
+by one call only, never by two; and, replaying through the core, caps and conservation of balances.
 A torn line left by a crash is a warning, not a problem. A file none of whose first
 :data:`NOT_A_LEDGER_PROBE_LINES` lines is a tollmesh event is not read further: the result
 says it is not a tollmesh ledger (``not_a_ledger`` tells why), rather than list every line.
@@ -22,6 +25,7 @@ says it is not a tollmesh ledger (``not_a_ledger`` tells why), rather than list 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -31,9 +35,11 @@ from pydantic import ValidationError
 
 from ledger.files import segments
 from ledger.jsonl import chain_hash, line_body
-from ledger.reader import iter_lines
+from ledger.payments import PaymentKey, payment_of
+from ledger.reader import RawLine, iter_lines
 from ledger.replay import apply_event, snapshot
 from ledger.schema import GENESIS_HASH, LedgerEvent
+from ledger.seal import SEAL_MAX_LINES, batch_body, seal_digest, split_seal
 from mesh.budget import BudgetBook
 from mesh.errors import LedgerError
 from mesh.escrow import EscrowBook
@@ -103,6 +109,29 @@ class _Verifier:
         self.book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=False), escrow_timeout_s=None)
         self.replay_broken = False
         self.locked_any = False
+        self.format_version: Optional[int] = None  # of the last event
+        # this file's lines since the last batch ended, as (line number, bytes, seq or None): what a seal covers
+        self.unsealed: deque[tuple[int, bytes, Any]] = deque(maxlen=SEAL_MAX_LINES)
+        self.path: Optional[Path] = None
+        self.payments: dict[PaymentKey, tuple[str, Path, int]] = {}  # what each spent payment paid for, and where
+
+    def see(self, line: RawLine) -> None:
+        """Check the next line of the ledger (each, in order): an event, a torn line (a warning), or a problem."""
+        if line.path is not self.path and line.path != self.path:
+            self.path = line.path
+            self.unsealed.clear()
+        if line.event is None:
+            if line.torn:
+                self.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
+            else:
+                self.problem(line.path, line.line_no, line.problem)
+            self.unsealed.append((line.line_no, line.raw, None))  # its bytes are its batch's, if a seal comes
+            return
+        self.check_line(line.path, line.line_no, line.raw, line.event)
+        if line.event["v"] == 1 or "seal" in line.event:
+            self.unsealed.clear()
+        else:
+            self.unsealed.append((line.line_no, line.raw, line.event.get("seq")))
 
     def problem(self, path: Path, line: int, message: str) -> None:
         self.result.problems.append(Finding(path, line, message))
@@ -112,11 +141,17 @@ class _Verifier:
         problems_before = len(self.result.problems)
         self._check_schema(path, line_no, event)
         self._check_sequence(path, line_no, event)
-        self._check_chain(path, line_no, raw)
+        self._check_format(path, line_no, event)
+        if event["v"] == 1:
+            self._check_chain(path, line_no, raw)
+        elif "seal" in event:
+            self._check_seal(path, line_no, raw, event)
         kind = event.get("kind")
         if kind in _STATUS_OF_KIND:
             self._check_amount(path, line_no, event)
             self._check_transition(path, line_no, event)
+            if event.get("tx_signature") and kind in _OPENING_KINDS:
+                self._check_payment(path, line_no, event)
         if len(self.result.problems) > problems_before and not self.replay_broken:
             self.replay_broken = True
             self.result.warnings.append(Finding(path, line_no, "replay through the core stops at this bad line"))
@@ -147,6 +182,41 @@ class _Verifier:
             self.problem(path, line_no, "hash chain broken: this line was changed, or a line before it dropped or inserted")
         self.previous_hash = stored
 
+    def _check_format(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        version = event["v"]
+        if self.format_version is not None and version != self.format_version:
+            self.problem(path, line_no, f"a v{version} line after v{self.format_version} lines: a ledger is written in one format")
+        self.format_version = version
+        if version == 2 and event.get("hash") is not None:
+            self.problem(path, line_no, "a v2 line with a hash field: v2 seals batches (the seal is on a batch's last line)")
+        elif version == 1 and any(event.get(name) is not None for name in ("seal", "lines", "first_seq")):
+            self.problem(path, line_no, "a v1 line with a v2 seal's fields: v1 chains each line by its hash")
+
+    def _check_seal(self, path: Path, line_no: int, raw: bytes, event: dict[str, Any]) -> None:
+        """The seal of the batch this line ends: its fields, then the digest of the batch's bytes."""
+        seq, first_seq, count = event.get("seq"), event.get("first_seq"), event.get("lines")
+        if not _is_count(count) or count > SEAL_MAX_LINES:
+            self.problem(path, line_no, f"a seal of lines={count!r}: a batch holds 1 to {SEAL_MAX_LINES} lines")
+            count = 1
+        if isinstance(seq, int) and not isinstance(seq, bool) and first_seq != seq - count + 1:
+            self.problem(path, line_no, f"a seal of first_seq={first_seq!r} and lines={count} on seq {seq}: "
+                                        f"first_seq must be {seq - count + 1}")
+        before = list(self.unsealed)[len(self.unsealed) - (count - 1):] if count > 1 else []
+        if len(before) < count - 1:
+            self.problem(path, line_no, f"a seal of {count} lines with only {len(before)} lines before it in its file: "
+                                        "lines of its batch were dropped")
+        try:
+            _, stored = split_seal(raw)
+        except ValueError as exc:
+            self.problem(path, line_no, str(exc))
+            return
+        if seal_digest(self.previous_hash, batch_body([line[1] for line in before], raw)) != stored:
+            first_line = before[0][0] if before else line_no
+            first = before[0][2] if before and before[0][2] is not None else first_seq
+            self.problem(path, first_line, f"seal broken: the batch of seq {first}..{seq} (lines {first_line}-{line_no}) "
+                                           "was changed (a line of it changed, dropped or inserted), or a batch before it dropped or inserted")
+        self.previous_hash = stored
+
     def _check_amount(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         micros, usd = event.get("amount_micros"), event.get("amount_usd")
         if isinstance(micros, int) and isinstance(usd, (int, float)) and usd != micros / MICROS_PER_USD:
@@ -172,6 +242,17 @@ class _Verifier:
         if same != (state.amount_micros, state.source_agent, state.target_agent):
             self.problem(path, line_no, f"{kind} of task_id={task_id} changes its amount or agents from the lock")
         state.status = expected_status
+
+    def _check_payment(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        """An x402 authorization pays for one call: a second call spending its nonce is a replay the ledger let through."""
+        spent = payment_of(event)
+        if spent is None:
+            return
+        first = self.payments.setdefault(spent.key, (spent.task_id, path, line_no))
+        if first[0] != spent.task_id:
+            network, _, payer, nonce = spent.key
+            self.problem(path, line_no, f"x402 nonce {nonce} of payer {payer} on {network} used twice: by task_id={first[0]} "
+                                        f"({first[1].name}:{first[2]}) and task_id={spent.task_id}")
 
     def _replay(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         if self.replay_broken:
@@ -215,12 +296,7 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
             ours += 1
         elif not ours and _is_seed_record(line.event if line.event is not None else line.raw):
             seed_like += 1
-        if line.event is not None:
-            checker.check_line(line.path, line.line_no, line.raw, line.event)
-        elif line.torn:
-            checker.result.warnings.append(Finding(line.path, line.line_no, f"torn line after a crash, tolerated ({line.problem})"))
-        else:
-            checker.problem(line.path, line.line_no, line.problem)
+        checker.see(line)
         if not ours and lines >= NOT_A_LEDGER_PROBE_LINES:
             break  # a file of something else: its first lines are enough to say so
     checker.result.open_escrows = checker.book.open_count
@@ -234,6 +310,10 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
         checker.result.state = snapshot(checker.book, state_at_us)
     return checker.result
 
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_tollmesh_event(event: Any) -> bool:

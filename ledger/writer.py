@@ -36,8 +36,10 @@ class LedgerWriter:
         rotate_daily: bool = False,
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_file_rows: int = DEFAULT_MAX_FILE_ROWS,
+        format_version: Optional[int] = None,
     ) -> None:
-        self.jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
+        self.jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily,
+                                 format_version=format_version)
         self.parquet: Optional[ParquetLedgerWriter] = None
         if parquet_dir is not None:
             self.parquet = ParquetLedgerWriter(parquet_dir, row_group_events=row_group_events, max_file_rows=max_file_rows)

@@ -39,13 +39,21 @@ def load_behaviour(spec: str) -> type:
     """The :class:`~mesh.sim_agents.SimAgent` subclass ``"package.module:Class"`` names (see the module doc)."""
     from mesh.sim_agents import SimAgent
 
+    return load_class(spec, SimAgent)
+
+
+def load_class(spec: str, base: type, *, field: str = "behaviour") -> type:
+    """The subclass of ``base`` that ``"package.module:Class"`` names, found as behaviours are (see the module doc);
+    ConfigError naming ``field`` and what is wrong. Its module's classes travel to the hosts by value."""
     module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"{field}={spec!r}: must be package.module:Class")
     module = _import(spec, module_name)
     cls = getattr(module, class_name, None)
     if cls is None:
         raise ConfigError(f"{_cannot(spec, module_name)} ({_where(module)}) has no {class_name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, SimAgent)):
-        raise ConfigError(f"behaviour={spec!r}: must name a subclass of mesh.SimAgent, got {cls!r}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{field}={spec!r}: must name a subclass of mesh.{base.__name__}, got {cls!r}")
     ship_by_value(module)
     return cls
 

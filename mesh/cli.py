@@ -9,10 +9,15 @@
     tollmesh ledger report  LEDGER [--json] [--top N]
     tollmesh ledger verify  LEDGER [--json]
     tollmesh ledger export  LEDGER --format csv|json|parquet --out FILE
-    tollmesh ledger settle  LEDGER [--minimum USD] [--live]
+    tollmesh ledger settle  LEDGER [--minimum USD] [--live] [--chain memory | --facilitator URL]
     tollmesh ledger plot    LEDGER [--out DIR]
     tollmesh ledger compact LEDGER [--out DIR]
-    tollmesh bench [--quick] [--json PATH] [--plot PATH] [--readme JSON] [sweeps...]   (see benchmarks/)
+    tollmesh bench [--quick] [--json PATH] [--plot PATH] [--readme JSON] [--address ADDRESS] [sweeps...]   (see benchmarks/)
+    tollmesh cluster init [--provider local|aws|gcp] [--head-ip IP --worker-ips IP,... --ssh-user USER] [--out FILE]
+    tollmesh cluster grafana [--out FILE]
+    tollmesh serve [--host H] [--port P] [--out DIR] [--pay-to ADDRESS] [--agent ID=module:Class]...
+                   [--paper | --facilitator URL] [--wallet-daily-cap USD] [--max-body-bytes N] [--timeout S]
+    tollmesh pay URL [--data JSON] [--key HEX] [--replay] [--json]
 
 LEDGER is a JSONL ledger (its first file, or the directory holding it); ``report``,
 ``export`` and ``plot`` also read a Parquet dataset directory. Output directories are
@@ -20,7 +25,10 @@ created as needed (``export`` creates the folder of its ``--out`` file too). A b
 (a file where a directory must be, a folder that cannot be made or read) is answered
 with one line on stderr and exit code 2, never a traceback; so is Ray's failure (no cluster at
 ``--address``, a cluster that goes away mid-run, an actor dead for good), with exit code 3.
-``simulate`` says in one line which Ray it uses (one of its own unless told to join one).
+``simulate`` says in one line which Ray it uses (one of its own unless told to join one). As a Ray
+job's entrypoint (``ray job submit ... -- tollmesh simulate --out /data/runs``) it names its run
+directory whole, on which node, shows no progress bar, and refuses a run directory inside the copy of
+``--working-dir`` that Ray deletes after the job.
 """
 
 from __future__ import annotations
@@ -137,15 +145,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         if given:
             print(f"tollmesh: error: --resume plays the run's own scenario: drop {', '.join(given)}", file=sys.stderr)
             return 2
-        return _finish(Simulation.resume(args.resume, progress=not args.no_progress and not args.json,
-                                         plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
-                                         on_ray_lost=_ray_lost(args.resume.absolute())).run, args)
+        run_dir = _in_a_job(args.resume)
+        return _finish(Simulation.resume(run_dir, progress=_progress(args), plots=not args.no_plots,
+                                         address=args.address, dashboard=args.dashboard,
+                                         on_ray_lost=_ray_lost(run_dir.absolute())).run, args)
     scenario = load_scenario(args.config).scaled(
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
     )
-    run_dir = _out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}"
-    simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=not args.no_progress and not args.json,
+    run_dir = _in_a_job(_out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}")
+    simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=_progress(args),
                             plots=not args.no_plots, address=args.address, dashboard=args.dashboard,
                             on_ray_lost=_ray_lost(run_dir.absolute()))
     try:
@@ -153,6 +162,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     except RunDirTaken as exc:
         print(f"tollmesh: error: {exc.explain(_command_line(_argv_of(args)))}", file=sys.stderr)
         return 2
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """The progress bar: on, unless asked not to, or in a Ray job (its log would keep every redraw)."""
+    from mesh.ray_job import current_job
+
+    return not (args.no_progress or args.json or current_job() is not None)
+
+
+def _in_a_job(run_dir: Path) -> Path:
+    """``run_dir``, made absolute when this is a Ray job's entrypoint (so the job's log names it whole),
+    and refused if it lies in the copy of ``--working-dir`` Ray deletes after the job; said in one line."""
+    import socket
+
+    from mesh.ray_job import check_run_dir, current_job
+
+    job = current_job()
+    if job is None:
+        return run_dir
+    run_dir = run_dir.absolute()
+    check_run_dir(run_dir, job)
+    print(f"tollmesh: ray job {job.submission_id}: the run directory is {run_dir} on {socket.gethostname()}"
+          " (the node this entrypoint runs on: the head, unless the submission asked for another)", file=sys.stderr)
+    return run_dir
 
 
 def _ray_lost(run_dir: Path) -> Callable[[str], None]:
@@ -272,19 +305,136 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
+    from ledger.payments import decode_payment
     from ledger.verify import LedgerVerifyError
 
     try:
+        if args.chain or args.facilitator or _holds_payments(args.ledger, decode_payment):
+            return _settle_with_payments(args)
         result = settle(args.ledger, paper=not args.live, minimum_usd=args.minimum)
     except LedgerVerifyError as exc:  # a ledger that fails verify is never settled, and nothing is written
         print(f"tollmesh: settle refused: {exc}", file=sys.stderr)
         return 1
+    return _print_netting(result)
+
+
+def _print_netting(result) -> int:
     if result.settled:
         print(f"SETTLED {result.batch_id}: {result.call_count} call(s) netted to ${format_usd(result.net_micros)} ({result.mode} mode)")
         print(f"record: {result.settlements_path}")
         return 0
     print(f"no settlement: {result.reason} ({result.call_count} pending call(s), net ${format_usd(result.net_micros)})")
     return 1
+
+
+def _holds_payments(ledger: Path, decode) -> bool:
+    """Whether any event of the ledger carries an x402 payment (a quick scan; the settle verifies properly)."""
+    from ledger.files import segments
+    from ledger.reader import iter_lines
+
+    try:
+        files = segments(ledger)
+    except TollmeshError:
+        return False
+    return any(line.event is not None and decode(line.event.get("tx_signature")) is not None for line in iter_lines(files))
+
+
+def _settle_with_payments(args: argparse.Namespace) -> int:
+    """Settle the released, x402-paid calls by their own payments, and net the rest (see mesh.x402.settle)."""
+    from mesh.x402.settle import PaymentSettler, PaymentsLog, settle_ledger
+
+    facilitator = None
+    if args.chain or args.facilitator:
+        facilitator = _settling_facilitator(args)
+    settler = PaymentSettler(PaymentsLog(args.ledger), facilitator)
+    outcome = settle_ledger(args.ledger, settler, paper_netting=not args.live, minimum_usd=args.minimum)
+    print(f"by payment:  {outcome.paid_released} released call(s) paid with signed x402 payments "
+          f"(${format_usd(outcome.by_payment_micros)}): {len(outcome.settled_now)} settled now via {outcome.via}, "
+          f"{outcome.settled_before} settled before, {len(outcome.failed)} failed; "
+          f"{outcome.refunded_paid} refunded paid call(s) never settled")
+    for failed in outcome.failed[:DEFAULT_MAX_PROBLEMS]:
+        print(f"  not settled: {failed['task_id']}: {failed['error_reason']}")
+    if outcome.via == "paper" and outcome.settled_now:
+        print("  (paper mode: structural checks only, no funds moved; --chain memory or --facilitator URL settles)")
+    print(f"record:      {settler.log.path}")
+    print("by netting:  ", end="")
+    netting = _print_netting(outcome.netting)
+    return 0 if outcome.ok and (netting == 0 or outcome.netting.call_count == 0) else 1
+
+
+def _settling_facilitator(args: argparse.Namespace):
+    """The facilitator ``ledger settle`` settles payments through: the in-memory chain, or an operator's."""
+    from mesh.x402.settle import terms_of_ledger
+
+    terms = terms_of_ledger(args.ledger)
+    if args.facilitator:
+        from mesh.x402.facilitator import HttpFacilitator
+
+        return HttpFacilitator(args.facilitator, terms, timeout_s=args.facilitator_timeout)
+    from mesh.money import usd_to_micros
+    from mesh.x402.chain import InMemoryChain
+    from mesh.x402.facilitator import LocalFacilitator
+
+    return LocalFacilitator(InMemoryChain(terms, default_balance_micros=usd_to_micros(args.chain_balance)))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mesh.x402.serve import ServeOptions, serve
+
+    agents = {}
+    for spec in args.agent or []:
+        agent_id, sep, target = spec.partition("=")
+        if not sep or not agent_id or not target:
+            raise InvalidArgumentError("--agent", spec, "must be ID=package.module:Class")
+        agents[agent_id] = target
+    options = ServeOptions(
+        host=args.host, port=args.port, out_dir=args.out, pay_to=args.pay_to, network=args.network, agents=agents,
+        paper=args.paper, free=args.no_payment, facilitator_url=args.facilitator, facilitator_timeout_s=args.facilitator_timeout,
+        chain_balance_usd=args.chain_balance, wallet_daily_cap_usd=None if args.wallet_daily_cap in ("none", "0") else args.wallet_daily_cap,
+        max_body_bytes=args.max_body_bytes, timeout_s=args.timeout, address=args.address,
+    )
+    return serve(options)
+
+
+def _cmd_pay(args: argparse.Namespace) -> int:
+    from mesh.x402.pay import pay
+    from mesh.x402.serve import DEMO_PAYER_NAME, demo_key
+
+    try:
+        payload = orjson.loads(args.data) if args.data is not None else None
+    except orjson.JSONDecodeError:
+        raise InvalidArgumentError("--data", args.data, "must be JSON (a string is quoted: '\"hi\"')") from None
+    key_hex = args.key or os.environ.get("TOLLMESH_PAYER_KEY")
+    try:
+        key = bytes.fromhex(key_hex.removeprefix("0x")) if key_hex else demo_key(DEMO_PAYER_NAME)
+    except ValueError:
+        raise InvalidArgumentError("--key", "<hidden>", "must be 32 bytes of hex") from None
+    try:
+        outcome = pay(args.url, payload, key=key, replay=args.replay)
+    except Exception as exc:  # noqa: BLE001 - no gateway there, a refused connection, a client error: one line
+        if type(exc).__module__.split(".")[0] not in ("httpx", "httpcore", "x402"):
+            raise
+        print(f"tollmesh: error: {args.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json({"payer": outcome.payer, "status": outcome.status, "body": outcome.body,
+                     "payment_response": outcome.settlement, "replay_status": outcome.replay_status,
+                     "replay_body": outcome.replay_body})
+    else:
+        print(f"payer:    {outcome.payer}" + ("  (the demo payer: give --key or TOLLMESH_PAYER_KEY)" if not key_hex else ""))
+        print(f"status:   {outcome.status}")
+        print(f"body:     {orjson.dumps(outcome.body).decode()}")
+        if outcome.settlement is not None:
+            s = outcome.settlement
+            print(f"payment:  settled={s.get('success')} transaction={s.get('transaction') or '-'} "
+                  f"network={s.get('network')} amount={s.get('amount', '-')}")
+        if outcome.replay_status is not None:
+            body = outcome.replay_body if isinstance(outcome.replay_body, dict) else {}
+            print(f"replay:   the same PAYMENT-SIGNATURE again -> {outcome.replay_status} "
+                  f"{body.get('error', outcome.replay_body)}: {body.get('detail', '')}")
+    if outcome.status != 200:
+        return 1
+    return 0 if outcome.replay_status in (None, 402) else 1
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -386,8 +536,51 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(func=_cmd_demo)
     _ledger_parser(sub.add_parser("ledger", help="tools over a ledger: report, verify, export, settle, plot, compact"))
+    _cluster_parser(sub.add_parser("cluster", help="on a Ray cluster: write a `ray up` YAML (init), a Grafana dashboard"))
     _bench_parser(sub.add_parser("bench", help="the seed's booth, ours and the mesh side by side, with sweeps (JSON, PNG)"))
+    _serve_parser(sub.add_parser("serve", help="serve the mesh's agents over HTTP 402 to x402 clients (uvicorn)"))
+    _pay_parser(sub.add_parser("pay", help="pay an x402 URL with the official x402 client (and show a replay refused)"))
     return parser
+
+
+def _cluster_parser(p: argparse.ArgumentParser) -> None:
+    from mesh.cluster.command import add_arguments
+
+    add_arguments(p)
+
+
+def _serve_parser(p: argparse.ArgumentParser) -> None:
+    from mesh.x402.serve import DEFAULT_OUT, DEFAULT_PORT
+
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=DEFAULT_PORT, help=f"the port (default {DEFAULT_PORT})")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"the run directory, kept across restarts: its ledger remembers spent payments (default {DEFAULT_OUT})")
+    p.add_argument("--pay-to", help="the address payments go to (default: a demo payee)")
+    p.add_argument("--network", default="eip155:84532", help="the CAIP-2 network of the quotes (default eip155:84532, Base Sepolia)")
+    p.add_argument("--agent", action="append", metavar="ID=module:Class",
+                   help="expose an agent (a mesh.Agent subclass, found from the current folder); repeatable "
+                        "(default: the demo agents echo and summarize)")
+    p.add_argument("--paper", action="store_true", help="paper mode: structural checks only, nothing settled (said so)")
+    p.add_argument("--facilitator", metavar="URL", help="verify and settle through the facilitator at URL (fails closed)")
+    p.add_argument("--facilitator-timeout", type=float, default=5.0, help="seconds a facilitator request may take (default 5)")
+    p.add_argument("--no-payment", action="store_true",
+                   help="payment off: calls go through escrow unpaid (the benchmarks' baseline; never expose it)")
+    p.add_argument("--chain-balance", default="10", help="USD every wallet holds on the in-memory chain (default 10)")
+    p.add_argument("--wallet-daily-cap", default="1.00", help="USD a payer wallet may spend a day here, or none (default 1.00)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=64 * 1024, help="largest request body (default 65536)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds an agent may take for a call (default 30)")
+    p.add_argument("--address", metavar="ADDRESS", help="join the Ray cluster at ADDRESS (e.g. auto) instead of a local Ray")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _pay_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="the paid URL, e.g. http://127.0.0.1:8402/agents/echo")
+    p.add_argument("--data", help="the JSON payload to POST (default: none)")
+    p.add_argument("--key", help="the payer's private key, hex (default: $TOLLMESH_PAYER_KEY, else a demo key)")
+    p.add_argument("--replay", action="store_true", help="then send the same PAYMENT-SIGNATURE again (it must be refused)")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=_cmd_pay)
 
 
 def _bench_parser(p: argparse.ArgumentParser) -> None:
@@ -453,7 +646,11 @@ def _ledger_parser(ledger: argparse.ArgumentParser) -> None:
     export.add_argument("--out", type=Path, required=True, help="the file to write (its folder is made if missing)")
     settle_p = tool("settle", "net released, unsettled tolls into one batch (paper mode)", _cmd_settle)
     settle_p.add_argument("--minimum", default=DEFAULT_MINIMUM_USD, help="minimum net USD to settle (default 0.50)")
-    settle_p.add_argument("--live", action="store_true", help="live mode (fails closed: wire your own rail)")
+    settle_p.add_argument("--live", action="store_true", help="live netting (fails closed: wire your own rail)")
+    settle_p.add_argument("--chain", choices=["memory"], help="settle x402-paid calls on the in-memory chain (demo)")
+    settle_p.add_argument("--facilitator", metavar="URL", help="settle x402-paid calls through the facilitator at URL")
+    settle_p.add_argument("--facilitator-timeout", type=float, default=5.0, help="seconds a facilitator request may take")
+    settle_p.add_argument("--chain-balance", default="10", help="USD every wallet holds on the in-memory chain (default 10)")
     plot = tool("plot", "PNG charts: spend over time, top payers and earners, status and reason mix", _cmd_plot)
     plot.add_argument("--out", type=Path, default=None,
                       help="the folder to draw into (default: plots/ beside the ledger, or plots-2/... if it holds plots)")

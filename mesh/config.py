@@ -117,6 +117,7 @@ class TollboothConfig(BaseModel):
     ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.NEVER, strict=False)
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
+    ledger_format: Optional[int] = Field(default=None, ge=1, le=2)  # a new ledger's format (None: v2); a ledger keeps its own
     ledger_parquet_dir: Optional[Path] = Field(default=None, strict=False)
     restore_from_ledger: bool = True
     # Observability

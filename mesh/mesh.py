@@ -40,6 +40,7 @@ from actors.agent_host import AgentHost, HostSettings, write_groups
 from actors.budget_shard import BudgetShard, ShardSpec
 from actors.coordinator import EscrowCoordinator
 from actors.ledger_writer import LedgerWriterActor
+from actors.placement import cluster_rotation
 from actors.run_files import WriterFiles
 from actors.wire import pack
 from ledger.replay import ledger_has_events
@@ -84,6 +85,7 @@ class Mesh:
         self._task_prefix = uuid.uuid4().hex[:12]
         self._task_numbers = count()
         self._handles: list[Any] = []
+        self._hosts_placed = 0  # hosts this driver started: the next goes on the next node
         self._coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._fast: Optional[FastPath] = None
         self._coordinator = self._start_actors()
@@ -107,6 +109,7 @@ class Mesh:
         mesh._task_numbers = count()
         mesh._coordinator = coordinator
         mesh._handles = []
+        mesh._hosts_placed = 0
         mesh._coalescers = weakref.WeakKeyDictionary()
         mesh._fast = None  # only the driver that compiled the fast lane may run it
         mesh._owner = False
@@ -146,10 +149,12 @@ class Mesh:
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise InvalidArgumentError("hosts", hosts, "must be an int of at least 1")
         hosts = min(hosts, max(len(ids) for _, ids, _, _ in checked))
+        placed = cluster_rotation(start=self._hosts_placed).actor_options(hosts)  # dealt over the nodes, as the shards
         total = 0
-        for h in range(hosts):
+        for h, options in enumerate(placed):
             share = [(cls, ids[h::hosts], kwargs, prices) for cls, ids, kwargs, prices in checked if ids[h::hosts]]
-            total = self._start_host(share, {})
+            total = self._start_host(share, options)
+            self._hosts_placed += 1
         return total
 
     def add_agent(
@@ -383,11 +388,18 @@ class Mesh:
     def set_x402_verifier(self, verifier: Optional[Verifier]) -> None:
         """Verify paid calls with ``verifier(wallet, signature, amount_usd) -> bool`` (sync or async; None removes it).
 
-        It runs in the coordinator's process, so it must be picklable. It fails closed.
+        It runs in the coordinator's process, so it must be picklable. It fails closed. A
+        :class:`~mesh.verifier.PaymentChecker` (:class:`mesh.x402.ExactEvmVerifier`) names its
+        reasons, checks a batch's payments at once, judges validity windows on the mesh's clock and
+        learns which payments the mesh's ledger spent already; a restarted coordinator gets it back.
         """
         if verifier is not None and not callable(verifier):
             raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
         ray.get(self._coordinator.set_verifier.remote(verifier))
+
+    def x402_stats(self) -> Optional[dict[str, Any]]:
+        """The verifier's counters (payments checked, CPU seconds in the coordinator), if it keeps any."""
+        return ray.get(self._coordinator.x402_stats.remote())
 
     def expire_stale(self) -> list:
         """Refund every escrow past its timeout now (the coordinator also sweeps on its own)."""
@@ -472,6 +484,7 @@ class Mesh:
         config.out_dir.mkdir(parents=True, exist_ok=True)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
+        (config.out_dir / "x402_verifier.pkl").unlink(missing_ok=True)  # and its verifier: a new mesh is given its own
         shutil.rmtree(config.out_dir / "hosts", ignore_errors=True)
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
         # the run directory is on this node's disk: the writer and the coordinator, which use it, stay here
@@ -479,11 +492,11 @@ class Mesh:
         writer = LedgerWriterActor.options(name=config.actor_name("writer"), scheduling_strategy=home, **common).remote(
             str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
             fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
-            rotate_daily=config.ledger_rotate_daily,
+            rotate_daily=config.ledger_rotate_daily, format_version=config.ledger_format,
         )
         caps_path = self._write_agent_caps()
         shards = [
-            BudgetShard.options(name=config.actor_name(f"shard.{i}"), scheduling_strategy="SPREAD", **common).remote(
+            BudgetShard.options(name=config.actor_name(f"shard.{i}"), **placed, **common).remote(
                 ShardSpec(
                     index=i, shards=config.shards, default_cap_micros=config.default_cap_micros,
                     agent_caps_path=caps_path, runtime_caps_path=str(config.runtime_caps_path),
@@ -493,7 +506,7 @@ class Mesh:
                 ),
                 config.actor_name("writer"), config.namespace,
             )
-            for i in range(config.shards)
+            for i, placed in enumerate(cluster_rotation().actor_options(config.shards))  # over the cluster's nodes
         ]
         writer_stats, *_ = ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
         slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file

@@ -79,6 +79,7 @@ class MeshConfig(BaseModel):
     ledger_parquet: bool = True
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
+    ledger_format: Optional[int] = Field(default=None, ge=1, le=2)  # a new ledger's format (None: v2); a ledger keeps its own
     restore_from_ledger: bool = True
     # Observability
     metrics_enabled: bool = True

@@ -56,6 +56,19 @@ class Reason(str, Enum):
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the payload is larger than max_payload_bytes
     SHARD_UNAVAILABLE = "shard_unavailable"  # the caller's budget shard could not be reached
     INVALID_MESSAGE = "invalid_message"  # a message of a batch failed its checks (an id...): not sent, not recorded
+    # Why a signed x402 payment (the "exact" EVM scheme, see mesh.x402) was refused
+    X402_MALFORMED = "x402_malformed"  # the PAYMENT-SIGNATURE value does not decode to an exact EVM payload
+    X402_WRONG_SCHEME = "x402_wrong_scheme"  # not the "exact" scheme, or not x402 version 2
+    X402_WRONG_NETWORK = "x402_wrong_network"  # signed for another chain than the quote's
+    X402_WRONG_ASSET = "x402_wrong_asset"  # another token contract than the quote's
+    X402_WRONG_DOMAIN = "x402_wrong_domain"  # the token's EIP-712 domain (name, version) is not the quote's
+    X402_WRONG_PAYEE = "x402_wrong_payee"  # pays someone else than the quote's payTo
+    X402_WRONG_PAYER = "x402_wrong_payer"  # the authorization's payer is not the wallet the call names
+    X402_UNDERPAID = "x402_underpaid"  # authorizes less than the price
+    X402_NOT_YET_VALID = "x402_not_yet_valid"  # validAfter is still in the future
+    X402_EXPIRED = "x402_expired"  # validBefore has passed (or is about to)
+    X402_BAD_SIGNATURE = "x402_bad_signature"  # the EIP-712 signature does not recover to the payer
+    X402_REPLAYED = "x402_replayed"  # the authorization's nonce paid for another call already
 
 
 class _TollRecordFields(NamedTuple):

@@ -108,6 +108,9 @@ class AgentGroup(_Model):
 
     ``behaviour`` (``"package.module:Class"``) names a :class:`~mesh.sim_agents.SimAgent`
     subclass for agents of your own; by default they fail, wait and call onward as set here.
+    ``pays = "x402"``: each call the simulation makes from this group also carries a signed
+    x402 payment (an EIP-3009 authorization by the agent's own key, derived from the seed),
+    verified by the mesh before the toll is locked; the report shows the CPU it cost.
     """
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
@@ -119,6 +122,7 @@ class AgentGroup(_Model):
     latency_ms: Latency = Latency()
     onward: Optional[Onward] = None
     behaviour: Optional[str] = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    pays: Literal["escrow", "x402"] = "escrow"
 
     @property
     def price_micros(self) -> int:
@@ -235,6 +239,11 @@ class Scenario(_Model):
     @property
     def agent_count(self) -> int:
         return sum(g.count for g in self.groups)
+
+    @property
+    def x402_groups(self) -> list[str]:
+        """The groups whose calls carry signed x402 payments."""
+        return [g.name for g in self.groups if g.pays == "x402"]
 
     @property
     def tracks_balances(self) -> bool:

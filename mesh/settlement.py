@@ -61,10 +61,12 @@ class SettlementResult:
         return micros_to_usd(self.net_micros)
 
 
-def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike = DEFAULT_MINIMUM_USD) -> SettlementResult:
+def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike = DEFAULT_MINIMUM_USD,
+           exclude_task_ids: Optional[set[str]] = None) -> SettlementResult:
     """Net every released, not yet settled toll of the ledger into one batch (see the module doc).
 
     ``ledger_path`` names a JSONL ledger (its first file, or its directory); all its files are read.
+    ``exclude_task_ids``: tolls settled otherwise (by their own x402 payments, :mod:`mesh.x402.settle`).
     """
     if not isinstance(paper, bool):
         raise InvalidTypeError("paper", paper, "a bool")
@@ -76,6 +78,7 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
         fcntl.flock(settlements, fcntl.LOCK_EX)
         settlements.seek(0)
         done = {tid for batch in _json_lines(settlements.read()) for tid in batch.get("task_ids", ())}
+        done |= exclude_task_ids or set()
         pending = _released_unsettled(files, done, verified_seqs)
         net_micros, count = sum(pending.values()), len(pending)
         if count == 0:

@@ -46,6 +46,8 @@ class RunLog:
     outcomes: Counter = field(default_factory=Counter)  # the driver's calls, by status and reason
     last_stats: dict[str, Any] = field(default_factory=lambda: {"locked": 0, "released": 0, "refunded": 0, "rejected": 0})
     live: dict[str, Any] = field(default_factory=dict)
+    machine_cpu_s: float = 0.0  # CPU the machine spent while the run played (every process, every core)
+    x402: Optional[dict[str, Any]] = None  # what signing and verifying x402 payments cost (paying groups only)
 
     def record_tick(self, tick: int, messages: int, wall_s: float, outcomes: Counter, stats: dict[str, Any]) -> None:
         """One tick done: its size, its wall time, how its calls ended, and the mesh's counters after it."""
@@ -81,12 +83,34 @@ def build_report(scenario: Scenario, run_dir: Path, log: RunLog, *, plots: bool 
         "top_payers": ledger["top_payers"],
         "memory": _memory(log.live["memory"], scenario.agent_count, stats),
         "checks": _checks(ledger_path, ledger, stats, log.live, scenario.tracks_balances),
+        "x402": _x402(log),
         "files": files,
         "scenario": scenario.model_dump(mode="json"),
         "ticks": log.ticks,
     }
     (run_dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return report
+
+
+def _x402(log: RunLog) -> Optional[dict[str, Any]]:
+    """Signing (in the driver) and verifying (in the coordinator) x402 payments: counts, CPU seconds, and their
+    share of the run: of its wall time (as a fraction of one core) and of all the CPU the machine spent meanwhile."""
+    if log.x402 is None:
+        return None
+    verified = log.x402.get("verified") or {}
+    sign_s, verify_s = log.x402["sign_cpu_s"], verified.get("cpu_s", 0.0)
+    run_s, machine_s = max(log.run_s, 1e-9), log.machine_cpu_s
+
+    def share(cpu_s: float) -> Optional[float]:
+        return round(cpu_s / machine_s, 4) if machine_s > 0 else None
+
+    return {
+        "groups": log.x402["groups"], "pay_to": log.x402["pay_to"], "network": log.x402["network"],
+        "signed": log.x402["signed"], "verified": verified.get("checked", 0), "verify_backend": verified.get("backend"),
+        "sign_cpu_s": round(sign_s, 4), "verify_cpu_s": round(verify_s, 4), "machine_cpu_s": round(machine_s, 3),
+        "sign_share_of_machine_cpu": share(sign_s), "verify_share_of_machine_cpu": share(verify_s),
+        "sign_cores_of_wall": round(sign_s / run_s, 4), "verify_cores_of_wall": round(verify_s / run_s, 4),
+    }
 
 
 def _run(scenario: Scenario, run_dir: Path, log: RunLog) -> dict[str, Any]:
@@ -264,6 +288,19 @@ def _n(count: Optional[int]) -> str:
     return "n/a" if count is None else f"{count:,}"
 
 
+def _x402_lines(x402: Optional[dict[str, Any]]) -> list[str]:
+    if not x402:
+        return []
+
+    def pct(share: Optional[float]) -> str:
+        return "n/a" if share is None else f"{share:.1%}"
+
+    return [f"x402:         groups {', '.join(x402['groups'])}: {x402['signed']:,} payments signed "
+            f"({x402['sign_cpu_s']:.2f} s CPU, {pct(x402['sign_share_of_machine_cpu'])} of the run's CPU), "
+            f"{x402['verified']:,} verified ({x402['verify_cpu_s']:.2f} s CPU, {pct(x402['verify_share_of_machine_cpu'])}; "
+            f"{x402['verify_backend']})"]
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for a terminal."""
     run, speed, out, caps, mem, checks = (report[k] for k in ("run", "speed", "outcomes", "caps", "memory", "checks"))
@@ -288,6 +325,7 @@ def format_report(report: dict[str, Any]) -> str:
         "top payers:   " + ", ".join(f"{r['agent']} {usd(r['paid_micros'])}" for r in report["top_payers"][:5]),
         f"memory:       {mem['rss_bytes_total'] * mb:,.0f} MB in {mem['processes']} processes; "
         f"{_n(mem['host_bytes_per_agent'])} B per agent, {_n(mem['shard_bytes_per_open_escrow'])} B per open escrow",
+        *_x402_lines(report.get("x402")),
         "checks:       " + ", ".join(f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in checks.items() if k != "problems"),
         f"output:       {report['files']['report']}",
     ]

@@ -97,6 +97,7 @@ class Simulation:
         self._ids = {g.name: g.agent_ids() for g in scenario.groups}
         self._resumed: Optional[RunProgress] = None
         self._tick_us = round(scenario.days * 86_400 / scenario.ticks * US_PER_SECOND)  # what each tick moves the clock
+        self._payer = None if not scenario.x402_groups else _X402Payer(scenario)
 
     @classmethod
     def resume(cls, run_dir: str | Path, **options: Any) -> Simulation:
@@ -135,8 +136,8 @@ class Simulation:
         finally:
             if watch is not None:
                 watch.stop()
-            if session.started:
-                ray_shutdown()
+            if session.started or session.joined is not None:  # a cluster joined is left: Ray's buffered
+                ray_shutdown()  # notices (a node that died...) come out now, before the report is printed
 
     def _run(self, Mesh: type, log_started_s: float) -> dict[str, Any]:
         if self._resumed is None:
@@ -147,12 +148,16 @@ class Simulation:
         with self._sigint_stops(), Mesh(self._mesh_config(), address=self.address) as mesh:
             self._populate(mesh)
             log.setup_s = time.perf_counter() - log.started_s
+            machine_cpu_s = _machine_cpu_s()
             self._play(mesh, log)
             log.run_s = time.perf_counter() - log.started_s - log.setup_s
+            log.machine_cpu_s = _machine_cpu_s() - machine_cpu_s
             log.live = self._retried(mesh, lambda: {
                 "stats": self._counted_before(mesh.stats()), "snapshot": mesh.snapshot(),
                 "now_us": mesh.advance_clock(0), "memory": mesh.memory(),
             })
+            if self._payer is not None:
+                log.x402 = {**self._payer.stats(), "verified": self._retried(mesh, mesh.x402_stats)}
         return build_report(self.scenario, self.run_dir, log, plots=self.plots)
 
     @property
@@ -193,6 +198,8 @@ class Simulation:
     def _populate(self, mesh: Any) -> None:
         groups = [(self._agent_class(g), self._ids[g.name], {}) for g in self.scenario.groups]
         mesh.add_agent_groups(groups, hosts=self.scenario.hosts)
+        if self._payer is not None:
+            mesh.set_x402_verifier(self._payer.verifier())
         if self.scenario.tracks_balances:  # every agent opens an account: those with no balance start at 0
             done = set() if self._resumed is None else self._resumed.deposited
             deposits = {a: g.balance_usd or 0 for g in self.scenario.groups for a in self._ids[g.name] if a not in done}
@@ -227,6 +234,8 @@ class Simulation:
                     break
                 count = starts[tick + 1] - starts[tick]
                 messages = self._draw(rng, shares / shares.sum(), starts[tick], count)
+                if self._payer is not None:
+                    messages = self._payer.sign(messages, tick_s=self.scenario.start_s + tick * self._tick_us / US_PER_SECOND)
                 started = time.perf_counter()
                 outcomes, stats = self._send_tick(mesh, tick, messages, again=tick == self._first_tick and self._resumed is not None)
                 log.record_tick(tick, count, time.perf_counter() - started, outcomes, stats)
@@ -251,9 +260,12 @@ class Simulation:
                 self._set_clock(mesh, tick)
                 if redeliver:
                     ray_get(mesh.actor("coordinator").set_redelivery.remote(True))
-                outcomes = mesh.send_columns(  # the bulk path: columns in, status codes out
-                    [m.source for m in messages], [m.target for m in messages], [m.payload for m in messages],
-                    task_ids=[m.task_id for m in messages], max_batch_messages=self.scenario.batch_size).counts()
+                if any(m.payer_wallet or m.tx_signature for m in messages):  # x402 payers: verified a call at a time
+                    outcomes = mesh.send_counted(messages, max_batch_messages=self.scenario.batch_size)
+                else:  # the bulk path: columns in, status codes out
+                    outcomes = mesh.send_columns(
+                        [m.source for m in messages], [m.target for m in messages], [m.payload for m in messages],
+                        task_ids=[m.task_id for m in messages], max_batch_messages=self.scenario.batch_size).counts()
                 if redeliver:
                     ray_get(mesh.actor("coordinator").set_redelivery.remote(False))
                 stats = mesh.stats()
@@ -340,6 +352,64 @@ class Simulation:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+class _X402Payer:
+    """Signs the calls of the scenario's paying groups (``pays = "x402"``): each agent's key is derived from
+    the seed and its id, each nonce from the seed and the task id, the window from the tick's simulated time,
+    so the same seed signs the same payments. Counts the CPU signing took (the report's share)."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        from mesh.x402.terms import PaymentTerms
+        from mesh.x402.wallet import PayingWallet
+
+        self.scenario = scenario
+        self.groups = set(scenario.x402_groups)
+        self.terms = PaymentTerms(pay_to=PayingWallet.derived(scenario.seed, "sim-payee").address)
+        self._wallets: dict[str, Any] = {}
+        self._price = {g.name: g.price_micros for g in scenario.groups}
+        self._valid_for_s = int(scenario.days * 86_400 / scenario.ticks) + int(scenario.escrow_timeout_s) + 60
+        self.signed = 0
+        self.sign_cpu_s = 0.0
+
+    def verifier(self) -> Any:
+        from mesh.x402.exact import ExactEvmVerifier
+
+        return ExactEvmVerifier(self.terms)  # the mesh binds its manual clock to it
+
+    def sign(self, messages: list[Message], *, tick_s: float) -> list[Message]:
+        from eth_utils import keccak
+
+        from mesh.x402.wallet import PayingWallet
+
+        started = time.thread_time()
+        seed, signed = self.scenario.seed, []
+        for message in messages:
+            group = message.source.rpartition("-")[0]
+            if group not in self.groups:
+                signed.append(message)
+                continue
+            wallet = self._wallets.get(message.source)
+            if wallet is None:
+                wallet = self._wallets[message.source] = PayingWallet.derived(seed, message.source)
+            header = wallet.pay(self.terms, self._price[message.target.rpartition("-")[0]], now_s=tick_s,
+                                nonce=keccak(text=f"{seed}:{message.task_id}"), valid_for_s=self._valid_for_s)
+            signed.append(message._replace(payer_wallet=wallet.address, tx_signature=header))
+            self.signed += 1
+        self.sign_cpu_s += time.thread_time() - started
+        return signed
+
+    def stats(self) -> dict[str, Any]:
+        return {"groups": sorted(self.groups), "signed": self.signed, "sign_cpu_s": self.sign_cpu_s,
+                "pay_to": self.terms.pay_to, "network": self.terms.network}
+
+
+def _machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent (user, nice'd and system, every core): the run's, on a machine to itself."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + getattr(times, "nice", 0.0) + times.system
 
 
 class SimulationError(TollmeshError):

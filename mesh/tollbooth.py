@@ -108,7 +108,7 @@ class Tollbooth:
                 return early
             reason = await verify_async(
                 self._verifier, payer_wallet, tx_signature, draft.amount_usd,
-                timeout_s=self.config.x402_verify_timeout_s,
+                timeout_s=self.config.x402_verify_timeout_s, task_id=draft.task_id, amount_micros=draft.amount_micros,
             )
         return self._charge_now(draft, instant, reason)
 
@@ -132,7 +132,7 @@ class Tollbooth:
                 return early
             reason = verify_sync(
                 self._verifier, payer_wallet, tx_signature, draft.amount_usd,
-                timeout_s=self.config.x402_verify_timeout_s,
+                timeout_s=self.config.x402_verify_timeout_s, task_id=draft.task_id, amount_micros=draft.amount_micros,
             )
         return self._charge_now(draft, instant, reason)
 
@@ -198,9 +198,17 @@ class Tollbooth:
 
         It is called when a charge carries both ``payer_wallet`` and ``tx_signature``;
         it fails closed on an exception, a non-bool or a run past ``x402_verify_timeout_s``.
+        A :class:`~mesh.verifier.PaymentChecker` (such as :class:`mesh.x402.ExactEvmVerifier`)
+        names its reasons, judges validity windows on this booth's clock and first learns
+        which payments this booth's ledger already spent (a replay is refused after a restart too).
         """
         if verifier is not None and not callable(verifier):
             raise InvalidTypeError("verifier", verifier, "a callable (wallet, signature, amount_usd) -> bool")
+        if verifier is not None:
+            if callable(getattr(verifier, "bind_clock", None)):
+                verifier.bind_clock(self.clock.now_s)
+            if callable(getattr(verifier, "restore_from_ledger", None)) and self.ledger_path is not None:
+                verifier.restore_from_ledger(self.ledger_path)
         self._verifier = verifier
 
     # -- beyond the seed --------------------------------------------------------
@@ -343,6 +351,7 @@ class Tollbooth:
         self._writer = LedgerWriter(
             path, parquet_dir=self.config.ledger_parquet_dir, fsync=self.config.ledger_fsync,
             max_segment_bytes=self.config.ledger_max_segment_bytes, rotate_daily=self.config.ledger_rotate_daily,
+            format_version=self.config.ledger_format,
         )
         self._book.recall = lambda task_id, seq: event_at(path, seq)  # a repeat past the window, read back
 

@@ -7,6 +7,13 @@ the payment verifies, or the :class:`~mesh.records.Reason` it failed for:
 non-bool) or ``x402_timeout`` (it ran past ``timeout_s``). Sync verifiers run on
 bounded daemon threads, so one that hangs costs a thread, never the caller.
 
+A verifier that also has ``check_payment(task_id, wallet, signature, amount_micros)``
+(a :class:`PaymentChecker`, such as :class:`mesh.x402.ExactEvmVerifier`) is asked that
+instead: it answers None or the ``x402_*`` reason itself (``x402_expired``,
+``x402_replayed``...), gets the exact amount, and the task id its payment is for (a
+nonce seen again for the same task is that task's retry, not a replay). One with
+``check_payments(items)`` too checks a whole batch on one thread (:func:`verify_many_async`).
+
 >>> verify_sync(lambda wallet, sig, amount: amount == 0.01, "w", "s", 0.01, timeout_s=1.0) is None
 True
 >>> verify_sync(lambda wallet, sig, amount: 1, "w", "s", 0.01, timeout_s=1.0).value
@@ -20,7 +27,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Optional, Protocol, Union, runtime_checkable
 
 from mesh.records import Reason
 
@@ -34,12 +41,25 @@ MAX_VERIFIER_THREADS = 8
 
 _slots = threading.BoundedSemaphore(MAX_VERIFIER_THREADS)
 
+#: One payment to check in a batch: (task_id, wallet, signature, amount_micros).
+PaymentItem = tuple[str, str, str, int]
+
+
+@runtime_checkable
+class PaymentChecker(Protocol):
+    """A verifier that names why it refuses (see the module doc); ``check_payments`` is optional."""
+
+    def check_payment(self, task_id: str, wallet: str, signature: str, amount_micros: int) -> Optional[Reason]:
+        ...
+
 
 def verify_sync(
-    fn: Verifier, wallet: str, signature: str, amount_usd: float, *, timeout_s: float
+    fn: Verifier, wallet: str, signature: str, amount_usd: float, *, timeout_s: float,
+    task_id: str = "", amount_micros: Optional[int] = None,
 ) -> Optional[Reason]:
     """Run ``fn`` to completion from synchronous code; see the module doc."""
-    future = _start_thread(timeout_s, _call_to_completion, fn, wallet, signature, amount_usd, timeout_s)
+    call = _Call(fn, task_id, wallet, signature, amount_usd, amount_micros)
+    future = _start_thread(timeout_s, _call_to_completion, call, timeout_s)
     if future is None:
         return _timed_out(timeout_s)
     try:
@@ -51,14 +71,16 @@ def verify_sync(
 
 
 async def verify_async(
-    fn: Verifier, wallet: str, signature: str, amount_usd: float, *, timeout_s: float
+    fn: Verifier, wallet: str, signature: str, amount_usd: float, *, timeout_s: float,
+    task_id: str = "", amount_micros: Optional[int] = None,
 ) -> Optional[Reason]:
     """Run ``fn`` from a coroutine: async verifiers on the caller's loop, sync ones on threads."""
+    call = _Call(fn, task_id, wallet, signature, amount_usd, amount_micros)
     try:
         if inspect.iscoroutinefunction(fn):
             outcome = await asyncio.wait_for(fn(wallet, signature, amount_usd), timeout_s)
         else:
-            future = _start_thread(0, _call_to_completion, fn, wallet, signature, amount_usd, timeout_s)
+            future = _start_thread(0, _call_to_completion, call, timeout_s)
             if future is None:
                 return _timed_out(timeout_s)
             outcome = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -69,9 +91,61 @@ async def verify_async(
         return _errored(exc)
 
 
-def _call_to_completion(fn: Verifier, wallet: str, signature: str, amount_usd: float, timeout_s: float) -> Any:
-    """Call ``fn``; if it hands back an awaitable, run it on a private loop with the timeout."""
-    outcome = fn(wallet, signature, amount_usd)
+async def verify_many_async(fn: Verifier, items: list[PaymentItem], *, timeout_s: float) -> list[Optional[Reason]]:
+    """The reason each payment of a batch fails (None: it verified), in order; never raises.
+
+    A verifier with ``check_payments`` gets the whole batch at once on one thread, within
+    ``timeout_s`` (past it, or if it raises, every payment of the batch fails closed);
+    any other is asked one payment at a time, concurrently (:func:`verify_async`).
+    """
+    check_payments = getattr(fn, "check_payments", None)
+    if check_payments is None:
+        return list(await asyncio.gather(*(
+            verify_async(fn, wallet, signature, amount / 1e6, timeout_s=timeout_s, task_id=task_id, amount_micros=amount)
+            for task_id, wallet, signature, amount in items
+        )))
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        future = await _start_thread_async(deadline, check_payments, items)
+        if future is None:
+            return [_timed_out(timeout_s)] * len(items)
+        outcomes = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - asyncio.get_running_loop().time(), 0))
+    except asyncio.TimeoutError:
+        return [_timed_out(timeout_s)] * len(items)
+    except Exception as exc:  # noqa: BLE001 - the verifier's own failure: fail closed
+        return [_errored(exc)] * len(items)
+    if not isinstance(outcomes, (list, tuple)) or len(outcomes) != len(items):
+        logger.error("x402 verifier's check_payments answered %r for %d payments: failing closed", type(outcomes), len(items))
+        return [Reason.X402_ERROR] * len(items)
+    return [_judge(_passed(outcome)) for outcome in outcomes]
+
+
+class _Call:
+    """One payment to verify, and how to ask ``fn`` about it (its reasons, or the seed's bool)."""
+
+    __slots__ = ("fn", "task_id", "wallet", "signature", "amount_usd", "amount_micros")
+
+    def __init__(self, fn: Verifier, task_id: str, wallet: str, signature: str, amount_usd: float,
+                 amount_micros: Optional[int]) -> None:
+        self.fn, self.task_id, self.wallet, self.signature = fn, task_id, wallet, signature
+        self.amount_usd = amount_usd
+        self.amount_micros = round(amount_usd * 1_000_000) if amount_micros is None else amount_micros
+
+    def __call__(self) -> Any:
+        check = getattr(self.fn, "check_payment", None)
+        if check is not None:
+            return _passed(check(self.task_id, self.wallet, self.signature, self.amount_micros))
+        return self.fn(self.wallet, self.signature, self.amount_usd)
+
+
+def _passed(reason: Any) -> Any:
+    """A checker's answer in the seed's terms: None (it verified) is True; a reason stays what it is."""
+    return True if reason is None else reason
+
+
+def _call_to_completion(call: _Call, timeout_s: float) -> Any:
+    """Make the call; if it hands back an awaitable, run it on a private loop with the timeout."""
+    outcome = call()
     if inspect.isawaitable(outcome):
         return asyncio.run(_await_with_timeout(outcome, timeout_s))
     return outcome
@@ -86,6 +160,8 @@ def _judge(outcome: Any) -> Optional[Reason]:
         return None
     if outcome is False:
         return Reason.X402_REJECTED
+    if isinstance(outcome, Reason) and outcome.value.startswith("x402_"):
+        return outcome
     logger.error("x402 verifier returned %r, not a bool: failing closed", outcome)
     return Reason.X402_ERROR
 
@@ -98,6 +174,16 @@ def _timed_out(timeout_s: float) -> Reason:
 def _errored(exc: BaseException) -> Reason:
     logger.error("x402 verifier raised %s: %s: failing closed", type(exc).__name__, exc)
     return Reason.X402_ERROR
+
+
+async def _start_thread_async(deadline: float, fn: Callable[..., Any], *args: Any) -> Optional[concurrent.futures.Future]:
+    """:func:`_start_thread` from a coroutine: waits for a free slot until ``deadline`` (loop time) without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        future = _start_thread(0, fn, *args)
+        if future is not None or loop.time() >= deadline:
+            return future
+        await asyncio.sleep(0.001)
 
 
 def _start_thread(wait_s: float, fn: Callable[..., Any], *args: Any) -> Optional[concurrent.futures.Future]:

@@ -178,3 +178,22 @@ def test_the_whole_bench_tiny_writes_a_consistent_report(tmp_path: Path) -> None
     markdown = subprocess.run([sys.executable, "-m", "benchmarks", "--readme", str(json_path)], env=env,
                               capture_output=True, text=True, check=True).stdout
     assert markdown.count("\n| ") >= len(report["runs"]) + 1 and "Mesh.send" in markdown
+
+
+def test_the_seal_bench_measures_every_digest_format_and_way(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m benchmarks.ledger_seal``, tiny: every row is there, and the bytes agree with the formats."""
+    from benchmarks import ledger_seal
+
+    assert ledger_seal.main(["--events", "300", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    report = orjson.loads((tmp_path / "ledger_seal.json").read_bytes())
+    assert {"sha256", "blake2b"} <= set(report["hash"]["ns_per_event"])
+    for row in report["hash"]["ns_per_event"].values():
+        assert set(row) == {"chain_per_line", "seal_batch_1", "seal_batch_100", "seal_batch_10000", "merkle_root"}
+    writes = {(row["batch"], row["way"], row["format"]): row for row in report["write"]}
+    assert len(writes) == 3 * 3 + 2 * 2 * 3
+    before, v2 = "v1, every field (before v2)", "v2"
+    for batch in ledger_seal.BATCH_SIZES:
+        assert writes[(batch, "bodies", v2)]["bytes_per_event"] < writes[(batch, "bodies", before)]["bytes_per_event"]
+    assert writes[(100, "append", v2)]["bytes_per_event"] < writes[(1, "append", v2)]["bytes_per_event"]  # one seal a batch
+    assert [row["format"] for row in report["read"]] == [before, "v2, batches of 1", "v2, batches of 10,000"]
+    assert "saved" in capsys.readouterr().out

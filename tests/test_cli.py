@@ -51,7 +51,7 @@ def test_verify_exit_code_and_named_line(ledger_dir, capsys):
     path.write_bytes(b"".join(lines))
     assert main(["ledger", "verify", str(path)]) == 1
     out = capsys.readouterr().out
-    assert f"PROBLEM: {path}:5: hash chain broken" in out
+    assert f"PROBLEM: {path}:5: seal broken: the batch of seq 4..4 (lines 5-5)" in out  # a booth seals each event
 
 
 def test_export_settle_plot_compact(ledger_dir, tmp_path, capsys):
@@ -148,3 +148,15 @@ def test_a_bad_path_is_one_line_and_exit_code_2_never_a_traceback(case, ledger_d
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tollmesh: error: ") and said in err[0], err
+
+
+def test_simulate_as_a_ray_job_refuses_a_run_directory_ray_deletes_after_the_job(tmp_path, monkeypatch, capsys):
+    """Under ``ray job submit --working-dir``, a relative --out lands in Ray's temporary copy: refused before Ray starts."""
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}, "metadata": {"job_submission_id": "raysubmit_x"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", orjson.dumps(job).decode())
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "--messages", "100", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"the run directory {tmp_path / 'tollmesh-out' / 'default-seed7'} is inside the copy of --working-dir" in err
+    assert "give --out an absolute path on the head" in err and "Traceback" not in err
+    assert not (tmp_path / "tollmesh-out").exists()

@@ -34,7 +34,7 @@ BAD_VALUES = {
 TOLLBOOTH_FIELDS = {
     "money": ["toll_per_message_usd", "max_daily_toll_per_agent"],
     "number": ["toll_per_message_tokens", "escrow_timeout_s", "x402_verify_timeout_s"],
-    "count": ["max_settled_records", "ledger_max_segment_bytes"],
+    "count": ["max_settled_records", "ledger_max_segment_bytes", "ledger_format"],
     "flag": ["paper_mode", "require_payment_before_route", "track_balances", "ledger_enabled",
              "ledger_rotate_daily", "restore_from_ledger", "metrics_enabled"],
     "text": ["x402_endpoint", "x402_api_key"],
@@ -45,7 +45,7 @@ MESH_FIELDS = {
     "number": ["fast_lane_idle_s", "handler_timeout_s", "escrow_timeout_s", "sweep_interval_s",
                "x402_verify_timeout_s", "start_s"],
     "count": ["shards", "hosts_per_group", "max_batch_messages", "max_inflight_batches", "max_payload_bytes",
-              "max_settled_records", "ledger_max_segment_bytes"],
+              "max_settled_records", "ledger_max_segment_bytes", "ledger_format"],
     "flag": ["detached", "fast_lane", "track_balances", "ledger_parquet", "ledger_rotate_daily",
              "restore_from_ledger", "metrics_enabled"],
     "text": ["name", "namespace"],
@@ -63,7 +63,7 @@ GROUP_FIELDS = {
     "count": ["count"],
     "number": ["failure_rate"],
     "text": ["name", "behaviour"],
-    "other": ["latency_ms", "onward"],
+    "other": ["latency_ms", "onward", "pays"],
 }
 LATENCY_FIELDS = {"number": ["ms", "low_ms", "high_ms", "p50_ms", "p99_ms"], "other": ["distribution"]}
 ONWARD_FIELDS = {"text": ["to"], "number": ["alpha", "probability"], "other": ["pattern"]}

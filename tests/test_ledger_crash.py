@@ -1,8 +1,9 @@
-"""Crash consistency of the JSONL writer, proven.
+"""Crash consistency of the JSONL writer, proven, in both formats (v1: a hash per line; v2: a seal per batch).
 
 * A ledger cut at every byte of its last events (a crash), its last newline dropped, garbage or NUL
   bytes appended after it (a power loss), reopens and goes on: verify passes, the seq runs on without
-  a gap or a reuse, the chain runs on, and every event written whole before the cut is read back.
+  a gap or a reuse, the chain runs on, and every event written whole before the cut is read back
+  (in v2, every event of a batch written whole with its seal: a batch cut short is torn whole).
 * An append that fails half-way (a full disk, a file size limit) leaves the ledger as it was: the
   next append goes on from the last acknowledged event, in the writer and in a live Tollbooth, whose
   reopened ledger replays to the live booth's state. If the file cannot be cut back, the writer
@@ -43,6 +44,7 @@ START_US = 1_767_225_600_000_000  # 2026-01-01
 START_S = START_US / 1_000_000
 REPO = Path(__file__).resolve().parent.parent
 FEW = min(settings.default.max_examples, 60)  # examples of the slower properties
+FORMATS = pytest.mark.parametrize("format_version", [1, 2], ids=["v1", "v2"])
 
 
 def deposit(marker: int, ts_us: int = START_US) -> dict[str, Any]:
@@ -65,9 +67,10 @@ def append_batch(writer: JsonlWriter, batch: list[dict[str, Any]], way: int) -> 
             writer.append_one(event)
 
 
-def write_ledger(path: Path, batch_sizes: list[int], *, max_segment_bytes: Optional[int], fsync: str = "never") -> list[int]:
+def write_ledger(path: Path, batch_sizes: list[int], *, max_segment_bytes: Optional[int], fsync: str = "never",
+                 format_version: int = 2) -> list[int]:
     """A ledger of deposit batches (rotated by size); the markers written, in order."""
-    writer = JsonlWriter(path, fsync, max_segment_bytes=max_segment_bytes)
+    writer = JsonlWriter(path, fsync, max_segment_bytes=max_segment_bytes, format_version=format_version)
     written: list[int] = []
     for way, size in enumerate(batch_sizes):
         batch = [deposit(len(written) + n) for n in range(size)]
@@ -86,11 +89,16 @@ def line_ends(data: bytes) -> list[tuple[int, int]]:
     return ends
 
 
+def ends_a_batch(data: bytes, end: tuple[int, int]) -> bool:
+    """Whether the line ending at ``end`` is a v1 line or a v2 batch's last (its events count once it is whole)."""
+    return data[:end[0]].endswith(b'"}') and data[max(0, end[0] - 43):end[0] - 34] in (b',"hash":"', b',"seal":"')
+
+
 def assert_ledger_goes_on(path: Path, survivors: list[int], torn_bytes: int, *, twice: bool = True) -> None:
     """Reopen the ledger and write on (``twice``: and again): verify passes, seqs run 0..n-1, the
     survivors come first, then what was written after, and one recover event names the torn bytes."""
     before = read_events(path)
-    writer = JsonlWriter(path, max_segment_bytes=700)
+    writer = JsonlWriter(path, max_segment_bytes=700)  # in the ledger's own format
     assert writer.next_seq == len(before.events) + (1 if torn_bytes else 0)  # reader and writer agree on the end
     writer.append([deposit(10_000), deposit(10_001)])
     writer.append_one(deposit(10_002))
@@ -131,6 +139,8 @@ class Layout:
         self.restore(self.last[:cut] + junk)
         ends = line_ends(self.last)
         whole = [end for end in ends if (end[0] if not junk else end[1]) <= cut]  # junk glues onto a line without its newline
+        while whole and not ends_a_batch(self.last, whole[-1]):  # v2: lines of a batch whose seal is cut count not
+            whole.pop()
         survivors = self.written[: self.earlier + len(whole)]
         kept = whole[-1][1] if whole else 0
         torn = max(0, cut - kept) + len(junk)
@@ -139,13 +149,18 @@ class Layout:
         assert_ledger_goes_on(self.path, survivors, torn, twice=twice)
 
 
-def test_a_cut_at_every_byte_of_the_last_events_loses_only_what_was_not_written(tmp_path):
-    """Every offset within the last three events (of a rotated ledger): cut there (at its last byte: the
-    last newline dropped), cut there and add NULs; and garbage after each of their lines."""
+@pytest.mark.parametrize(("format_version", "batch_sizes", "max_segment_bytes"),
+                         [(1, [3, 1, 4, 2, 3, 3], 1_000), (2, [3, 1, 4, 2, 3, 3, 4], 1_300)], ids=["v1", "v2"])
+def test_a_cut_at_every_byte_of_the_last_events_loses_only_what_was_not_written(tmp_path, format_version, batch_sizes,
+                                                                                  max_segment_bytes):
+    """Every offset within the last three events (of a rotated ledger; in v2, of its last batch, of four):
+    cut there (at its last byte: the last newline dropped), cut there and add NULs; and garbage after each
+    of their lines."""
     path = tmp_path / "toll_ledger.jsonl"
-    layout = Layout(path, write_ledger(path, [3, 1, 4, 2, 3, 3], max_segment_bytes=1_000))
+    layout = Layout(path, write_ledger(path, batch_sizes, max_segment_bytes=max_segment_bytes, format_version=format_version))
     ends = line_ends(layout.last)
-    assert len(layout.files) > 1 and len(ends) > 3
+    assert len(layout.files) > 1 and len(ends) > 4
+    assert [ends_a_batch(layout.last, end) for end in ends[-4:]] == ([True] * 4 if format_version == 1 else [False] * 3 + [True])
     first = ends[-4][1]
     for cut in range(first, len(layout.last) + 1):
         layout.check_cut(cut, twice=cut == len(layout.last) - 1)
@@ -155,16 +170,18 @@ def test_a_cut_at_every_byte_of_the_last_events_loses_only_what_was_not_written(
         layout.check_cut(after_line, b"\xff\n")
 
 
+@FORMATS
 @pytest.mark.parametrize("max_segment_bytes", [None, 700])
-def test_a_last_file_with_nothing_whole_continues_the_file_before(tmp_path, max_segment_bytes):
-    """The rotation just began a file, and the crash tore its first line (or left it empty)."""
+@pytest.mark.parametrize("last_batch", [1, 3])
+def test_a_last_file_with_nothing_whole_continues_the_file_before(tmp_path, max_segment_bytes, format_version, last_batch):
+    """The rotation just began a file, and the crash tore its first line (or batch; or left it empty)."""
     path = tmp_path / "toll_ledger.jsonl"
-    written = write_ledger(path, [3, 3], max_segment_bytes=max_segment_bytes)
+    written = write_ledger(path, [3, 3], max_segment_bytes=max_segment_bytes, format_version=format_version)
     writer = JsonlWriter(path, max_segment_bytes=1)  # every batch starts a file
-    writer.append([deposit(len(written))])
+    writer.append([deposit(len(written) + n) for n in range(last_batch)])
     writer.close()
-    layout = Layout(path, [*written, len(written)])
-    assert layout.last.count(b"\n") == 1
+    layout = Layout(path, [*written, *range(len(written), len(written) + last_batch)])
+    assert layout.last.count(b"\n") == last_batch
     for cut in range(len(layout.last) + 1):
         layout.check_cut(cut, twice=cut in (0, len(layout.last) - 1))
         layout.check_cut(cut, b"\x00" * 5)
@@ -185,11 +202,13 @@ junk = st.one_of(
     fsync=st.sampled_from(["never", "batch", "always"]),
     cut_fraction=st.floats(0, 1),
     junk=junk,
+    format_version=st.sampled_from([1, 2]),
 )
-def test_any_cut_and_any_junk_after_any_ledger(batch_sizes, max_segment_bytes, fsync, cut_fraction, junk):
+def test_any_cut_and_any_junk_after_any_ledger(batch_sizes, max_segment_bytes, fsync, cut_fraction, junk, format_version):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "toll_ledger.jsonl"
-        layout = Layout(path, write_ledger(path, batch_sizes, max_segment_bytes=max_segment_bytes, fsync=fsync))
+        layout = Layout(path, write_ledger(path, batch_sizes, max_segment_bytes=max_segment_bytes, fsync=fsync,
+                                           format_version=format_version))
         layout.check_cut(round(cut_fraction * len(layout.last)), junk, twice=True)
 
 
@@ -237,11 +256,12 @@ def ledger_bytes(path: Path) -> list[bytes]:
     return [f.read_bytes() for f in segments(path)] if path.exists() else []
 
 
+@FORMATS
 @pytest.mark.parametrize("fsync", ["never", "batch", "always"])
 @pytest.mark.parametrize("way", [0, 1, 2])
-def test_a_short_write_leaves_the_ledger_as_it_was(tmp_path, monkeypatch, fsync, way):
+def test_a_short_write_leaves_the_ledger_as_it_was(tmp_path, monkeypatch, fsync, way, format_version):
     path = tmp_path / "toll_ledger.jsonl"
-    writer = JsonlWriter(path, fsync)
+    writer = JsonlWriter(path, fsync, format_version=format_version)
     writer.append([deposit(0), deposit(1)])
     before, seq, chain = ledger_bytes(path), writer.next_seq, writer.last_hash
     batch = [deposit(100)] if way == 2 else [deposit(100), deposit(101), deposit(102)]  # way 2: an append per event
@@ -256,9 +276,10 @@ def test_a_short_write_leaves_the_ledger_as_it_was(tmp_path, monkeypatch, fsync,
     assert verify(path).ok and markers(path) == [0, 1, 2]
 
 
-def test_a_failed_fsync_undoes_the_batch_too(tmp_path, monkeypatch):
+@FORMATS
+def test_a_failed_fsync_undoes_the_batch_too(tmp_path, monkeypatch, format_version):
     path = tmp_path / "toll_ledger.jsonl"
-    writer = JsonlWriter(path, "batch")
+    writer = JsonlWriter(path, "batch", format_version=format_version)
     writer.append([deposit(0)])
     before = ledger_bytes(path)
     monkeypatch.setattr(ledger.jsonl, "os", FailingOs(fail_fsync=1))
@@ -277,16 +298,17 @@ def test_a_failed_fsync_undoes_the_batch_too(tmp_path, monkeypatch):
     assert verify(path).ok and markers(path) == [0, 2]
 
 
+@FORMATS
 @pytest.mark.parametrize("encoded", [False, True])
-def test_a_batch_of_several_days_that_fails_on_a_later_day_is_undone_whole(tmp_path, monkeypatch, encoded):
+def test_a_batch_of_several_days_that_fails_on_a_later_day_is_undone_whole(tmp_path, monkeypatch, encoded, format_version):
     """A daily-rotated ledger writes a batch a day at a time, in a file a day: a failure on the second
     day undoes the first day's lines and drops the file the batch began."""
     path = tmp_path / "toll_ledger.jsonl"
-    writer = JsonlWriter(path, "batch", rotate_daily=True)
+    writer = JsonlWriter(path, "batch", rotate_daily=True, format_version=format_version)
     writer.append([deposit(0)])
     before, seq = ledger_bytes(path), writer.next_seq
     batch = [deposit(1, START_US + DAY_US), deposit(2, START_US + DAY_US), deposit(3, START_US + 2 * DAY_US)]
-    scratch = JsonlWriter(tmp_path / "scratch" / "l.jsonl")
+    scratch = JsonlWriter(tmp_path / "scratch" / "l.jsonl", format_version=format_version)
     one_day_bytes = len(scratch.append([dict(e) for e in batch[:2]]))  # seqs of as many digits: as long
     scratch.close()
     monkeypatch.setattr(ledger.jsonl, "os", FailingOs(one_day_bytes + 10))
@@ -299,9 +321,10 @@ def test_a_batch_of_several_days_that_fails_on_a_later_day_is_undone_whole(tmp_p
     assert verify(path).ok and markers(path) == [0, 4] and len(segments(path)) == 2
 
 
-def test_a_write_that_cannot_be_undone_stops_the_writer_and_reopening_recovers(tmp_path, monkeypatch):
+@FORMATS
+def test_a_write_that_cannot_be_undone_stops_the_writer_and_reopening_recovers(tmp_path, monkeypatch, format_version):
     path = tmp_path / "toll_ledger.jsonl"
-    writer = JsonlWriter(path, "batch")
+    writer = JsonlWriter(path, "batch", format_version=format_version)
     writer.append([deposit(0), deposit(1)])
     monkeypatch.setattr(ledger.jsonl, "os", FailingOs(250, fail_truncate=True))
     with pytest.raises(LedgerError, match=r"toll_ledger\.jsonl refuses appends: an append failed .*No space left.* cutting the file back to \d+ bytes failed too .*the disk is gone"):
@@ -315,13 +338,14 @@ def test_a_write_that_cannot_be_undone_stops_the_writer_and_reopening_recovers(t
     writer.append([deposit(6)])
     writer.close()
     assert verify(path).ok
-    assert markers(path) in ([0, 1, 6], [0, 1, 2, 6], [0, 1, 2, 3, 6])
+    assert markers(path) in ([0, 1, 6], [0, 1, 2, 6], [0, 1, 2, 3, 6]) if format_version == 1 else markers(path) == [0, 1, 6]
     assert [e["kind"] for e in read_events(path).events].count("recover") == 1
 
 
-def test_the_recover_event_written_on_reopening_is_undone_if_it_fails(tmp_path, monkeypatch):
+@FORMATS
+def test_the_recover_event_written_on_reopening_is_undone_if_it_fails(tmp_path, monkeypatch, format_version):
     path = tmp_path / "toll_ledger.jsonl"
-    write_ledger(path, [3], max_segment_bytes=None)
+    write_ledger(path, [3], max_segment_bytes=None, format_version=format_version)
     with open(path, "ab") as f:
         f.write(b'{"v":1,"seq":3,"ts_us":')  # the crash
     before = ledger_bytes(path)
@@ -340,12 +364,15 @@ def test_the_recover_event_written_on_reopening_is_undone_if_it_fails(tmp_path, 
     fsync=st.sampled_from(["never", "batch", "always"]),
     max_segment_bytes=st.none() | st.integers(300, 1_500),
     rotate_daily=st.booleans(),
+    format_version=st.sampled_from([1, 2]),
 )
-def test_the_ledger_holds_exactly_the_acknowledged_events_whatever_fails(steps, fsync, max_segment_bytes, rotate_daily):
+def test_the_ledger_holds_exactly_the_acknowledged_events_whatever_fails(steps, fsync, max_segment_bytes, rotate_daily,
+                                                                         format_version):
     """Batches of random days through random ways in, some failing after a random number of bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "toll_ledger.jsonl"
-        writer = JsonlWriter(path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily)
+        writer = JsonlWriter(path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily,
+                             format_version=format_version)
         acknowledged: list[int] = []
         for number, (size, way, days, budget) in enumerate(steps):
             batch = [deposit(100 * number + n, START_US + DAY_US * (number + min(n, days))) for n in range(size)]
@@ -380,11 +407,12 @@ def assert_reopened_booth_replays_the_live_one(path: Path, live: Tollbooth, cloc
     reopened.close()
 
 
+@FORMATS
 @pytest.mark.parametrize("budget", [0, 1, 120])
 @pytest.mark.parametrize("fsync", ["never", "always"])
-def test_a_failed_write_in_a_live_booth_fails_that_charge_alone(tmp_path, monkeypatch, budget, fsync):
+def test_a_failed_write_in_a_live_booth_fails_that_charge_alone(tmp_path, monkeypatch, budget, fsync, format_version):
     path, clock = tmp_path / "toll_ledger.jsonl", ManualClock(START_S)
-    booth = Tollbooth(booth_config(path, ledger_fsync=fsync), clock=clock)
+    booth = Tollbooth(booth_config(path, ledger_fsync=fsync, ledger_format=format_version), clock=clock)
     booth.charge_sync("t1", "alice", "bob")
     monkeypatch.setattr(ledger.jsonl, "os", FailingOs(budget))
     with pytest.raises(LedgerError, match="No space left"):
@@ -398,11 +426,12 @@ def test_a_failed_write_in_a_live_booth_fails_that_charge_alone(tmp_path, monkey
 
 
 @settings(max_examples=FEW, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["charge", "release", "refund"]), st.integers(0, 5), st.none() | st.integers(0, 400)), min_size=1, max_size=12))
-def test_a_live_booth_whose_writes_fail_at_random_replays_to_its_own_state(operations):
+@given(st.lists(st.tuples(st.sampled_from(["charge", "release", "refund"]), st.integers(0, 5), st.none() | st.integers(0, 400)), min_size=1, max_size=12),
+       st.sampled_from([1, 2]))
+def test_a_live_booth_whose_writes_fail_at_random_replays_to_its_own_state(operations, format_version):
     with tempfile.TemporaryDirectory() as tmp:
         path, clock = Path(tmp) / "toll_ledger.jsonl", ManualClock(START_S)
-        booth = Tollbooth(booth_config(path, track_balances=True), clock=clock)
+        booth = Tollbooth(booth_config(path, track_balances=True, ledger_format=format_version), clock=clock)
         booth.deposit("alice", 1)
         for operation, task, budget in operations:
             ledger.jsonl.os = FailingOs(budget)
@@ -428,7 +457,7 @@ RLIMIT_CHILD = textwrap.dedent(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG (Python's default too)
     path = Path(sys.argv[1])
     config = TollboothConfig(ledger_path=path, paper_mode=False, max_daily_toll_per_agent=None,
-                             ledger_fsync=sys.argv[2])
+                             ledger_fsync=sys.argv[2], ledger_format=int(sys.argv[4]))
     booth = Tollbooth(config, clock=ManualClock(float(sys.argv[3])))
     for n in range(5):
         booth.charge_sync(f"t{n}", "alice", "bob")
@@ -451,11 +480,12 @@ RLIMIT_CHILD = textwrap.dedent(
 )
 
 
+@FORMATS
 @pytest.mark.parametrize("fsync", ["never", "batch"])
-def test_a_file_size_limit_in_a_live_booth_fails_that_charge_alone(tmp_path, fsync):
+def test_a_file_size_limit_in_a_live_booth_fails_that_charge_alone(tmp_path, fsync, format_version):
     """A real short write: RLIMIT_FSIZE just above the file's size, in a process of its own."""
     path = tmp_path / "toll_ledger.jsonl"
-    child = subprocess.run([sys.executable, "-c", RLIMIT_CHILD, str(path), fsync, str(START_S)],
+    child = subprocess.run([sys.executable, "-c", RLIMIT_CHILD, str(path), fsync, str(START_S), str(format_version)],
                            capture_output=True, text=True, cwd=REPO, timeout=120, check=True)
     report = json.loads(child.stdout)
     assert "File too large" in report["error"] and report["cut_back"] and report["status"] == "escrow_locked"

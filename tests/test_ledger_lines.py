@@ -39,7 +39,7 @@ def test_corrupt_middle_line_is_an_error_naming_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        (b'{"v":2,"seq":0,"kind":"lock"}', "schema version"),
+        (b'{"v":3,"seq":0,"kind":"lock"}', "schema version"),
         (b'{"v":1,"seq":0,"kind":"steal"}', "unknown event kind"),
         (b"[1,2]", "not a JSON object"),
     ],
@@ -144,18 +144,21 @@ def test_reading_from_a_seq_skips_exactly_the_earlier_events_torn_lines_and_all(
             assert read == [e for e in [line.event for line in event_lines(files[first:])] if e["seq"] >= from_seq]
 
 
-def test_a_corrupt_line_read_from_a_seq_is_named_by_its_place_after_the_start(tmp_path, monkeypatch):
+@pytest.mark.parametrize("format_version", [1, 2])
+def test_a_corrupt_line_read_from_a_seq_is_named_by_its_place_after_the_start(tmp_path, monkeypatch, format_version):
+    """v1 is read from the line bisection finds; v2 from the start of the batch holding the seq (here, the file's)."""
     import ledger.reader
     from ledger.reader import event_lines
 
     monkeypatch.setattr(ledger.reader, "BISECT_STOP_BYTES", 1)
     path = tmp_path / "l.jsonl"
-    writer = JsonlWriter(path)
+    writer = JsonlWriter(path, format_version=format_version)
     writer.append([event(ts_us=n) for n in range(20)])
     writer.close()
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:15] + [b"garbage\n"] + lines[15:]))
-    with pytest.raises(LedgerError, match=r"l\.jsonl, line \d+ after byte \d+: malformed JSON"):
+    named = r"l\.jsonl, line \d+ after byte \d+" if format_version == 1 else r"l\.jsonl:16"
+    with pytest.raises(LedgerError, match=rf"{named}: malformed JSON"):
         list(event_lines([path], from_seq=12))
     with pytest.raises(LedgerError, match=r"l\.jsonl:16: malformed JSON"):
         list(event_lines([path]))
@@ -168,11 +171,12 @@ def deposits(count, first=0):
     return [event("deposit", target_agent=f"a{first + n}", amount_micros=first + n + 1) for n in range(count)]
 
 
-def test_a_last_event_that_lost_only_its_newline_is_whole_to_the_reader_and_the_writer(tmp_path):
+@pytest.mark.parametrize(("format_version", "chain_field"), [(1, "hash"), (2, "seal")])
+def test_a_last_event_that_lost_only_its_newline_is_whole_to_the_reader_and_the_writer(tmp_path, format_version, chain_field):
     from ledger.verify import verify
 
     path = tmp_path / "l.jsonl"
-    writer = JsonlWriter(path)
+    writer = JsonlWriter(path, format_version=format_version)
     writer.append(deposits(3))
     writer.close()
     whole = path.read_bytes()
@@ -180,7 +184,7 @@ def test_a_last_event_that_lost_only_its_newline_is_whole_to_the_reader_and_the_
     read = read_events(path)
     assert [e["seq"] for e in read.events] == [0, 1, 2] and read.torn_lines == []
     writer = JsonlWriter(path)
-    assert (writer.next_seq, writer.last_hash) == (3, orjson.loads(whole.splitlines()[-1])["hash"])
+    assert (writer.next_seq, writer.last_hash) == (3, orjson.loads(whole.splitlines()[-1])[chain_field])
     writer.append(deposits(1, first=3))
     writer.close()
     assert path.read_bytes().startswith(whole)  # the newline, then the next event: no recover
@@ -224,7 +228,7 @@ def test_a_run_before_a_recover_that_names_other_bytes_is_corruption(tmp_path):
     assert any("names torn_bytes=4" in str(p) for p in verify(path).problems)
 
 
-@pytest.mark.parametrize("line", [b'{"v":2,"seq":2,"kind":"lock"}', b'{"v":1,"seq":2,"kind":"steal"}', b"[1,2]", b"7"])
+@pytest.mark.parametrize("line", [b'{"v":3,"seq":2,"kind":"lock"}', b'{"v":1,"seq":2,"kind":"steal"}', b"[1,2]", b"7"])
 def test_json_after_the_last_event_is_never_taken_for_torn(tmp_path, line):
     """What a crash leaves is never JSON: a line of a newer schema (say) is not buried under a recover."""
     path = tmp_path / "l.jsonl"
@@ -245,7 +249,7 @@ def test_a_last_event_without_a_hash_cannot_be_chained_onto(tmp_path):
     path = tmp_path / "l.jsonl"
     path.write_bytes(b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit"}\n')  # not written by the writer
     assert len(read_events(path).events) == 1
-    with pytest.raises(LedgerError, match="the last event .* has no hash field or no integer seq, so the chain cannot go on"):
+    with pytest.raises(LedgerError, match="the last event .* has no hash or seal field or no integer seq, so the chain cannot go on"):
         JsonlWriter(path)
     assert path.read_bytes() == b'{"v":1,"seq":0,"ts_us":0,"kind":"deposit"}\n'
 

@@ -5,7 +5,7 @@ status, reason, time); the texts that never change for a row (task id, nonce,
 ``created_at``) and agent names are taken from the book when the batch is encoded.
 :func:`encode_jsonl` writes the lines of :func:`ledger.events.record_event` +
 :func:`ledger.jsonl.encode_events` (same fields, same order, ``seq`` null, ready for
-``JsonlWriter.append_encoded``) with pyarrow's element-wise string joins: no dict
+``JsonlWriter.append_encoded``; null fields left out) with pyarrow's element-wise string joins: no dict
 and no ``dumps`` per event. ``amount_usd`` is written as the exact decimal of the
 micros (``0.000010``), which parses to the very float ``amount_micros / 10**6`` is.
 
@@ -14,8 +14,8 @@ micros (``0.000010``), which parses to the very float ``amount_micros / 10**6`` 
 >>> book = ColumnarBook(track_balances=True)
 >>> alice, = book.register(["alice"])
 >>> events = book.deposit(np.array([alice]), np.array([2_500_000]), now_us=0)
->>> book.encode(events)[:81]
-b'{"v":1,"seq":null,"ts_us":0,"kind":"deposit","mode":"live","shard":null,"task_id"'
+>>> book.encode(events)[:68]
+b'{"v":1,"seq":null,"ts_us":0,"kind":"deposit","mode":"live","task_id"'
 """
 
 from __future__ import annotations
@@ -31,11 +31,14 @@ import pyarrow.compute as pc
 from mesh.clock import US_PER_SECOND, iso_utc
 from mesh.columnar._codes import KIND_JSON, REASON_JSON, STATUS_JSON
 
+_REASON_FIELD = [f',"reason":{text}' if text != "null" else "" for text in REASON_JSON]  # a null reason: no field
+_STATUS_FIELD = [f',"status":{text}' if text != "null" else "" for text in STATUS_JSON]
+
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'  # what JSON escapes in a string (orjson escapes nothing else)
 _KIND_JSON = pa.array(KIND_JSON, pa.string())
-_STATUS_JSON = pa.array(STATUS_JSON, pa.string())
-_REASON_JSON = pa.array(REASON_JSON, pa.string())
+_STATUS_FIELD_JSON = pa.array(_STATUS_FIELD, pa.string())
+_REASON_FIELD_JSON = pa.array(_REASON_FIELD, pa.string())
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,12 @@ def decimal_usd(micros: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(whole, ".", fraction, "")
 
 
-def iso_json(seconds: np.ndarray) -> pa.Array:
-    """``"YYYY-MM-DDTHH:MM:SS+00:00"`` (quoted) for each whole second, ``null`` where it is -1."""
+def iso_json(seconds: np.ndarray, *, field: str = "") -> pa.Array:
+    """``"YYYY-MM-DDTHH:MM:SS+00:00"`` (quoted) for each whole second, ``null`` where it is -1; with
+    ``field``, the whole ``,"field":"..."`` and nothing where it is -1 (a null field left out)."""
     def text(second: int) -> str:
+        if field:
+            return "" if second < 0 else f',"{field}":"{iso_utc(second * US_PER_SECOND, "seconds")}"'
         return "null" if second < 0 else f'"{iso_utc(second * US_PER_SECOND, "seconds")}"'
     if len(seconds) and seconds.min() == seconds.max():  # the common case: one time for the whole batch
         return pa.array([text(int(seconds[0]))], pa.string()).take(pa.array(np.zeros(len(seconds), np.int32)))
@@ -162,20 +168,22 @@ def encode_jsonl(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
         nonce = pc.if_else(pa.array(has_task), hex_strings(nonces[safe_rows]) if len(nonces) else "", "")
         created = np.where(has_task, created_s[safe_rows] if len(created_s) else 0, events.ts_us // US_PER_SECOND)
     agents_json = pa.concat_arrays([pa.array(['""'], pa.string()), names_json])  # index 0: the empty name
+    mode_field = "" if mode is None else f',"mode":{orjson.dumps(mode).decode()}'
+    shard_field = "" if shard is None else f',"shard":{orjson.dumps(shard).decode()}'
     parts = [
         '{"v":1,"seq":null,"ts_us":', pc.cast(pa.array(events.ts_us), pa.string()),
         ',"kind":', _KIND_JSON.take(pa.array(events.kind)),
-        f',"mode":{orjson.dumps(mode).decode()},"shard":{orjson.dumps(shard).decode()},"task_id":', json_strings(task_text),
+        f'{mode_field}{shard_field},"task_id":', json_strings(task_text),
         ',"source_agent":', agents_json.take(pa.array(events.source.astype(np.int64) + 1)),
         ',"target_agent":', agents_json.take(pa.array(events.target.astype(np.int64) + 1)),
         ',"amount_usd":', decimal_usd(events.amount),
         ',"amount_micros":', pc.cast(pa.array(events.amount), pa.string()),
-        ',"amount_tokens":0.0,"status":', _STATUS_JSON.take(pa.array(events.status)),
-        ',"tx_signature":null,"payer_wallet":null,"nonce":"', nonce,
-        '","settled_at":', iso_json(events.settled_s),
+        ',"amount_tokens":0.0', _STATUS_FIELD_JSON.take(pa.array(events.status)),
+        ',"nonce":"', nonce,
+        '"', iso_json(events.settled_s, field="settled_at"),
         ',"created_at":', iso_json(created),
-        ',"reason":', _REASON_JSON.take(pa.array(events.reason)),
-        ',"proof_digest":null}\n',
+        _REASON_FIELD_JSON.take(pa.array(events.reason)),
+        '}\n',
     ]
     lines = pc.binary_join_element_wise(*parts, "")
     return _concatenated(lines)
