@@ -8,7 +8,9 @@ offline in the coordinator, escrowed, settled on the in-memory chain through the
 facilitator, PAYMENT-RESPONSE encoded), once with ``--no-payment`` (the same HTTP stack and
 the same escrow, no x402). The client, in this process, sends ``N`` requests ``C`` at a time
 over one keep-alive pool; the payments are signed before the clock starts. Client and server
-share the machine's cores (2 here), as a load test from the same host does. Figures are
+share the machine's cores (2 here), as a load test from the same host does; the CPU the server's
+process tree (its Ray included, less what it burns when idle) spends a request is measured too, which other work on a shared
+machine does not distort, and what it would serve with 2 cores of its own. Figures are
 printed and saved as JSON (default ``tollmesh-out/bench/x402_gateway.json``).
 """
 
@@ -30,6 +32,7 @@ import orjson
 
 DEFAULT_JSON = Path("tollmesh-out") / "bench" / "x402_gateway.json"
 START_TIMEOUT_S = 180.0
+IDLE_SAMPLE_S = 3.0
 
 
 def _free_port() -> int:
@@ -62,6 +65,20 @@ class Server:
             except httpx.HTTPError:
                 time.sleep(0.5)
         raise RuntimeError(f"tollmesh serve did not answer within {START_TIMEOUT_S} s: see {self.log.name}")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server's whole process tree has used (its Ray, started by it, included)."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:  # a worker that just ended
+                continue
+            total += times.user + times.system
+        return total
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -124,7 +141,16 @@ def run(requests: int, concurrency: int, warmup: int) -> dict[str, Any]:
                 url = f"{server.url}/agents/echo"
                 headers: list[Optional[str]] = _signed(warmup + requests, listing) if mode == "paid" else [None] * (warmup + requests)
                 asyncio.run(_load(url, headers[:warmup], concurrency))  # connections open, lanes warm
+                idle_before, idle_started = server.cpu_s(), time.perf_counter()
+                time.sleep(IDLE_SAMPLE_S)  # what the server's tree burns doing nothing (Ray's own loops)
+                idle_rate = (server.cpu_s() - idle_before) / (time.perf_counter() - idle_started)
+                cpu_before = server.cpu_s()
                 figures[mode] = asyncio.run(_load(url, headers[warmup:], concurrency))
+                busy_s = server.cpu_s() - cpu_before - idle_rate * figures[mode]["elapsed_s"]
+                figures[mode]["server_idle_cpu_cores"] = round(idle_rate, 3)
+                cpu_ms = max(busy_s, 0.0) * 1e3 / requests
+                figures[mode]["server_cpu_ms_per_request"] = round(cpu_ms, 3)
+                figures[mode]["modeled_per_s_on_2_cores"] = round(2_000 / cpu_ms, 1) if cpu_ms > 0 else None
             finally:
                 server.stop()
     figures["paid_over_free"] = round(figures["paid"]["ok_per_s"] / max(figures["free"]["ok_per_s"], 1e-9), 3)
@@ -137,7 +163,12 @@ def format_figures(f: dict[str, Any]) -> str:
     for mode, label in (("paid", "paid (verify + escrow + settle)"), ("free", "payment off (escrow only)")):
         r = f[mode]
         lines.append(f"  {label:<34} {r['ok_per_s']:>8,.0f} answered 200/s  p50 {r['p50_ms']:>7.1f} ms  p99 {r['p99_ms']:>7.1f} ms  {r['statuses']}")
-    lines.append(f"  paid / payment off: {f['paid_over_free']:.2f}")
+    for mode in ("paid", "free"):
+        r = f[mode]
+        lines.append(f"  {mode}: {r['server_cpu_ms_per_request']:.2f} ms of server CPU a request (its Ray included): "
+                     f"{r['modeled_per_s_on_2_cores']:,.0f} req/s if 2 cores were the server's alone")
+    lines.append(f"  paid / payment off: {f['paid_over_free']:.2f} (answered/s), "
+                 f"{f['free']['server_cpu_ms_per_request'] / max(f['paid']['server_cpu_ms_per_request'], 1e-9):.2f} (by server CPU)")
     return "\n".join(lines)
 
 

@@ -106,6 +106,7 @@ def build_gateway(options: ServeOptions, *, mesh: Any = None) -> Any:
         mesh = Mesh(MeshConfig(
             name="gateway", out_dir=options.out_dir, shards=options.shards, handler_timeout_s=options.timeout_s,
             max_daily_toll_per_agent=options.wallet_daily_cap_usd, max_payload_bytes=options.max_body_bytes,
+            fast_lane=False,  # concurrent requests are batched by the coalescer; the lane serves one call at a time
         ), address=options.address)
     mesh.add_agent_groups([(cls, [agent_id], {}) for agent_id, cls in classes.items()], hosts=1)
     mesh.set_x402_verifier(verifier)
