@@ -7,11 +7,13 @@ arrays, with no record built. A call whose payload is too large is recorded FAIL
 (``payload_too_large``), as ``send`` does; a bad id or method refuses the whole send
 with an error naming the column and the index, before anything is sent.
 
->>> columns = CallColumns(["t1", "t2"], np.array([3, 5], np.int8), np.array([0, 7], np.int8), np.zeros(2, np.int8))
+>>> from mesh.columnar import REASON_CODE
+>>> columns = CallColumns(["t1", "t2"], np.array([3, 5], np.int8), np.array([0, REASON_CODE["over_daily_cap"]], np.int8),
+...                       np.zeros(2, np.int8))
 >>> columns.statuses(), columns.reasons()
 (['released', 'failed'], [None, 'over_daily_cap'])
->>> dict(columns.counts())
-{'failed:over_daily_cap': 1, 'released': 1}
+>>> sorted(columns.counts().items())
+[('failed:over_daily_cap', 1), ('released', 1)]
 """
 
 from __future__ import annotations
