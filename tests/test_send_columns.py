@@ -45,9 +45,11 @@ class Dying(Agent):
 
 SOURCES = [f"payer-{i}" for i in range(6)]
 TARGETS = ["svc-0", "svc-1", "nobody"]
-def _mesh(make_mesh, track: bool):
+def _mesh(make_mesh, track: bool, batch: int = 100):
+    """A mesh whose batches hold a whole send: concurrent batches of one send may reach a shard in any
+    order (on either path), so two meshes end capped calls alike only within one batch."""
     mesh = make_mesh(shards=2, max_daily_toll_per_agent="0.03", track_balances=track, max_payload_bytes=200,
-                     max_batch_messages=7)
+                     max_batch_messages=batch)
     mesh.add_agents(Priced, TARGETS[:2])
     if track:
         mesh.deposit_many({s: "0.02" for s in SOURCES[:4]})
