@@ -300,11 +300,14 @@ class NamespacedCluster:
         env = self._node_env()
         env["NODE_IP"], env["NODE_TOKEN"] = ip, self.token
         head_disk = f"mount --bind {_quote(self.head_disk)} {HEAD_DISK_MOUNT}\n" if name == "head" else ""
+        keep, restore = _kept_under_tmp(name)
         script = (
             "set -eu\n"
             f"hostname {name}\n"
             f"{head_disk}"
+            f"{keep}"
             "mount -t tmpfs -o size=1g,mode=1777 tmpfs /tmp\n"
+            f"{restore}"
             "mount -t tmpfs -o size=512m,mode=1777 tmpfs /dev/shm\n"
             "mkdir -p $HOME/.ray && printf %s \"$NODE_TOKEN\" > $HOME/.ray/auth_token && unset NODE_TOKEN\n"
             "cd $HOME\n"
@@ -389,3 +392,16 @@ def _quote(path: Path) -> str:
 
 
 __all__ = ["NamespacedCluster", "Node", "namespaces_missing"]
+
+
+def _kept_under_tmp(name: str) -> tuple[str, str]:
+    """Shell lines that keep this checkout and its virtualenv visible when they live under /tmp (a CI
+    checkout may), across the node's private /tmp: bound aside before the tmpfs, bound back after."""
+    wanted = sorted({p for p in (REPO, Path(sys.prefix).resolve()) if Path("/tmp") in p.parents})
+    paths = [p for p in wanted if not any(q in p.parents for q in wanted)]
+    keep, restore = "", ""
+    for i, path in enumerate(paths):
+        aside = f"/mnt/.tollmesh-{name}-{i}"
+        keep += f"mkdir -p {aside} && mount --bind {_quote(str(path))} {aside}\n"
+        restore += f"mkdir -p {_quote(str(path))} && mount --bind {aside} {_quote(str(path))}\n"
+    return keep, restore

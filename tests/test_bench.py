@@ -111,7 +111,8 @@ def test_messages_carry_the_outcomes_they_were_built_for(count: int, failure: fl
 
 
 def _check_run(run: dict[str, Any], seed_rate: float | None) -> None:
-    assert run["lifecycles_per_s"] == pytest.approx(run["lifecycles"] / run["elapsed_s"], rel=1e-3)
+    # rates are written to 0.1 (benchmarks.figures.rate): a slow run (14.3/s) is off by up to 0.05
+    assert run["lifecycles_per_s"] == pytest.approx(run["lifecycles"] / run["elapsed_s"], rel=1e-3, abs=0.05)
     if seed_rate:
         assert run["x_seed"] == pytest.approx(run["lifecycles_per_s"] / seed_rate, abs=6e-4)
     cpu = run["cpu_us"]
