@@ -34,10 +34,10 @@ from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
 from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import pack, unpack
-from mesh.agent import Agent, CallContext
-from mesh.coalesce import Coalescer
-from mesh.memory import rss_bytes
-from mesh.records import Reason
+from mesh.calls.agent import Agent, CallContext
+from actors.coalesce import Coalescer
+from actors.memory import rss_bytes
+from mesh.core.records import Reason
 
 OK, ERROR, TIMEOUT = 0, 1, 2
 STUCK = 3  # the fast lane gave up waiting for the host's event loop: a sync handler blocks it

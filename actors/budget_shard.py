@@ -1,7 +1,7 @@
 """The budget shard actor: the escrow book of the agents hashed to it, driven in batches.
 
 Each shard holds a :class:`~actors.shard_core.ShardCore` (a columnar book) over the agents
-whose id :func:`~mesh.sharding.shard_of` maps to it. The escrow coordinator is its only
+whose id :func:`~mesh.core.sharding.shard_of` maps to it. The escrow coordinator is its only
 caller and sends it whole batches: as columns (:meth:`BudgetShard.lock_columns`,
 :meth:`BudgetShard.settle_columns`: the batched hot path), or as records
 (:meth:`BudgetShard.lock_batch`: lock, reject, pend or paper-release each draft, cap and
@@ -41,9 +41,9 @@ from actors.gc_tuning import tune_gc
 from actors.run_files import files_from
 from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ColumnsAnswer, ShardAnswer, ShardCore, ShardSpec
 from actors.wire import unpack
-from mesh.errors import TollmeshError
-from mesh.memory import rss_bytes
-from mesh.records import record_to_wire
+from mesh.core.errors import TollmeshError
+from actors.memory import rss_bytes
+from mesh.core.records import record_to_wire
 
 __all__ = ["BudgetShard", "ShardCore", "ShardSpec", "ShardAnswer", "ColumnsAnswer", "ShardRecoveringError",
            "LOCK", "INSTANT", "REJECT", "PEND"]
@@ -280,5 +280,5 @@ class BudgetShard:
 
 
 def _to_wire(answer: ShardAnswer) -> ShardAnswer:
-    """The answer with its records as plain tuples (:func:`~mesh.records.record_to_wire`), cheap to pickle."""
+    """The answer with its records as plain tuples (:func:`~mesh.core.records.record_to_wire`), cheap to pickle."""
     return ([record_to_wire(r) for r in answer[0]], *answer[1:5], [record_to_wire(r) for r in answer[5]])  # type: ignore[return-value]

@@ -30,11 +30,11 @@ import ray
 from actors.agent_host import OK, TIMEOUT
 from actors.ordered_log import LogEntry
 from actors.shard_core import ColumnsAnswer
-from mesh.agent import WireMessage
-from mesh.call_columns import FAULT_NAMES
+from mesh.calls.agent import WireMessage
+from mesh.calls.columns import FAULT_NAMES
 from mesh.columnar import FAILED, LOCKED, REASON_CODE, REASON_NAMES, STATUS_NAMES
-from mesh.records import Reason
-from mesh.sharding import shard_of
+from mesh.core.records import Reason
+from mesh.core.sharding import shard_of
 
 if TYPE_CHECKING:
     from actors.coordinator import EscrowCoordinator
@@ -73,12 +73,12 @@ class ColumnarBatch:
 
     @classmethod
     def of_wire(cls, coordinator: EscrowCoordinator, messages: list[WireMessage]) -> ColumnarBatch:
-        """A batch of :func:`mesh.agent.to_wire` messages (their payment fields are empty: :func:`is_plain`)."""
+        """A batch of :func:`mesh.calls.agent.to_wire` messages (their payment fields are empty: :func:`is_plain`)."""
         task_ids, sources, targets, methods, payloads, _, _, problems = (list(column) for column in zip(*messages))
         return cls(coordinator, task_ids, sources, targets, methods, payloads, problems)
 
     async def run(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run the batch; per call its status and reason codes (:mod:`mesh.columnar`) and fault code (:data:`mesh.call_columns.FAULT_NAMES`)."""
+        """Run the batch; per call its status and reason codes (:mod:`mesh.columnar`) and fault code (:data:`mesh.calls.columns.FAULT_NAMES`)."""
         started = time.perf_counter()
         locks = await self._lock()
         delivered = await self._deliver(locks)

@@ -56,14 +56,14 @@ from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
 from ledger.tally import tally_ledger
-from mesh.agent import PriceTable, WireMessage
-from mesh.call_columns import CallColumns
-from mesh.clock import US_PER_SECOND, iso_utc
-from mesh.errors import InvalidArgumentError, TollmeshError
-from mesh.files import write_whole
-from mesh.memory import rss_bytes
-from mesh.mesh_config import MeshConfig
-from mesh.records import (
+from mesh.calls.agent import PriceTable, WireMessage
+from mesh.calls.columns import CallColumns
+from mesh.core.clock import US_PER_SECOND, iso_utc
+from mesh.core.errors import InvalidArgumentError, TollmeshError
+from actors.run_files import write_whole
+from actors.memory import rss_bytes
+from mesh.calls.mesh_config import MeshConfig
+from mesh.core.records import (
     PAPER_WALLET,
     Reason,
     SettlementStatus,
@@ -71,8 +71,8 @@ from mesh.records import (
     record_from_wire,
     record_to_wire,
 )
-from mesh.sharding import shard_of
-from mesh.verifier import Verifier, verify_async, verify_many_async
+from mesh.core.sharding import shard_of
+from mesh.booth.verifier import Verifier, verify_async, verify_many_async
 
 logger = logging.getLogger("tollmesh.coordinator")
 
@@ -80,7 +80,7 @@ MAX_CONCURRENT_CALLS = 10_000  # Ray runs at most this many coordinator calls at
 MAX_SHARD_ATTEMPTS = 4
 VERIFIER_FILE = "x402_verifier.pkl"  # the verifier set_verifier was given, for a restarted coordinator
 RECOVERY_PAUSE_S = 0.2  # between rounds of a recovery that met a dead writer
-# Records travel as plain tuples (mesh.records.record_to_wire); the coordinator reads them by index.
+# Records travel as plain tuples (mesh.core.records.record_to_wire); the coordinator reads them by index.
 _TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
 _LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
 _REFUNDED, _FAILED = SettlementStatus.REFUNDED.value, SettlementStatus.FAILED.value
@@ -195,8 +195,8 @@ class EscrowCoordinator:
     # -- calls --------------------------------------------------------------------
 
     async def submit(self, messages: list[WireMessage] | bytes, nested: bool = False) -> list[tuple]:
-        """Run the lifecycle of every message (see :func:`mesh.agent.to_wire`); results in order
-        (as :func:`mesh.agent.result_to_wire` tuples).
+        """Run the lifecycle of every message (see :func:`mesh.calls.agent.to_wire`); results in order
+        (as :func:`mesh.calls.agent.result_to_wire` tuples).
 
         Submissions that wait together are coalesced into batches of up to ``max_batch_messages``
         (many concurrent single calls make one batch); larger ones are split. From drivers
@@ -292,7 +292,7 @@ class EscrowCoordinator:
             start += len(messages)
 
     async def _run_batch(self, messages: list[WireMessage]) -> list[tuple]:
-        """The batch's results as :func:`mesh.agent.result_to_wire` tuples, in order."""
+        """The batch's results as :func:`mesh.calls.agent.result_to_wire` tuples, in order."""
         started = time.perf_counter()
         results: list[Optional[tuple]] = [None] * len(messages)
         payments = await self._verify_payments(messages)
@@ -307,7 +307,7 @@ class EscrowCoordinator:
     async def _verify_payments(self, messages: list[WireMessage]) -> dict[int, Reason]:
         """x402: the reason each paid message fails verification (absent: it verified, or carried no payment).
 
-        A verifier with ``check_payments`` checks the batch's payments at once (see :mod:`mesh.verifier`)."""
+        A verifier with ``check_payments`` checks the batch's payments at once (see :mod:`mesh.booth.verifier`)."""
         verifier = self._verifier
         if verifier is None:
             return {}

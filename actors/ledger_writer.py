@@ -47,8 +47,8 @@ from actors.run_files import RunDirectory
 from ledger.catch_up import catch_up
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
-from mesh.errors import LedgerError
-from mesh.memory import rss_bytes
+from mesh.core.errors import LedgerError
+from actors.memory import rss_bytes
 
 MAX_PARQUET_BATCHES_IN_FLIGHT = 4
 MAX_SINK_STARTS = 4  # a sink that fails is replaced three times; then Parquet stops (the JSONL goes on)

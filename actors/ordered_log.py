@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 logger = logging.getLogger("tollmesh.ordered_log")
 

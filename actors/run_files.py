@@ -30,13 +30,25 @@ import ray
 
 from ledger.files import segments
 from ledger.replay import LedgerFiles
-from mesh.errors import LedgerError
-from mesh.files import write_whole
+from mesh.core.errors import LedgerError
 
 CHUNK_BYTES = 8 << 20  # a ledger travels to a rebuilding shard in pieces of at most this much
 RETRY_WINDOW_S = 60.0  # a call cut short by the writer's death is made again for this long...
 RETRY_PAUSE_S = 0.2  # ...this far apart
 WRITABLE_DIRS = ("hosts",)  # what others may write through the writer: each host's agent groups
+
+
+def write_whole(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a reader (or a restarted actor) sees the old file or the new one.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "caps.json"
+    >>> write_whole(path, b"{}"); path.read_bytes()
+    b'{}'
+    """
+    tmp = Path(f"{os.fspath(path)}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class RunFiles(LedgerFiles, Protocol):

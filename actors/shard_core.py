@@ -3,7 +3,7 @@
 Two ways in, one book:
 
 * **records** (:meth:`ShardCore.lock_batch`, :meth:`ShardCore.settle_batch`, ...): ops as tuples,
-  answers as :class:`~mesh.records.TollRecord` s, for the per-message paths (single calls,
+  answers as :class:`~mesh.core.records.TollRecord` s, for the per-message paths (single calls,
   the Tollbooth API, x402-paid messages, the fast lane). Runs of plain locks and refusals go
   to the book as columns; a paper release, a pending record, or a toll with tokens or a
   payment is applied one at a time, in its place.
@@ -33,8 +33,8 @@ import orjson
 from actors.run_files import LocalFiles, RunFiles
 from mesh.columnar import REASON_CODE, ColumnarBook, EventColumns
 from mesh.columnar.rebuild import rebuild_from_ledger
-from mesh.escrow import DEFAULT_MAX_SETTLED_RECORDS
-from mesh.records import TollRecord
+from mesh.core.escrow import DEFAULT_MAX_SETTLED_RECORDS
+from mesh.core.records import TollRecord
 
 SCALAR_OPS = 8  # a run of this many ops or fewer is applied one at a time in Python scalars, not as arrays
 

@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from typing import Any, NamedTuple
 
-from mesh.agent import Agent, Message
+from mesh.calls.agent import Agent, Message
 
 PRICE_MICROS = 1_000
 HOT_CAP_USD = "0.01"

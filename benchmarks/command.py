@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan = make_plan(args)
     if plan.address:
-        from mesh.errors import RayUnavailableError
+        from mesh.core.errors import RayUnavailableError
         from mesh.ray_session import probe
 
         try:

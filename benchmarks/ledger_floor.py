@@ -38,7 +38,7 @@ from ledger.parquet import micros_to_decimal
 from ledger.reader import read_table
 from ledger.schema import ARROW_SCHEMA
 from ledger.verify import verify
-from mesh.clock import iso_utc
+from mesh.core.clock import iso_utc
 from benchmarks.seed import seed_installed, seed_lifecycles_elapsed_s
 
 START_TS_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

@@ -39,7 +39,7 @@ from ledger.files import segments
 from ledger.jsonl import JsonlWriter, encode_events, split_encoded
 from ledger.reader import event_lines
 from ledger.verify import verify
-from mesh.records import SettlementStatus, TollRecord
+from mesh.core.records import SettlementStatus, TollRecord
 
 BATCH_SIZES = (1, 100, 10_000)
 START_TS_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

@@ -48,8 +48,8 @@ from ledger.events import record_event
 from ledger.jsonl import JsonlWriter, encode_events
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.writer import LedgerWriter
-from mesh.clock import iso_utc
-from mesh.records import Reason, SettlementStatus, TollRecord
+from mesh.core.clock import iso_utc
+from mesh.core.records import Reason, SettlementStatus, TollRecord
 from benchmarks.seed import seed_installed, seed_lifecycles_elapsed_s
 
 AIM_EVENTS_PER_S = 500_000

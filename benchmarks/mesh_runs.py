@@ -36,9 +36,9 @@ from benchmarks.agents import Batch, Echo
 from benchmarks.plan import Layout
 from benchmarks.processes import rss_by_role, snapshot
 from benchmarks.record import run_record, timed
-from mesh.agent import CallResult, Message
+from mesh.calls.agent import CallResult, Message
 from mesh.mesh import Mesh
-from mesh.mesh_config import MeshConfig
+from mesh.calls.mesh_config import MeshConfig
 
 NAMESPACE = "tollmesh-bench"
 

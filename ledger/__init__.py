@@ -5,7 +5,6 @@
 'lock'
 """
 
-import mesh  # noqa: F401  (mesh first: its Tollbooth imports ledger modules, which import mesh's core)
 from ledger.events import record_event
 from ledger.export import compact, export
 from ledger.files import segments

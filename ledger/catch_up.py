@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from ledger.files import segments
 from ledger.parquet import ParquetLedgerWriter
 from ledger.reader import event_lines, iter_lines
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 UNFINISHED_SUFFIX = ".parquet.tmp"  # a file a writer had open (see ledger.parquet._OpenFile)
 

@@ -1,6 +1,6 @@
 """Build ledger events from toll records (the field order is the schema's, see :mod:`ledger.schema`).
 
->>> from mesh.records import TollRecord
+>>> from mesh.core.records import TollRecord
 >>> e = record_event("lock", TollRecord("t1", "a", "b", amount_micros=5), ts_us=0, mode="live")
 >>> e["kind"], e["amount_micros"], e["ts_us"], "hash" in e, "reason" in e
 ('lock', 5, 0, False, False)
@@ -12,8 +12,8 @@ import hashlib
 from typing import Any, Optional
 
 from ledger.schema import SCHEMA_VERSION, EventKind
-from mesh.money import MICROS_PER_USD
-from mesh.records import TollRecord
+from mesh.core.money import MICROS_PER_USD
+from mesh.core.records import TollRecord
 
 __all__ = ["EventKind", "SCHEMA_VERSION", "proof_digest", "record_event"]
 

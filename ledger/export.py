@@ -31,7 +31,7 @@ from ledger.catch_up import catch_up
 from ledger.files import segments
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.reader import read_table
-from mesh.errors import InvalidArgumentError, LedgerError
+from mesh.core.errors import InvalidArgumentError, LedgerError
 
 FORMATS = ("csv", "json", "parquet")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})\.jsonl$")
 SETTLEMENTS_SUFFIX = ".settlements.jsonl"

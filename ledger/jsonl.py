@@ -58,8 +58,8 @@ from ledger.lines import HASH_SUFFIX_BYTES, RawLine, chain_hash, classify_lines,
 from ledger.lock import DEFAULT_LOCK_TIMEOUT_S, check_lock_timeout, release_lock, take_lock
 from ledger.schema import DEFAULT_FORMAT, GENESIS_HASH, LEDGER_FORMATS, SCHEMA_VERSION, EventKind
 from ledger.seal import NULL_HINT, SEAL_MAX_LINES, seal_fields, split_seal, without_nulls
-from mesh.clock import US_PER_DAY
-from mesh.errors import LedgerError
+from mesh.core.clock import US_PER_DAY
+from mesh.core.errors import LedgerError
 
 SEQ_PLACEHOLDER = b'{"v":1,"seq":null,'  # how every encoded event starts before the writer numbers it
 LOCK_SUFFIX = ".lock"  # the writer's lock file: the ledger's first file name and this

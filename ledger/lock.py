@@ -13,7 +13,7 @@ host into the file, so the one refused can say who holds it. Readers take no loc
 >>> take_lock(path, timeout_s=0, what="the ledger l.jsonl")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-mesh.errors.LedgerError: the ledger l.jsonl is being written by another process (it holds l.jsonl.lock); waited 0 s; holder: pid ... on host ...
+mesh.core.errors.LedgerError: the ledger l.jsonl is being written by another process (it holds l.jsonl.lock); waited 0 s; holder: pid ... on host ...
 >>> release_lock(fd)
 >>> release_lock(take_lock(path, timeout_s=0, what="the ledger l.jsonl"))
 """
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0  # how long a new writer waits for an old one to let go
 LOCK_POLL_S = 0.05

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 
 from ledger.lock import DEFAULT_LOCK_TIMEOUT_S, release_lock, take_lock
 from ledger.schema import ARROW_SCHEMA
-from mesh.clock import US_PER_DAY
-from mesh.errors import LedgerError
+from mesh.core.clock import US_PER_DAY
+from mesh.core.errors import LedgerError
 
 DEFAULT_ROW_GROUP_EVENTS = 10_000
 DEFAULT_MAX_FILE_ROWS = 1_000_000

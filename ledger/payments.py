@@ -32,7 +32,7 @@ import orjson
 
 from ledger.files import segments
 from ledger.reader import iter_lines
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 #: (network, token contract, payer, nonce), lower-case: an EIP-3009 authorization pays once.
 PaymentKey = tuple[str, str, str, str]

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 
 from ledger.reader import read_table
 from ledger.report import build_report, summable
-from mesh.errors import LedgerError
-from mesh.money import MICROS_PER_USD, format_usd
+from mesh.core.errors import LedgerError
+from mesh.core.money import MICROS_PER_USD, format_usd
 
 #: Round bin widths for a ledger whose tick is not known (a booth's, in real time): the first that gives
 #: at most MAX_BARS bars is used.

@@ -32,7 +32,7 @@ from ledger.lines import HASH_SUFFIX_BYTES, RawLine, classify_lines, parse_line 
 from ledger.parquet import jsonl_to_table
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
 from ledger.seal import sealed_seq
-from mesh.errors import LedgerError
+from mesh.core.errors import LedgerError
 
 _SEQ_PREFIX = b'{"v":%d,"seq":' % SCHEMA_VERSION
 _HASH_TAIL_BYTES = HASH_SUFFIX_BYTES + 1  # a whole line's hash field, and its newline

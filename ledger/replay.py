@@ -1,6 +1,6 @@
 """Replay a ledger through the same core the live booth uses, and snapshot the result.
 
-Replaying a booth's JSONL ledger into a fresh :class:`~mesh.escrow.EscrowBook` rebuilds
+Replaying a booth's JSONL ledger into a fresh :class:`~mesh.core.escrow.EscrowBook` rebuilds
 exactly its balances, caps used, open escrows and the task ids it has seen;
 :func:`snapshot` gives a plain dict to compare the two.
 
@@ -16,8 +16,8 @@ as it was for a ledger with neither a deposit nor a lock). What a replay refuses
 (LedgerError) is a ledger that contradicts itself: a settlement of a toll that is not
 locked, a lock of funds its source does not hold, a second lock of an open escrow.
 
->>> from mesh.budget import BudgetBook
->>> from mesh.escrow import EscrowBook
+>>> from mesh.core.budget import BudgetBook
+>>> from mesh.core.escrow import EscrowBook
 >>> book = EscrowBook(BudgetBook(default_cap_micros=None), escrow_timeout_s=None)
 >>> replay_events(book, [{"kind": "deposit", "ts_us": 0, "target_agent": "a", "amount_micros": 7}])
 >>> book.budget.balance_micros("a")
@@ -32,11 +32,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 from ledger.files import segments
 from ledger.schema import EventKind
 from ledger.reader import RawLine, ReadLines, event_lines, lines_of
-from mesh.clock import day_of
-from mesh.errors import LedgerError
-from mesh.escrow import EscrowBook
-from mesh.records import Reason, TollRecord
-from mesh.sharding import shard_of
+from mesh.core.clock import day_of
+from mesh.core.errors import LedgerError
+from mesh.core.escrow import EscrowBook
+from mesh.core.records import Reason, TollRecord
+from mesh.core.sharding import shard_of
 
 #: Kinds of event after which a toll's record no longer changes: what a remembered task id is recalled by.
 SETTLING_KINDS = frozenset({"release", "refund", "expire", "paper_release", "reject"})
@@ -64,7 +64,7 @@ def replay_file(book: EscrowBook, path: Path | str) -> int:
 def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int, files: Optional[LedgerFiles] = None) -> int:
     """Rebuild budget shard ``shard`` of ``shards`` from the JSONL ledger at ``path``; return the next ``seq``.
 
-    The shard takes the events of the agents it holds (by :func:`~mesh.sharding.shard_of`
+    The shard takes the events of the agents it holds (by :func:`~mesh.core.sharding.shard_of`
     of the source, or of the target for a deposit), every ``reset_daily``, and the
     releases other shards paid to its agents (credited to their balances). Streams the
     files, from this disk or through ``files``; an absent or empty ledger gives 0.

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger.reader import read_table
-from mesh.money import format_usd
+from mesh.core.money import format_usd
 
 __all__ = ["REPORT_COLUMNS", "build_report", "calls_text", "exact_sum", "format_report", "read_table", "summable"]
 

@@ -40,10 +40,10 @@ from ledger.reader import RawLine, iter_lines
 from ledger.replay import apply_event, snapshot
 from ledger.schema import GENESIS_HASH, LedgerEvent
 from ledger.seal import SEAL_MAX_LINES, batch_body, seal_digest, split_seal
-from mesh.budget import BudgetBook
-from mesh.errors import LedgerError
-from mesh.escrow import EscrowBook
-from mesh.money import MICROS_PER_USD
+from mesh.core.budget import BudgetBook
+from mesh.core.errors import LedgerError
+from mesh.core.escrow import EscrowBook
+from mesh.core.money import MICROS_PER_USD
 
 _STATUS_OF_KIND = {
     "lock": "escrow_locked", "paper_release": "released", "release": "released", "refund": "refunded",

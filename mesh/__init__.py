@@ -10,35 +10,19 @@ The public API, including the seed-compatible one of nano-empire-tollbooth 0.3.0
 >>> asyncio.run(booth.charge("t1", "alice", "bob")).status.value
 'escrow_locked'
 
-The distributed mesh (:class:`Mesh`, :class:`MeshTollbooth`) and the simulation (:class:`Simulation`)
-are imported on first use, so ``import mesh`` stays light for in-process users.
+Every name is imported on first use (PEP 562), so ``import mesh`` stays light for in-process users
+and a low floor (``mesh.core``, imported by ``ledger``) imports without the floors above it:
+
+- ``mesh.core``: money, clock, records, budget, escrow, errors, ids, sharding (imports nothing of ours);
+- ``ledger`` (its own package): events, formats, readers, replay, verify, reports;
+- ``mesh.booth``: the in-process booth (Tollbooth, config, monetize, settle, x402 verifier interface);
+- ``mesh.columnar``: the shard book as arrays; ``mesh.calls``: agents, messages, results, columns of calls;
+- ``actors`` (its own package): shards, coordinator, hosts, writers;
+- ``mesh`` itself, ``mesh.x402``, ``mesh.cluster``: the mesh API, simulation, gateway and CLI on top.
 """
 
+import importlib
 from typing import Any
-
-from mesh.agent import Agent, CallContext, CallResult, Message
-from mesh.call_columns import CallColumns
-from mesh.clock import Clock, ManualClock, SystemClock
-from mesh.config import TollboothConfig, TollboothMode
-from mesh.errors import (
-    CallFailedError,
-    ConfigError,
-    InvalidAmountError,
-    InvalidArgumentError,
-    InvalidTypeError,
-    LedgerError,
-    PaymentRequiredError,
-    RayUnavailableError,
-    TollmeshError,
-    TollRejectedError,
-)
-from mesh.mesh_config import MeshConfig
-from mesh.money import MAX_AMOUNT_MICROS, format_usd, usd_to_micros
-from mesh.monetize import RAILS, get_usage, monetize, reset_usage
-from mesh.records import Reason, SettlementStatus, TollRecord
-from mesh.scenario import Scenario, builtin_scenarios, load_scenario
-from mesh.settlement import SettlementResult, settle
-from mesh.tollbooth import Tollbooth, create_tollbooth, get_tollbooth, reset_tollbooth
 
 __version__ = "0.1.0"
 
@@ -92,16 +76,70 @@ __all__ = [
 ]
 
 
+#: Where each public name lives.
 _LAZY = {
-    "Mesh": "mesh.mesh", "MeshTollbooth": "mesh.mesh_booth", "Simulation": "mesh.simulate",
-    "run_simulation": "mesh.simulate", "SimAgent": "mesh.sim_agents", "SimulatedFailure": "mesh.sim_agents",
+    "Agent": "mesh.calls.agent",
+    "CallColumns": "mesh.calls.columns",
+    "CallContext": "mesh.calls.agent",
+    "CallFailedError": "mesh.core.errors",
+    "CallResult": "mesh.calls.agent",
+    "Clock": "mesh.core.clock",
+    "ConfigError": "mesh.core.errors",
+    "InvalidAmountError": "mesh.core.errors",
+    "InvalidArgumentError": "mesh.core.errors",
+    "InvalidTypeError": "mesh.core.errors",
+    "LedgerError": "mesh.core.errors",
+    "MAX_AMOUNT_MICROS": "mesh.core.money",
+    "ManualClock": "mesh.core.clock",
+    "Mesh": "mesh.mesh",
+    "MeshConfig": "mesh.calls.mesh_config",
+    "MeshTollbooth": "mesh.mesh_booth",
+    "Message": "mesh.calls.agent",
+    "PaymentRequiredError": "mesh.core.errors",
+    "RAILS": "mesh.booth.monetize",
+    "RayUnavailableError": "mesh.core.errors",
+    "Reason": "mesh.core.records",
+    "Scenario": "mesh.scenario",
+    "SettlementResult": "mesh.booth.settlement",
+    "SettlementStatus": "mesh.core.records",
+    "SimAgent": "mesh.sim_agents",
+    "SimulatedFailure": "mesh.sim_agents",
+    "Simulation": "mesh.simulate",
+    "SystemClock": "mesh.core.clock",
+    "TollRecord": "mesh.core.records",
+    "TollRejectedError": "mesh.core.errors",
+    "Tollbooth": "mesh.booth.tollbooth",
+    "TollboothConfig": "mesh.booth.config",
+    "TollboothMode": "mesh.booth.config",
+    "TollmeshError": "mesh.core.errors",
+    "builtin_scenarios": "mesh.scenario",
+    "create_tollbooth": "mesh.booth.tollbooth",
+    "format_usd": "mesh.core.money",
+    "get_tollbooth": "mesh.booth.tollbooth",
+    "get_usage": "mesh.booth.monetize",
+    "load_scenario": "mesh.scenario",
+    "monetize": "mesh.booth.monetize",
+    "reset_tollbooth": "mesh.booth.tollbooth",
+    "reset_usage": "mesh.booth.monetize",
+    "run_simulation": "mesh.simulate",
+    "settle": "mesh.booth.settlement",
+    "usd_to_micros": "mesh.core.money",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the Ray-backed parts (the mesh, the simulation) on first use."""
+    """Import a public name (or a submodule, ``mesh.scenario``) on first use."""
     if name in _LAZY:
-        import importlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"mesh.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"mesh.{name}":
+            raise
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}") from None
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,7 +16,7 @@
 >>> load_behaviour("no_such_module_here:Auditor")
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: behaviour='no_such_module_here:Auditor': cannot be imported: no module named 'no_such_module_here' (looked in the current folder ... and sys.path)
+mesh.core.errors.ConfigError: behaviour='no_such_module_here:Auditor': cannot be imported: no module named 'no_such_module_here' (looked in the current folder ... and sys.path)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 
 _importing = threading.local()  # the behaviour spec being imported on this thread, if any
 _OWN_PACKAGES = ("mesh", "actors", "ledger")

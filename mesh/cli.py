@@ -44,9 +44,9 @@ from typing import Callable, Optional
 import orjson
 
 from mesh.demo import format_report, run_demo
-from mesh.errors import InvalidArgumentError, RayUnavailableError, TollmeshError
-from mesh.money import format_usd
-from mesh.settlement import DEFAULT_MINIMUM_USD, settle
+from mesh.core.errors import InvalidArgumentError, RayUnavailableError, TollmeshError
+from mesh.core.money import format_usd
+from mesh.booth.settlement import DEFAULT_MINIMUM_USD, settle
 
 DEFAULT_OUT_DIR = Path("tollmesh-out")
 DEFAULT_MAX_PROBLEMS = 20  # problems `ledger verify` lists before it counts the rest
@@ -371,7 +371,7 @@ def _settling_facilitator(args: argparse.Namespace):
         from mesh.x402.facilitator import HttpFacilitator
 
         return HttpFacilitator(args.facilitator, terms, timeout_s=args.facilitator_timeout)
-    from mesh.money import usd_to_micros
+    from mesh.core.money import usd_to_micros
     from mesh.x402.chain import InMemoryChain
     from mesh.x402.facilitator import LocalFacilitator
 
@@ -466,7 +466,7 @@ def _free_plot_dir(path: Path) -> Path:
 def _run_context(ledger: Path) -> dict:
     """What the charts of a simulation's ledger should say (its run, scenario and seed) and its tick, read
     from the run's ``run.json`` (beside the ledger, or above its Parquet dataset); nothing for another ledger."""
-    from mesh.errors import ConfigError
+    from mesh.core.errors import ConfigError
     from mesh.sim_progress import RUN_FILE, load_run
     from mesh.sim_report import run_about, tick_s
 

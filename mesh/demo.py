@@ -21,14 +21,14 @@ from typing import Any
 from ledger.replay import reconcile, replay_file, snapshot
 from ledger.report import build_report, read_table
 from ledger.verify import verify
-from mesh.budget import BudgetBook
-from mesh.clock import ManualClock
-from mesh.config import TollboothConfig
-from mesh.errors import InvalidArgumentError
-from mesh.escrow import EscrowBook
-from mesh.money import format_usd, usd_to_micros
-from mesh.records import SettlementStatus
-from mesh.tollbooth import Tollbooth
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import ManualClock
+from mesh.booth.config import TollboothConfig
+from mesh.core.errors import InvalidArgumentError
+from mesh.core.escrow import EscrowBook
+from mesh.core.money import format_usd, usd_to_micros
+from mesh.core.records import SettlementStatus
+from mesh.booth.tollbooth import Tollbooth
 
 START_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z: simulated time starts here
 FAILURE_RATE = 0.1
@@ -127,5 +127,5 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _grouped(usd: str) -> str:
-    """A :func:`~mesh.money.format_usd` string with thousands separators, for the terminal."""
+    """A :func:`~mesh.core.money.format_usd` string with thousands separators, for the terminal."""
     return format_usd(usd_to_micros(usd), grouped=True)

@@ -37,10 +37,10 @@ from actors.fast_lane import (
     FastPlan,
     fast_locked,
 )
-from mesh.agent import PriceTable, WireMessage
-from mesh.mesh_config import MeshConfig
-from mesh.records import SettlementStatus
-from mesh.sharding import shard_of
+from mesh.calls.agent import PriceTable, WireMessage
+from mesh.calls.mesh_config import MeshConfig
+from mesh.core.records import SettlementStatus
+from mesh.core.sharding import shard_of
 
 logger = logging.getLogger("tollmesh.fast_path")
 
@@ -94,7 +94,7 @@ class FastPath:
             self._close_lane()
 
     def call(self, message: WireMessage) -> Optional[tuple]:
-        """Run ``message`` through the lane; its result (:func:`mesh.agent.result_to_wire` form), or None."""
+        """Run ``message`` through the lane; its result (:func:`mesh.calls.agent.result_to_wire` form), or None."""
         plan = self.reserve(message)
         return None if plan is None else self.run_reserved(plan)
 

@@ -44,22 +44,22 @@ from actors.placement import cluster_rotation
 from actors.run_files import WriterFiles
 from actors.wire import pack
 from ledger.replay import ledger_has_events
-from mesh.agent import (
+from mesh.calls.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
 )
-from mesh.call_columns import CallColumns, check_columns
-from mesh.clock import check_seconds
-from mesh.coalesce import Coalescer
-from mesh.config import TollboothConfig
-from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
+from mesh.calls.columns import CallColumns, check_columns
+from mesh.core.clock import check_seconds
+from actors.coalesce import Coalescer
+from mesh.booth.config import TollboothConfig
+from mesh.core.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
 from mesh.fast_path import FastPath
-from mesh.files import write_whole
-from mesh.mesh_config import MeshConfig
-from mesh.money import UsdLike, usd_to_micros
+from actors.run_files import write_whole
+from mesh.calls.mesh_config import MeshConfig
+from mesh.core.money import UsdLike, usd_to_micros
 from mesh.ray_session import RaySession, connect
-from mesh.restored import announce, restore_info
-from mesh.verifier import Verifier
+from mesh.booth.restored import announce, restore_info
+from mesh.booth.verifier import Verifier
 
 logger = logging.getLogger("tollmesh.mesh")
 
@@ -269,7 +269,7 @@ class Mesh:
         paying ``targets[i]`` to run ``methods[i]`` (or one method for all) on ``payloads[i]``.
 
         No record travels back: the answer holds each call's task id, status and reason
-        (:class:`~mesh.call_columns.CallColumns`); the ledger holds the rest. Calls with an
+        (:class:`~mesh.calls.columns.CallColumns`); the ledger holds the rest. Calls with an
         x402 payment go through :meth:`send`. Sent in batches of ``max_batch_messages`` (the
         config's by default), at most ``max_inflight_batches`` at once.
 
@@ -389,7 +389,7 @@ class Mesh:
         """Verify paid calls with ``verifier(wallet, signature, amount_usd) -> bool`` (sync or async; None removes it).
 
         It runs in the coordinator's process, so it must be picklable. It fails closed. A
-        :class:`~mesh.verifier.PaymentChecker` (:class:`mesh.x402.ExactEvmVerifier`) names its
+        :class:`~mesh.booth.verifier.PaymentChecker` (:class:`mesh.x402.ExactEvmVerifier`) names its
         reasons, checks a batch's payments at once, judges validity windows on the mesh's clock and
         learns which payments the mesh's ledger spent already; a restarted coordinator gets it back.
         """

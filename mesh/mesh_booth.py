@@ -21,15 +21,15 @@ from typing import Any, Optional, Union
 
 import ray
 
-from mesh.agent import check_id, check_payment_field
-from mesh.ids import agent_id_of
-from mesh.coalesce import Coalescer
-from mesh.config import TollboothConfig
-from mesh.errors import InvalidTypeError
-from mesh.money import UsdLike, micros_to_usd, usd_to_micros
-from mesh.records import Reason, TollRecord, record_from_wire
-from mesh.tollbooth import _check_reason
-from mesh.verifier import Verifier
+from mesh.calls.agent import check_id, check_payment_field
+from mesh.core.ids import agent_id_of
+from actors.coalesce import Coalescer
+from mesh.booth.config import TollboothConfig
+from mesh.core.errors import InvalidTypeError
+from mesh.core.money import UsdLike, micros_to_usd, usd_to_micros
+from mesh.core.records import Reason, TollRecord, record_from_wire
+from mesh.booth.tollbooth import _check_reason
+from mesh.booth.verifier import Verifier
 
 _CAP_FIELDS = {"max_daily_toll_per_agent", "agent_daily_caps_usd"}
 
@@ -54,7 +54,7 @@ class MeshTollbooth:
     ) -> TollRecord:
         """Lock the toll (paper mode: lock and release at once); FAILED or PENDING with a reason otherwise.
 
-        As :meth:`Tollbooth.charge <mesh.tollbooth.Tollbooth.charge>`: an agent object counts by its ``name``
+        As :meth:`Tollbooth.charge <mesh.booth.tollbooth.Tollbooth.charge>`: an agent object counts by its ``name``
         (else, with a ``handle`` method, by ``str()``), and a paper-mode record without a payment names ``"paper_mode"`` as its wallet."""
         item = self._charge_item(task_id, source_agent, target_agent, payer_wallet, tx_signature, amount_usd, escrow)
         return record_from_wire((await self._coalescer("charges").submit([item]))[0])

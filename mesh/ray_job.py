@@ -12,7 +12,7 @@ that copy and vanish with it. :func:`check_run_dir` refuses that, naming an abso
 >>> check_run_dir(Path("/tmp/ray/pkg/tollmesh-out/default-seed7"), job)
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: the run directory /tmp/ray/pkg/tollmesh-out/default-seed7 is inside the copy of --working-dir that Ray made for job raysubmit_1 (/tmp/ray/pkg), which Ray deletes after the job: give --out an absolute path on the head, such as --out /data/runs
+mesh.core.errors.ConfigError: the run directory /tmp/ray/pkg/tollmesh-out/default-seed7 is inside the copy of --working-dir that Ray made for job raysubmit_1 (/tmp/ray/pkg), which Ray deletes after the job: give --out an absolute path on the head, such as --out /data/runs
 >>> current_job({}) is None
 True
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 
 __all__ = ["JOB_CONFIG_ENV", "RayJob", "check_run_dir", "current_job"]
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from mesh.errors import RayUnavailableError
+from mesh.core.errors import RayUnavailableError
 
 __all__ = ["ClusterWatch", "RaySession", "RayUnavailableError", "connect", "explain_ray_error", "probe"]
 

@@ -4,7 +4,7 @@ A scenario names groups of agents (count, price, daily cap, starting balance, fa
 rate, latency, and optionally whom they call onward, paying in turn: a pipeline), the
 traffic the simulation drives between groups (uniform, or power-law hubs), how long it
 runs in simulated days, and the mesh's layout. It is read from TOML (``load_scenario``)
-or built in Python. A bad field raises :class:`~mesh.errors.ConfigError` naming the
+or built in Python. A bad field raises :class:`~mesh.core.errors.ConfigError` naming the
 field, the value and what is allowed, before anything starts. Fields are strict: a count
 or a seed is an int (``count = 2.0``, ``seed = "7"`` and ``messages = true`` are refused),
 a rate or a duration an int or float, money a number or its text (never a bool), and
@@ -18,7 +18,7 @@ the run's days must end within the clock's range (before the year 10000).
 >>> Scenario(groups=[{"name": "a", "count": 1}], traffic=[{"source": "a", "target": "b"}])
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: invalid Scenario: traffic[0].target='b': names no group; the groups are ['a']
+mesh.core.errors.ConfigError: invalid Scenario: traffic[0].target='b': names no group; the groups are ['a']
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.clock import END_TIME_S, SECONDS_PER_DAY
-from mesh.config import MIN_DURATION_S, UsdField, config_error
-from mesh.errors import ConfigError
-from mesh.money import usd_to_micros
-from mesh.sharding import MAX_SHARDS
+from mesh.core.clock import END_TIME_S, SECONDS_PER_DAY
+from mesh.booth.config import MIN_DURATION_S, UsdField, config_error
+from mesh.core.errors import ConfigError
+from mesh.core.money import usd_to_micros
+from mesh.core.sharding import MAX_SHARDS
 
 if sys.version_info >= (3, 11):
     import tomllib

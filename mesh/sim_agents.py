@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from mesh.agent import Agent, CallContext
+from mesh.calls.agent import Agent, CallContext
 from mesh.scenario import AgentGroup, Latency, Pattern
 
 _U64 = float(2**64)

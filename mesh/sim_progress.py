@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from ledger.reader import read_table
 from ledger.schema import EventKind
 from ledger.tally import Tally, tally_ledger
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 from mesh.scenario import Scenario
 
 RUN_FILE = "run.json"  # the scenario of a run, written before it starts

@@ -24,8 +24,8 @@ from ledger.report import REPORT_COLUMNS
 from ledger.report import build_report as build_ledger_report
 from ledger.report import calls_text
 from ledger.verify import verify
-from mesh.memory import open_escrow_bytes, rss_bytes
-from mesh.money import format_usd
+from actors.memory import open_escrow_bytes, rss_bytes
+from mesh.core.money import format_usd
 from mesh.scenario import Scenario
 
 _REPLAYED_KEYS = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows", "used_today_micros")

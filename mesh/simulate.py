@@ -39,11 +39,11 @@ from ray import get as ray_get
 from ray import shutdown as ray_shutdown
 from ray.exceptions import RayError
 
-from mesh.agent import Message
+from mesh.calls.agent import Message
 from mesh.behaviours import refuse_nested_run, ship_by_value
-from mesh.clock import US_PER_SECOND
-from mesh.errors import ConfigError, TollmeshError
-from mesh.mesh_config import MeshConfig
+from mesh.core.clock import US_PER_SECOND
+from mesh.core.errors import ConfigError, TollmeshError
+from mesh.calls.mesh_config import MeshConfig
 from mesh.ray_session import ClusterWatch, RaySession, connect
 from mesh.scenario import Scenario, Traffic, load_behaviour
 from mesh.sim_agents import OnwardTarget, SimAgent, SimBehaviour, group_class, pick_many

@@ -1,4 +1,4 @@
-"""The reference model of a budget shard: today's record book (:class:`~mesh.escrow.EscrowBook`)
+"""The reference model of a budget shard: today's record book (:class:`~mesh.core.escrow.EscrowBook`)
 under the shard's interface, as the shards ran before the columnar book.
 
 Tests drive it beside :class:`actors.shard_core.ShardCore` and compare answers, events and
@@ -15,12 +15,12 @@ from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ShardAnswer, ShardSpe
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.replay import event_at, replay_shard, settled_event, snapshot
-from mesh.budget import BudgetBook
-from mesh.clock import iso_utc
-from mesh.errors import LedgerError
-from mesh.escrow import EscrowBook
-from mesh.records import Reason, SettlementStatus, TollRecord
-from mesh.sharding import shard_of
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import iso_utc
+from mesh.core.errors import LedgerError
+from mesh.core.escrow import EscrowBook
+from mesh.core.records import Reason, SettlementStatus, TollRecord
+from mesh.core.sharding import shard_of
 
 
 class RecordShardCore:

@@ -1,6 +1,6 @@
 """Shared hypothesis strategies for the public edges: ids good and bad, money inputs, caller decimal contexts.
 
-Ids (see :mod:`mesh.ids`): ``good_ids`` is any text every part of tollmesh can write (1 to
+Ids (see :mod:`mesh.core.ids`): ``good_ids`` is any text every part of tollmesh can write (1 to
 MAX_ID_CHARS characters, UTF-8 encodable, no control character); ``bad_ids`` is the rest:
 empty, too long, a lone surrogate or a control character inside good text, and values of
 other types. Money: ``caller_contexts`` are random :class:`decimal.Context` s a caller may
@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 from hypothesis import strategies as st
 
-from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS
+from mesh.core.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS
 
 # -- ids ------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from mesh.cli import main
 from mesh.cluster import CloudNodes, Install, LocalNodes, cloud_cluster, dashboard_json, local_cluster, notes, render
 from mesh.cluster.grafana import metric_names
-from mesh.errors import InvalidArgumentError
+from mesh.core.errors import InvalidArgumentError
 
 NODES = LocalNodes(head_ip="192.168.10.1", worker_ips=("192.168.10.2", "nodes-3.lan"), ssh_user="ops",
                    ssh_private_key="~/.ssh/id_ed25519")

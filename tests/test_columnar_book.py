@@ -26,8 +26,8 @@ from record_shard import RecordShardCore as ShardCore
 from ledger import verify
 from ledger.jsonl import JsonlWriter
 from mesh.columnar import REASON_CODE, ColumnarBook
-from mesh.errors import InvalidAmountError, InvalidArgumentError, InvalidColumnError, InvalidIdError, InvalidTypeError
-from mesh.sharding import shard_of
+from mesh.core.errors import InvalidAmountError, InvalidArgumentError, InvalidColumnError, InvalidIdError, InvalidTypeError
+from mesh.core.sharding import shard_of
 
 START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 SHARDS = 2
@@ -271,7 +271,7 @@ def test_refunds_give_the_room_back_on_their_day_only_and_expiry_refunds_with_it
 
 
 def test_huge_amounts_stay_exact_in_the_one_by_one_path():
-    from mesh.money import MAX_AMOUNT_MICROS
+    from mesh.core.money import MAX_AMOUNT_MICROS
     book, a = book_with(deposits={"alice": MAX_AMOUNT_MICROS})
     book.deposit(np.array([a["alice"]] * 2), np.array([MAX_AMOUNT_MICROS] * 2), START_US)
     answer = lock_one_source(book, a["alice"], a["bob"], [MAX_AMOUNT_MICROS] * 5000)  # sums past int64: judged in Python ints

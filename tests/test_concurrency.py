@@ -11,7 +11,7 @@ import pytest
 
 from ledger import read_events
 from mesh import SettlementStatus
-from mesh.clock import day_of, now_us
+from mesh.core.clock import day_of, now_us
 
 CAP_USD = "1.00"  # room for exactly 100 locks of $0.01
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from ledger.plot import plot_table, spend_by_bucket
 from ledger.report import build_report, exact_sum
 from mesh import MAX_AMOUNT_MICROS, ConfigError, ManualClock, MeshConfig, TollboothConfig, format_usd
-from mesh.clock import END_TIME_S
-from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.core.clock import END_TIME_S
+from mesh.core.errors import InvalidArgumentError, InvalidTypeError
 from mesh.scenario import AgentGroup, Latency, Onward, Scenario, Traffic, load_scenario
 
 #: What each kind of field must refuse (None is refused only where the field is not Optional).

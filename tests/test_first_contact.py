@@ -20,7 +20,7 @@ import mesh
 from ledger.report import build_report, format_report, read_table
 from mesh import Agent, InvalidArgumentError, Tollbooth, TollboothConfig
 from mesh.cli import _parser, main
-from mesh.money import format_usd
+from mesh.core.money import format_usd
 from mesh.scenario import Scenario
 
 REPO = Path(__file__).resolve().parent.parent

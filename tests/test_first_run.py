@@ -30,8 +30,8 @@ import pytest
 
 from foreign_ray import ForeignRay
 from mesh import Agent, Mesh, MeshConfig, Message, Scenario, Simulation, Tollbooth, TollboothConfig
-from mesh.errors import ConfigError
-from mesh.tollbooth import get_tollbooth
+from mesh.core.errors import ConfigError
+from mesh.booth.tollbooth import get_tollbooth
 
 WORKTREE = Path(__file__).resolve().parent.parent
 TOLLMESH = Path(sys.executable).with_name("tollmesh")  # the console script: its sys.path starts with bin/, not "."

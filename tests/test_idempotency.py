@@ -20,17 +20,17 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import mesh.task_index as task_index
+import mesh.core.task_index as task_index
 from actors.budget_shard import LOCK, ShardCore, ShardSpec
 from ledger import replay_file, snapshot, verify
 from ledger.replay import event_at
 from ledger.jsonl import JsonlWriter
 from mesh import ConfigError, LedgerError, ManualClock, SettlementStatus, Tollbooth, TollboothConfig
-from mesh.budget import BudgetBook
-from mesh.clock import iso_utc, now_us
-from mesh.escrow import EscrowBook
-from mesh.records import Reason, TollRecord
-from mesh.task_index import TaskIndex
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import iso_utc, now_us
+from mesh.core.escrow import EscrowBook
+from mesh.core.records import Reason, TollRecord
+from mesh.core.task_index import TaskIndex
 
 START_S = 1_767_225_600.0
 

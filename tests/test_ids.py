@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from ledger import read_events, verify
 from mesh import Agent, ManualClock, Message, Tollbooth, TollboothConfig, monetize
-from mesh.agent import payload_bytes
-from mesh.errors import InvalidIdError, InvalidTypeError, TollmeshError
-from mesh.ids import MAX_ID_CHARS, check_id, check_payment_field, is_id
+from mesh.calls.agent import payload_bytes
+from mesh.core.errors import InvalidIdError, InvalidTypeError, TollmeshError
+from mesh.core.ids import MAX_ID_CHARS, check_id, check_payment_field, is_id
 
 START_S = 1_767_225_600.0
 

@@ -36,8 +36,8 @@ from ledger.files import segments
 from ledger.jsonl import encode_events
 from ledger.verify import verify
 from mesh import ManualClock, Tollbooth, TollboothConfig
-from mesh.errors import LedgerError
-from mesh.records import SettlementStatus
+from mesh.core.errors import LedgerError
+from mesh.core.records import SettlementStatus
 
 DAY_US = 86_400_000_000
 START_US = 1_767_225_600_000_000  # 2026-01-01
@@ -452,7 +452,7 @@ RLIMIT_CHILD = textwrap.dedent(
     import json, os, resource, signal, sys
     from pathlib import Path
     from mesh import ManualClock, Tollbooth, TollboothConfig
-    from mesh.errors import LedgerError
+    from mesh.core.errors import LedgerError
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG (Python's default too)
     path = Path(sys.argv[1])

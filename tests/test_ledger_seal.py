@@ -37,11 +37,11 @@ from ledger.schema import CHAIN_FIELDS, NULLABLE_FIELDS, LedgerEvent
 from ledger.tally import tally_ledger
 from ledger.verify import verify
 from mesh import LedgerError, ManualClock, Tollbooth, TollboothConfig
-from mesh.budget import BudgetBook
+from mesh.core.budget import BudgetBook
 from mesh.columnar import ColumnarBook
 from mesh.columnar.rebuild import rebuild_from_ledger
-from mesh.escrow import EscrowBook
-from mesh.settlement import settle
+from mesh.core.escrow import EscrowBook
+from mesh.booth.settlement import settle
 
 START_US = 1_767_225_600_000_000  # 2026-01-01
 DAY_US = 86_400_000_000

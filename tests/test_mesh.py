@@ -25,9 +25,9 @@ from mesh import (
     Message,
     TollboothConfig,
 )
-from mesh.budget import BudgetBook
-from mesh.escrow import EscrowBook
-from mesh.sharding import shard_of
+from mesh.core.budget import BudgetBook
+from mesh.core.escrow import EscrowBook
+from mesh.core.sharding import shard_of
 
 class Echo(Agent):
     price_usd = "0.001"

@@ -18,7 +18,7 @@ import ray
 from ledger import read_events, verify
 from ledger.tally import tally_events
 from mesh import Message, TollboothConfig
-from mesh.clock import US_PER_DAY
+from mesh.core.clock import US_PER_DAY
 from restarts import answer_once_restarted
 from test_parquet_catch_up import assert_dataset_is_the_ledger
 from test_mesh import Echo, assert_replay_matches

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh import MAX_AMOUNT_MICROS, InvalidAmountError, InvalidTypeError, format_usd, usd_to_micros
-from mesh.money import MAX_AMOUNT_USD, MICROS_PER_USD, check_micros
+from mesh.core.money import MAX_AMOUNT_USD, MICROS_PER_USD, check_micros
 
 
 @pytest.mark.parametrize(

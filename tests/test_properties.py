@@ -22,9 +22,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from ledger import replay_file, snapshot
 from mesh import LedgerError, ManualClock, SettlementStatus, Tollbooth, TollboothConfig
-from mesh.budget import BudgetBook
-from mesh.clock import day_of, now_us
-from mesh.escrow import EscrowBook
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import day_of, now_us
+from mesh.core.escrow import EscrowBook
 
 AGENTS = ("a", "b", "c", "d")
 TASKS = tuple(f"t{n}" for n in range(24))

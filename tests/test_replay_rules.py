@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from ledger import replay_file, snapshot, verify
 from mesh import ConfigError, ManualClock, SettlementStatus, Tollbooth, TollboothConfig
-from mesh.budget import BudgetBook
-from mesh.clock import now_us
-from mesh.escrow import EscrowBook
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import now_us
+from mesh.core.escrow import EscrowBook
 
 START_S = 1_767_225_600.0
 

@@ -20,8 +20,8 @@ from actors.run_files import LocalFiles, RunDirectory, WriterFiles
 from ledger.files import segments
 from ledger.jsonl import JsonlWriter
 from ledger.reader import event_lines, lines_of
-from mesh.errors import LedgerError
-from mesh.sharding import shard_of
+from mesh.core.errors import LedgerError
+from mesh.core.sharding import shard_of
 from test_ledger_lines import event
 from test_shards import AGENTS, SHARDS, Driver
 

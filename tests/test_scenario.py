@@ -135,7 +135,7 @@ def test_calls_that_wait_or_call_onward_go_async_and_the_rest_stay_inline():
 
 
 def test_the_simulation_helpers_are_not_handlers_other_agents_may_call():
-    from mesh.agent import price_table
+    from mesh.calls.agent import price_table
 
     cls = group_class(scenario().group("a"), SimBehaviour(seed=0, group="a"))
     assert price_table(cls).methods == {"handle"}

@@ -21,7 +21,7 @@ def test_seed_decorator_example(capsys, monkeypatch, tmp_path):
 
     print(summarize("Long document text. Many sentences here. And more after that. ..."))
     assert capsys.readouterr().out == "Long document text. Many sentences here. And more after that.\n"
-    from mesh.tollbooth import get_tollbooth
+    from mesh.booth.tollbooth import get_tollbooth
 
     ledger = tmp_path / get_tollbooth().config.ledger_path  # this run's own default ledger, under ./tollmesh-out/
     assert ledger.exists() and ledger.parent.parent == tmp_path / "tollmesh-out"

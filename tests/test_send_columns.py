@@ -16,9 +16,9 @@ import pytest
 
 from ledger import replay_file, reconcile, snapshot, verify
 from mesh import Agent, CallColumns, InvalidArgumentError, InvalidTypeError, Message
-from mesh.budget import BudgetBook
-from mesh.errors import InvalidIdError
-from mesh.escrow import EscrowBook
+from mesh.core.budget import BudgetBook
+from mesh.core.errors import InvalidIdError
+from mesh.core.escrow import EscrowBook
 
 
 class Priced(Agent):

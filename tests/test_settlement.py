@@ -140,7 +140,7 @@ def test_the_cli_refuses_with_exit_code_1(make_booth, ledger_path, capsys):
 
 
 def test_only_the_events_verified_are_netted(make_booth, ledger_path, monkeypatch):
-    import mesh.settlement as settlement
+    import mesh.booth.settlement as settlement
 
     booth = make_booth(toll_per_message_usd="0.10")
     booth.charge_sync("t1", "a", "b")

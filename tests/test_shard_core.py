@@ -22,7 +22,7 @@ from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ShardCore, ShardSpec
 from ledger import verify
 from ledger.jsonl import JsonlWriter
 from mesh.columnar import REASON_CODE
-from mesh.sharding import shard_of
+from mesh.core.sharding import shard_of
 from record_shard import RecordShardCore
 
 START_US = 1_767_225_600_000_000

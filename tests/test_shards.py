@@ -18,9 +18,9 @@ from actors.budget_shard import LOCK, REJECT, ShardCore, ShardSpec
 from actors.coordinator import merge_snapshots
 from ledger import replay_file, snapshot, verify
 from ledger.jsonl import JsonlWriter
-from mesh.budget import BudgetBook
-from mesh.escrow import EscrowBook
-from mesh.sharding import shard_of
+from mesh.core.budget import BudgetBook
+from mesh.core.escrow import EscrowBook
+from mesh.core.sharding import shard_of
 
 AGENTS = [f"agent-{i}" for i in range(7)]
 START_US = 1_767_225_600_000_000

@@ -16,7 +16,7 @@ import pytest
 from ledger import read_events, verify
 from mesh import ConfigError
 from mesh.cli import main
-from mesh.clock import day_of
+from mesh.core.clock import day_of
 from mesh.scenario import Scenario
 from mesh.simulate import Simulation, run_simulation
 from sim_behaviours import HalfAuditor

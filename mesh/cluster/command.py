@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mesh.errors import InvalidArgumentError
+from mesh.core.errors import InvalidArgumentError
 
 __all__ = ["add_arguments"]
 

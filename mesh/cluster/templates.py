@@ -17,7 +17,7 @@ with ``RAY_AUTH_MODE=token`` and the metrics export port open (Prometheus scrape
 >>> LocalNodes(head_ip="10.0.0.1", worker_ips=("10.0.0.1",), ssh_user="ops")
 Traceback (most recent call last):
 ...
-mesh.errors.InvalidArgumentError: worker_ips=('10.0.0.1',): must not hold the head (10.0.0.1)
+mesh.core.errors.InvalidArgumentError: worker_ips=('10.0.0.1',): must not hold the head (10.0.0.1)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mesh.errors import InvalidArgumentError
+from mesh.core.errors import InvalidArgumentError
 
 __all__ = [
     "CLOUD_PROVIDERS", "CloudNodes", "Install", "LocalNodes", "cloud_cluster", "local_cluster", "notes", "render",

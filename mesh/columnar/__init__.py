@@ -1,7 +1,7 @@
 """The columnar shard book: a budget shard's state and events as arrays, a batch at a time.
 
 A pure module (numpy and pyarrow, no Ray), equal in effect to the record book a budget
-shard holds today (``actors.budget_shard.ShardCore`` over :class:`~mesh.escrow.EscrowBook`),
+shard holds today (``actors.budget_shard.ShardCore`` over :class:`~mesh.core.escrow.EscrowBook`),
 and 5-7x cheaper per message at batches of 20,000 (benchmarks/columnar_book.py). See :mod:`mesh.columnar.book`.
 
 >>> import numpy as np

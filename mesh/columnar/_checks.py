@@ -4,7 +4,7 @@
 >>> amounts("price_micros", np.array([1.5]), 1)
 Traceback (most recent call last):
 ...
-mesh.errors.InvalidColumnError: price_micros: expected an integer numpy array of micro-USD (money is int micros; a float price is refused), got a numpy array of dtype float64 and shape (1,)
+mesh.core.errors.InvalidColumnError: price_micros: expected an integer numpy array of micro-USD (money is int micros; a float price is refused), got a numpy array of dtype float64 and shape (1,)
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from mesh.clock import END_TIME_S, US_PER_SECOND
-from mesh.errors import InvalidAmountError, InvalidArgumentError, InvalidColumnError, InvalidTypeError
-from mesh.ids import check_id, is_id
-from mesh.money import MAX_AMOUNT_MICROS
+from mesh.core.clock import END_TIME_S, US_PER_SECOND
+from mesh.core.errors import InvalidAmountError, InvalidArgumentError, InvalidColumnError, InvalidTypeError
+from mesh.core.ids import check_id, is_id
+from mesh.core.money import MAX_AMOUNT_MICROS
 
 _END_US = END_TIME_S * US_PER_SECOND
 
@@ -29,7 +29,7 @@ def describe(value: Any) -> str:
 
 
 def ids(field: str, values: Any) -> list[str]:
-    """A list or tuple of valid ids (see :mod:`mesh.ids`), as a list; the first bad one is named by its index."""
+    """A list or tuple of valid ids (see :mod:`mesh.core.ids`), as a list; the first bad one is named by its index."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "UO" and values.ndim == 1:
         values = values.tolist()
     if not isinstance(values, (list, tuple)):

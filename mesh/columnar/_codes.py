@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-from mesh.records import Reason, SettlementStatus
+from mesh.core.records import Reason, SettlementStatus
 
 # -- statuses: what a task row is in (0: no such task) ---------------------------------
 UNKNOWN, PENDING, LOCKED, RELEASED, REFUNDED, FAILED = range(6)

@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mesh.clock import US_PER_SECOND, iso_utc
+from mesh.core.clock import US_PER_SECOND, iso_utc
 from mesh.columnar._codes import KIND_JSON, REASON_JSON, STATUS_JSON
 
 _REASON_FIELD = [f',"reason":{text}' if text != "null" else "" for text in REASON_JSON]  # a null reason: no field

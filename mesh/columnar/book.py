@@ -1,6 +1,6 @@
 """The columnar shard book: a budget shard's caps, balances and escrows as numpy columns.
 
-It does what :class:`actors.budget_shard.ShardCore` does over its :class:`~mesh.escrow.EscrowBook`
+It does what :class:`actors.budget_shard.ShardCore` does over its :class:`~mesh.core.escrow.EscrowBook`
 (and is proven equal to it by ``tests/test_columnar_book.py``), a batch at a time:
 
 * agents are dense indices (names only at the edges: :meth:`ColumnarBook.register`,
@@ -50,7 +50,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from mesh.clock import US_PER_SECOND, day_of, iso_utc
+from mesh.core.clock import US_PER_SECOND, day_of, iso_utc
 from mesh.columnar import _checks as check
 from mesh.columnar._codes import (
     EXPIRE, ESCROW_TIMEOUT, FAILED, INSUFFICIENT_FUNDS, LOCK, LOCKED, NO_REASON, OVER_DAILY_CAP, PAPER_RELEASE,
@@ -61,9 +61,9 @@ from mesh.columnar._codes import KIND_NAMES
 from mesh.columnar._codes import PENDING as PENDING_STATE
 from mesh.columnar._events import EventColumns, encode_jsonl, json_strings
 from mesh.columnar._tasks import TaskTable, task_key, task_keys
-from mesh.errors import InvalidAmountError, InvalidArgumentError
-from mesh.records import TollRecord
-from mesh.sharding import shard_of
+from mesh.core.errors import InvalidAmountError, InvalidArgumentError
+from mesh.core.records import TollRecord
+from mesh.core.sharding import shard_of
 
 MAX_HELD_MICROS = 1 << 62  # the most a balance, a day's usage or a locked total may reach (int64 sums stay exact)
 NO_CAP = np.iinfo(np.int64).max  # the cap column's value for "no cap"
@@ -111,7 +111,7 @@ class SettleAnswer:
 class ColumnarBook:
     """A budget shard's book as columns; see the module doc.
 
-    ``shard``/``shards``: this book holds the agents :func:`~mesh.sharding.shard_of` maps to
+    ``shard``/``shards``: this book holds the agents :func:`~mesh.core.sharding.shard_of` maps to
     ``shard`` (None: every agent, and events carry ``"shard": null``). ``mode``: the events' mode.
     """
 
@@ -478,7 +478,7 @@ class ColumnarBook:
 
     def record(self, row: int, *, status: Optional[int] = None, reason: Optional[int] = None,
                settled_s: Optional[int] = None) -> Optional[TollRecord]:
-        """The :class:`~mesh.records.TollRecord` of a task row as it stands (None for -1), or as an event of it
+        """The :class:`~mesh.core.records.TollRecord` of a task row as it stands (None for -1), or as an event of it
         left it (its ``status``, ``reason`` and ``settled_s`` codes): for the edges and tests."""
         if row < 0:
             return None

@@ -24,14 +24,14 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from mesh.clock import US_PER_DAY, US_PER_SECOND, iso_utc
+from mesh.core.clock import US_PER_DAY, US_PER_SECOND, iso_utc
 from mesh.columnar._codes import (
     ESCROW_TIMEOUT, FAILED, LOCKED, PAYMENT_REQUIRED, PENDING, REASON_CODE, REFUNDED, RELEASED,
 )
 from mesh.columnar._tasks import ROW_COLUMNS, task_keys
 from mesh.columnar.book import ColumnarBook
-from mesh.errors import LedgerError
-from mesh.sharding import shard_of
+from mesh.core.errors import LedgerError
+from mesh.core.sharding import shard_of
 
 _DECIDING = frozenset({"deposit", "lock", "paper_release"})  # the first of these says if balances are tracked
 _STATUS_OF_KIND = {"lock": "escrow_locked", "paper_release": "released", "release": "released", "refund": "refunded",

@@ -22,9 +22,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from mesh.clock import Clock, SystemClock
-from mesh.errors import InvalidArgumentError
-from mesh.money import check_micros
+from mesh.core.clock import Clock, SystemClock
+from mesh.core.errors import InvalidArgumentError
+from mesh.core.money import check_micros
 from mesh.x402.digest import authorization_digest, domain_separator
 from mesh.x402.recover import recover_address
 from mesh.x402.sdk import require_sdk

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.agent import Agent
+from mesh.calls.agent import Agent
 
 
 class Echo(Agent):

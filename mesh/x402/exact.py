@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from mesh.clock import Clock, ManualClock, SystemClock  # noqa: F401 - ManualClock: the doc's example
-from mesh.errors import InvalidArgumentError, InvalidTypeError
-from mesh.records import Reason
+from mesh.core.clock import Clock, ManualClock, SystemClock  # noqa: F401 - ManualClock: the doc's example
+from mesh.core.errors import InvalidArgumentError, InvalidTypeError
+from mesh.core.records import Reason
 from mesh.x402.digest import authorization_digest, domain_separator
 from mesh.x402.nonces import DEFAULT_MAX_ENTRIES, NonceBook, NonceBookFull
 from mesh.x402.proof import ExactPayment, MalformedPayment, parse_payment
@@ -117,7 +117,7 @@ class ExactEvmVerifier:
 
     def __call__(self, wallet: str, signature: str, amount_usd: float) -> bool:
         """The seed's hook: whether the payment verifies for ``amount_usd`` (a nonce pays once, whatever the call)."""
-        from mesh.money import usd_to_micros
+        from mesh.core.money import usd_to_micros
 
         return self.check_payment("", wallet, signature, usd_to_micros(amount_usd)) is None
 

@@ -23,9 +23,9 @@ import threading
 import time
 from typing import Any, Optional
 
-from mesh.clock import Clock, SystemClock
-from mesh.errors import InvalidArgumentError
-from mesh.records import Reason
+from mesh.core.clock import Clock, SystemClock
+from mesh.core.errors import InvalidArgumentError
+from mesh.core.records import Reason
 from mesh.x402.chain import InMemoryChain
 from mesh.x402.exact import DEFAULT_VALID_BEFORE_MARGIN_S, ExactEvmVerifier, Verdict
 from mesh.x402.proof import ExactPayment, MalformedPayment, parse_payment

@@ -40,10 +40,10 @@ from typing import Any, Optional
 
 import orjson
 
-from mesh.agent import DEFAULT_METHOD, CallResult, PriceTable, price_table
-from mesh.errors import InvalidArgumentError
-from mesh.money import format_usd
-from mesh.records import Reason, SettlementStatus
+from mesh.calls.agent import DEFAULT_METHOD, CallResult, PriceTable, price_table
+from mesh.core.errors import InvalidArgumentError
+from mesh.core.money import format_usd
+from mesh.core.records import Reason, SettlementStatus
 from mesh.x402.proof import ExactPayment, MalformedPayment, parse_payment
 from mesh.x402.sdk import require_sdk
 from mesh.x402.settle import PaymentSettler

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.payments import PaymentKey, spent_payments
-from mesh.errors import InvalidArgumentError, TollmeshError
+from mesh.core.errors import InvalidArgumentError, TollmeshError
 
 DEFAULT_MAX_ENTRIES = 2_000_000  # ~300 bytes each: ~600 MB at the limit
 

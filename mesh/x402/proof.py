@@ -17,7 +17,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.ids import MAX_PAYMENT_FIELD_CHARS
+from mesh.core.ids import MAX_PAYMENT_FIELD_CHARS
 from mesh.x402.digest import UINT256_MAX
 from mesh.x402.sdk import require_sdk
 

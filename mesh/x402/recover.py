@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from mesh.errors import InvalidArgumentError
+from mesh.core.errors import InvalidArgumentError
 from mesh.x402.sdk import require_sdk
 
 require_sdk()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 
 INSTALL_HINT = "pip install 'tollmesh[x402]' (the official x402 SDK with its EVM and HTTP parts, uvicorn, coincurve)"
 

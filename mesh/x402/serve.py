@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mesh.errors import ConfigError
-from mesh.money import usd_to_micros
+from mesh.core.errors import ConfigError
+from mesh.core.money import usd_to_micros
 
 DEFAULT_PORT = 8402
 DEFAULT_OUT = Path("tollmesh-out") / "gateway"
@@ -68,7 +68,7 @@ def demo_key(name: str) -> bytes:
 
 
 def agent_classes(options: ServeOptions) -> dict[str, type]:
-    from mesh.agent import Agent
+    from mesh.calls.agent import Agent
     from mesh.behaviours import load_class
     from mesh.x402.demo_agents import DEMO_AGENTS
 
@@ -80,7 +80,7 @@ def agent_classes(options: ServeOptions) -> dict[str, type]:
 def build_gateway(options: ServeOptions, *, mesh: Any = None) -> Any:
     """The :class:`~mesh.x402.gateway.Gateway` of ``options`` (a mesh is started unless given one)."""
     from mesh.mesh import Mesh
-    from mesh.mesh_config import MeshConfig
+    from mesh.calls.mesh_config import MeshConfig
     from mesh.x402.chain import InMemoryChain
     from mesh.x402.exact import ExactEvmVerifier
     from mesh.x402.facilitator import FacilitatorVerifier, HttpFacilitator, LocalFacilitator
@@ -115,7 +115,7 @@ def build_gateway(options: ServeOptions, *, mesh: Any = None) -> Any:
 
 
 def banner(gateway: Any, options: ServeOptions) -> str:
-    from mesh.money import format_usd
+    from mesh.core.money import format_usd
 
     t = gateway.terms
     lines = [f"tollmesh gateway on http://{options.host}:{options.port}  (mode: {gateway.mode}; OpenAPI page: /docs)",

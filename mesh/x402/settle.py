@@ -9,7 +9,7 @@ authorization is simply never run. Paper mode settles nothing and says so.
 Every settlement attempt is a line of ``<ledger stem>.payments.jsonl`` beside the ledger
 (:class:`PaymentsLog`): the task id, payer, payee, value, nonce, transaction hash, mode and
 outcome. :func:`settle_ledger` (``tollmesh ledger settle``) settles the released, paid
-tolls the log does not hold as settled yet, and nets the rest (:func:`mesh.settlement.settle`).
+tolls the log does not hold as settled yet, and nets the rest (:func:`mesh.booth.settlement.settle`).
 
 >>> import tempfile, pathlib
 >>> log = PaymentsLog(pathlib.Path(tempfile.mkdtemp()) / "toll_ledger.jsonl")
@@ -35,9 +35,9 @@ from ledger.payments import decode_payment
 from ledger.reader import event_lines
 from ledger.files import segments
 from ledger.verify import verified
-from mesh.money import UsdLike
-from mesh.records import Reason
-from mesh.settlement import DEFAULT_MINIMUM_USD, SettlementResult, settle as net
+from mesh.core.money import UsdLike
+from mesh.core.records import Reason
+from mesh.booth.settlement import DEFAULT_MINIMUM_USD, SettlementResult, settle as net
 from mesh.x402.proof import ExactPayment, MalformedPayment, parse_payment
 
 PAPER_NOTE = "paper mode: structural checks only, no funds moved"
@@ -181,7 +181,7 @@ def _paid_calls(ledger: Path | str, verified_seqs: int) -> tuple[dict[str, tuple
 
 def terms_of_ledger(ledger: Path | str) -> Any:
     """The :class:`~mesh.x402.terms.PaymentTerms` the ledger's first x402 payment accepted (whom to settle to)."""
-    from mesh.errors import ConfigError
+    from mesh.core.errors import ConfigError
     from mesh.x402.terms import PaymentTerms
 
     for line in event_lines(segments(ledger)):

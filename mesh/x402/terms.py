@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mesh.errors import ConfigError, InvalidArgumentError
-from mesh.money import check_micros
+from mesh.core.errors import ConfigError, InvalidArgumentError
+from mesh.core.money import check_micros
 from mesh.x402.sdk import require_sdk
 
 DEFAULT_NETWORK = "eip155:84532"  # Base Sepolia: a test chain, test USDC

@@ -23,8 +23,8 @@ import os
 import time
 from typing import Any, Optional
 
-from mesh.errors import InvalidArgumentError
-from mesh.money import check_micros
+from mesh.core.errors import InvalidArgumentError
+from mesh.core.money import check_micros
 from mesh.x402.digest import authorization_digest, domain_separator
 from mesh.x402.recover import Signer
 from mesh.x402.sdk import require_sdk

@@ -13,9 +13,9 @@ import tracemalloc
 
 import psutil
 
-from mesh.budget import BudgetBook
-from mesh.escrow import EscrowBook
-from mesh.records import TollRecord
+from mesh.core.budget import BudgetBook
+from mesh.core.escrow import EscrowBook
+from mesh.core.records import TollRecord
 
 
 def rss_bytes() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mesh.records import TollRecord
+    from mesh.core.records import TollRecord
 
 
 class TollmeshError(Exception):
@@ -76,7 +76,7 @@ class PaymentRequiredError(TollRejectedError):
 class CallFailedError(TollmeshError):
     """A mesh call did not succeed: refused, or its handler failed (its toll refunded).
 
-    ``result`` is the :class:`~mesh.agent.CallResult`: its ``record`` says what happened
+    ``result`` is the :class:`~mesh.calls.agent.CallResult`: its ``record`` says what happened
     to the toll and ``error`` what went wrong.
     """
 

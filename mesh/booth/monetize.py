@@ -3,11 +3,11 @@
 Each call locks the price in escrow (in paper mode too), runs the function, then
 releases the toll when it returns or refunds it when it raises (and re-raises).
 A call the booth refuses (over the daily cap, no funds) raises
-:class:`~mesh.errors.TollRejectedError` before the function runs.
+:class:`~mesh.core.errors.TollRejectedError` before the function runs.
 
 >>> import tempfile, pathlib
->>> from mesh.tollbooth import get_tollbooth, reset_tollbooth
->>> from mesh.config import TollboothConfig
+>>> from mesh.booth.tollbooth import get_tollbooth, reset_tollbooth
+>>> from mesh.booth.config import TollboothConfig
 >>> reset_tollbooth()
 >>> _ = get_tollbooth(TollboothConfig(ledger_path=pathlib.Path(tempfile.mkdtemp()) / "l.jsonl"))
 >>> @monetize(price_usd=0.01)
@@ -28,11 +28,11 @@ import os
 import threading
 from typing import Any, Callable, Optional, TypeVar
 
-from mesh.errors import InvalidArgumentError, PaymentRequiredError, TollRejectedError
-from mesh.ids import is_id
-from mesh.money import UsdLike, format_usd, usd_to_micros
-from mesh.records import Reason, SettlementStatus, TollRecord
-from mesh.tollbooth import Tollbooth, _check_id, get_tollbooth
+from mesh.core.errors import InvalidArgumentError, PaymentRequiredError, TollRejectedError
+from mesh.core.ids import is_id
+from mesh.core.money import UsdLike, format_usd, usd_to_micros
+from mesh.core.records import Reason, SettlementStatus, TollRecord
+from mesh.booth.tollbooth import Tollbooth, _check_id, get_tollbooth
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,7 +56,7 @@ def monetize(
 ) -> Callable[[F], F]:
     """Charge ``price_usd`` per call of the decorated function, through escrow.
 
-    ``booth`` defaults to the process-wide :func:`~mesh.tollbooth.get_tollbooth`,
+    ``booth`` defaults to the process-wide :func:`~mesh.booth.tollbooth.get_tollbooth`,
     looked up at each call. ``rail`` is one of :data:`RAILS`.
     """
     price_micros = usd_to_micros(price_usd, field="price_usd")

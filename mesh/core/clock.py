@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from mesh.errors import InvalidArgumentError, InvalidTypeError
+from mesh.core.errors import InvalidArgumentError, InvalidTypeError
 
 SECONDS_PER_DAY = 86_400
 US_PER_SECOND = 1_000_000
@@ -82,7 +82,7 @@ def check_time_s(field: str, now_s: Any, *, given: Any = None) -> float:
     >>> check_time_s("start_s", float("nan"))
     Traceback (most recent call last):
     ...
-    mesh.errors.InvalidArgumentError: start_s=nan: must be a finite number of seconds
+    mesh.core.errors.InvalidArgumentError: start_s=nan: must be a finite number of seconds
     """
     check_seconds(field, now_s)
     shown = now_s if given is None else given

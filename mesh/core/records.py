@@ -19,8 +19,8 @@ import hashlib
 from enum import Enum
 from typing import Any, NamedTuple, Optional
 
-from mesh.errors import InvalidArgumentError, InvalidTypeError
-from mesh.money import UsdLike, check_micros, micros_to_usd, usd_to_micros
+from mesh.core.errors import InvalidArgumentError, InvalidTypeError
+from mesh.core.money import UsdLike, check_micros, micros_to_usd, usd_to_micros
 
 #: The wallet and signature a paper-mode charge records when none is given (the seed's value).
 PAPER_WALLET = "paper_mode"
@@ -92,7 +92,7 @@ class TollRecord(_TollRecordFields):
     """One toll: the seed's fields plus the exact amount and a reason. Immutable.
 
     Give the amount as ``amount_micros`` (int) or, as the seed does, ``amount_usd`` (keyword
-    only; converted exactly, see :func:`~mesh.money.usd_to_micros`), not both. A float where
+    only; converted exactly, see :func:`~mesh.core.money.usd_to_micros`), not both. A float where
     the micros go (the seed's fourth positional field is ``amount_usd``) is refused.
     """
 

@@ -10,15 +10,15 @@ terminal, a NUL cuts a C string short, and no real agent or task id needs one. T
 fixed by Unicode's stability policy, so an id valid on one Python is valid on every other.
 Everything else is allowed (accents, emoji, joiners, spaces).
 
-Errors are :class:`~mesh.errors.InvalidTypeError` (not a str) or
-:class:`~mesh.errors.InvalidIdError` (naming the field, the value and the problem).
+Errors are :class:`~mesh.core.errors.InvalidTypeError` (not a str) or
+:class:`~mesh.core.errors.InvalidIdError` (naming the field, the value and the problem).
 
 >>> is_id("alice"), is_id("zoë-🦜"), is_id("\\ud800"), is_id("a\\nb"), is_id(""), is_id(b"alice")
 (True, True, False, False, False, False)
 >>> check_id("task_id", "t\\x1b[2J")
 Traceback (most recent call last):
 ...
-mesh.errors.InvalidIdError: task_id='t\\x1b[2J': holds a control character ('\\x1b' at index 1); ids are printed in reports and logs
+mesh.core.errors.InvalidIdError: task_id='t\\x1b[2J': holds a control character ('\\x1b' at index 1); ids are printed in reports and logs
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mesh.errors import InvalidIdError, InvalidTypeError
+from mesh.core.errors import InvalidIdError, InvalidTypeError
 
 MAX_ID_CHARS = 256
 MAX_PAYMENT_FIELD_CHARS = 8192

@@ -2,7 +2,7 @@
 
 A verifier is ``fn(wallet, signature, amount_usd) -> bool``, plain or ``async``.
 :func:`verify_async` and :func:`verify_sync` never raise: they return None when
-the payment verifies, or the :class:`~mesh.records.Reason` it failed for:
+the payment verifies, or the :class:`~mesh.core.records.Reason` it failed for:
 ``x402_rejected`` (it returned False), ``x402_error`` (it raised or returned a
 non-bool) or ``x402_timeout`` (it ran past ``timeout_s``). Sync verifiers run on
 bounded daemon threads, so one that hangs costs a thread, never the caller.
@@ -29,7 +29,7 @@ import logging
 import threading
 from typing import Any, Awaitable, Callable, Optional, Protocol, Union, runtime_checkable
 
-from mesh.records import Reason
+from mesh.core.records import Reason
 
 logger = logging.getLogger("tollmesh.x402")
 

@@ -8,7 +8,7 @@ at or before it, or None when there is no ledger).
 One task id, one escrow, for every id the ledger holds: open escrows are kept until
 settled or expired; settled, failed and pending records are kept whole in an LRU of
 ``max_settled_records``; every settled or failed id that leaves it is remembered in a
-:class:`~mesh.task_index.TaskIndex` (about 18 bytes an id) with the seq of the event
+:class:`~mesh.core.task_index.TaskIndex` (about 18 bytes an id) with the seq of the event
 that settled it, and a repeat of it is answered from the ledger through the book's
 *recall* (the event read back, its task id compared, the record rebuilt from it).
 A book without a ledger (its journal answers None) remembers only its LRU: with
@@ -19,7 +19,7 @@ judging nothing again (no cap, no funds rule that the ledger does not hold, no
 timeout: an ``expire`` is applied where it is written, and an open lock's deadline
 is its lock time plus this book's timeout).
 
->>> from mesh.budget import BudgetBook
+>>> from mesh.core.budget import BudgetBook
 >>> book = EscrowBook(BudgetBook(default_cap_micros=None), escrow_timeout_s=60)
 >>> draft = TollRecord("t1", "alice", "bob", amount_micros=10)
 >>> book.charge(draft, now_us=0).status.value
@@ -34,11 +34,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from mesh.budget import BudgetBook
-from mesh.clock import US_PER_SECOND, day_of, iso_utc
-from mesh.errors import LedgerError
-from mesh.records import Reason, SettlementStatus, TollRecord
-from mesh.task_index import TaskIndex
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import US_PER_SECOND, day_of, iso_utc
+from mesh.core.errors import LedgerError
+from mesh.core.records import Reason, SettlementStatus, TollRecord
+from mesh.core.task_index import TaskIndex
 
 #: ``journal(kind, record, ts_us)``: persist one state change before it is applied (ts_us: UTC microseconds);
 #: answers the event's seq in the ledger, or a seq at or before it, or None (no ledger).

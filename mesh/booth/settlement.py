@@ -36,8 +36,8 @@ import orjson
 from ledger.files import segments, settlements_path
 from ledger.reader import event_lines
 from ledger.verify import verified
-from mesh.errors import InvalidTypeError
-from mesh.money import UsdLike, format_usd, micros_to_usd, usd_to_micros
+from mesh.core.errors import InvalidTypeError
+from mesh.core.money import UsdLike, format_usd, micros_to_usd, usd_to_micros
 
 DEFAULT_MINIMUM_USD = "0.50"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from zlib import crc32
 
-from mesh.errors import InvalidArgumentError
+from mesh.core.errors import InvalidArgumentError
 
 MAX_SHARDS = 1_024
 

@@ -5,11 +5,11 @@
 >>> MeshConfig(shards=0)
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: invalid MeshConfig: shards=0: Input should be greater than or equal to 1
+mesh.core.errors.ConfigError: invalid MeshConfig: shards=0: Input should be greater than or equal to 1
 >>> MeshConfig(shards=2.0)
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: invalid MeshConfig: shards=2.0: Input should be a valid integer
+mesh.core.errors.ConfigError: invalid MeshConfig: shards=2.0: Input should be a valid integer
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.clock import END_TIME_S
-from mesh.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
-from mesh.money import usd_to_micros
-from mesh.sharding import MAX_SHARDS
+from mesh.core.clock import END_TIME_S
+from mesh.booth.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
+from mesh.core.money import usd_to_micros
+from mesh.core.sharding import MAX_SHARDS
 
 
 def fresh_out_dir(name: str) -> Path:
@@ -41,7 +41,7 @@ def fresh_out_dir(name: str) -> Path:
 class MeshConfig(BaseModel):
     """Every knob of a :class:`~mesh.mesh.Mesh`; unknown fields and bad values raise ConfigError."""
 
-    # strict (see mesh.config): a count is an int, a duration an int or float, a flag a bool, text a str;
+    # strict (see mesh.booth.config): a count is an int, a duration an int or float, a flag a bool, text a str;
     # the path and the enum opt out, to take their text
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 

@@ -1,10 +1,10 @@
 """The seed-compatible :class:`TollboothConfig`, validated by pydantic, with exact money.
 
 Money fields accept int, float, str or Decimal USD and are checked exactly (see
-:mod:`mesh.money`); every other field is strict: a count is an int (not a bool, a float
+:mod:`mesh.core.money`); every other field is strict: a count is an int (not a bool, a float
 or a string), a duration is an int or float of seconds (at least one microsecond, the
 clock's unit), a flag is a bool, text is a str (not bytes). Bad values raise
-:class:`~mesh.errors.ConfigError` naming every bad field. ``TOLLBOOTH_PAPER_MODE=1|0``
+:class:`~mesh.core.errors.ConfigError` naming every bad field. ``TOLLBOOTH_PAPER_MODE=1|0``
 in the environment overrides the mode.
 
 >>> TollboothConfig(toll_per_message_usd="0.002").toll_per_message_micros
@@ -12,7 +12,7 @@ in the environment overrides the mode.
 >>> TollboothConfig(toll_per_message_usd=True)
 Traceback (most recent call last):
 ...
-mesh.errors.ConfigError: invalid TollboothConfig: toll_per_message_usd=True: expected a number of USD (int, float, str or Decimal; not bool, bytes or other types), got bool
+mesh.core.errors.ConfigError: invalid TollboothConfig: toll_per_message_usd=True: expected a number of USD (int, float, str or Decimal; not bool, bytes or other types), got bool
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Annotated, Any, Optional, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, WrapValidator
 
 from ledger.jsonl import FsyncPolicy
-from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
-from mesh.ids import check_id
-from mesh.money import usd_to_micros
+from mesh.core.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
+from mesh.core.ids import check_id
+from mesh.core.money import usd_to_micros
 
 #: The shortest duration a config accepts: the clock counts whole microseconds, so a shorter
 #: timeout would round to 0 (an escrow that expires as it is locked).
@@ -39,7 +39,7 @@ MIN_DURATION_S = 1e-6
 
 
 def _exact_usd(value: Any, handler: Any, info: ValidationInfo) -> Any:
-    """A money field is checked by :func:`~mesh.money.usd_to_micros` as given, never coerced
+    """A money field is checked by :func:`~mesh.core.money.usd_to_micros` as given, never coerced
     first (pydantic would read ``True`` as 1 and ``b"1"`` as "1"); the value is kept as given."""
     try:
         usd_to_micros(value, field=info.field_name or "amount_usd")
@@ -56,9 +56,9 @@ def _valid_id(value: str) -> str:
     return value
 
 
-#: A USD amount: int, float, str or Decimal, exact to the micro (see :func:`~mesh.money.usd_to_micros`).
+#: A USD amount: int, float, str or Decimal, exact to the micro (see :func:`~mesh.core.money.usd_to_micros`).
 UsdField = Annotated[Union[int, float, str, Decimal], WrapValidator(_exact_usd)]
-#: An agent id as a key of a config's caps (see :func:`~mesh.ids.check_id`).
+#: An agent id as a key of a config's caps (see :func:`~mesh.core.ids.check_id`).
 AgentIdKey = Annotated[str, AfterValidator(_valid_id)]
 
 #: Where default ledgers go: a booth without ``ledger_path`` writes a fresh ledger of its own there
@@ -87,7 +87,7 @@ class TollboothMode(str, Enum):
 
 
 class TollboothConfig(BaseModel):
-    """How a :class:`~mesh.tollbooth.Tollbooth` prices, limits, verifies and records tolls."""
+    """How a :class:`~mesh.booth.tollbooth.Tollbooth` prices, limits, verifies and records tolls."""
 
     # strict: no field coerces (True is not 1, 2.0 is not a count, "5" is not a duration, b"x" is not text);
     # the paths and enums below opt out, to take their text

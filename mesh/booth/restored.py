@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mesh.money import format_usd
+from mesh.core.money import format_usd
 
 logger = logging.getLogger("tollmesh")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from mesh.records import Reason
+from mesh.core.records import Reason
 
 
 class BudgetBook:

@@ -19,7 +19,7 @@ from decimal import (
 )
 from typing import Union
 
-from mesh.errors import InvalidAmountError, InvalidTypeError
+from mesh.core.errors import InvalidAmountError, InvalidTypeError
 
 MICROS_PER_USD = 1_000_000
 #: The largest single amount we accept: one billion USD. Sums of up to ~9,000

@@ -32,10 +32,10 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
-from mesh.errors import CallFailedError, InvalidArgumentError, InvalidTypeError, TollmeshError
-from mesh.ids import MAX_ID_CHARS, check_id, check_payment_field
-from mesh.money import UsdLike, usd_to_micros
-from mesh.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
+from mesh.core.errors import CallFailedError, InvalidArgumentError, InvalidTypeError, TollmeshError
+from mesh.core.ids import MAX_ID_CHARS, check_id, check_payment_field
+from mesh.core.money import UsdLike, usd_to_micros
+from mesh.core.records import Reason, SettlementStatus, TollRecord, record_from_wire, record_to_wire
 
 DEFAULT_METHOD = "handle"
 
@@ -126,14 +126,14 @@ class CallResult(NamedTuple):
         return self.record.reason
 
     def unwrap(self) -> Any:
-        """The handler's value; :class:`~mesh.errors.CallFailedError` if the call did not succeed."""
+        """The handler's value; :class:`~mesh.core.errors.CallFailedError` if the call did not succeed."""
         if not self.ok:
             raise CallFailedError(self)
         return self.value
 
 
 def result_to_wire(result: CallResult) -> tuple:
-    """A plain tuple of the result, cheap to send between actors (the record as :func:`~mesh.records.record_to_wire`)."""
+    """A plain tuple of the result, cheap to send between actors (the record as :func:`~mesh.core.records.record_to_wire`)."""
     return (record_to_wire(result.record), result.ok, result.value, result.error)
 
 
@@ -231,7 +231,7 @@ class CallContext:
         self.source_agent = source_agent
         self.method = method
         self._coordinator = coordinator
-        self._coalescer = coalescer  # a mesh.coalesce.Coalescer on the host's loop, or None
+        self._coalescer = coalescer  # an actors.coalesce.Coalescer on the host's loop, or None
         self._calls = 0
         self._max_payload_bytes = max_payload_bytes
 

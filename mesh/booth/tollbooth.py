@@ -27,16 +27,16 @@ from ledger.events import record_event
 from ledger.schema import EventKind
 from ledger.writer import LedgerWriter
 from ledger.replay import balances_conflict, event_at, ledger_has_events, replay_file, snapshot
-from mesh.budget import BudgetBook
-from mesh.clock import Clock, SystemClock, iso_utc, now_us
-from mesh.config import TollboothConfig
-from mesh.errors import ConfigError, InvalidArgumentError, InvalidTypeError, LedgerError
-from mesh.escrow import EscrowBook
-from mesh.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, agent_id_of, check_id, check_payment_field, is_id  # noqa: F401
-from mesh.money import UsdLike, micros_to_usd, usd_to_micros
-from mesh.records import PAPER_WALLET, Reason, SettlementStatus, TollRecord
-from mesh.restored import announce, restore_info
-from mesh.verifier import Verifier, verify_async, verify_sync
+from mesh.core.budget import BudgetBook
+from mesh.core.clock import Clock, SystemClock, iso_utc, now_us
+from mesh.booth.config import TollboothConfig
+from mesh.core.errors import ConfigError, InvalidArgumentError, InvalidTypeError, LedgerError
+from mesh.core.escrow import EscrowBook
+from mesh.core.ids import MAX_ID_CHARS, MAX_PAYMENT_FIELD_CHARS, agent_id_of, check_id, check_payment_field, is_id  # noqa: F401
+from mesh.core.money import UsdLike, micros_to_usd, usd_to_micros
+from mesh.core.records import PAPER_WALLET, Reason, SettlementStatus, TollRecord
+from mesh.booth.restored import announce, restore_info
+from mesh.booth.verifier import Verifier, verify_async, verify_sync
 
 logger = logging.getLogger("tollmesh")
 
@@ -65,7 +65,7 @@ class Tollbooth:
         self._writer: Optional[LedgerWriter] = None
         self.ledger_path: Optional[Path] = None  # the ledger this booth writes (see _claim_default_ledger)
         self._default_ledger = False
-        #: what the booth restored from an existing ledger (see :mod:`mesh.restored`); None: it started empty
+        #: what the booth restored from an existing ledger (see :mod:`mesh.booth.restored`); None: it started empty
         self.restored: Optional[dict[str, Any]] = None
         if self.config.ledger_enabled:
             self._open_ledger()
@@ -198,7 +198,7 @@ class Tollbooth:
 
         It is called when a charge carries both ``payer_wallet`` and ``tx_signature``;
         it fails closed on an exception, a non-bool or a run past ``x402_verify_timeout_s``.
-        A :class:`~mesh.verifier.PaymentChecker` (such as :class:`mesh.x402.ExactEvmVerifier`)
+        A :class:`~mesh.booth.verifier.PaymentChecker` (such as :class:`mesh.x402.ExactEvmVerifier`)
         names its reasons, judges validity windows on this booth's clock and first learns
         which payments this booth's ledger already spent (a replay is refused after a restart too).
         """
@@ -436,7 +436,7 @@ _REFUND, _EXPIRE, _REJECT, _PENDING = (
 )
 
 
-# The id rules live in mesh.ids (is_id is the hot path's check); the modules that import them from here keep working.
+# The id rules live in mesh.core.ids (is_id is the hot path's check); the modules that import them from here keep working.
 _is_id, _check_id, _check_payment_field = is_id, check_id, check_payment_field
 
 

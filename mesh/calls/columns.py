@@ -1,7 +1,7 @@
 """Calls as columns: the bulk form of ``Mesh.send``, for simulations and bulk senders.
 
 :func:`check_columns` checks what :meth:`mesh.Mesh.send_columns` is given (the same rules as
-one :class:`~mesh.agent.Message`, column by column: ids, methods, payload sizes) and
+one :class:`~mesh.calls.agent.Message`, column by column: ids, methods, payload sizes) and
 :class:`CallColumns` is what comes back: per call its task id, status and reason, as
 arrays, with no record built. A call whose payload is too large is recorded FAILED
 (``payload_too_large``), as ``send`` does; a bad id or method refuses the whole send
@@ -24,10 +24,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from mesh.agent import payload_bytes
+from mesh.calls.agent import payload_bytes
 from mesh.columnar import REASON_NAMES, STATUS_NAMES
-from mesh.errors import InvalidArgumentError, InvalidTypeError
-from mesh.ids import check_id, is_id
+from mesh.core.errors import InvalidArgumentError, InvalidTypeError
+from mesh.core.ids import check_id, is_id
 
 #: Fault codes: the ledger may not hold how such a call ended (the caller may send it again by its task id).
 FAULT_NAMES = (None, "settle_unavailable", "ledger_append_lost")
