@@ -84,7 +84,7 @@ class ColumnarBatch:
         delivered = await self._deliver(locks)
         await self._settle(locks, delivered)
         await self._await_durable(locks, delivered)
-        self.c._metrics.batch(self.n, (time.perf_counter() - started) * 1_000, self.c._amounts["locked"])
+        self.c._metrics.batch(self.n, (time.perf_counter() - started) * 1_000, self.c._count.amounts["locked"])
         return self.status, self.reason, self.fault
 
     # -- the hops -------------------------------------------------------------------
@@ -180,7 +180,7 @@ class ColumnarBatch:
         counted = {id(e) for e, o in zip(self.entries, durable) if c._counts_entry(o)}
         for entry, tally in self.tallies:
             if id(entry) in counted:
-                c._count_tally(tally)
+                c._count.tally(tally)
         if not lost:
             return
         for shard, (indices, answer, entry, deliver) in locks.items():
@@ -215,7 +215,7 @@ class ColumnarBatch:
                 self.status[i], self.reason[i] = STATUS_CODE[record[5]], REASON_CODE.get(record[11], 0)
         if answer is not None:
             if c._counts_entry(first_seq):
-                c._count_answer("settle_batch", answer)
+                c._count.answer("settle_batch", answer)
             if answer[3]:
                 await c._forward_credits([(entry, answer)])
 

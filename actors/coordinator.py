@@ -27,6 +27,12 @@ shard rebuild from the ledger, and retry; tasks are idempotent by ``task_id``. A
 ledger append, or a restart of the coordinator itself, rebuilds every shard the same
 way. A crashed host refunds its messages (``agent_unavailable``); a host stuck past
 the handler timeout is restarted.
+
+Its parts, by idea: :mod:`actors.record_batch` (a batch a record per call) and
+:mod:`actors.columnar_batch` (plain calls as arrays) run the four hops; :mod:`actors.call_counts`
+counts what they came to; :mod:`actors.directory` knows where each agent lives and keeps the
+clock. This module keeps the actor's own state: the ordered log, shard calls with their retries,
+credits, recovery and rebuilds, the Tollbooth API, and the administrative calls.
 """
 
 from __future__ import annotations
@@ -34,23 +40,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import Counter as Tally
 from collections import OrderedDict, defaultdict, deque
-from functools import partial
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import orjson
 import ray
 
-from actors.agent_host import OK, TIMEOUT, refund_reason
 from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.call_counts import CallCounts
 from actors.columnar_batch import ColumnarBatch, is_plain
+from actors.directory import AgentDirectory, MeshClock
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
+from actors.record_batch import FAULTS, RecordBatch
 from actors.wire import pack, unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
@@ -58,7 +63,7 @@ from ledger.reader import last_ts_us
 from ledger.tally import tally_ledger
 from mesh.calls.agent import PriceTable, WireMessage
 from mesh.calls.columns import CallColumns
-from mesh.core.clock import US_PER_SECOND, iso_utc
+from mesh.core.clock import US_PER_SECOND
 from mesh.core.errors import InvalidArgumentError, TollmeshError
 from actors.run_files import write_whole
 from actors.memory import rss_bytes
@@ -69,10 +74,9 @@ from mesh.core.records import (
     SettlementStatus,
     TollRecord,
     record_from_wire,
-    record_to_wire,
 )
 from mesh.core.sharding import shard_of
-from mesh.booth.verifier import Verifier, verify_async, verify_many_async
+from mesh.booth.verifier import Verifier, verify_async
 
 logger = logging.getLogger("tollmesh.coordinator")
 
@@ -81,81 +85,13 @@ MAX_SHARD_ATTEMPTS = 4
 VERIFIER_FILE = "x402_verifier.pkl"  # the verifier set_verifier was given, for a restarted coordinator
 RECOVERY_PAUSE_S = 0.2  # between rounds of a recovery that met a dead writer
 # Records travel as plain tuples (mesh.core.records.record_to_wire); the coordinator reads them by index.
-_TASK, _SOURCE, _AMOUNT, _STATUS, _REASON = 0, 1, 3, 5, 11
+_STATUS, _REASON = 5, 11
 _LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
 _REFUNDED, _FAILED = SettlementStatus.REFUNDED.value, SettlementStatus.FAILED.value
 
 
 class ShardUnavailableError(TollmeshError):
     """A budget shard kept failing after every retry and rebuild."""
-
-
-class _Directory:
-    """Which host actor holds each agent, and its prices; kept in a JSONL file to survive restarts."""
-
-    def __init__(self, path: Path, namespace: str) -> None:
-        self.path = path
-        self.namespace = namespace
-        self.hosts: list[Any] = []
-        self.host_names: list[str] = []
-        self.agents: dict[str, tuple[int, PriceTable]] = {}
-
-    def add(self, host_name: str, agent_ids: list[str], prices: PriceTable, *, persist: bool = True) -> None:
-        taken = [a for a in agent_ids if a in self.agents]
-        if taken:
-            raise InvalidArgumentError("agent_ids", taken[:5], "are already in the mesh")
-        if persist:
-            line = {"host": host_name, "agents": agent_ids, "default_micros": prices.default_micros,
-                    "method_micros": prices.method_micros, "methods": sorted(prices.methods)}
-            with open(self.path, "ab") as f:
-                f.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-        if host_name in self.host_names:  # another group of agents on a host already known
-            index = self.host_names.index(host_name)
-        else:
-            self.hosts.append(ray.get_actor(host_name, namespace=self.namespace))
-            self.host_names.append(host_name)
-            index = len(self.hosts) - 1
-        entry = (index, prices)
-        for agent_id in agent_ids:
-            self.agents[agent_id] = entry
-
-    def load(self) -> None:
-        if not self.path.exists():
-            return
-        for raw in self.path.read_bytes().splitlines():
-            line = orjson.loads(raw)
-            prices = PriceTable(line["default_micros"], line["method_micros"], frozenset(line["methods"]))
-            self.add(line["host"], line["agents"], prices, persist=False)
-
-
-class _Clock:
-    """The coordinator's time: the system's UTC clock or a manual one; never goes back."""
-
-    def __init__(self, config: MeshConfig) -> None:
-        self.manual = config.clock == "manual"
-        self._manual_us = round(config.start_s * US_PER_SECOND)
-        self._last_us = 0
-
-    def now_us(self) -> int:
-        now = self._manual_us if self.manual else time.time_ns() // 1_000
-        if now < self._last_us:
-            now = self._last_us
-        self._last_us = now
-        return now
-
-    def resume_after(self, ts_us: int) -> None:
-        """Never stamp anything before ``ts_us`` (the ledger's last event, after a restart)."""
-        self._last_us = max(self._last_us, ts_us)
-        if self.manual:
-            self._manual_us = max(self._manual_us, ts_us)
-
-    def advance(self, seconds: float) -> int:
-        if not self.manual:
-            raise InvalidArgumentError("clock", "system", "only a mesh with clock='manual' can be advanced")
-        if not seconds >= 0:
-            raise InvalidArgumentError("seconds", seconds, "a clock only moves forward")
-        self._manual_us += round(seconds * US_PER_SECOND)
-        return self._manual_us
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=MAX_CONCURRENT_CALLS)
@@ -171,13 +107,12 @@ class EscrowCoordinator:
         names = [config.actor_name(f"shard.{i}") for i in range(config.shards)]
         self._shards = [ray.get_actor(name, namespace=config.namespace) for name in names]
         self._writer = ray.get_actor(config.actor_name("writer"), namespace=config.namespace)
-        self._directory = _Directory(config.directory_path, config.namespace)
+        self._directory = AgentDirectory(config.directory_path, config.namespace)
         self._directory.load()
-        self._clock = _Clock(config)
+        self._clock = MeshClock(config)
         self._verifier: Optional[Verifier] = None
         self._metrics = MeshMetrics(config.name, config.metrics_enabled)
-        self._counts: Tally = Tally()
-        self._amounts: Tally = Tally()
+        self._count = CallCounts(self._metrics)
         self._booth_sources: OrderedDict[str, str] = OrderedDict()  # task id -> source, for the Tollbooth API
         self._recoveries: dict[int, asyncio.Task] = {}
         self._global_recovery: Optional[asyncio.Task] = None
@@ -221,7 +156,7 @@ class EscrowCoordinator:
             return dict(sum((CallColumns([], *part).counts() for part in parts), Tally()))
         counts: Tally = Tally()
         for record, _, _, error in await self.submit(messages):
-            fault = None if error is None else next((f for note, f in _FAULTS.items() if error.startswith(note)), None)
+            fault = None if error is None else next((f for note, f in FAULTS.items() if error.startswith(note)), None)
             if fault is not None:  # the ledger may not hold how the call ended: the caller may send it again
                 counts[f"fault:{fault}"] += 1
                 continue
@@ -275,7 +210,7 @@ class EscrowCoordinator:
 
     async def _run_taken(self, taken: list[tuple[list[WireMessage], asyncio.Future]], nested: bool) -> None:
         try:
-            results = await self._run_batch([m for messages, _ in taken for m in messages])
+            results = await RecordBatch(self).run([m for messages, _ in taken for m in messages])
         except Exception as exc:  # noqa: BLE001 - every submitter of the batch hears of it
             logger.error("batch of %d submissions failed: %s: %s", len(taken), type(exc).__name__, exc)
             for _, done in taken:
@@ -291,200 +226,6 @@ class EscrowCoordinator:
                 done.set_result(results[start:start + len(messages)])
             start += len(messages)
 
-    async def _run_batch(self, messages: list[WireMessage]) -> list[tuple]:
-        """The batch's results as :func:`mesh.calls.agent.result_to_wire` tuples, in order."""
-        started = time.perf_counter()
-        results: list[Optional[tuple]] = [None] * len(messages)
-        payments = await self._verify_payments(messages)
-        calls = _BatchCalls()
-        locked = await self._lock(messages, payments, results, calls)
-        outcomes = await self._deliver(messages, locked)
-        await self._settle(locked, outcomes, results, calls)
-        await self._await_durable(calls, locked, outcomes, results)
-        self._metrics.batch(len(messages), (time.perf_counter() - started) * 1_000, self._amounts["locked"])
-        return results  # type: ignore[return-value]
-
-    async def _verify_payments(self, messages: list[WireMessage]) -> dict[int, Reason]:
-        """x402: the reason each paid message fails verification (absent: it verified, or carried no payment).
-
-        A verifier with ``check_payments`` checks the batch's payments at once (see :mod:`mesh.booth.verifier`)."""
-        verifier = self._verifier
-        if verifier is None:
-            return {}
-        paid = [(i, m) for i, m in enumerate(messages) if m[5] and m[6] and m[7] is None]
-        if not paid:
-            return {}
-        items = [(m[0], m[5], m[6], self._price_of(m)) for _, m in paid]
-        reasons = await verify_many_async(verifier, items, timeout_s=self.config.x402_verify_timeout_s)
-        return {i: reason for (i, _), reason in zip(paid, reasons) if reason is not None}
-
-    def _price_of(self, message: WireMessage) -> int:
-        entry = self._directory.agents.get(message[2])
-        price = entry[1].price_micros(message[3]) if entry is not None else None
-        return price or 0
-
-    async def _lock(
-        self, messages: list[WireMessage], payments: dict[int, Reason], results: list, calls: _BatchCalls,
-    ) -> list[tuple[int, tuple]]:
-        """Lock (or refuse) every message on its caller's shard; the locks to deliver (wire records), by
-        message index: the fresh ones, and in :meth:`set_redelivery` mode the open ones of a task id seen before."""
-        ops: dict[int, list[tuple]] = defaultdict(list)
-        where: dict[int, list[int]] = defaultdict(list)
-        agents, shards = self._directory.agents, self.config.shards
-        for i, (task_id, source, target, method, _, wallet, signature, problem) in enumerate(messages):
-            entry = agents.get(target)
-            price = entry[1].price_micros(method) if entry is not None else None
-            if problem is not None:
-                action, reason = REJECT, problem
-            elif entry is None:
-                action, reason = REJECT, Reason.UNKNOWN_AGENT.value
-            elif price is None:
-                action, reason = REJECT, Reason.UNKNOWN_METHOD.value
-            elif i in payments:
-                action, reason = REJECT, payments[i].value
-            else:
-                action, reason = LOCK, None
-            shard = shard_of(source, shards)
-            ops[shard].append((action, task_id, source, target, price or 0, 0.0, wallet, signature, reason))
-            where[shard].append(i)
-        answers = await asyncio.gather(*(self._shard_call(s, "lock_batch", ops[s], calls.entries) for s in ops))
-        to_deliver: list[tuple[int, tuple]] = []
-        for shard, (answer, entry) in zip(ops, answers):
-            indices = where[shard]
-            if answer is None:  # the shard stayed unreachable: nothing locked, nothing written
-                for i in indices:
-                    results[i] = _unreachable(messages[i])
-                continue
-            records, repeats = answer[0], set(answer[4])
-            locked: list[tuple[int, tuple]] = []
-            for j, (i, record) in enumerate(zip(indices, records)):
-                if j in repeats and self._redeliver and record[_STATUS] == _LOCKED:
-                    to_deliver.append((i, record))  # an escrow a dead instance left open: delivered now
-                elif j in repeats:
-                    results[i] = (record, record[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
-                elif record[_STATUS] == _LOCKED:
-                    locked.append((i, record))
-                else:
-                    results[i] = (record, False, None, f"refused: {record[_REASON]}")
-            to_deliver.extend(locked)
-            calls.tallies.append((entry, partial(self._count_answer, "lock_batch", answer)))
-            calls.depends(indices, entry)
-        return sorted(to_deliver, key=lambda pair: pair[0])
-
-    async def _deliver(
-        self, messages: list[WireMessage], locked: list[tuple[int, tuple]]
-    ) -> dict[int, tuple[int, Any]]:
-        """Run the locked messages on their hosts; ``{message index: (code, value)}``."""
-        by_host: dict[int, list[int]] = defaultdict(list)
-        agents = self._directory.agents
-        for i, _ in locked:
-            by_host[agents[messages[i][2]][0]].append(i)
-        answers = await asyncio.gather(*(self._deliver_to(h, [messages[i] for i in by_host[h]]) for h in by_host))
-        outcomes: dict[int, tuple[int, Any]] = {}
-        for host, answer in zip(by_host, answers):
-            outcomes.update(zip(by_host[host], answer))
-        return outcomes
-
-    async def _deliver_to(self, host_index: int, messages: list[WireMessage]) -> list[tuple[int, Any]]:
-        host = self._directory.hosts[host_index]
-        items = [(m[0], m[2], m[3], m[4], m[1]) for m in messages]
-        timeout_s = self.config.handler_timeout_s
-        try:
-            return await asyncio.wait_for(_awaitable(host.handle_batch.remote(pack(items))), timeout_s * 1.5 + 1.0)
-        except asyncio.TimeoutError:
-            logger.error("host %s stuck past the handler timeout: restarting it", self._directory.host_names[host_index])
-            ray.kill(host, no_restart=False)
-            return [(TIMEOUT, f"host stuck past handler_timeout_s={timeout_s}")] * len(messages)
-        except Exception as exc:  # noqa: BLE001 - the host died: its messages are refunded
-            note = f"{Reason.AGENT_UNAVAILABLE.value}: {type(exc).__name__}: {exc}"[:1_000]
-            return [(-1, note)] * len(messages)
-
-    async def _settle(
-        self, locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]], results: list,
-        calls: _BatchCalls,
-    ) -> None:
-        """Release what succeeded and refund the rest, on each caller's shard."""
-        ops: dict[int, list[tuple]] = defaultdict(list)
-        where: dict[int, list[int]] = defaultdict(list)
-        shards = self.config.shards
-        for i, record in locked:
-            code = outcomes[i][0]
-            reason = None if code == OK else refund_reason(code)
-            shard = shard_of(record[_SOURCE], shards)
-            ops[shard].append((record[_TASK], code == OK, reason))
-            where[shard].append(i)
-        answers = await asyncio.gather(*(self._shard_call(s, "settle_batch", ops[s], calls.entries) for s in ops))
-        for shard, (answer, entry) in zip(ops, answers):
-            self._settled_results(answer, where[shard], locked, outcomes, results)
-            if answer is not None:
-                calls.tallies.append((entry, partial(self._count_answer, "settle_batch", answer)))
-                calls.settles.append((shard, ops[shard], where[shard], entry))
-                calls.depends(where[shard], entry)
-        await self._forward_credits([(e, a) for a, e in answers if a is not None and a[3]])
-
-    def _settled_results(
-        self, answer: Optional[ShardAnswer], indices: list[int], locked: list[tuple[int, tuple]],
-        outcomes: dict[int, tuple[int, Any]], results: list,
-    ) -> None:
-        """Each settled message's result from its shard's answer."""
-        for j, i in enumerate(indices):
-            code, value = outcomes[i]
-            record = answer[0][j] if answer is not None else None
-            if record is None:  # the shard stayed unreachable; the escrow stays locked until it expires
-                record = next(r for k, r in locked if k == i)
-                results[i] = (record, False, value if code == OK else None, _SETTLE_LOST)
-                continue
-            ok = record[_STATUS] == _RELEASED
-            error = None if ok else (value if code != OK else f"refunded: {record[_REASON]}")
-            results[i] = (record, ok, value if code == OK else None, error)
-
-    async def _await_durable(
-        self, calls: _BatchCalls, locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]],
-        results: list,
-    ) -> None:
-        """Wait until every event of the batch is on disk, and count what is (a lost append's events,
-        which the ledger lacks, are not counted). A lost settlement is made again once the shards are
-        rebuilt (no escrow stays locked for a writer's crash); a message whose events are still
-        not all on disk then is answered with an error saying so."""
-        durable = await asyncio.gather(*(e.durable for e in calls.entries), return_exceptions=True)
-        lost = {id(e): o for e, o in zip(calls.entries, durable) if isinstance(o, BaseException)}
-        counted = {id(e) for e, o in zip(calls.entries, durable) if self._counts_entry(o)}
-        for entry, count in calls.tallies:
-            if id(entry) in counted:
-                count()
-        if not lost:
-            return
-        for shard, ops, indices, entry in calls.settles:
-            if id(entry) in lost:
-                await self._settle_again(shard, ops, indices, calls, locked, outcomes, results)
-        error = next(iter(lost.values()))
-        note = f"{_APPEND_LOST}, the record may not be on disk (read it with get_record): {error}"
-        for i, entries in calls.depend_on.items():
-            if any(id(e) in lost for e in entries):
-                results[i] = (results[i][0], False, results[i][2], note)
-
-    async def _settle_again(
-        self, shard: int, ops: list[tuple], indices: list[int], calls: _BatchCalls,
-        locked: list[tuple[int, tuple]], outcomes: dict[int, tuple[int, Any]], results: list,
-    ) -> None:
-        """Settle once more what a lost append held, on the shard rebuilt from the ledger (a settled
-        escrow is answered unchanged; one the crash left locked is settled now)."""
-        entries: list[LogEntry] = []
-        answer, entry = await self._shard_call(shard, "settle_batch", ops, entries)
-        if answer is None:
-            return
-        try:
-            first_seq = await entry.durable
-        except Exception:  # noqa: BLE001 - lost again: the messages stay errors, the caller may send them again
-            return
-        self._settled_results(answer, indices, locked, outcomes, results)
-        if self._counts_entry(first_seq):
-            self._count_answer("settle_batch", answer)
-        for j, i in enumerate(indices):  # the shard was rebuilt from the ledger: an escrow it knows is on disk,
-            if answer[0][j] is not None:  # its lock and now its settlement, whatever the lost appends were
-                calls.depend_on[i] = []
-        if answer[3]:
-            await self._forward_credits([(entry, answer)])
 
     # -- shard calls, credits, recovery ---------------------------------------------------
 
@@ -604,7 +345,7 @@ class EscrowCoordinator:
         logger.warning("shards %s rebuilt from the ledger", shards)
         # the locked gauge, summed again (a shard that is itself restarting just now is left out)
         stats = await asyncio.gather(*(s.stats.remote() for s in self._shards), return_exceptions=True)
-        self._amounts["locked"] = sum(s["locked_total_micros"] for s in stats if isinstance(s, dict))
+        self._count.amounts["locked"] = sum(s["locked_total_micros"] for s in stats if isinstance(s, dict))
 
     # -- the Tollbooth API, one toll at a time ------------------------------------------
 
@@ -660,20 +401,6 @@ class EscrowCoordinator:
         return await verify_async(self._verifier, wallet, signature, fields[3] / 1e6, timeout_s=self.config.x402_verify_timeout_s,
                                   task_id=fields[0], amount_micros=fields[3])
 
-    def _count_answer(self, method: str, answer: ShardAnswer) -> None:
-        """Count what a shard's answer to ``lock_batch`` or ``settle_batch`` changed (its events): the
-        records of the ops that were no repeat, and the escrows it expired first."""
-        repeats = set(answer[4])
-        changed = [r for j, r in enumerate(answer[0]) if j not in repeats and r is not None]
-        if method == "lock_batch":
-            self._count_locks([(0, r) for r in changed if r[_STATUS] == _LOCKED],
-                              Tally(r[_REASON] for r in changed if r[_STATUS] == _FAILED))
-            paper = [r for r in changed if r[_STATUS] == _RELEASED]  # locked and released at once: no lock held
-            self._counts["released"] += len(paper)
-            self._amounts["released"] += sum(r[_AMOUNT] for r in paper)
-        else:
-            self._count_settled(changed)
-        self._count_settled(answer[5])
 
     async def booth_get(self, task_id: str, mode: str) -> Optional[tuple]:
         """The record of a toll charged through :meth:`booth_charges`, after expiring what is due on its shard."""
@@ -685,7 +412,7 @@ class EscrowCoordinator:
         entries: list[LogEntry] = []
         answer = await self._shard_call_now(shard, "expire_due", entries)  # its events go through the log, in order
         if await self._all_counted(entries) and answer is not None:
-            self._count_settled(answer[0])
+            self._count.settled(answer[0])
         return await self._shards[shard].get.remote(task_id)
 
     async def _one(self, shard: int, method: str, ops: list, mode: str) -> list[Optional[tuple]]:
@@ -702,7 +429,7 @@ class EscrowCoordinator:
             raise ShardUnavailableError(f"budget shard {shard} is unreachable")
         first_seq = await entry.durable  # raises LedgerAppendLostError if the append was lost
         if method in ("lock_batch", "settle_batch") and self._counts_entry(first_seq):
-            self._count_answer(method, answer)
+            self._count.answer(method, answer)
         await self._forward_credits([(entry, answer)] if answer[3] else [])
         return answer[0]
 
@@ -717,19 +444,8 @@ class EscrowCoordinator:
 
     def count_fast_calls(self, calls: list[tuple[tuple, Optional[tuple], int]]) -> None:
         """Count calls the fast lane ran: ``(lock record, settled record or None, events written)`` each."""
-        locked: list[tuple[int, tuple]] = []
-        rejected: Tally = Tally()
-        settled: list[tuple] = []
-        for lock, settle, _events in calls:
-            if lock[_STATUS] == _LOCKED:
-                locked.append((0, lock))
-            elif lock[_STATUS] == _FAILED:
-                rejected[lock[_REASON]] += 1
-            if settle is not None:
-                settled.append(settle)
-        self._count_locks(locked, rejected)
-        self._count_settled(settled)
-        self._counts["fast_lane"] += len(calls)
+        self._count.fast_calls(calls)
+
 
     async def recover_fast_call(self, task_id: str, source: str) -> Optional[tuple]:
         """After the fast lane broke during ``task_id``: rebuild every shard from the ledger (a lock
@@ -743,11 +459,11 @@ class EscrowCoordinator:
             return None
         # What the broken lane run wrote, it never counted (its task id was new: a repeat writes nothing).
         if record[_STATUS] == _FAILED:
-            self._count_locks([], Tally([record[_REASON]]))
+            self._count.locks([], Tally([record[_REASON]]))
         else:
-            self._count_locks([(0, record)], Tally())
+            self._count.locks([(0, record)], Tally())
             if record[_STATUS] in (_RELEASED, _REFUNDED):
-                self._count_settled([record])
+                self._count.settled([record])
         if record[_STATUS] == _LOCKED:
             record = (await self._one(shard, "settle_batch", [(task_id, False, Reason.AGENT_UNAVAILABLE.value)], "live"))[0]
         return record
@@ -821,7 +537,7 @@ class EscrowCoordinator:
         ))
         expired = [record for answer in answers if answer is not None for record in answer[0]]
         if await self._all_counted(entries):  # else the recount after the rebuild counts what is on disk
-            self._count_settled(expired)
+            self._count.settled(expired)
         return [record_from_wire(record) for record in expired]
 
     async def _shard_call_now(self, shard: int, method: str, entries: list[LogEntry]) -> Optional[ShardAnswer]:
@@ -906,16 +622,16 @@ class EscrowCoordinator:
         await self._ready()
         shards, writer = await asyncio.gather(asyncio.gather(*(shard.stats.remote() for shard in self._shards)),
                                               self._writer.stats.remote())
-        by_reason = {k[len("rejected:"):]: v for k, v in self._counts.items() if k.startswith("rejected:")}
-        refunds = {k[len("refunded:"):]: v for k, v in self._counts.items() if k.startswith("refunded:")}
+        by_reason = {k[len("rejected:"):]: v for k, v in self._count.counts.items() if k.startswith("rejected:")}
+        refunds = {k[len("refunded:"):]: v for k, v in self._count.counts.items() if k.startswith("refunded:")}
         return {
-            "locked": self._counts["locked"], "released": self._counts["released"],
-            "refunded": self._counts["refunded"], "rejected": self._counts["rejected"],
+            "locked": self._count.counts["locked"], "released": self._count.counts["released"],
+            "refunded": self._count.counts["refunded"], "rejected": self._count.counts["rejected"],
             "rejected_by_reason": by_reason, "refunded_by_reason": refunds,
-            "released_micros": self._amounts["released"], "refunded_micros": self._amounts["refunded"],
+            "released_micros": self._count.amounts["released"], "refunded_micros": self._count.amounts["refunded"],
             "locked_micros": sum(s["locked_total_micros"] for s in shards),
             "open_escrows": sum(s["open_escrows"] for s in shards),
-            "fast_lane_calls": self._counts["fast_lane"],
+            "fast_lane_calls": self._count.counts["fast_lane"],
             "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
             "events_written": writer["next_seq"] - self._first_seq,  # both ways in, a broken lane run's too
             "shards": shards, "pid": os.getpid(),
@@ -985,9 +701,7 @@ class EscrowCoordinator:
         through_seq = (await self._writer.stats.remote())["next_seq"]
         # Read on the event loop, on purpose: no batch counts anything between the tally and the new boundary.
         tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq, to_seq=through_seq)
-        kept = {k: v for k, v in self._counts.items() if k == "fast_lane"}  # not a count of ledger events
-        self._counts = Tally(kept) + tally.counts
-        self._amounts["released"], self._amounts["refunded"] = tally.amounts["released"], tally.amounts["refunded"]
+        self._count.recounted(tally.counts, tally.amounts)
         self._counted_from_seq = through_seq
         logger.warning("%d calls counted again from the ledger", tally.counts["locked"] + tally.counts["rejected"])
 
@@ -1011,80 +725,6 @@ class EscrowCoordinator:
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
 
-    def _count_tally(self, tally: dict[str, int]) -> None:
-        """Count a columnar shard answer's events (:func:`actors.shard_core.tally_events`)."""
-        rejected = Tally({k[len("rejected:"):]: v for k, v in tally.items() if k.startswith("rejected:")})
-        self._count_lock_totals(tally["locked"], tally["locked_micros"], rejected)
-        refunds = Tally({k[len("refunded:"):]: v for k, v in tally.items() if k.startswith("refunded:")})
-        self._amounts["locked"] -= tally["released_micros"] - self._paper_micros(tally) + tally["refunded_micros"]
-        self._counts["released"] += tally["released"]
-        self._amounts["released"] += tally["released_micros"]
-        self._counts["refunded"] += tally["refunded"]
-        self._amounts["refunded"] += tally["refunded_micros"]
-        for reason, count in refunds.items():
-            self._counts[f"refunded:{reason}"] += count
-        self._metrics.count_settled(tally["released"], tally["released_micros"], refunds)
-
-    @staticmethod
-    def _paper_micros(tally: dict[str, int]) -> int:
-        return 0 if not tally.get("paper_released") else tally["paper_released_micros"]
-
-    def _count_locks(self, locked: list[tuple[int, tuple]], rejected: Tally) -> None:
-        self._count_lock_totals(len(locked), sum(record[_AMOUNT] for _, record in locked), rejected)
-
-    def _count_lock_totals(self, locked: int, amount: int, rejected: Tally) -> None:
-        self._counts["locked"] += locked
-        self._amounts["locked"] += amount
-        self._counts["rejected"] += sum(rejected.values())
-        for reason, count in rejected.items():
-            self._counts[f"rejected:{reason}"] += count
-        self._metrics.count_locks(locked)
-        self._metrics.count_rejections(rejected)
-
-    def _count_settled(self, records: list[tuple]) -> None:
-        """Count settled (wire) records: released, or refunded by reason."""
-        released = 0
-        reasons: Tally = Tally()
-        released_micros = 0
-        for record in records:
-            amount = record[_AMOUNT]
-            if record[_STATUS] == _RELEASED:
-                self._amounts["locked"] -= amount
-                released += 1
-                released_micros += amount
-            elif record[_STATUS] == _REFUNDED:
-                self._amounts["locked"] -= amount
-                reasons[record[_REASON]] += 1
-                self._counts[f"refunded:{record[_REASON]}"] += 1
-                self._amounts["refunded"] += amount
-        self._counts["released"] += released
-        self._counts["refunded"] += sum(reasons.values())
-        self._amounts["released"] += released_micros
-        self._metrics.count_settled(released, released_micros, reasons)
-
-
-class _BatchCalls:
-    """The shard calls of one batch: their log entries, what to count once each is on disk, the
-    settlements (to make again if lost), and the entries each message's result depends on."""
-
-    __slots__ = ("entries", "tallies", "settles", "depend_on")
-
-    def __init__(self) -> None:
-        self.entries: list[LogEntry] = []
-        self.tallies: list[tuple[LogEntry, Callable[[], None]]] = []
-        self.settles: list[tuple[int, list[tuple], list[int], LogEntry]] = []
-        self.depend_on: defaultdict[int, list[LogEntry]] = defaultdict(list)
-
-    def depends(self, indices: list[int], entry: LogEntry) -> None:
-        for i in indices:
-            self.depend_on[i].append(entry)
-
-
-_SETTLE_LOST = "could not settle: shard unavailable"  # the escrow stays locked until it expires
-_APPEND_LOST = "ledger append lost"
-#: Notes of results whose end the ledger may not hold, by the name ``submit_counted`` counts them under.
-_FAULTS = {_SETTLE_LOST: "settle_unavailable", _APPEND_LOST: "ledger_append_lost"}
-
 
 def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One :func:`ledger.replay.snapshot` from the shards' parts (each agent lives on one shard)."""
@@ -1097,11 +737,3 @@ def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _unreachable(message: WireMessage) -> tuple:
-    record = TollRecord(message[0], message[1], message[2], status=SettlementStatus.FAILED,
-                        reason=Reason.SHARD_UNAVAILABLE.value, created_at=iso_utc(time.time_ns() // 1_000, "seconds"))
-    return (record_to_wire(record), False, None, "refused: the caller's budget shard is unreachable (nothing locked)")
-
-
-async def _awaitable(ref: Any) -> Any:
-    return await ref
