@@ -38,6 +38,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import pyarrow as pa
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -46,7 +48,7 @@ from actors.gc_tuning import tune_gc
 from actors.run_files import RunDirectory
 from ledger.catch_up import catch_up
 from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
-from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
+from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, EVENT_FIELDS_SCHEMA, ParquetLedgerWriter, fields_from_ipc, numbered_table
 from mesh.core.errors import LedgerError
 from actors.memory import rss_bytes
 
@@ -77,6 +79,14 @@ class ParquetSink:
 
     def append_lines(self, blob: bytes, events: int) -> None:
         self._writer.append_lines(blob, events)
+
+    def append_pieces(self, pieces: list[bytes | pa.Table]) -> None:
+        """Rows in seq order: whole ledger lines (bytes), or rows already of the Parquet schema."""
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                self._writer.append_lines(piece, piece.count(b"\n"))
+            else:
+                self._writer.append_table(piece)
 
     def process(self) -> tuple[int, int]:
         """The sink's pid and resident memory in bytes."""
@@ -115,7 +125,7 @@ class LedgerWriterActor:
         self._sink: Optional[ray.actor.ActorHandle] = None
         self._sink_starts = 0
         self._max_commit_events = max_commit_events
-        self._waiting: deque[tuple[list[bytes], asyncio.Future]] = deque()
+        self._waiting: deque[tuple[list[bytes], asyncio.Future, Optional[list]]] = deque()
         self._committer: Optional[asyncio.Task] = None
         self._in_flight: deque[ray.ObjectRef] = deque()
         self._closed = False
@@ -123,7 +133,7 @@ class LedgerWriterActor:
         self._stats = {"appends": 0, "commits": 0, "events": 0}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._write_lock = threading.Lock()  # the group commit and the fast lane's appends take turns
-        self._parquet_lines: list[bytes] = []  # committed, not yet sent to the sink
+        self._parquet_pieces: list[bytes | pa.Table] = []  # committed lines or rows, not yet sent to the sink
         self._parquet_events = 0
         self._parquet_timer: Optional[asyncio.TimerHandle] = None
         if self._parquet is not None:
@@ -134,15 +144,21 @@ class LedgerWriterActor:
         _check_batch(events)
         return await self._enqueue(split_encoded(encode_events(events)))
 
-    async def append_encoded(self, lines: bytes) -> tuple[int, int]:
+    async def append_encoded(self, lines: bytes, rows: Optional[list[tuple[int, Optional[pa.Table]]]] = None) -> tuple[int, int]:
         """:meth:`append` for events encoded by :func:`ledger.jsonl.encode_events` in the caller's process.
 
         The faster way in: encoding bytes on the producer's core costs ~1 us an event,
-        sending dicts to an actor ~5 us (pickling them there and back).
+        sending dicts to an actor ~5 us (pickling them there and back). ``rows``: the events'
+        Parquet rows where their producer made them as columns, ``(event count, fields)`` per run of
+        the lines in order (fields of :data:`ledger.parquet.EVENT_FIELDS_SCHEMA`, or None: read the
+        run's rows from its lines), so the sink need not parse them.
         """
         if not isinstance(lines, bytes) or not lines:
             raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
-        return await self._enqueue(split_encoded(lines))
+        bodies = split_encoded(lines)
+        if rows is not None:
+            rows = _checked_rows(rows, len(bodies))
+        return await self._enqueue(bodies, rows)
 
     # -- the run directory, for actors on other nodes (actors.run_files) -----------------
 
@@ -187,11 +203,11 @@ class LedgerWriterActor:
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._send_to_parquet()))
         return FastAnswer(lock, outcome, settle, seqs)
 
-    async def _enqueue(self, bodies: list[bytes]) -> tuple[int, int]:
+    async def _enqueue(self, bodies: list[bytes], rows: Optional[list] = None) -> tuple[int, int]:
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((bodies, done))
+        self._waiting.append((bodies, done, rows))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
         return await done
@@ -236,14 +252,15 @@ class LedgerWriterActor:
         try:
             while self._waiting:
                 batch = self._take_commit()
-                bodies = [body for chunk, _ in batch for body in chunk]
+                bodies = [body for chunk, _, _ in batch for body in chunk]
                 try:  # appends arriving during the write and its fsync wait, then go out together
                     with self._write_lock:
                         first_seq = self._jsonl.next_seq
-                        self._buffer_for_parquet(self._jsonl.append_bodies(bodies), len(bodies))
+                        written = self._jsonl.append_bodies(bodies)
+                        self._buffer_for_parquet(written, len(bodies), _runs_of(batch), first_seq)
                         self._count_commit(len(batch), len(bodies))
                 except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
-                    for _, done in batch:
+                    for _, done, _ in batch:
                         done.set_exception(exc)
                     continue
                 self._acknowledge(batch, first_seq)
@@ -251,7 +268,7 @@ class LedgerWriterActor:
         finally:
             self._committer = None
 
-    def _take_commit(self) -> list[tuple[list[bytes], asyncio.Future]]:
+    def _take_commit(self) -> list[tuple[list[bytes], asyncio.Future, Optional[list]]]:
         batch, size = [], 0
         while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_commit_events):
             chunk = self._waiting.popleft()
@@ -259,9 +276,9 @@ class LedgerWriterActor:
             size += len(chunk[0])
         return batch
 
-    def _acknowledge(self, batch: list[tuple[list[bytes], asyncio.Future]], first_seq: int) -> None:
+    def _acknowledge(self, batch: list[tuple[list[bytes], asyncio.Future, Optional[list]]], first_seq: int) -> None:
         seq = first_seq
-        for chunk, done in batch:
+        for chunk, done, _ in batch:
             done.set_result((seq, seq + len(chunk) - 1))
             seq += len(chunk)
 
@@ -270,17 +287,23 @@ class LedgerWriterActor:
         self._stats["commits"] += 1
         self._stats["events"] += events
 
-    def _buffer_for_parquet(self, lines: bytes, events: int) -> None:
-        """Keep committed lines for the sink, in seq order (the caller holds ``_write_lock``)."""
-        if self._sink is not None and lines:
-            self._parquet_lines.append(lines)
-            self._parquet_events += events
+    def _buffer_for_parquet(self, lines: bytes, events: int, runs: Optional[list] = None, first_seq: int = 0) -> None:
+        """Keep committed lines for the sink, in seq order (the caller holds ``_write_lock``); where
+        ``runs`` (``(event count, fields or None)`` each, from ``first_seq``) hold rows made as
+        columns, those rows numbered and sealed as their lines were, instead of their lines."""
+        if self._sink is None or not lines:
+            return
+        if runs is None or all(fields is None for _, fields in runs) or self._jsonl.format_version != 2:
+            self._parquet_pieces.append(lines)
+        else:
+            self._parquet_pieces.extend(_pieces(lines, runs, first_seq, self._jsonl.seals))
+        self._parquet_events += events
 
     async def _send_to_parquet(self) -> None:
         """Small commits (single calls) wait in the buffer, up to ``PARQUET_MIN_EVENTS`` or
         ``PARQUET_MAX_WAIT_S``, and go to the sink together: a Ray call per commit would cost
         the single-call path more than the commit itself."""
-        if self._sink is None or not self._parquet_lines:
+        if self._sink is None or not self._parquet_pieces:
             return
         if self._parquet_events >= PARQUET_MIN_EVENTS:
             await self._flush_parquet()
@@ -293,12 +316,14 @@ class LedgerWriterActor:
             self._parquet_timer.cancel()
             self._parquet_timer = None
         with self._write_lock:
-            if self._sink is None or not self._parquet_lines:
+            if self._sink is None or not self._parquet_pieces:
                 return
-            lines, events = b"".join(self._parquet_lines), self._parquet_events
-            self._parquet_lines, self._parquet_events = [], 0
+            pieces, self._parquet_pieces, self._parquet_events = _joined(self._parquet_pieces), [], 0
             sink = self._sink
-            self._in_flight.append(sink.append_lines.remote(lines, events))
+            if len(pieces) == 1 and isinstance(pieces[0], bytes):
+                self._in_flight.append(sink.append_lines.remote(pieces[0], pieces[0].count(b"\n")))
+            else:
+                self._in_flight.append(sink.append_pieces.remote(pieces))
         try:  # answers that are in are read now, so a failed sink is heard of at once
             while self._in_flight and (len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT or _is_ready(self._in_flight[0])):
                 await self._in_flight.popleft()
@@ -313,7 +338,7 @@ class LedgerWriterActor:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         with self._write_lock:
             through_seq = self._jsonl.next_seq - 1
-            self._parquet_lines, self._parquet_events = [], 0
+            self._parquet_pieces, self._parquet_events = [], 0
             self._sink = ParquetSink.options(scheduling_strategy=here).remote(root, row_group_events)
             self._in_flight.append(self._sink.catch_up.remote(self._jsonl_path, through_seq))
 
@@ -325,7 +350,7 @@ class LedgerWriterActor:
             return
         with self._write_lock:
             self._sink = None
-            self._parquet_lines, self._parquet_events = [], 0
+            self._parquet_pieces, self._parquet_events = [], 0
         self._in_flight.clear()
         ray.kill(failed)  # its process drops the dataset's lock as it dies; the next sink waits for that
         if self._sink_starts >= MAX_SINK_STARTS:
@@ -340,6 +365,68 @@ class LedgerWriterActor:
 
 def _is_ready(ref: ray.ObjectRef) -> bool:
     return bool(ray.wait([ref], timeout=0)[0])
+
+
+def _runs_of(batch: list[tuple[list[bytes], asyncio.Future, Optional[list]]]) -> Optional[list]:
+    """The commit's runs of ``(event count, fields or None)``, in order; None if none has fields."""
+    if all(rows is None for _, _, rows in batch):
+        return None
+    return [run for chunk, _, rows in batch for run in (rows if rows is not None else [(len(chunk), None)])]
+
+
+def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> list[bytes | pa.Table]:
+    """The commit's Parquet pieces in seq order: numbered rows where a run has fields, else its lines."""
+    ends = None
+    pieces: list[bytes | pa.Table] = []
+    start = 0
+    for count, fields in runs:
+        if fields is not None:
+            pieces.append(numbered_table(fields, first_seq + start, seals))
+        else:
+            if ends is None:  # the end of each line, found once per commit that needs them
+                ends = np.flatnonzero(np.frombuffer(lines, np.uint8) == 10) + 1
+            begin = 0 if start == 0 else int(ends[start - 1])
+            pieces.append(lines[begin:int(ends[start + count - 1])])
+        start += count
+    return pieces
+
+
+def _joined(pieces: list[bytes | pa.Table]) -> list[bytes | pa.Table]:
+    """Lines beside lines joined into one piece (the sink parses them at once)."""
+    out: list[bytes | pa.Table] = []
+    run: list[bytes] = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            run.append(piece)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(piece)
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
+def _checked_rows(rows: Any, events: int) -> list[tuple[int, Optional[pa.Table]]]:
+    """``rows`` of :meth:`LedgerWriterActor.append_encoded` (fields as tables or Arrow IPC streams), checked:
+    runs that add up to the lines' events, fields of the event schema; the fields as tables."""
+    if not isinstance(rows, list) or not all(isinstance(r, tuple) and len(r) == 2 for r in rows):
+        raise LedgerError("rows: expected a list of (event count, fields or None)")
+    total, checked = 0, []
+    for count, fields in rows:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise LedgerError(f"rows: an event count must be an int of at least 1, got {count!r}")
+        if isinstance(fields, bytes):
+            fields = fields_from_ipc(fields)
+        if fields is not None and (not isinstance(fields, pa.Table) or fields.num_rows != count
+                                   or fields.schema != EVENT_FIELDS_SCHEMA):
+            raise LedgerError(f"rows: fields of {count} events must be a table of {count} rows of the event schema")
+        checked.append((count, fields))
+        total += count
+    if total != events:
+        raise LedgerError(f"rows: the runs hold {total} events, the lines {events}")
+    return checked
 
 
 def _check_batch(events: Any) -> None:

@@ -14,6 +14,9 @@ caller retries). A failed append fails ``durable`` with :class:`LedgerAppendLost
 the events may or may not be on disk. Later answers may depend on them, so the log
 then writes nothing more: every entry fails the same way until :meth:`OrderedLog.resume`,
 which the coordinator calls once it has rebuilt the shards from the ledger.
+
+An answer made as columns (``answer[0].parquet_rows``, see :class:`actors.shard_core.ColumnsAnswer`)
+sends its Parquet rows with its lines, so the writer's sink does not parse them again.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class LogEntry:
 
 
 #: ``append(lines) -> awaitable of (first seq, last seq)``, sent when called: ``writer.append_encoded.remote``.
-Appender = Callable[[bytes], Awaitable[tuple[int, int]]]
+Appender = Callable[..., Awaitable[tuple[int, int]]]  # (lines) or (lines, rows): see LedgerWriterActor.append_encoded
 
 
 class OrderedLog:
@@ -126,8 +129,13 @@ class OrderedLog:
                 self._slots.release()
                 self._fail(batch, self.lost)
                 continue
-            blob = b"".join(answer[1] for _, answer in batch if answer is not None and answer[2])
-            pending = self._append(blob) if blob else None  # sent now, so appends reach the writer in order
+            written = [answer for _, answer in batch if answer is not None and answer[2]]
+            blob = b"".join(answer[1] for answer in written)
+            rows = [(answer[2], getattr(answer[0], "parquet_rows", None)) for answer in written]
+            if any(fields is not None for _, fields in rows):
+                pending = self._append(blob, rows)  # a columnar answer's Parquet rows go with its lines
+            else:
+                pending = self._append(blob) if blob else None  # sent now, so appends reach the writer in order
             task = asyncio.get_running_loop().create_task(self._write(batch, pending))
             self._appends.add(task)
             task.add_done_callback(self._appends.discard)

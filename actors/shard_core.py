@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 
 from actors.run_files import LocalFiles, RunFiles
+from ledger.parquet import fields_to_ipc
 from mesh.columnar import REASON_CODE, ColumnarBook, EventColumns
 from mesh.columnar.rebuild import rebuild_from_ledger
 from mesh.core.escrow import DEFAULT_MAX_SETTLED_RECORDS
@@ -100,6 +101,7 @@ class ColumnsAnswer:
     credit_micros: np.ndarray
     credit_events: np.ndarray
     tally: dict[str, int]  # "locked", "locked_micros", "released", ..., "rejected:<reason>", "refunded:<reason>"
+    parquet_rows: Optional[bytes] = None  # the events' Parquet fields made as columns, an Arrow IPC stream (None: from the lines)
 
     def as_log_answer(self) -> tuple:
         """The ``(_, lines, count, ...)`` shape the coordinator's ordered log reads."""
@@ -326,8 +328,10 @@ class ShardCore:
         book = self.book
         agents, amounts, at = book.credits_of(events)
         names = book.names
-        return ColumnsAnswer(rows, status, reason, repeat, book.encode(events) if len(events) else b"", len(events),
-                             [names[a] for a in agents.tolist()], amounts, at, tally_events(events))
+        lines, fields = book.encode_rows(events) if len(events) else (b"", None)
+        parquet_rows = None if fields is None else fields_to_ipc(fields)
+        return ColumnsAnswer(rows, status, reason, repeat, lines, len(events), [names[a] for a in agents.tolist()],
+                             amounts, at, tally_events(events), parquet_rows)
 
 
 def tally_events(events: EventColumns) -> dict[str, int]:

@@ -124,6 +124,7 @@ class JsonlWriter:
         self._lock_fd: Optional[int] = None
         self._refusal: Optional[str] = None  # why the writer refuses appends, once a failed write could not be undone
         self.format_version: int = format_version or DEFAULT_FORMAT  # settled by the ledger's last event in _start
+        self.seals: dict[int, str] = {}  # v2: the seals the last append_bodies wrote, by the seq of their line
         try:
             self.first_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -163,7 +164,9 @@ class JsonlWriter:
         return self.append_bodies(split_encoded(lines))
 
     def append_bodies(self, bodies: list[bytes]) -> bytes:
-        """:meth:`append` for the lines of :func:`split_encoded` (already checked)."""
+        """:meth:`append` for the lines of :func:`split_encoded` (already checked). In v2,
+        :attr:`seals` then holds the seals this append wrote, by the seq of the line that carries each."""
+        self.seals = {}
         if not bodies:
             return b""
         if not self.rotate_daily:
@@ -265,6 +268,7 @@ class JsonlWriter:
                 seq = self.next_seq
                 line, digest = _sealed_single(b'{"v":2,"seq":%d,%b' % (seq, bodies[0][len(SEQ_PLACEHOLDER):]), seq,
                                               self.last_hash.encode())
+                self.seals[seq] = digest.decode()
                 return self._write_lines([line], seq + 1, digest, lead)
             return self._seal_and_write(_v2_bodies_texts(bodies, self.next_seq, self._batch_max_lines), lead)
         seq, previous, skip = self.next_seq, self.last_hash.encode(), len(SEQ_PLACEHOLDER)
@@ -295,6 +299,7 @@ class JsonlWriter:
             digest.update(fields)
             previous = digest.hexdigest()[:32].encode()
             batches.append(b"".join((head, fields[:-1], b',"seal":"', previous, b'"}\n')))
+            self.seals[seq + count - 1] = previous.decode()
             seq += count
         return self._write_lines(batches, seq, previous, lead)
 

@@ -5,7 +5,9 @@ USD amounts, UTC timestamps, dictionary-encoded agents, kinds, statuses and reas
 Rows come from the very JSONL bytes the ledger wrote, parsed by Arrow's C++ JSON reader
 (the JSONL is the source; the Parquet is derived from it), v1 and v2 lines alike: a field a v2
 line leaves out is null, and ``hash`` is a v1 line's hash, or on the last row of a v2 batch its
-seal (null on the batch's other rows). A row group is written per
+seal (null on the batch's other rows). Events a budget shard made as columns come as Arrow
+columns instead (:data:`EVENT_FIELDS_SCHEMA`), numbered and sealed as their lines were
+(:func:`numbered_table`): the same rows, without parsing JSON again. A row group is written per
 ``row_group_events``; a file is ``day=<day>/part-<first seq>.parquet``, written as
 ``.parquet.tmp`` and renamed when closed (at ``max_file_rows``, on a new day, on
 :meth:`ParquetLedgerWriter.close`), so readers only ever see whole files. One writer
@@ -43,6 +45,9 @@ from mesh.core.errors import LedgerError
 DEFAULT_ROW_GROUP_EVENTS = 10_000
 DEFAULT_MAX_FILE_ROWS = 1_000_000
 DATASET_LOCK_NAME = ".writer.lock"  # one writer at a time (readers skip dot files)
+_WRITER_FIELDS = ("v", "seq", "hash")  # what the ledger's writer adds to an event's fields
+#: An event's row as its producer knows it, before the writer numbers and seals it.
+EVENT_FIELDS_SCHEMA = pa.schema([f for f in ARROW_SCHEMA if f.name not in _WRITER_FIELDS])
 
 #: A JSONL line as Arrow's JSON reader sees it (any other field is an error).
 JSONL_ARROW_SCHEMA = pa.schema(
@@ -89,6 +94,41 @@ def jsonl_to_table(blob: bytes) -> pa.Table:
         columns[name] = _empty_to_null(raw[name]).cast(pa.timestamp("us", tz="UTC"))
     arrays = [pa.chunked_array(columns[f.name]).combine_chunks() for f in ARROW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def numbered_table(fields: pa.Table, first_seq: int, seals: dict[int, str], *, version: int = 2) -> pa.Table:
+    """Rows of :data:`ARROW_SCHEMA` from events' ``fields`` (:data:`EVENT_FIELDS_SCHEMA`) written at
+    seqs ``first_seq``..., with each seal (by the seq of the line that carries it) in ``hash``:
+    what :func:`jsonl_to_table` reads from the lines the writer wrote for them."""
+    if fields.schema != EVENT_FIELDS_SCHEMA:
+        raise LedgerError(f"event fields do not match the event schema: {fields.schema}")
+    n = fields.num_rows
+    sealed = [(seq - first_seq, seal) for seq, seal in seals.items() if first_seq <= seq < first_seq + n]
+    which = np.zeros(n, np.int32)  # 0: no seal on this row
+    for k, (row, _) in enumerate(sealed, start=1):
+        which[row] = k
+    hashes = pa.array([None, *(seal for _, seal in sealed)], pa.string()).take(pa.array(which))
+    added = {"v": pa.array(np.full(n, version, np.int16)), "seq": pa.array(np.arange(first_seq, first_seq + n, dtype=np.int64)),
+             "hash": hashes}
+    arrays = [added[f.name] if f.name in added else fields.column(f.name).combine_chunks() for f in ARROW_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def fields_to_ipc(fields: pa.Table) -> bytes:
+    """Events' fields as an Arrow IPC stream: one bytes object to send between processes (an actor on
+    the way passes it on without rebuilding the table)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, fields.schema) as stream:
+        stream.write_table(fields)
+    return sink.getvalue().to_pybytes()
+
+
+def fields_from_ipc(data: bytes) -> pa.Table:
+    """The table of :func:`fields_to_ipc`; LedgerError if ``data`` is not an Arrow IPC stream."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LedgerError(f"event fields are not an Arrow IPC stream: {exc}") from None
 
 
 def micros_to_decimal(micros: np.ndarray) -> pa.Array:
@@ -141,7 +181,7 @@ class ParquetLedgerWriter:
         self.row_group_events = row_group_events
         self.max_file_rows = max_file_rows
         self.files_written: list[Path] = []
-        self._blobs: list[bytes] = []
+        self._pieces: list[bytes | pa.Table] = []  # lines, or rows already of ARROW_SCHEMA, in seq order
         self._buffered_events = 0
         self._open: dict[str, _OpenFile] = {}  # day -> the file being written
         self._lock_fd: Optional[int] = _lock_dataset(self.root, lock_timeout_s)
@@ -158,17 +198,26 @@ class ParquetLedgerWriter:
 
     def append_lines(self, blob: bytes, events: int) -> None:
         """Add ``events`` whole ledger lines; a row group goes out per ``row_group_events``."""
-        self._blobs.append(blob)
-        self._buffered_events += events
-        if self._buffered_events >= self.row_group_events:
-            self.flush()
+        self._append(blob, events)
+
+    def append_table(self, table: pa.Table) -> None:
+        """Add rows of :data:`ARROW_SCHEMA` (see :func:`numbered_table`), after what was added before."""
+        if table.schema != ARROW_SCHEMA:
+            raise LedgerError(f"rows do not match the ledger's Parquet schema: {table.schema}")
+        self._append(table, table.num_rows)
 
     def flush(self) -> None:
         """Write what is buffered as one row group (files stay open)."""
-        if not self._blobs:
+        if not self._pieces:
             return
-        blob, self._blobs, self._buffered_events = b"".join(self._blobs), [], 0
-        self._write(blob)
+        pieces, self._pieces, self._buffered_events = self._pieces, [], 0
+        self._write(_as_one_table(pieces))
+
+    def _append(self, piece: bytes | pa.Table, events: int) -> None:
+        self._pieces.append(piece)
+        self._buffered_events += events
+        if self._buffered_events >= self.row_group_events:
+            self.flush()
 
     def close(self) -> None:
         """Write what is buffered, close every file cleanly and let the dataset go."""
@@ -181,8 +230,7 @@ class ParquetLedgerWriter:
                 release_lock(self._lock_fd)
                 self._lock_fd = None
 
-    def _write(self, blob: bytes) -> None:
-        table = jsonl_to_table(blob)
+    def _write(self, table: pa.Table) -> None:
         days = table.column("ts").cast(pa.int64()).to_numpy() // US_PER_DAY
         starts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(days)]
         for start, end in zip(starts, starts[1:]):
@@ -203,6 +251,22 @@ class ParquetLedgerWriter:
 
     def _close_day(self, day: str) -> None:
         self.files_written.append(self._open.pop(day).close())
+
+
+def _as_one_table(pieces: list[bytes | pa.Table]) -> pa.Table:
+    """The pieces' rows in order; lines beside lines are parsed at once."""
+    tables, lines = [], []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            lines.append(piece)
+            continue
+        if lines:
+            tables.append(jsonl_to_table(b"".join(lines)))
+            lines = []
+        tables.append(piece)
+    if lines:
+        tables.append(jsonl_to_table(b"".join(lines)))
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 class _OpenFile:

@@ -28,8 +28,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger.parquet import EVENT_FIELDS_SCHEMA, micros_to_decimal
 from mesh.core.clock import US_PER_SECOND, iso_utc
-from mesh.columnar._codes import KIND_JSON, REASON_JSON, STATUS_JSON
+from mesh.columnar._codes import KIND_JSON, KIND_NAMES, REASON_JSON, REASON_NAMES, STATUS_JSON, STATUS_NAMES
 
 _REASON_FIELD = [f',"reason":{text}' if text != "null" else "" for text in REASON_JSON]  # a null reason: no field
 _STATUS_FIELD = [f',"status":{text}' if text != "null" else "" for text in STATUS_JSON]
@@ -39,6 +40,9 @@ _NEEDS_ESCAPE = r'["\\\x00-\x1f]'  # what JSON escapes in a string (orjson escap
 _KIND_JSON = pa.array(KIND_JSON, pa.string())
 _STATUS_FIELD_JSON = pa.array(_STATUS_FIELD, pa.string())
 _REASON_FIELD_JSON = pa.array(_REASON_FIELD, pa.string())
+_KIND_TEXT, _STATUS_TEXT = pa.array(KIND_NAMES, pa.string()), pa.array(STATUS_NAMES, pa.string())
+_REASON_TEXT = pa.array(REASON_NAMES, pa.string())
+_UTC_US = pa.timestamp("us", tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,62 @@ def encode_jsonl(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
     ]
     lines = pc.binary_join_element_wise(*parts, "")
     return _concatenated(lines)
+
+
+def encode_arrow(events: EventColumns, *, task_ids: list[str], nonces: np.ndarray, created_s: np.ndarray,
+                 names: pa.Array, mode: Optional[str], shard: Optional[int]) -> pa.Table:
+    """The events' Parquet rows before the writer numbers and seals them
+    (:data:`ledger.parquet.EVENT_FIELDS_SCHEMA`): what :func:`ledger.parquet.jsonl_to_table` reads
+    from the lines :func:`encode_jsonl` makes of them, with no JSON in between. ``names``: the
+    agents' names by index; the other arguments as :func:`encode_jsonl` takes them."""
+    n = len(events)
+    rows = events.row
+    has_task = rows >= 0
+    safe_rows = np.where(has_task, rows, 0)
+    no_task = pa.array(~has_task)
+    created = created_s[safe_rows] if len(created_s) else np.zeros(n, np.int64)
+    created = np.where(has_task, created, events.ts_us // US_PER_SECOND)
+    task_text = pa.array([task_ids[r] if r >= 0 else "" for r in rows.tolist()], pa.string())
+    nonce = hex_strings(nonces[safe_rows]) if len(nonces) else pa.array([""] * n, pa.string())
+    empty_text = pa.nulls(n, pa.string())
+    columns = {
+        "ts": _timestamps(events.ts_us),
+        "kind": _dictionary(_KIND_TEXT.take(pa.array(events.kind))),
+        "mode": _dictionary(pa.array([mode], pa.string()).take(pa.array(np.zeros(n, np.int32)))),
+        "shard": pa.array(np.full(n, shard, np.int32)) if shard is not None else pa.nulls(n, pa.int32()),
+        "task_id": pc.if_else(no_task, pa.scalar(None, pa.string()), task_text),
+        "source_agent": _dictionary(_names_at(names, events.source)),
+        "target_agent": _dictionary(_names_at(names, events.target)),
+        "amount_micros": pa.array(events.amount, pa.int64()),
+        "amount_usd": micros_to_decimal(events.amount),
+        "amount_tokens": pa.array(np.zeros(n, np.float64)),
+        "status": _dictionary(_STATUS_TEXT.take(pa.array(events.status))),
+        "reason": _dictionary(_REASON_TEXT.take(pa.array(events.reason))),
+        "tx_signature": empty_text,
+        "payer_wallet": _dictionary(empty_text),
+        "proof_digest": empty_text,
+        "nonce": pc.if_else(no_task, pa.scalar(None, pa.string()), nonce),
+        "created_at": _timestamps(created * US_PER_SECOND),
+        "settled_at": pc.if_else(pa.array(events.settled_s < 0), pa.scalar(None, _UTC_US),
+                                 _timestamps(events.settled_s * US_PER_SECOND)),
+        "torn_bytes": pa.nulls(n, pa.int64()),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in EVENT_FIELDS_SCHEMA], schema=EVENT_FIELDS_SCHEMA)
+
+
+def _timestamps(us: np.ndarray) -> pa.Array:
+    return pa.array(np.ascontiguousarray(us, np.int64)).view(_UTC_US)
+
+
+def _dictionary(texts: pa.Array) -> pa.Array:
+    """Strings dictionary-encoded as the ledger's Parquet columns are (int32 codes, in order of first use)."""
+    return texts.dictionary_encode()
+
+
+def _names_at(names: pa.Array, index: np.ndarray) -> pa.Array:
+    """The agent name at each index; null where it is -1 (a deposit's empty source)."""
+    index = index.astype(np.int64)
+    return names.take(pa.array(index, mask=index < 0))
 
 
 def _concatenated(strings: pa.Array) -> bytes:

@@ -59,7 +59,7 @@ from mesh.columnar._codes import (
 )
 from mesh.columnar._codes import KIND_NAMES
 from mesh.columnar._codes import PENDING as PENDING_STATE
-from mesh.columnar._events import EventColumns, encode_jsonl, json_strings
+from mesh.columnar._events import EventColumns, encode_arrow, encode_jsonl, json_strings
 from mesh.columnar._tasks import TaskTable, task_key, task_keys
 from mesh.core.errors import InvalidAmountError, InvalidArgumentError
 from mesh.core.records import TollRecord
@@ -134,6 +134,7 @@ class ColumnarBook:
         self._index: dict[str, int] = {}
         self._agents = {name: np.full(_INITIAL_AGENTS, initial, dtype) for name, (dtype, initial) in AGENT_COLUMNS.items()}
         self._names_json: Optional[pa.Array] = None
+        self._names_arrow: Optional[pa.Array] = None  # every name by index, for Parquet rows (like _names_json)
         self.tasks = TaskTable()
         self.epoch = 0  # manual usage resets so far: a refund of a lock taken before one gives no room back
         self.deposits_total_micros = 0
@@ -169,7 +170,7 @@ class ColumnarBook:
             if self.shard is not None:
                 owned = np.fromiter((shard_of(name, self.shards) == self.shard for name in new), bool, len(new))
                 self._agents["owned"][first:first + len(new)] = owned
-            self._names_json = None
+            self._names_json = self._names_arrow = None
         return np.fromiter((index[name] for name in names), np.int32, len(names))
 
     def index_of(self, name: str) -> Optional[int]:
@@ -536,6 +537,19 @@ class ColumnarBook:
             return self._encode_records(events)
         return encode_jsonl(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
                             names_json=self.names_json(), mode=self.mode, shard=self.shard)
+
+    def encode_rows(self, events: EventColumns) -> tuple[bytes, Optional[pa.Table]]:
+        """The events as JSON lines (:meth:`encode`) and, where they were made as columns, their Parquet
+        rows too (:func:`~mesh.columnar._events.encode_arrow`; None where they were made one record
+        at a time: the writer reads those rows from the lines)."""
+        lines = self.encode(events)
+        if len(events) <= _RECORD_ENCODED_EVENTS or self._has_extras(events.row):
+            return lines, None
+        t = self.tasks
+        if self._names_arrow is None or len(self._names_arrow) != self.agent_count:
+            self._names_arrow = pa.array(self.names, pa.string())
+        return lines, encode_arrow(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
+                                   names=self._names_arrow, mode=self.mode, shard=self.shard)
 
     def names_json(self) -> pa.Array:
         """Every agent's name as JSON text, by index (cached until an agent registers)."""
