@@ -69,6 +69,7 @@ class FastPath:
         self._opening: Optional[threading.Thread] = None
         self._last_used = time.monotonic()
         self._calls_around: list[float] = []  # when the last calls went around a closed lane
+        self.went_around = 0  # calls the lane sent the coordinator's way (GO_AROUND: see actors.fast_lane)
         self._closed = threading.Event()
         self._parker: Optional[threading.Thread] = None
         self._compile_failures = 0
@@ -218,7 +219,8 @@ class FastPath:
                     self._busy.release()
 
     def _result(self, answer: FastAnswer) -> Optional[tuple]:
-        if answer.lock == GO_AROUND:  # an expiry is due on the caller's shard: nothing ran, nothing was written
+        if answer.lock == GO_AROUND:  # nothing ran, nothing was written: the call goes the coordinator's way
+            self.went_around += 1
             return None
         lock = answer.lock[0][0]
         if answer.lock[4]:  # a task id already seen: nothing ran, nothing was written

@@ -414,9 +414,13 @@ class Mesh:
     # -- state ----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counts and amounts by outcome and reason, open escrows, agents, each shard's state."""
+        """Counts and amounts by outcome and reason, open escrows, agents, each shard's state; with the
+        fast lane, ``fast_lane_went_around``: this driver's calls the lane sent the coordinator's way (a
+        shard's earlier events not yet on disk, or an expiry due there)."""
         self._flush_fast_counts()
-        return ray.get(self._coordinator.stats.remote())
+        stats = ray.get(self._coordinator.stats.remote())
+        stats["fast_lane_went_around"] = 0 if self._fast is None else self._fast.went_around
+        return stats
 
     def memory(self) -> dict[str, Any]:
         """Resident memory (RSS, bytes) of the mesh's processes by role: coordinator, shards (with

@@ -49,7 +49,10 @@ def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh):
         ("released", None), ("released", None), ("released", None), ("failed", "over_daily_cap"),
     ]
     stats = fast.stats()
-    assert stats["fast_lane_calls"] == 8 and slow.stats()["fast_lane_calls"] == 0  # all but the repeat and the two unknowns
+    # all but the repeat and the two unknowns; a call right after one of those may find its shard's
+    # events not yet known to be on disk (the coordinator tells the shard as it answers) and go around
+    assert stats["fast_lane_calls"] + stats["fast_lane_went_around"] == 8 and stats["fast_lane_went_around"] <= 2
+    assert slow.stats()["fast_lane_calls"] == 0
     assert stats["released"] == slow.stats()["released"] == 5
     assert stats["events_written"] == slow.stats()["events_written"] == len(read_events(fast.ledger_path).events)
     for mesh in (fast, slow):
