@@ -293,10 +293,13 @@ class LedgerWriterActor:
         columns, those rows numbered and sealed as their lines were, instead of their lines."""
         if self._sink is None or not lines:
             return
-        if runs is None or all(fields is None for _, fields in runs) or self._jsonl.format_version != 2:
-            self._parquet_pieces.append(lines)
-        else:
-            self._parquet_pieces.extend(_pieces(lines, runs, first_seq, self._jsonl.seals))
+        pieces = [lines]
+        if runs is not None and any(fields is not None for _, fields in runs) and self._jsonl.format_version == 2:
+            try:
+                pieces = _pieces(lines, runs, first_seq, self._jsonl.seals)
+            except Exception as exc:  # noqa: BLE001 - the lines are on disk: the sink parses them instead
+                logger.warning("Parquet rows from columns failed (%s: %s): the sink reads these lines", type(exc).__name__, exc)
+        self._parquet_pieces.extend(pieces)
         self._parquet_events += events
 
     async def _send_to_parquet(self) -> None:
@@ -318,11 +321,12 @@ class LedgerWriterActor:
         with self._write_lock:
             if self._sink is None or not self._parquet_pieces:
                 return
-            pieces, self._parquet_pieces, self._parquet_events = _joined(self._parquet_pieces), [], 0
+            pieces, events = self._parquet_pieces, self._parquet_events
+            self._parquet_pieces, self._parquet_events = [], 0
             sink = self._sink
-            if len(pieces) == 1 and isinstance(pieces[0], bytes):
-                self._in_flight.append(sink.append_lines.remote(pieces[0], pieces[0].count(b"\n")))
-            else:
+            if all(isinstance(piece, bytes) for piece in pieces):
+                self._in_flight.append(sink.append_lines.remote(b"".join(pieces), events))
+            else:  # rows from columns among them: the sink parses only the lines (ParquetLedgerWriter joins runs of them)
                 self._in_flight.append(sink.append_pieces.remote(pieces))
         try:  # answers that are in are read now, so a failed sink is heard of at once
             while self._in_flight and (len(self._in_flight) > MAX_PARQUET_BATCHES_IN_FLIGHT or _is_ready(self._in_flight[0])):
@@ -389,23 +393,6 @@ def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> 
             pieces.append(lines[begin:int(ends[start + count - 1])])
         start += count
     return pieces
-
-
-def _joined(pieces: list[bytes | pa.Table]) -> list[bytes | pa.Table]:
-    """Lines beside lines joined into one piece (the sink parses them at once)."""
-    out: list[bytes | pa.Table] = []
-    run: list[bytes] = []
-    for piece in pieces:
-        if isinstance(piece, bytes):
-            run.append(piece)
-            continue
-        if run:
-            out.append(b"".join(run))
-            run = []
-        out.append(piece)
-    if run:
-        out.append(b"".join(run))
-    return out
 
 
 def _checked_rows(rows: Any, events: int) -> list[tuple[int, Optional[pa.Table]]]:
