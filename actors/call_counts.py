@@ -49,7 +49,7 @@ class CallCounts:
         changed = [r for j, r in enumerate(answer[0]) if j not in repeats and r is not None]
         if method == "lock_batch":
             self.locks([(0, r) for r in changed if r[_STATUS] == _LOCKED],
-                              Tally(r[_REASON] for r in changed if r[_STATUS] == _FAILED))
+                       Tally(r[_REASON] for r in changed if r[_STATUS] == _FAILED))
             paper = [r for r in changed if r[_STATUS] == _RELEASED]  # locked and released at once: no lock held
             self.counts["released"] += len(paper)
             self.amounts["released"] += sum(r[_AMOUNT] for r in paper)
