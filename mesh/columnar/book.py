@@ -45,7 +45,7 @@ pending (x402 payment required) records, tokens, payment proofs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +54,7 @@ from mesh.core.clock import US_PER_SECOND, day_of, iso_utc
 from mesh.columnar import _checks as check
 from mesh.columnar._codes import (
     EXPIRE, ESCROW_TIMEOUT, FAILED, INSUFFICIENT_FUNDS, LOCK, LOCKED, NO_REASON, OVER_DAILY_CAP, PAPER_RELEASE,
-    PAYMENT_REQUIRED, PEND, REASON_CODE, REASON_NAMES, REFUND, REFUNDED, REJECT, RELEASE, RELEASED, STATUS_NAMES,
+    PAYMENT_REQUIRED, PEND, REASON_NAMES, REFUND, REFUNDED, REJECT, RELEASE, RELEASED, STATUS_NAMES,
     STATUS_OF_CODE, UNKNOWN, UNKNOWN_AGENT, DEPOSIT,
 )
 from mesh.columnar._codes import KIND_NAMES
