@@ -60,6 +60,7 @@ from actors.wire import pack, unpack
 from ledger.events import record_event
 from ledger.jsonl import encode_events
 from ledger.reader import last_ts_us
+from ledger.replay import merge_snapshots
 from ledger.tally import tally_ledger
 from mesh.calls.agent import PriceTable, WireMessage
 from mesh.calls.columns import CallColumns
@@ -724,16 +725,3 @@ class EscrowCoordinator:
                 await self.expire_stale()
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
-
-
-def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One :func:`ledger.replay.snapshot` from the shards' parts (each agent lives on one shard)."""
-    merged: dict[str, Any] = {"balances_micros": {}, "locked_micros": {}, "used_today_micros": {}, "open_escrows": {}}
-    for part in parts:
-        for key in merged:
-            merged[key].update(part[key])
-    merged["locked_total_micros"] = sum(p["locked_total_micros"] for p in parts)
-    merged["deposits_total_micros"] = sum(p["deposits_total_micros"] for p in parts)
-    return merged
-
-

@@ -11,7 +11,7 @@ from ledger.files import segments
 from ledger.jsonl import FsyncPolicy, JsonlWriter
 from ledger.parquet import ParquetLedgerWriter, jsonl_to_table
 from ledger.reader import LedgerRead, read_batches, read_events, read_table
-from ledger.replay import apply_event, reconcile, replay_events, replay_file, replay_shard, snapshot
+from ledger.replay import apply_event, reconcile, replay_events, replay_file, replay_partitions, replay_shard, snapshot
 from ledger.report import build_report
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind, LedgerEvent
 from ledger.verify import VerifyResult, verify
@@ -40,6 +40,7 @@ __all__ = [
     "record_event",
     "replay_events",
     "replay_file",
+    "replay_partitions",
     "replay_shard",
     "segments",
     "snapshot",

@@ -15,7 +15,7 @@ from ledger.schema import SCHEMA_VERSION, EventKind
 from mesh.core.money import MICROS_PER_USD
 from mesh.core.records import TollRecord
 
-__all__ = ["EventKind", "SCHEMA_VERSION", "proof_digest", "record_event"]
+__all__ = ["EventKind", "SCHEMA_VERSION", "credit_event", "proof_digest", "record_event"]
 
 
 def record_event(
@@ -53,6 +53,31 @@ def record_event(
         event["reason"] = record.reason
     if tx_signature is not None:
         event["proof_digest"] = proof_digest(tx_signature)
+    return event
+
+
+def credit_event(release: dict[str, Any], *, from_shard: int, ts_us: int, shard: int) -> dict[str, Any]:
+    """The ``credit`` event by which partition ``shard`` receives ``release``, a numbered ``release`` or
+    ``paper_release`` event of partition ``from_shard`` that paid one of ``shard``'s agents
+    (:mod:`ledger.partitions`); the writer adds ``seq`` and the seal.
+
+    >>> release = {"kind": "release", "seq": 7, "mode": "live", "task_id": "t1", "source_agent": "a",
+    ...            "target_agent": "b", "amount_micros": 5}
+    >>> e = credit_event(release, from_shard=0, ts_us=9, shard=1)
+    >>> e["kind"], e["from_shard"], e["from_seq"], e["amount_micros"], "status" in e
+    ('credit', 0, 7, 5, False)
+    """
+    event: dict[str, Any] = {"v": SCHEMA_VERSION, "seq": None, "ts_us": ts_us, "kind": EventKind.CREDIT.value}
+    if release.get("mode") is not None:
+        event["mode"] = release["mode"]
+    event["shard"] = shard
+    event["task_id"] = release["task_id"]
+    event["source_agent"] = release["source_agent"]
+    event["target_agent"] = release["target_agent"]
+    event["amount_usd"] = release["amount_micros"] / MICROS_PER_USD
+    event["amount_micros"] = release["amount_micros"]
+    event["from_shard"] = from_shard
+    event["from_seq"] = release["seq"]
     return event
 
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ledger.catch_up import catch_up
 from ledger.files import segments
+from ledger.partitions import partition_count, partitions
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, ParquetLedgerWriter
 from ledger.reader import read_table
 from mesh.core.errors import InvalidArgumentError, LedgerError
@@ -59,15 +60,24 @@ def export(source: Path | str, out: Path | str, fmt: str) -> int:
 
 
 def compact(ledger: Path | str, out_dir: Path | str, *, row_group_events: int = DEFAULT_ROW_GROUP_EVENTS) -> list[Path]:
-    """Rebuild the Parquet dataset of a JSONL ledger under ``out_dir``; return the files written."""
+    """Rebuild the Parquet dataset of a JSONL ledger under ``out_dir``; return the files written.
+
+    A partitioned ledger's dataset has a directory per partition (``out_dir/shard=K/day=.../``).
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.glob("day=*")):
+    if out_dir.exists() and (any(out_dir.glob("day=*")) or any(out_dir.glob("shard=*"))):
         raise LedgerError(f"{out_dir} holds a Parquet dataset already: compact into a new directory")
-    segments(ledger)  # a missing ledger is an error here, not an empty dataset
-    writer = ParquetLedgerWriter(out_dir, row_group_events=row_group_events)
-    catch_up(writer, ledger)
-    writer.close()
-    return writer.files_written
+    firsts = partitions(ledger)
+    for first in firsts:
+        segments(first)  # a missing ledger is an error here, not an empty dataset
+    written = []
+    for index, first in enumerate(firsts):
+        root = out_dir if partition_count(ledger) is None else out_dir / f"shard={index}"
+        writer = ParquetLedgerWriter(root, row_group_events=row_group_events)
+        catch_up(writer, first)
+        writer.close()
+        written.extend(writer.files_written)
+    return written
 
 
 def _make_folder(folder: Path) -> None:

@@ -25,6 +25,7 @@ from mesh.core.errors import LedgerError
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.(?P<n>\d{6})\.jsonl$")
 SETTLEMENTS_SUFFIX = ".settlements.jsonl"
 PAYMENTS_SUFFIX = ".payments.jsonl"
+PARTITIONS_SUFFIX = ".partitions.json"  # the manifest of a ledger partitioned by shard (ledger.partitions)
 _SIDE_FILES = (SETTLEMENTS_SUFFIX, PAYMENTS_SUFFIX)  # beside a ledger, not part of it
 
 
@@ -49,8 +50,13 @@ def segment_path(first: Path, number: int) -> Path:
 
 
 def segments(ledger: Path | str) -> list[Path]:
-    """Every existing segment of the ledger, in order; raises LedgerError if there is none."""
+    """Every existing segment of the ledger, in order; raises LedgerError if there is none, or if
+    the name is a partitioned ledger's (whose files are its partitions': :mod:`ledger.partitions`)."""
     first = first_segment(ledger)
+    manifest = first.with_name(first.stem + PARTITIONS_SUFFIX)
+    if manifest.exists():
+        raise LedgerError(f"{first} is a ledger partitioned by shard ({manifest.name}): "
+                          "its files are its partitions' (shard=K/), each a ledger of its own")
     numbered = []
     for path in first.parent.glob(f"{first.stem}.*.jsonl"):
         match = _SEGMENT.match(path.name)

@@ -58,7 +58,8 @@ JSONL_ARROW_SCHEMA = pa.schema(
         ("amount_micros", pa.int64()), ("amount_tokens", pa.float64()), ("status", pa.string()),
         ("tx_signature", pa.string()), ("payer_wallet", pa.string()), ("nonce", pa.string()),
         ("settled_at", pa.string()), ("created_at", pa.string()), ("reason", pa.string()),
-        ("proof_digest", pa.string()), ("torn_bytes", pa.int64()), ("hash", pa.string()),
+        ("proof_digest", pa.string()), ("torn_bytes", pa.int64()),
+        ("from_shard", pa.int32()), ("from_seq", pa.int64()), ("hash", pa.string()),
         ("first_seq", pa.int64()), ("lines", pa.int64()), ("seal", pa.string()),  # v2's seal, on a batch's last line
     ]
 )
@@ -81,6 +82,8 @@ def jsonl_to_table(blob: bytes) -> pa.Table:
         "shard": raw["shard"],
         "amount_tokens": pc.fill_null(raw["amount_tokens"], 0.0),
         "torn_bytes": raw["torn_bytes"],
+        "from_shard": raw["from_shard"],
+        "from_seq": raw["from_seq"],
     }
     micros = pc.fill_null(raw["amount_micros"], 0)
     columns["amount_micros"] = micros

@@ -30,9 +30,8 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
-from ledger.files import segments
+from ledger.partitions import families
 from ledger.reader import iter_lines
-from mesh.core.errors import LedgerError
 
 #: (network, token contract, payer, nonce), lower-case: an EIP-3009 authorization pays once.
 PaymentKey = tuple[str, str, str, str]
@@ -99,12 +98,9 @@ def payment_of(event: dict[str, Any]) -> Optional[PaymentOf]:
 def spent_payments(ledger: Path | str, *, valid_after_s: float = 0) -> Iterator[PaymentOf]:
     """Every payment the ledger's events spent, once per call, whose ``validBefore`` is past ``valid_after_s``
     (an expired authorization is refused as expired anyway: it need not be remembered)."""
-    try:
-        files = segments(ledger)
-    except LedgerError:  # no ledger yet: nothing spent
-        return
     seen: set[tuple[PaymentKey, str]] = set()
-    for line in iter_lines(files):
+    lines = (line for files in families(ledger, missing_ok=True) for line in iter_lines(files))  # no ledger yet: none spent
+    for line in lines:
         event = line.event
         if event is None or not event.get("tx_signature"):
             continue

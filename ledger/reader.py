@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ledger.files import segments
+from ledger.partitions import parquet_partitions, partition_count, partitions
 from ledger.lines import HASH_SUFFIX_BYTES, RawLine, classify_lines, parse_line  # noqa: F401  (RawLine, parse_line: read from here too)
 from ledger.parquet import jsonl_to_table
 from ledger.schema import ARROW_SCHEMA, SCHEMA_VERSION, EventKind
@@ -52,22 +53,28 @@ class LedgerRead:
 
 
 def read_events(ledger: Path | str) -> LedgerRead:
-    """Every event of the ledger named by ``ledger`` (a file or its directory); LedgerError on corruption."""
-    paths = segments(ledger)
-    read = LedgerRead(paths)
-    for line in iter_lines(paths):
-        if line.event is not None:
-            read.events.append(line.event)
-        elif line.torn:
-            read.torn_lines.append((line.path, line.line_no))
-        else:
-            raise LedgerError(str(line))
+    """Every event of the ledger named by ``ledger`` (a file or its directory); LedgerError on corruption.
+
+    A partitioned ledger's events come partition by partition, each partition's in seq order.
+    """
+    read = LedgerRead([])
+    for first in partitions(ledger):
+        paths = segments(first)
+        read.paths.extend(paths)
+        for line in iter_lines(paths):
+            if line.event is not None:
+                read.events.append(line.event)
+            elif line.torn:
+                read.torn_lines.append((line.path, line.line_no))
+            else:
+                raise LedgerError(str(line))
     return read
 
 
 def read_batches(source: Path | str, *, batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
     """The ledger as a stream of Arrow record batches of at most ``batch_rows`` rows, in ``seq`` order
-    for JSONL (file order for Parquet: by day, then by file), without loading it whole.
+    for JSONL (a partitioned ledger: partition by partition), in file order for Parquet (by shard
+    directory, by day, then by file), without loading it whole.
     """
     if batch_rows < 1:
         raise LedgerError(f"batch_rows={batch_rows!r}: must be at least 1")
@@ -76,43 +83,60 @@ def read_batches(source: Path | str, *, batch_rows: int = 65_536) -> Iterator[pa
     if parquet_files:
         yield from _parquet_dataset(source, parquet_files).to_batches(batch_size=batch_rows)
         return
-    lines: list[bytes] = []
-    for line in event_lines(segments(source)):
-        lines.append(line.raw)
-        if len(lines) == batch_rows:
+    for first in partitions(source):
+        lines: list[bytes] = []
+        for line in event_lines(segments(first)):
+            lines.append(line.raw)
+            if len(lines) == batch_rows:
+                yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
+                lines = []
+        if lines:
             yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
-            lines = []
-    if lines:
-        yield from jsonl_to_table(b"\n".join(lines) + b"\n").to_batches()
 
 
 def read_table(source: Path | str, *, columns: Optional[list[str]] = None) -> pa.Table:
-    """The ledger as an Arrow table of :data:`~ledger.schema.ARROW_SCHEMA`, ordered by ``seq``.
+    """The ledger as an Arrow table of :data:`~ledger.schema.ARROW_SCHEMA`, ordered by ``seq``
+    (a ledger partitioned by shard: by ``ts``, then ``shard``, then ``seq``).
 
-    ``source`` is a Parquet dataset directory (``day=.../*.parquet``; a ``day`` column is
-    added) or a JSONL ledger (its first file or its directory). ``columns`` keeps only those
-    (and ``seq``): a Parquet dataset then reads only them, a large saving on a big ledger.
+    ``source`` is a Parquet dataset directory (``day=.../*.parquet``, or ``shard=K/day=.../`` for
+    a partitioned one; a ``day`` column is added) or a JSONL ledger (its first file or its
+    directory). ``columns`` keeps only those (and the order's): a Parquet dataset then reads only
+    them, a large saving on a big ledger.
     """
     source = Path(source)
-    if columns is not None:
-        columns = list(dict.fromkeys(["seq", *columns]))
     parquet_files = _parquet_files(source)
+    partitioned = (parquet_files and parquet_files[0].parent.parent != source) or (
+        not parquet_files and partition_count(source) is not None)
+    order = ["ts", "shard", "seq"] if partitioned else ["seq"]
+    if columns is not None:
+        columns = list(dict.fromkeys([*order, *columns]))
     if parquet_files:
-        return _parquet_dataset(source, parquet_files).to_table(columns=columns).sort_by("seq")
-    lines = [line.raw for line in event_lines(segments(source))]
-    table = jsonl_to_table(b"\n".join(lines) + b"\n") if lines else ARROW_SCHEMA.empty_table()
-    return table if columns is None else table.select(columns)
+        table = _parquet_dataset(source, parquet_files).to_table(columns=columns)
+    else:
+        tables = []
+        for first in partitions(source):
+            lines = [line.raw for line in event_lines(segments(first))]
+            if lines:
+                tables.append(jsonl_to_table(b"\n".join(lines) + b"\n"))
+        table = pa.concat_tables(tables) if tables else ARROW_SCHEMA.empty_table()
+        table = table if columns is None else table.select(columns)
+    return table.sort_by([(name, "ascending") for name in order]) if partitioned or parquet_files else table
 
 
 def last_ts_us(ledger: Path | str) -> int | None:
     """The ``ts_us`` of the ledger's last state change (``recover`` events aside), or None if it has none.
 
     Reads the files from the last one back: what a restarted mesh needs to keep its clock from going back.
+    Of a partitioned ledger: the latest of its partitions'.
     """
-    ledger = Path(ledger)
-    if not ledger.exists():
+    found = [_last_ts_us(first) for first in partitions(ledger)]
+    return max((ts for ts in found if ts is not None), default=None)
+
+
+def _last_ts_us(first: Path) -> int | None:
+    if not first.exists():
         return None
-    files = segments(ledger)
+    files = segments(first)
     for index in range(len(files) - 1, -1, -1):
         found = [line.event["ts_us"] for line in iter_lines(files[index:index + 1])
                  if line.event is not None and line.event["kind"] != EventKind.RECOVER.value]
@@ -122,14 +146,26 @@ def last_ts_us(ledger: Path | str) -> int | None:
 
 
 def _parquet_files(source: Path) -> list[Path]:
-    """The whole Parquet files of a dataset directory (never the ``.tmp`` ones being written)."""
-    return sorted(source.glob("day=*/*.parquet")) if source.is_dir() else []
+    """The whole Parquet files of a dataset directory (never the ``.tmp`` ones being written): its
+    ``day=*`` directories', or each ``shard=K`` partition's; LedgerError if it holds both."""
+    if not source.is_dir():
+        return []
+    plain = sorted(source.glob("day=*/*.parquet"))
+    shards = [path for root in parquet_partitions(source) if root != source for path in sorted(root.glob("day=*/*.parquet"))]
+    if plain and shards:
+        raise LedgerError(f"{source}: both day=... and shard=.../day=... Parquet files: two datasets in one directory")
+    return plain or shards
+
+
+#: A dataset's schema: the ledger's, and the ``day`` of its hive directories (a file written before a
+#: field was added reads it as null).
+_DATASET_SCHEMA = ARROW_SCHEMA.append(pa.field("day", pa.string()))
 
 
 def _parquet_dataset(root: Path, files: list[Path]) -> ds.Dataset:
     return ds.dataset(
-        [str(p) for p in files], format="parquet",
-        partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root),
+        [str(p) for p in files], format="parquet", schema=_DATASET_SCHEMA,
+        partitioning=ds.partitioning(pa.schema([("day", pa.string())]), flavor="hive"), partition_base_dir=str(root),
     )
 
 

@@ -26,13 +26,17 @@ locked, a lock of funds its source does not hold, a second lock of an open escro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
+from ledger.credits import CreditMatch, EventId, Transfer
 from ledger.files import segments
+from ledger.partitions import owner, partition_count, partitions
 from ledger.schema import EventKind
 from ledger.reader import RawLine, ReadLines, event_lines, lines_of
 from mesh.core.clock import day_of
+from mesh.core.budget import BudgetBook
 from mesh.core.errors import LedgerError
 from mesh.core.escrow import EscrowBook
 from mesh.core.records import Reason, TollRecord
@@ -40,7 +44,7 @@ from mesh.core.sharding import shard_of
 
 #: Kinds of event after which a toll's record no longer changes: what a remembered task id is recalled by.
 SETTLING_KINDS = frozenset({"release", "refund", "expire", "paper_release", "reject"})
-_DECIDING_KINDS = frozenset({"deposit", "lock", "paper_release"})  # the first of these says if balances are tracked
+_DECIDING_KINDS = frozenset({"deposit", "credit", "lock", "paper_release"})  # the first of these says if balances are tracked
 _REPLAY_ERRORS = (LedgerError, KeyError, ValueError, TypeError, AssertionError)
 
 
@@ -57,6 +61,9 @@ def replay_file(book: EscrowBook, path: Path | str) -> int:
 
     ``book`` is a fresh book; what the replay judges and what not: see the module doc.
     """
+    if partition_count(path) is not None:
+        raise LedgerError(f"{path} is partitioned by shard: each partition replays into a book of its own "
+                          "(ledger.replay.replay_partitions)")
     # streamed: a ledger of millions of events is never held whole
     return _replay_lines(book, event_lines(segments(path)), lambda event: apply_event(book, event))
 
@@ -72,6 +79,80 @@ def replay_shard(book: EscrowBook, path: Path | str, *, shard: int, shards: int,
     paths, read_lines = _sources(path, files, missing_ok=True)
     lines = event_lines(paths, read_lines=read_lines)
     return _replay_lines(book, lines, lambda event: _apply_to_shard(book, event, shard, shards))
+
+
+@dataclass
+class PartitionedReplay:
+    """Each partition's book, the next seq of each, and the releases not credited yet (see :mod:`ledger.credits`)."""
+
+    books: list[EscrowBook]
+    next_seqs: list[int]
+    uncredited: list[tuple[EventId, Transfer, Any]]  # (release, what it sent, where)
+
+    def snapshot(self, ts_us: int) -> dict[str, Any]:
+        """The whole ledger's :func:`snapshot`: the partitions' (each agent's account is in one), with
+        the releases not credited yet in their targets' balances, as a restarted mesh credits them."""
+        merged = merge_snapshots([snapshot(book, ts_us) for book in self.books])
+        balances = merged["balances_micros"]
+        for _, transfer, _ in self.uncredited:
+            balances[transfer.target_agent] = balances.get(transfer.target_agent, 0) + transfer.amount_micros
+        return merged
+
+
+def partition_book(partition: int, count: int) -> EscrowBook:
+    """A fresh book for partition ``partition`` of ``count``: it owns the agents the partition holds, no caps
+    or timeouts judged (a replay applies what the ledger says)."""
+    budget = BudgetBook(default_cap_micros=None, owns_agent=lambda agent: owner(agent, count) == partition)
+    return EscrowBook(budget, escrow_timeout_s=None)
+
+
+def replay_partitions(path: Path | str) -> PartitionedReplay:
+    """Replay each partition of the partitioned ledger at ``path`` into a book of its own
+    (:func:`partition_book`), pairing credits with releases; LedgerError where the ledger contradicts
+    itself, as :func:`replay_file` (and where a credit does not pair, see :mod:`ledger.credits`)."""
+    count = partition_count(path)
+    if count is None:
+        raise LedgerError(f"{path} is not partitioned (it has no partition manifest): replay it with replay_file")
+    match = CreditMatch()
+    books, next_seqs = [], []
+    for partition, first in enumerate(partitions(path)):
+        book = partition_book(partition, count)
+        lines = event_lines(segments(first))
+        next_seqs.append(_replay_lines(book, lines, lambda event, b=book, k=partition: _apply_paired(b, event, k, count, match)))
+        books.append(book)
+    leftover = match.unmatched()
+    if leftover:
+        raise LedgerError(f"{leftover[0][0]}: {leftover[0][1]}")
+    decided = {book.budget.track_balances for book in books if book.open_count or book.budget.deposits_total_micros}
+    if len(decided) > 1:
+        raise LedgerError(f"{path}: some partitions track balances and some do not: a ledger of two kinds of booth")
+    return PartitionedReplay(books, next_seqs, match.uncredited())
+
+
+def _apply_paired(book: EscrowBook, event: dict[str, Any], partition: int, count: int, match: CreditMatch) -> None:
+    """Apply one event of partition ``partition``, noting what it sends to or receives from another partition."""
+    apply_event(book, event)
+    kind = event["kind"]
+    if kind == "credit":
+        problems = match.received((event["from_shard"], event["from_seq"]), Transfer.of(event),
+                                  partition=partition, where=f"shard={partition} seq {event['seq']}")
+        if problems:
+            raise LedgerError(problems[0])
+    elif kind in ("release", "paper_release") and book.budget.track_balances and owner(event["target_agent"], count) != partition:
+        problems = match.sent((partition, event["seq"]), Transfer.of(event), where=f"shard={partition} seq {event['seq']}")
+        if problems:
+            raise LedgerError(problems[0])
+
+
+def merge_snapshots(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`snapshot` from those of books that each hold some agents (shards, partitions)."""
+    merged: dict[str, Any] = {"balances_micros": {}, "locked_micros": {}, "used_today_micros": {}, "open_escrows": {}}
+    for part in parts:
+        for key in merged:
+            merged[key].update(part[key])
+    merged["locked_total_micros"] = sum(p["locked_total_micros"] for p in parts)
+    merged["deposits_total_micros"] = sum(p["deposits_total_micros"] for p in parts)
+    return merged
 
 
 def _replay_lines(book: EscrowBook, lines: Iterable[RawLine], apply: Callable[[dict[str, Any]], None]) -> int:
@@ -128,6 +209,11 @@ def apply_event(book: EscrowBook, event: dict[str, Any]) -> None:
             start_balances(book)
         book.deposit(event["target_agent"], event["amount_micros"], ts_us)
         return
+    if kind is EventKind.CREDIT:  # a partition's book: funds another partition's release sent here
+        if not book.budget.track_balances:
+            start_balances(book)
+        book.budget.credit(event["target_agent"], event["amount_micros"])
+        return
     if kind is EventKind.RESET_DAILY:
         book.reset_usage(ts_us)
         return
@@ -160,7 +246,9 @@ def start_balances(book: EscrowBook) -> None:
 
 
 def ledger_has_events(path: Path | str) -> bool:
-    """Whether the JSONL ledger at ``path`` exists with a file that is not empty."""
+    """Whether the JSONL ledger at ``path`` exists with a file that is not empty (a partitioned one: in any partition)."""
+    if partition_count(path) is not None:
+        return any(p.stat().st_size > 0 for first in partitions(path) for p in segments(first))
     return Path(path).exists() and any(p.stat().st_size > 0 for p in segments(path))
 
 

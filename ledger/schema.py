@@ -18,6 +18,8 @@ A JSONL line holds these fields in this order, its chain fields last:
 ``reason``                why it failed, is pending or was refunded, or null
 ``proof_digest``          SHA-256 of ``tx_signature`` (first 32 hex digits), or null
 ``torn_bytes``            ``recover`` events only: the length of the torn line skipped
+``from_shard``,           ``credit`` events only (a partitioned ledger, :mod:`ledger.partitions`):
+``from_seq``              the partition and seq of the release this credit receives
 ``hash``                  v1: the hash chain: SHA-256 (first 128 bits, hex) of the previous
                           line's ``hash`` and this line without its ``hash`` field
 ``first_seq``, ``lines``  v2, the last line of a batch only: the batch's first seq and its
@@ -61,6 +63,7 @@ class EventKind(str, Enum):
     PENDING = "pending"  # payment required before routing (PENDING)
     RESET_DAILY = "reset_daily"  # the seed's manual reset of every agent's daily usage
     RECOVER = "recover"  # the writer found a torn last line after a crash and moved past it
+    CREDIT = "credit"  # a partitioned ledger: a release another partition paid to target_agent, received
 
 
 Status = Literal["pending", "escrow_locked", "released", "refunded", "failed"]
@@ -92,6 +95,8 @@ class LedgerEvent(BaseModel):
     reason: Optional[str] = None
     proof_digest: Optional[str] = None
     torn_bytes: Optional[int] = Field(default=None, ge=1)
+    from_shard: Optional[int] = Field(default=None, ge=0)  # a credit: where its release is
+    from_seq: Optional[int] = Field(default=None, ge=0)
     hash: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{32}$")  # v1 (verify checks which format has what)
     first_seq: Optional[int] = Field(default=None, ge=0)  # v2, the last line of a batch
     lines: Optional[int] = Field(default=None, ge=1)
@@ -100,7 +105,7 @@ class LedgerEvent(BaseModel):
 
 #: The fields a line may hold as null, and so may leave out (v2 does): readers fill them with None.
 NULLABLE_FIELDS = ("mode", "shard", "status", "tx_signature", "payer_wallet", "settled_at", "reason",
-                   "proof_digest", "torn_bytes")
+                   "proof_digest", "torn_bytes", "from_shard", "from_seq")
 #: The fields that chain a line or seal a batch: the format's, not the event's.
 CHAIN_FIELDS = ("hash", "first_seq", "lines", "seal")
 
@@ -134,6 +139,8 @@ ARROW_SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
         pa.field("settled_at", pa.timestamp("us", tz="UTC")),
         pa.field("torn_bytes", pa.int64()),
+        pa.field("from_shard", pa.int32()),  # a credit's release: its partition and seq
+        pa.field("from_seq", pa.int64()),
         pa.field("hash", pa.string()),  # v1: the line's hash; v2: the batch's seal on its last row, else null
     ],
     metadata={"tollmesh.schema_version": str(SCHEMA_VERSION)},

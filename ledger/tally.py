@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ledger.files import segments
+from ledger.partitions import families, partition_count
 from ledger.reader import event_lines
 from ledger.schema import EventKind
+from mesh.core.errors import InvalidArgumentError
 
 _LOCK, _PAPER, _RELEASE = EventKind.LOCK.value, EventKind.PAPER_RELEASE.value, EventKind.RELEASE.value
 _REFUNDS = frozenset({EventKind.REFUND.value, EventKind.EXPIRE.value})
@@ -63,7 +65,15 @@ def tally_events(events: Iterable[dict[str, Any]]) -> Tally:
 
 
 def tally_ledger(ledger: Path | str, *, from_seq: int = 0, to_seq: int | None = None) -> Tally:
-    """The :class:`Tally` of a JSONL ledger's events with ``from_seq <= seq < to_seq`` (an absent ledger: empty)."""
+    """The :class:`Tally` of a JSONL ledger's events with ``from_seq <= seq < to_seq`` (an absent ledger: empty).
+
+    Of a partitioned ledger: every partition's events (a seq range names one partition: tally its file).
+    """
+    if partition_count(ledger) is not None:
+        if from_seq or to_seq is not None:
+            raise InvalidArgumentError("from_seq", (from_seq, to_seq), "a seq range names one partition of a "
+                                       "partitioned ledger: tally that partition's file")
+        return tally_events(line.event for files in families(ledger) for line in event_lines(files))
     if not Path(ledger).exists():
         return Tally()
     events = (line.event for line in event_lines(segments(ledger), from_seq=from_seq))

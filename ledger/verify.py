@@ -28,16 +28,18 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import orjson
 from pydantic import ValidationError
 
+from ledger.credits import CreditMatch, Transfer
 from ledger.files import segments
+from ledger.partitions import families, manifest_path, owner, partition_count, partitions
 from ledger.jsonl import chain_hash, line_body
 from ledger.payments import PaymentKey, payment_of
-from ledger.reader import RawLine, iter_lines
-from ledger.replay import apply_event, snapshot
+from ledger.reader import RawLine, event_lines, iter_lines
+from ledger.replay import PartitionedReplay, apply_event, partition_book, snapshot
 from ledger.schema import GENESIS_HASH, LedgerEvent
 from ledger.seal import SEAL_MAX_LINES, batch_body, seal_digest, split_seal
 from mesh.core.budget import BudgetBook
@@ -74,6 +76,7 @@ class VerifyResult:
     open_escrows: int = 0
     state: Optional[dict[str, Any]] = None  # the replayed state, when asked for (see verify)
     not_a_ledger: Optional[str] = None  # why the file is no tollmesh ledger at all, or None
+    partition_events: list[int] = field(default_factory=list)  # the events of each partition (of an ordinary ledger: one)
 
     @property
     def ok(self) -> bool:
@@ -98,22 +101,49 @@ class _TaskState:
     target_agent: str
 
 
+class _At(NamedTuple):
+    """A line of a ledger file, as a credit's problems name it."""
+
+    path: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name}:{self.line}"
+
+
+@dataclass
+class _Partition:
+    """Which partition of a partitioned ledger a verifier reads, and what the partitions share."""
+
+    index: int
+    count: int
+    credits: CreditMatch
+
+
 class _Verifier:
-    def __init__(self, files: list[Path]) -> None:
-        self.result = VerifyResult(files)
+    """Checks one ledger family: an ordinary ledger, or one partition of a partitioned one (then
+    ``result``, ``tasks`` and ``payments`` are the whole ledger's, shared by its partitions' verifiers)."""
+
+    def __init__(self, files: list[Path], *, result: Optional[VerifyResult] = None,
+                 tasks: Optional[dict[str, "_TaskState"]] = None, payments: Optional[dict] = None,
+                 partition: Optional[_Partition] = None) -> None:
+        self.result = result if result is not None else VerifyResult(files)
+        self.partition = partition
         self.expected_seq = 0
         self.previous_hash = GENESIS_HASH
-        self.tasks: dict[str, _TaskState] = {}
+        self.tasks: dict[str, _TaskState] = tasks if tasks is not None else {}
         # Balances are tracked from the first deposit on: a booth with balances rejects every lock
         # before its first deposit, and a booth without balances writes no deposits.
-        self.book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=False), escrow_timeout_s=None)
+        self.book = (EscrowBook(BudgetBook(default_cap_micros=None, track_balances=False), escrow_timeout_s=None)
+                     if partition is None else partition_book(partition.index, partition.count))
         self.replay_broken = False
         self.locked_any = False
         self.format_version: Optional[int] = None  # of the last event
         # this file's lines since the last batch ended, as (line number, bytes, seq or None): what a seal covers
         self.unsealed: deque[tuple[int, bytes, Any]] = deque(maxlen=SEAL_MAX_LINES)
         self.path: Optional[Path] = None
-        self.payments: dict[PaymentKey, tuple[str, Path, int]] = {}  # what each spent payment paid for, and where
+        # what each spent payment paid for, and where
+        self.payments: dict[PaymentKey, tuple[str, Path, int]] = payments if payments is not None else {}
 
     def see(self, line: RawLine) -> None:
         """Check the next line of the ledger (each, in order): an event, a torn line (a warning), or a problem."""
@@ -152,10 +182,16 @@ class _Verifier:
             self._check_transition(path, line_no, event)
             if event.get("tx_signature") and kind in _OPENING_KINDS:
                 self._check_payment(path, line_no, event)
+        if kind == "credit":
+            self._check_credit(path, line_no, event)
+        if self.partition is not None:
+            self._check_owner(path, line_no, event)
         if len(self.result.problems) > problems_before and not self.replay_broken:
             self.replay_broken = True
             self.result.warnings.append(Finding(path, line_no, "replay through the core stops at this bad line"))
         self._replay(path, line_no, event)
+        if self.partition is not None and kind in ("release", "paper_release"):
+            self._note_sent(path, line_no, event)
 
     def _check_schema(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         try:
@@ -254,11 +290,52 @@ class _Verifier:
             self.problem(path, line_no, f"x402 nonce {nonce} of payer {payer} on {network} used twice: by task_id={first[0]} "
                                         f"({first[1].name}:{first[2]}) and task_id={spent.task_id}")
 
+    def _check_credit(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        """A credit's fields; in a partitioned ledger, paired with its release (:mod:`ledger.credits`)."""
+        if self.partition is None:
+            self.problem(path, line_no, "a credit in a ledger that is not partitioned: credits pass between partitions")
+            return
+        from_shard, from_seq = event.get("from_shard"), event.get("from_seq")
+        if not _is_index(from_shard) or not _is_index(from_seq):
+            self.problem(path, line_no, f"a credit of from_shard={from_shard!r} and from_seq={from_seq!r}: it must name "
+                                        "the partition and seq of its release")
+            return
+        if from_shard == self.partition.index or from_shard >= self.partition.count:
+            self.problem(path, line_no, f"a credit from shard {from_shard} in partition {self.partition.index} of "
+                                        f"{self.partition.count}: a credit comes from another partition")
+            return
+        if event.get("status") is not None:
+            self.problem(path, line_no, f"a credit with status {event.get('status')!r}: a credit moves no escrow (no status)")
+        for problem in self.partition.credits.received((from_shard, from_seq), Transfer.of(event),
+                                                      partition=self.partition.index, where=_At(path, line_no)):
+            self.problem(path, line_no, problem)
+
+    def _note_sent(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        """A release that paid another partition's agent (with balances) is one that partition must credit
+        (noted even past a broken replay, so that its credit still pairs)."""
+        partition, target = self.partition, event.get("target_agent")
+        if not self.book.budget.track_balances or not isinstance(target, str) or owner(target, partition.count) == partition.index:
+            return
+        for problem in partition.credits.sent((partition.index, event.get("seq")), Transfer.of(event), where=_At(path, line_no)):
+            self.problem(path, line_no, problem)
+
+    def _check_owner(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
+        """A partition holds its agents' events: by source, or by target for a deposit or credit."""
+        kind, index, count = event.get("kind"), self.partition.index, self.partition.count
+        shard = event.get("shard")
+        if shard != index:  # also what a Parquet reader takes from the partition's shard=K directory
+            self.problem(path, line_no, f"an event of shard={shard!r} in partition {index}: each event of a partition names its shard")
+        role = "target_agent" if kind in ("deposit", "credit") else "source_agent" if kind in _STATUS_OF_KIND else None
+        agent = event.get(role) if role else None
+        if isinstance(agent, str) and owner(agent, count) != index:
+            self.problem(path, line_no, f"{kind} of {role}={agent!r} in partition {index}: that agent's account is in "
+                                        f"partition {owner(agent, count)} of {count}")
+
     def _replay(self, path: Path, line_no: int, event: dict[str, Any]) -> None:
         if self.replay_broken:
             return
         kind = event.get("kind")
-        if kind == "deposit" and not self.book.budget.track_balances:
+        if kind in ("deposit", "credit") and not self.book.budget.track_balances:
             if self.locked_any:
                 self.replay_broken = True
                 self.problem(path, line_no, "a deposit after locks without balances: a ledger of two kinds of booth")
@@ -270,6 +347,17 @@ class _Verifier:
         except (LedgerError, AssertionError, KeyError, ValueError, TypeError) as exc:
             self.replay_broken = True
             self.problem(path, line_no, f"replay through the core fails here ({exc or type(exc).__name__}); later lines are not replayed")
+            return
+
+
+def verified_events(ledger: Path | str, result: VerifyResult) -> Iterator[dict[str, Any]]:
+    """The events of ``ledger`` that ``result`` (its :func:`verified`) passed, partition by partition:
+    what a tool acting on it reads (events appended since are left for the next time)."""
+    for files, count in zip(families(ledger), result.partition_events):
+        for line in event_lines(files):
+            if line.event["seq"] >= count:
+                break
+            yield line.event
 
 
 def verified(ledger: Path | str) -> VerifyResult:
@@ -285,8 +373,15 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
 
     With ``state_at_us``, ``result.state`` is also the replayed state at that instant
     (:func:`ledger.replay.snapshot`; None if the replay broke), so a caller that checks a
-    live system against its ledger needs no second pass.
+    live system against its ledger needs no second pass. A partitioned ledger
+    (:mod:`ledger.partitions`) is checked partition by partition, each as a ledger of its own,
+    then across them: each partition holds only its agents' events, each credit receives one
+    release that paid its partition's agent, and once (a release not credited yet is a warning:
+    a crash between the two leaves it, and a restarted mesh credits it).
     """
+    count = partition_count(ledger)
+    if count is not None:
+        return _verify_partitioned(ledger, count, state_at_us)
     files = segments(ledger)
     checker = _Verifier(files)
     lines = ours = seed_like = 0
@@ -300,6 +395,7 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
         if not ours and lines >= NOT_A_LEDGER_PROBE_LINES:
             break  # a file of something else: its first lines are enough to say so
     checker.result.open_escrows = checker.book.open_count
+    checker.result.partition_events = [checker.result.events]
     if lines and not ours:  # its "torn lines" are no crash's: they are what the file holds
         checker.result.not_a_ledger = _not_a_ledger(lines, seed_like)
         torn = [Finding(w.path, w.line, w.message.removeprefix("torn line after a crash, tolerated (")[:-1])
@@ -310,6 +406,42 @@ def verify(ledger: Path | str, *, state_at_us: Optional[int] = None) -> VerifyRe
         checker.result.state = snapshot(checker.book, state_at_us)
     return checker.result
 
+
+def _verify_partitioned(ledger: Path | str, count: int, state_at_us: Optional[int]) -> VerifyResult:
+    families = [segments(first) for first in partitions(ledger)]
+    result = VerifyResult([path for family in families for path in family])
+    tasks: dict[str, _TaskState] = {}
+    payments: dict = {}
+    credits = CreditMatch()
+    checkers = []
+    for index, files in enumerate(families):
+        checker = _Verifier(files, result=result, tasks=tasks, payments=payments, partition=_Partition(index, count, credits))
+        for line in iter_lines(files):
+            checker.see(line)
+        checkers.append(checker)
+        result.partition_events.append(result.events - sum(result.partition_events))
+    result.open_escrows = sum(checker.book.open_count for checker in checkers)
+    for where, problem in credits.unmatched():
+        result.problems.append(Finding(where.path, where.line, problem))
+    uncredited = credits.uncredited()
+    for (shard, seq), transfer, where in uncredited:
+        result.warnings.append(Finding(where.path, where.line, (
+            f"release of task_id={transfer.task_id} (shard {shard} seq {seq}) paid {transfer.amount_micros} micros to "
+            f"{transfer.target_agent}, whose partition {owner(transfer.target_agent, count)} has no credit of it yet "
+            "(a crash between the two): a restarted mesh credits it")))
+    tracking = {checker.book.budget.track_balances for checker in checkers if checker.locked_any or checker.book.budget.track_balances}
+    if len(tracking) > 1:
+        result.problems.append(Finding(manifest_path(ledger), 0, "some partitions track balances and some lock without them: "
+                                                    "a ledger of two kinds of booth"))
+    if state_at_us is not None and not any(checker.replay_broken for checker in checkers):
+        replayed = PartitionedReplay([c.book for c in checkers], [c.expected_seq for c in checkers], uncredited)
+        result.state = replayed.snapshot(state_at_us)
+    return result
+
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_count(value: Any) -> bool:

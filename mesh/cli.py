@@ -329,14 +329,15 @@ def _print_netting(result) -> int:
 
 def _holds_payments(ledger: Path, decode) -> bool:
     """Whether any event of the ledger carries an x402 payment (a quick scan; the settle verifies properly)."""
-    from ledger.files import segments
+    from ledger.partitions import families
     from ledger.reader import iter_lines
 
     try:
-        files = segments(ledger)
+        ledger_files = families(ledger)
     except TollmeshError:
         return False
-    return any(line.event is not None and decode(line.event.get("tx_signature")) is not None for line in iter_lines(files))
+    return any(line.event is not None and decode(line.event.get("tx_signature")) is not None
+               for files in ledger_files for line in iter_lines(files))
 
 
 def _settle_with_payments(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.budget_shard import LOCK, REJECT, ShardCore, ShardSpec
-from actors.coordinator import merge_snapshots
+from ledger.replay import merge_snapshots
 from ledger import replay_file, snapshot, verify
 from ledger.jsonl import JsonlWriter
 from mesh.core.budget import BudgetBook

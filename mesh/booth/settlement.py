@@ -33,9 +33,9 @@ from typing import Any, Iterable, Iterator, Optional
 
 import orjson
 
-from ledger.files import segments, settlements_path
-from ledger.reader import event_lines
-from ledger.verify import verified
+from ledger.files import settlements_path
+from ledger.partitions import families, ledger_name
+from ledger.verify import VerifyResult, verified, verified_events
 from mesh.core.errors import InvalidTypeError
 from mesh.core.money import UsdLike, format_usd, micros_to_usd, usd_to_micros
 
@@ -65,21 +65,23 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
            exclude_task_ids: Optional[set[str]] = None) -> SettlementResult:
     """Net every released, not yet settled toll of the ledger into one batch (see the module doc).
 
-    ``ledger_path`` names a JSONL ledger (its first file, or its directory); all its files are read.
+    ``ledger_path`` names a JSONL ledger (its first file, or its directory); all its files are read
+    (of a partitioned one, every partition's: the batches are kept beside its manifest).
     ``exclude_task_ids``: tolls settled otherwise (by their own x402 payments, :mod:`mesh.x402.settle`).
     """
     if not isinstance(paper, bool):
         raise InvalidTypeError("paper", paper, "a bool")
     minimum_micros = usd_to_micros(minimum_usd, field="minimum_usd")
-    files = segments(ledger_path)
-    verified_seqs = None if _seed_format(files) else verified(ledger_path).events  # before anything is written
+    ledger_path = ledger_name(ledger_path)
+    files = [path for family in families(ledger_path) for path in family]
+    checked = None if _seed_format(files) else verified(ledger_path)  # before anything is written
     spath = settlements_path(ledger_path)
     with open(spath, "ab+") as settlements:
         fcntl.flock(settlements, fcntl.LOCK_EX)
         settlements.seek(0)
         done = {tid for batch in _json_lines(settlements.read()) for tid in batch.get("task_ids", ())}
         done |= exclude_task_ids or set()
-        pending = _released_unsettled(files, done, verified_seqs)
+        pending = _released_unsettled(ledger_path, files, done, checked)
         net_micros, count = sum(pending.values()), len(pending)
         if count == 0:
             return SettlementResult(False, 0, 0, reason="nothing to settle", settlements_path=spath)
@@ -98,14 +100,14 @@ def settle(ledger_path: Path | str, *, paper: bool = True, minimum_usd: UsdLike 
     return SettlementResult(True, net_micros, count, batch_id, "paper", "", task_ids, spath)
 
 
-def _released_unsettled(files: list[Path], done: set[str], verified_seqs: Optional[int]) -> dict[str, int]:
-    """Released tolls not in ``done``, by task id: of a tollmesh ledger, the events of seq below ``verified_seqs``
-    (what verify passed: events appended since are left for the next settle); of a seed ledger (None), every line."""
+def _released_unsettled(ledger: Path, files: list[Path], done: set[str], checked: Optional[VerifyResult]) -> dict[str, int]:
+    """Released tolls not in ``done``, by task id: of a tollmesh ledger, the events ``checked`` verified
+    (events appended since are left for the next settle); of a seed ledger (None), every line."""
     pending: dict[str, int] = {}
-    if verified_seqs is None:
+    if checked is None:
         events: Iterator[dict[str, Any]] = (event for path in files for event in _json_lines(path.read_bytes()))
     else:
-        events = (line.event for line in event_lines(files) if line.event["seq"] < verified_seqs)
+        events = verified_events(ledger, checked)
     for event in events:
         task_id = event.get("task_id")
         if event.get("status") != "released" or not task_id or task_id in done or task_id in pending:

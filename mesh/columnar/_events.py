@@ -230,6 +230,8 @@ def encode_arrow(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
         "settled_at": pc.if_else(pa.array(events.settled_s < 0), pa.scalar(None, _UTC_US),
                                  _timestamps(events.settled_s * US_PER_SECOND)),
         "torn_bytes": pa.nulls(n, pa.int64()),
+        "from_shard": pa.nulls(n, pa.int32()),
+        "from_seq": pa.nulls(n, pa.int64()),
     }
     return pa.Table.from_arrays([columns[f.name] for f in EVENT_FIELDS_SCHEMA], schema=EVENT_FIELDS_SCHEMA)
 

@@ -30,11 +30,11 @@ from typing import Any, Optional
 import orjson
 
 from ledger.events import proof_digest
-from ledger.files import PAYMENTS_SUFFIX, first_segment
+from ledger.files import PAYMENTS_SUFFIX
 from ledger.payments import decode_payment
+from ledger.partitions import families, ledger_name
 from ledger.reader import event_lines
-from ledger.files import segments
-from ledger.verify import verified
+from ledger.verify import VerifyResult, verified, verified_events
 from mesh.core.money import UsdLike
 from mesh.core.records import Reason
 from mesh.booth.settlement import DEFAULT_MINIMUM_USD, SettlementResult, settle as net
@@ -47,7 +47,7 @@ class PaymentsLog:
     """The settlements of x402-paid calls, one JSON line each, beside the ledger (append-only, locked)."""
 
     def __init__(self, ledger_path: Path | str) -> None:
-        first = first_segment(ledger_path) if Path(ledger_path).is_dir() else Path(ledger_path)
+        first = ledger_name(ledger_path)
         self.path = first.with_name(first.stem + PAYMENTS_SUFFIX)
         self._lock = threading.Lock()
 
@@ -143,7 +143,7 @@ def settle_ledger(ledger: Path | str, settler: PaymentSettler, *, paper_netting:
     """
     result = LedgerSettlement(via=settler.via)
     checked = verified(ledger)
-    paid, refunded = _paid_calls(ledger, checked.events)
+    paid, refunded = _paid_calls(ledger, checked)
     result.paid_released, result.refunded_paid = len(paid), refunded
     done = settler.log.settled_task_ids()
     for task_id, (header, amount) in paid.items():
@@ -164,13 +164,12 @@ def settle_ledger(ledger: Path | str, settler: PaymentSettler, *, paper_netting:
     return result
 
 
-def _paid_calls(ledger: Path | str, verified_seqs: int) -> tuple[dict[str, tuple[str, int]], int]:
+def _paid_calls(ledger: Path | str, checked: VerifyResult) -> tuple[dict[str, tuple[str, int]], int]:
     """Released calls that carry an x402 payment, ``{task_id: (header, amount_micros)}``, and how many paid calls were refunded."""
     paid: dict[str, tuple[str, int]] = {}
     refunded = 0
-    for line in event_lines(segments(ledger)):
-        event = line.event
-        if event["seq"] >= verified_seqs or not event.get("tx_signature"):
+    for event in verified_events(ledger, checked):
+        if not event.get("tx_signature"):
             continue
         if event.get("status") == "refunded" and decode_payment(event["tx_signature"]) is not None:
             refunded += 1
@@ -184,7 +183,7 @@ def terms_of_ledger(ledger: Path | str) -> Any:
     from mesh.core.errors import ConfigError
     from mesh.x402.terms import PaymentTerms
 
-    for line in event_lines(segments(ledger)):
+    for line in (line for files in families(ledger) for line in event_lines(files)):
         payload = decode_payment(line.event.get("tx_signature"))
         accepted = payload.get("accepted") if payload is not None else None
         if isinstance(accepted, dict) and accepted.get("payTo"):
