@@ -25,7 +25,12 @@ restarted mesh credits.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from ledger.partitions import families, owner, partition_count
+from ledger.reader import event_lines
+from mesh.core.errors import LedgerError
 
 
 class Transfer(NamedTuple):
@@ -103,3 +108,38 @@ def _differs(credit: Transfer, release: Transfer, at: EventId) -> str:
     return (f"credit of task_id={credit.task_id} ({credit.source_agent} -> {credit.target_agent}, {credit.amount_micros} micros) "
             f"does not match the release at shard {at[0]} seq {at[1]} (task_id={release.task_id}, "
             f"{release.source_agent} -> {release.target_agent}, {release.amount_micros} micros)")
+
+
+def credit_marks(events: Any) -> dict[int, int]:
+    """The highest ``from_seq`` each source partition has credited, from one partition's events in
+    order: what a receiver keeps so that it takes each credit once (a credit at or below is skipped)."""
+    marks: dict[int, int] = {}
+    for event in events:
+        if event["kind"] == "credit":
+            marks[event["from_shard"]] = max(marks.get(event["from_shard"], -1), event["from_seq"])
+    return marks
+
+
+def missing_credits(ledger: Path | str, partition: int, marks: dict[int, int]) -> list[dict[str, Any]]:
+    """The releases of other partitions of the partitioned ``ledger`` that paid agents of ``partition``
+    past its ``marks`` (:func:`credit_marks`), in each source's seq order: the credits a crash between a
+    release and its credit left unwritten, which a rebuilt receiver writes (only with balances: a
+    partition without deposits or credits sent nothing). A release is sent when its partition tracks
+    balances, which a ledger decides by its first deposit or credit (see :mod:`ledger.replay`)."""
+    count = partition_count(ledger)
+    if count is None:
+        raise LedgerError(f"{ledger} is not partitioned: it has no credits to miss")
+    missing = []
+    for source, files in enumerate(families(ledger)):
+        if source == partition:
+            continue
+        mark, tracking = marks.get(source, -1), None
+        for line in event_lines(files):
+            event = line.event
+            kind = event["kind"]
+            if tracking is None and kind in ("deposit", "credit", "lock", "paper_release"):
+                tracking = kind in ("deposit", "credit")
+            if (kind in ("release", "paper_release") and tracking and event["seq"] > mark
+                    and owner(event["target_agent"], count) == partition):
+                missing.append(event)
+    return missing

@@ -106,6 +106,14 @@ class PartitionedModel:
                 merged["balances_micros"][agent] = merged["balances_micros"].get(agent, 0) + release["amount_micros"]
         return merged
 
+    @classmethod
+    def reopen(cls, model: "PartitionedModel") -> "PartitionedModel":
+        """Writers on ``model``'s closed ledger again (its books are not rebuilt: for appending lines)."""
+        again = cls.__new__(cls)
+        again.ledger, again.count, again.balances = model.ledger, model.count, model.balances
+        again.writers = [JsonlWriter(partition_path(model.ledger, k)) for k in range(model.count)]
+        return again
+
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
