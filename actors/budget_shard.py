@@ -150,6 +150,17 @@ class BudgetShard:
             self._check_fresh()
             return self._core.credit(unpack(credits))
 
+    def credit_events(self, credits: list[tuple] | bytes, from_shard: int, now_us: int) -> ShardAnswer:
+        """:meth:`ShardCore.credit_events` (a partitioned ledger's credits, written as events)."""
+        with self._book():
+            self._check_fresh()
+            return self._mark(self._core.credit_events(unpack(credits), from_shard, now_us))
+
+    def credit_marks(self) -> dict[int, int]:
+        with self._lock:
+            self._check_fresh()
+            return self._core.credit_marks()
+
     def reset_usage(self) -> None:
         with self._book():
             self._check_fresh()
@@ -228,7 +239,7 @@ class BudgetShard:
         if plan.target_shard != index or settle is None or not settle[3] or answer.seqs is None:
             return 0
         first_settle_seq = answer.seqs[0] + answer.lock[2]
-        credits = [(agent, amount, first_settle_seq + i) for agent, amount, i in settle[3]]
+        credits = [(agent, amount, first_settle_seq + i) for agent, amount, i, *_ in settle[3]]
         with self._lock:
             self._check_fresh()
             return self._core.credit(credits)

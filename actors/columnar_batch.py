@@ -168,8 +168,7 @@ class ColumnarBatch:
             self.settles[shard] = (indices, ok, reasons, entry)
             self.status[indices], self.reason[indices] = answer.status, answer.reason
             if answer.credit_agents:
-                credits.append((entry, (None, None, None, list(zip(answer.credit_agents, answer.credit_micros.tolist(),
-                                                                     answer.credit_events.tolist())))))
+                credits.append((entry, (None, None, None, answer.credits())))
         await self.c._forward_credits(credits)
 
     async def _await_durable(self, locks: dict, outcomes: dict) -> None:
@@ -177,7 +176,7 @@ class ColumnarBatch:
         c = self.c
         durable = await asyncio.gather(*(e.durable for e in self.entries), return_exceptions=True)
         lost = {id(e) for e, o in zip(self.entries, durable) if isinstance(o, BaseException)}
-        counted = {id(e) for e, o in zip(self.entries, durable) if c._counts_entry(o)}
+        counted = {id(e) for e, o in zip(self.entries, durable) if c._counts_entry(e, o)}
         for entry, tally in self.tallies:
             if id(entry) in counted:
                 c._count.tally(tally)
@@ -214,7 +213,7 @@ class ColumnarBatch:
                 self.fault[i] = 0
                 self.status[i], self.reason[i] = STATUS_CODE[record[5]], REASON_CODE.get(record[11], 0)
         if answer is not None:
-            if c._counts_entry(first_seq):
+            if c._counts_entry(entry, first_seq):
                 c._count.answer("settle_batch", answer)
             if answer[3]:
                 await c._forward_credits([(entry, answer)])

@@ -12,7 +12,9 @@ A batch of messages goes through four hops, each one Ray call per actor involved
 4. **record**: every shard answer's events go to the ledger writer through the
    :class:`~actors.ordered_log.OrderedLog`, in the order the shard calls were made; the
    batch answers only once its events are durable. With balances, releases to agents of
-   another shard are then credited there.
+   another shard are then credited there. With a ledger partitioned by shard
+   (``partitioned_ledger``) each shard has an ordered log and a writer of its own, and a
+   credit is an event of the target's partition (:mod:`actors.partition_credits`).
 
 Submissions that wait together are coalesced into one batch (up to
 ``max_batch_messages``), so many concurrent single calls cost a few batches. At most
@@ -55,6 +57,7 @@ from actors.directory import AgentDirectory, MeshClock
 from actors.gc_tuning import tune_gc
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
+from actors.partition_credits import PartitionCredits
 from actors.record_batch import FAULTS, RecordBatch
 from actors.wire import pack, unpack
 from ledger.events import record_event
@@ -99,15 +102,15 @@ class ShardUnavailableError(TollmeshError):
 class EscrowCoordinator:
     """Drives every escrow of a mesh; see the module doc."""
 
-    def __init__(self, config: MeshConfig, first_seq: int = 0) -> None:
-        """``first_seq``: the ledger's next seq when the mesh started (what it wrote is counted from there)."""
+    def __init__(self, config: MeshConfig, first_seqs: Optional[list[int]] = None) -> None:
+        """``first_seqs``: each writer's next seq when the mesh started (what it wrote is counted from there)."""
         tune_gc()
         self.config = config
-        self._first_seq = first_seq
+        self._first_seqs = list(first_seqs) if first_seqs is not None else [0] * config.writers
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed
         names = [config.actor_name(f"shard.{i}") for i in range(config.shards)]
         self._shards = [ray.get_actor(name, namespace=config.namespace) for name in names]
-        self._writer = ray.get_actor(config.actor_name("writer"), namespace=config.namespace)
+        self._writers = [ray.get_actor(config.writer_name(k), namespace=config.namespace) for k in range(config.writers)]
         self._directory = AgentDirectory(config.directory_path, config.namespace)
         self._directory.load()
         self._clock = MeshClock(config)
@@ -120,13 +123,14 @@ class EscrowCoordinator:
         self._lost_since_rebuild = False  # an append was lost after the last rebuild began (see _recover_all)
         self._rebuilding = asyncio.Lock()  # one rebuild at a time (see _rebuild)
         self._started: Optional[asyncio.Future] = None
-        self._log: Optional[OrderedLog] = None
+        self._logs: list[OrderedLog] = []  # one per writer: shard K's events go to log writer_of(K)
+        self._credits = PartitionCredits(self) if config.partitioned_ledger else None
         self._closed = False
         self._waiting: dict[bool, deque] = {False: deque(), True: deque()}  # submissions not yet in a batch
         self._batchers: dict[bool, Optional[asyncio.Task]] = {False: None, True: None}
         self._batch_tasks: set[asyncio.Task] = set()
         self._redeliver = False  # see set_redelivery
-        self._counted_from_seq = first_seq  # events from here on are counted by their batches (see _recount)
+        self._counted_from = list(self._first_seqs)  # per writer: events from here on are counted by their batches (see _recount)
 
     # -- calls --------------------------------------------------------------------
 
@@ -242,7 +246,7 @@ class EscrowCoordinator:
             await self._wait_recovered(shard)
             call = getattr(self._shards[shard], method)
             ref = call.remote(*ops) if columns else call.remote(pack(ops), self._clock.now_us(), "live")
-            entry = self._log.push(ref)
+            entry = self._log_of(shard).push(ref)
             try:
                 answer = await entry.answer
             except Exception as exc:  # noqa: BLE001 - the shard died, or refused while stale
@@ -255,15 +259,27 @@ class EscrowCoordinator:
             return answer, entry
         return None, None
 
+    def _log_of(self, shard: int) -> OrderedLog:
+        """The ordered log that takes shard ``shard``'s events."""
+        return self._logs[self.config.writer_of(shard)]
+
     async def _forward_credits(self, settled: list[tuple[LogEntry, ShardAnswer]]) -> None:
-        """Credit releases paid to agents of other shards, once their events are durable (exactly once)."""
+        """Credit releases paid to agents of other shards, once their events are durable (exactly once).
+
+        A partitioned ledger's credits are events of the target's partition, written by
+        :class:`actors.partition_credits.PartitionCredits` in each source's seq order: this waits
+        for them (and for the entries' appends)."""
+        if self._credits is not None:
+            await asyncio.gather(*(entry.durable for entry, _ in settled), return_exceptions=True)
+            await asyncio.gather(*(f for entry, _ in settled for f in entry.credited), return_exceptions=True)
+            return
         by_shard: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
         for entry, answer in settled:
             try:
                 first_seq = await entry.durable
             except Exception:  # noqa: BLE001 - a lost append: the rebuild from the ledger decides
                 continue
-            for agent, amount, index in answer[3]:
+            for agent, amount, index, *_ in answer[3]:
                 by_shard[shard_of(agent, self.config.shards)].append((agent, amount, first_seq + index))
         await asyncio.gather(*(self._credit(s, credits) for s, credits in by_shard.items()))
 
@@ -312,6 +328,8 @@ class EscrowCoordinator:
                 await self._rebuild(list(range(self.config.shards)), resume_log=True)
                 try:
                     await self._recount()  # the lost append's events may be on disk after all
+                    if self._credits is not None and not await self._credits.repair():  # and releases with no credit
+                        self._lost_since_rebuild = True
                 except Exception as exc:  # noqa: BLE001 - the writer died again: go round once more
                     logger.warning("recount failed (%s: %s), again", type(exc).__name__, exc)
                     self._lost_since_rebuild = True
@@ -331,9 +349,10 @@ class EscrowCoordinator:
             for _ in range(MAX_SHARD_ATTEMPTS):
                 try:
                     await asyncio.gather(*(self._shards[s].mark_stale.remote() for s in shards))
-                    await self._log.drain()
+                    await asyncio.gather(*(log.drain() for log in self._logs))
                     if resume_log:
-                        self._log.resume()
+                        for log in self._logs:
+                            log.resume()
                     await asyncio.gather(*(self._shards[s].rebuild.remote() for s in shards))
                     break
                 except Exception as exc:  # noqa: BLE001 - a shard died again mid-rebuild: start over
@@ -420,7 +439,7 @@ class EscrowCoordinator:
         """One shard call through the log, durable (with its credits) before it answers; its (wire) records."""
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
-            entry = self._log.push(getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), mode))
+            entry = self._log_of(shard).push(getattr(self._shards[shard], method).remote(pack(ops), self._clock.now_us(), mode))
             try:
                 answer = await entry.answer
                 break
@@ -429,7 +448,7 @@ class EscrowCoordinator:
         else:
             raise ShardUnavailableError(f"budget shard {shard} is unreachable")
         first_seq = await entry.durable  # raises LedgerAppendLostError if the append was lost
-        if method in ("lock_batch", "settle_batch") and self._counts_entry(first_seq):
+        if method in ("lock_batch", "settle_batch") and self._counts_entry(entry, first_seq):
             self._count.answer(method, answer)
         await self._forward_credits([(entry, answer)] if answer[3] else [])
         return answer[0]
@@ -509,7 +528,7 @@ class EscrowCoordinator:
         for _ in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             ref = self._shards[shard].deposit_batch.remote(deposits, self._clock.now_us(), "live")
-            entry = self._log.push(ref)
+            entry = self._log_of(shard).push(ref)
             try:
                 await entry.answer
             except Exception:  # noqa: BLE001 - rebuild, then retry
@@ -520,14 +539,18 @@ class EscrowCoordinator:
         raise ShardUnavailableError(f"budget shard {shard} is unreachable")
 
     async def reset_daily(self, mode: str = "live") -> None:
-        """The seed's manual reset: every shard forgets today's usage; one ``reset_daily`` event."""
+        """The seed's manual reset: every shard forgets today's usage; one ``reset_daily`` event (in
+        each partition of a partitioned ledger)."""
         await self._ready()
         now_us = self._clock.now_us()
         resets = [shard.reset_usage.remote() for shard in self._shards]
-        event = record_event("reset_daily", TollRecord("", "", ""), ts_us=now_us, mode=mode)
-        entry = self._log.push_answer(([], encode_events([event]), 1, [], []))
+        entries = []
+        for k, log in enumerate(self._logs):
+            shard = k if self.config.partitioned_ledger else None
+            event = record_event("reset_daily", TollRecord("", "", ""), ts_us=now_us, mode=mode, shard=shard)
+            entries.append(log.push_answer(([], encode_events([event]), 1, [], [])))
         await asyncio.gather(*resets, return_exceptions=True)  # a shard that died replays the event instead
-        await entry.durable
+        await asyncio.gather(*(entry.durable for entry in entries))
 
     async def expire_stale(self) -> list[TollRecord]:
         """Refund every escrow past ``escrow_timeout_s`` on every shard now; the records refunded."""
@@ -543,7 +566,7 @@ class EscrowCoordinator:
 
     async def _shard_call_now(self, shard: int, method: str, entries: list[LogEntry]) -> Optional[ShardAnswer]:
         await self._wait_recovered(shard)
-        entry = self._log.push(getattr(self._shards[shard], method).remote(self._clock.now_us(), "live"))
+        entry = self._log_of(shard).push(getattr(self._shards[shard], method).remote(self._clock.now_us(), "live"))
         try:
             answer = await entry.answer
         except Exception:  # noqa: BLE001 - the next sweep tries again
@@ -613,7 +636,9 @@ class EscrowCoordinator:
     async def snapshot(self) -> dict[str, Any]:
         """Balances, locked amounts, today's usage and open escrows of all shards (what replay rebuilds)."""
         await self._ready()
-        await self._log.drain()
+        await asyncio.gather(*(log.drain() for log in self._logs))
+        if self._credits is not None:
+            await self._credits.drain()  # a credit on its way is in the target's balance once written
         now_us = self._clock.now_us()
         parts = await asyncio.gather(*(shard.snapshot.remote(now_us) for shard in self._shards))
         return merge_snapshots(parts)
@@ -621,8 +646,8 @@ class EscrowCoordinator:
     async def stats(self) -> dict[str, Any]:
         """Counts and amounts by outcome, refusals and refunds by reason, and each shard's state."""
         await self._ready()
-        shards, writer = await asyncio.gather(asyncio.gather(*(shard.stats.remote() for shard in self._shards)),
-                                              self._writer.stats.remote())
+        shards, writers = await asyncio.gather(asyncio.gather(*(shard.stats.remote() for shard in self._shards)),
+                                               asyncio.gather(*(writer.stats.remote() for writer in self._writers)))
         by_reason = {k[len("rejected:"):]: v for k, v in self._count.counts.items() if k.startswith("rejected:")}
         refunds = {k[len("refunded:"):]: v for k, v in self._count.counts.items() if k.startswith("refunded:")}
         return {
@@ -634,22 +659,27 @@ class EscrowCoordinator:
             "open_escrows": sum(s["open_escrows"] for s in shards),
             "fast_lane_calls": self._count.counts["fast_lane"],
             "agents": len(self._directory.agents), "hosts": len(self._directory.hosts),
-            "events_written": writer["next_seq"] - self._first_seq,  # both ways in, a broken lane run's too
+            # both ways in, a broken lane run's too
+            "events_written": sum(w["next_seq"] - first for w, first in zip(writers, self._first_seqs)),
             "shards": shards, "pid": os.getpid(),
         }
 
     async def memory(self) -> dict[str, Any]:
         """Resident memory of every process of the mesh, by role, with what each holds."""
         await self._ready()
-        shards, hosts, writer = await asyncio.gather(  # an actor that does not answer is left out
+        shards, hosts, writers = await asyncio.gather(  # an actor that does not answer is left out
             asyncio.gather(*(shard.memory.remote() for shard in self._shards), return_exceptions=True),
             asyncio.gather(*(host.memory.remote() for host in self._directory.hosts), return_exceptions=True),
-            asyncio.gather(self._writer.memory.remote(), return_exceptions=True),
+            asyncio.gather(*(writer.memory.remote() for writer in self._writers), return_exceptions=True),
         )
+        writers = [w for w in writers if isinstance(w, dict)]
+        sinks = [w["parquet_sink_rss_bytes"] for w in writers if w["parquet_sink_rss_bytes"] is not None]
         return {
             "coordinator": {"rss_bytes": rss_bytes(), "agents": len(self._directory.agents)},
             "shards": [s for s in shards if isinstance(s, dict)], "hosts": [h for h in hosts if isinstance(h, dict)],
-            "writer": writer[0] if isinstance(writer[0], dict) else {"rss_bytes": 0, "parquet_sink_rss_bytes": None},
+            # every writer's (one per partition of a partitioned ledger), summed; each in "writers"
+            "writer": {"rss_bytes": sum(w["rss_bytes"] for w in writers), "parquet_sink_rss_bytes": sum(sinks) if sinks else None},
+            "writers": writers,
         }
 
     async def close(self) -> dict[str, Any]:
@@ -657,10 +687,12 @@ class EscrowCoordinator:
         await self._ready()
         while self._waiting[False] or self._waiting[True] or self._batch_tasks:
             await asyncio.sleep(0.01)
+        if self._credits is not None:
+            await self._credits.drain()
         self._closed = True
         self._sweeper.cancel()
-        await self._log.close()
-        return await self._writer.close.remote()
+        await asyncio.gather(*(log.close() for log in self._logs))
+        return merge_summaries(await asyncio.gather(*(writer.close.remote() for writer in self._writers)))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -671,8 +703,10 @@ class EscrowCoordinator:
 
     async def _start(self) -> None:
         self._admission = asyncio.Semaphore(self.config.max_inflight_batches)
-        self._log = OrderedLog(self._writer.append_encoded.remote, on_lost=self._on_append_lost,
-                               on_durable=self._tell_shards_durable, max_appends_in_flight=1)
+        on_written = None if self._credits is None else self._credits.on_written
+        self._logs = [OrderedLog(writer.append_encoded.remote, on_lost=self._on_append_lost, on_durable=self._tell_shards_durable,
+                                 on_written=on_written, max_appends_in_flight=1, partition=k)
+                      for k, writer in enumerate(self._writers)]
         if self._restarted:  # events in the old instance's log are lost: the shards go back to the ledger
             logger.warning("coordinator restarted: rebuilding every shard from the ledger")
             await self._rebuild(list(range(self.config.shards)))
@@ -683,6 +717,9 @@ class EscrowCoordinator:
             await self._recount()
             for sources in await asyncio.gather(*(shard.open_sources.remote() for shard in self._shards)):
                 self._booth_sources.update(sources)  # open escrows can still be released or refunded by task id
+        # credits an earlier instance (or mesh, crashed whole) never wrote, although their releases are on disk
+        if self._credits is not None and not await self._credits.repair():
+            logger.error("some credits the ledger lacks could not be written at start; the next recovery writes them")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     def _reload_verifier(self) -> None:
@@ -699,24 +736,29 @@ class EscrowCoordinator:
         events may or may not be on disk). Batches whose events landed before this point are
         then not counted again by themselves: see :meth:`_counts_entry`.
         """
-        through_seq = (await self._writer.stats.remote())["next_seq"]
+        through = [stats["next_seq"] for stats in await asyncio.gather(*(w.stats.remote() for w in self._writers))]
         # Read on the event loop, on purpose: no batch counts anything between the tally and the new boundary.
-        tally = tally_ledger(self.config.ledger_path, from_seq=self._first_seq, to_seq=through_seq)
-        self._count.recounted(tally.counts, tally.amounts)
-        self._counted_from_seq = through_seq
-        logger.warning("%d calls counted again from the ledger", tally.counts["locked"] + tally.counts["rejected"])
+        counts, amounts = Tally(), Tally()
+        for k, (first, last) in enumerate(zip(self._first_seqs, through)):
+            tally = tally_ledger(self.config.writer_ledger(k), from_seq=first, to_seq=last)
+            counts.update(tally.counts)
+            amounts.update(tally.amounts)
+        self._count.recounted(counts, amounts)
+        self._counted_from = through
+        logger.warning("%d calls counted again from the ledger", counts["locked"] + counts["rejected"])
 
     async def _all_counted(self, entries: list[LogEntry]) -> bool:
         """Whether the caller counts these entries' events (see :meth:`_counts_entry`)."""
         durable = await asyncio.gather(*(e.durable for e in entries), return_exceptions=True)
-        return all(self._counts_entry(o) for o in durable)
+        return all(self._counts_entry(e, o) for e, o in zip(entries, durable))
 
-    def _counts_entry(self, durable: Any) -> bool:
+    def _counts_entry(self, entry: LogEntry, durable: Any) -> bool:
         """Whether a shard call whose ``durable`` outcome this is gets counted by its batch: its events
-        are on disk, and were not counted by a :meth:`_recount` (which counts what lies before its seq)."""
+        are on disk, and were not counted by a :meth:`_recount` (which counts what lies before its seq,
+        in its partition)."""
         if isinstance(durable, BaseException):
             return False
-        return durable is None or durable >= self._counted_from_seq
+        return durable is None or durable >= self._counted_from[entry.partition]
 
     async def _sweep_forever(self) -> None:
         while not self._closed:
@@ -725,3 +767,20 @@ class EscrowCoordinator:
                 await self.expire_stale()
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive any one failure
                 logger.error("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+
+
+def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One writer summary from several (a partitioned ledger's): counts summed, file lists joined,
+    anything else listed by writer."""
+    if len(summaries) == 1:
+        return summaries[0]
+    merged: dict[str, Any] = {}
+    for key in summaries[0]:
+        values = [summary.get(key) for summary in summaries]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            merged[key] = sum(values)
+        elif all(isinstance(v, list) for v in values):
+            merged[key] = [item for v in values for item in v]
+        else:
+            merged[key] = values
+    return merged

@@ -113,14 +113,17 @@ class LedgerWriterActor:
         row_group_events: int = DEFAULT_ROW_GROUP_EVENTS,
         max_commit_events: int = DEFAULT_MAX_COMMIT_EVENTS,
         format_version: Optional[int] = None,
+        run_dir: Optional[str | Path] = None,
     ) -> None:
+        """``run_dir``: the directory whose files the writer serves to other nodes (:mod:`actors.run_files`);
+        None: the ledger's own (a partition's writer is given the run's, above its ``shard=K``)."""
         tune_gc()
         if max_commit_events < 1:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily,
                                   format_version=format_version)
         self._jsonl_path = str(jsonl_path)
-        self._run_dir = RunDirectory(Path(jsonl_path).absolute().parent)
+        self._run_dir = RunDirectory(Path(run_dir if run_dir is not None else Path(jsonl_path).absolute().parent))
         self._parquet = None if parquet_dir is None else (str(parquet_dir), row_group_events)
         self._sink: Optional[ray.actor.ActorHandle] = None
         self._sink_starts = 0

@@ -39,13 +39,16 @@ class LedgerAppendLostError(LedgerError):
 
 
 class LogEntry:
-    """One shard call's place in the log."""
+    """One shard call's place in the log (``partition``: which log of a partitioned ledger it is in;
+    ``credited``: what a partitioned ledger's coordinator sets while the entry's credits are on their way)."""
 
-    __slots__ = ("answer", "durable")
+    __slots__ = ("answer", "durable", "partition", "credited")
 
-    def __init__(self, answer: asyncio.Future) -> None:
+    def __init__(self, answer: asyncio.Future, partition: int = 0) -> None:
         self.answer = answer
         self.durable: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.partition = partition
+        self.credited: list[asyncio.Future] = []
 
 
 #: ``append(lines) -> awaitable of (first seq, last seq)``, sent when called: ``writer.append_encoded.remote``.
@@ -61,12 +64,19 @@ class OrderedLog:
         *,
         on_lost: Optional[Callable[[], None]] = None,
         on_durable: Optional[Callable[[list[tuple]], None]] = None,
+        on_written: Optional[Callable[[list[tuple[LogEntry, tuple, int]]], None]] = None,
         max_append_events: int = DEFAULT_MAX_APPEND_EVENTS,
         max_appends_in_flight: int = DEFAULT_MAX_APPENDS_IN_FLIGHT,
+        partition: int = 0,
     ) -> None:
+        """``on_written(entries)``: after each append, before its entries' ``durable`` resolve, the
+        ``(entry, answer, first seq)`` of each entry that wrote events, in log order. ``partition``:
+        the partition this log writes (set on its entries)."""
         self._append = append
         self._on_lost = on_lost
         self._on_durable = on_durable
+        self._on_written = on_written
+        self.partition = partition
         self.lost: Optional[LedgerAppendLostError] = None  # set from a lost append until resume()
         self._max_append_events = max_append_events
         self._slots = asyncio.Semaphore(max_appends_in_flight)
@@ -78,7 +88,7 @@ class OrderedLog:
 
     def push(self, answer: Awaitable[Any]) -> LogEntry:
         """Queue the answer of a shard call just sent (an ObjectRef, or any awaitable of a ShardAnswer)."""
-        entry = LogEntry(asyncio.ensure_future(answer))
+        entry = LogEntry(asyncio.ensure_future(answer), self.partition)
         self._entries.append(entry)
         self._last = entry
         self._wakeup.set()
@@ -178,11 +188,16 @@ class OrderedLog:
                 marks = [answer[6] for _, answer in batch if answer is not None and len(answer) > 6 and answer[6]]
                 if marks:
                     self._on_durable(marks)
-            seq = first_seq
+            seq, seqs, written = first_seq, [], []
             for entry, answer in batch:
                 count = answer[2] if answer is not None else 0
-                entry.durable.set_result(seq if count else None)
+                seqs.append(seq if count else None)
                 if count:
+                    written.append((entry, answer, seq))
                     seq += count
+            if self._on_written is not None and written:
+                self._on_written(written)
+            for (entry, _), at in zip(batch, seqs):
+                entry.durable.set_result(at)
         finally:
             self._slots.release()

@@ -208,7 +208,7 @@ class RecordBatch:
         not all on disk then is answered with an error saying so."""
         durable = await asyncio.gather(*(e.durable for e in calls.entries), return_exceptions=True)
         lost = {id(e): o for e, o in zip(calls.entries, durable) if isinstance(o, BaseException)}
-        counted = {id(e) for e, o in zip(calls.entries, durable) if self.c._counts_entry(o)}
+        counted = {id(e) for e, o in zip(calls.entries, durable) if self.c._counts_entry(e, o)}
         for entry, count in calls.tallies:
             if id(entry) in counted:
                 count()
@@ -238,7 +238,7 @@ class RecordBatch:
         except Exception:  # noqa: BLE001 - lost again: the messages stay errors, the caller may send them again
             return
         self._settled_results(answer, indices, locked, outcomes, results)
-        if self.c._counts_entry(first_seq):
+        if self.c._counts_entry(entry, first_seq):
             self.c._count.answer("settle_batch", answer)
         for j, i in enumerate(indices):  # the shard was rebuilt from the ledger: an escrow it knows is on disk,
             if answer[0][j] is not None:  # its lock and now its settlement, whatever the lost appends were

@@ -31,6 +31,8 @@ import numpy as np
 import orjson
 
 from actors.run_files import LocalFiles, RunFiles
+from ledger.events import credit_event
+from ledger.jsonl import encode_events
 from ledger.parquet import fields_to_ipc
 from mesh.columnar import REASON_CODE, ColumnarBook, EventColumns
 from mesh.columnar.rebuild import rebuild_from_ledger
@@ -62,6 +64,7 @@ class ShardSpec:
     ledger_path: Optional[str] = None  # rebuild from here; None: start empty
     agent_caps_path: Optional[str] = None  # more per-agent caps, a JSON object {agent: micros or null} (large maps)
     runtime_caps_path: Optional[str] = None  # caps changed while the mesh runs (written by the coordinator)
+    partitioned: bool = False  # the ledger is partitioned (ledger_path is this shard's partition): credits are events
 
     def caps_micros(self, files: RunFiles) -> dict[str, Optional[int]]:
         """Every per-agent cap: the file's (read at each build, so a restarted shard has them), then the spec's."""
@@ -102,6 +105,14 @@ class ColumnsAnswer:
     credit_events: np.ndarray
     tally: dict[str, int]  # "locked", "locked_micros", "released", ..., "rejected:<reason>", "refunded:<reason>"
     parquet_rows: Optional[bytes] = None  # the events' Parquet fields made as columns, an Arrow IPC stream (None: from the lines)
+    credit_details: Optional[list[tuple[str, str]]] = None  # a partitioned shard's: each credit's (task id, source agent)
+
+    def credits(self) -> list[tuple]:
+        """The credits as :data:`ShardAnswer` holds them: ``(agent, micros, event index[, task id, source])``."""
+        plain = zip(self.credit_agents, self.credit_micros.tolist(), self.credit_events.tolist())
+        if self.credit_details is None:
+            return list(plain)
+        return [(*credit, *detail) for credit, detail in zip(plain, self.credit_details)]
 
     def as_log_answer(self) -> tuple:
         """The ``(_, lines, count, ...)`` shape the coordinator's ordered log reads."""
@@ -216,6 +227,30 @@ class ShardCore:
         seqs = np.array([seq for _, _, seq in credits], np.int64)
         return book.credit(agents, amounts, seqs)
 
+    def credit_events(self, credits: list[tuple[str, int, int, str, str]], from_shard: int, now_us: int) -> ShardAnswer:
+        """Receive releases partition ``from_shard`` paid to this partition's agents, each ``(agent,
+        amount_micros, from_seq, task_id, source_agent)`` in ``from_seq`` order: credited, and answered
+        as ``credit`` events for this partition's ledger. A credit at or below the highest ``from_seq``
+        this book has from ``from_shard`` (its :attr:`credit_marks`, rebuilt from the partition) is
+        skipped, so the coordinator may send a batch again after a crash."""
+        book = self.book
+        mark = book.credit_marks.get(from_shard, -1)
+        fresh = [credit for credit in credits if credit[2] > mark]
+        if not fresh:
+            return [], b"", 0, [], [], []
+        agents = book.register([agent for agent, *_ in fresh])
+        book.credit(agents, np.array([amount for _, amount, *_ in fresh], np.int64))
+        book.credit_marks[from_shard] = max(credit[2] for credit in fresh)
+        index = self.spec.index
+        events = [credit_event({"task_id": task_id, "source_agent": source, "target_agent": agent, "amount_micros": amount,
+                                "seq": from_seq}, from_shard=from_shard, ts_us=now_us, shard=index)
+                  for agent, amount, from_seq, task_id, source in fresh]
+        return [], encode_events(events), len(events), [], [], []
+
+    def credit_marks(self) -> dict[int, int]:
+        """The highest ``from_seq`` credited, by source partition (see :meth:`credit_events`)."""
+        return dict(self.book.credit_marks)
+
     def reset_usage(self) -> None:
         """Forget every agent's daily usage (the coordinator journals one ``reset_daily`` for all shards)."""
         self.book.reset_usage()
@@ -311,10 +346,19 @@ class ShardCore:
                 repeats.append(j)
         return self._answer(records, EventColumns.concat(parts), repeats, expired_rows)
 
-    def _credits(self, events: EventColumns) -> list[tuple[str, int, int]]:
+    def _credits(self, events: EventColumns) -> list[tuple]:
         agents, amounts, at = self.book.credits_of(events)
         names = self.book.names
-        return [(names[a], m, e) for a, m, e in zip(agents.tolist(), amounts.tolist(), at.tolist())]
+        credits = [(names[a], m, e) for a, m, e in zip(agents.tolist(), amounts.tolist(), at.tolist())]
+        if not self.spec.partitioned:
+            return credits
+        return [(*credit, *detail) for credit, detail in zip(credits, self._credit_details(events, at))]
+
+    def _credit_details(self, events: EventColumns, at: np.ndarray) -> list[tuple[str, str]]:
+        """The task id and source agent of each release at ``at`` among ``events`` (what a credit event names)."""
+        book = self.book
+        task_ids, names = book.tasks.task_ids, book.names
+        return [(task_ids[row], names[source]) for row, source in zip(events.row[at].tolist(), events.source[at].tolist())]
 
     def _answer(self, records: list[Optional[TollRecord]], events: EventColumns, repeats: list[int],
                 expired_rows: np.ndarray) -> ShardAnswer:
@@ -330,8 +374,9 @@ class ShardCore:
         names = book.names
         lines, fields = book.encode_rows(events) if len(events) else (b"", None)
         parquet_rows = None if fields is None else fields_to_ipc(fields)
+        details = self._credit_details(events, at) if self.spec.partitioned else None
         return ColumnsAnswer(rows, status, reason, repeat, lines, len(events), [names[a] for a in agents.tolist()],
-                             amounts, at, tally_events(events), parquet_rows)
+                             amounts, at, tally_events(events), parquet_rows, details)
 
 
 def tally_events(events: EventColumns) -> dict[str, int]:

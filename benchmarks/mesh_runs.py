@@ -79,6 +79,7 @@ def mesh_session(root: Path, layout: Layout, *, cores: int, hot_tags: tuple[str,
         config = MeshConfig(
             name=name, namespace=NAMESPACE, out_dir=root / name, shards=layout.shards,
             max_batch_messages=max_batch or layout.batch, max_inflight_batches=layout.inflight, agent_daily_caps_usd=caps,
+            partitioned_ledger=layout.partitioned_ledger,
         )
         mesh = Mesh(config)
         session = MeshSession(mesh, agents.agent_ids(layout.agents), layout)

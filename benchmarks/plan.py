@@ -41,6 +41,7 @@ class Layout:
     agents: int = 1_000
     batch: int = 20_000  # messages one Mesh.send carries (and the coordinator's max_batch_messages)
     inflight: int = 4  # Mesh.send calls the driver has in flight (and max_inflight_batches)
+    partitioned_ledger: bool = False  # a ledger partition and writer per shard (MeshConfig.partitioned_ledger)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=_int_in(10, 10_000_000), help="messages of the main Mesh.send run")
     p.add_argument("--point-messages", type=_int_in(10, 10_000_000), help="messages of every other sweep point")
     p.add_argument("--inflight", type=_int_in(1, 256), default=4, help="Mesh.send calls in flight (default 4)")
+    p.add_argument("--partitioned-ledger", action="store_true",
+                   help="every mesh writes its ledger as a partition and a writer per shard (MeshConfig.partitioned_ledger)")
     p.add_argument("--cores", type=_int_in(1, 1_024), default=os.cpu_count() or 1,
                    help="CPUs each bench Ray is given (default: this machine's)")
     p.add_argument("--address", metavar="ADDRESS",
@@ -132,6 +135,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     base = QUICK if args.quick else FULL
     sweeps = {name: getattr(args, name) or base[name] for name in SWEEPS}
     centre = Layout(shards=2 if 2 in sweeps["shards"] else sweeps["shards"][0], agents=sweeps["agents"][0],
-                    batch=sweeps["batch"][-1], inflight=args.inflight)
+                    batch=sweeps["batch"][-1], inflight=args.inflight, partitioned_ledger=args.partitioned_ledger)
     sizes = {k: getattr(args, k) or base[k] for k in ("lifecycles", "calls", "messages", "point_messages")}
     return Plan(quick=args.quick, cores=args.cores, centre=centre, sweeps=sweeps, address=args.address, **sizes)

@@ -15,12 +15,13 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from benchmarks import agents, booth
 from benchmarks.figures import per_item_bytes, ratio
-from benchmarks.plan import Layout, Plan
+from benchmarks.plan import Plan
 from benchmarks.record import with_ratio
 from benchmarks.seed import seed_installed
 
@@ -135,10 +136,8 @@ def _other_layouts(plan: Plan, root: Path, report: Report, log: Callable[[str], 
     from benchmarks.mesh_runs import mesh_session, run_send
 
     centre = plan.centre
-    others = [("shards", v, Layout(v, centre.agents, centre.batch, centre.inflight))
-              for v in plan.sweeps["shards"] if v != centre.shards]
-    others += [("agents", v, Layout(centre.shards, v, centre.batch, centre.inflight))
-               for v in plan.sweeps["agents"] if v != centre.agents]
+    others = [("shards", v, replace(centre, shards=v)) for v in plan.sweeps["shards"] if v != centre.shards]
+    others += [("agents", v, replace(centre, agents=v)) for v in plan.sweeps["agents"] if v != centre.agents]
     for sweep, value, layout in others:
         log(f"mesh with {sweep} {value:,} ...")
 

@@ -123,23 +123,35 @@ def credit_marks(events: Any) -> dict[int, int]:
 def missing_credits(ledger: Path | str, partition: int, marks: dict[int, int]) -> list[dict[str, Any]]:
     """The releases of other partitions of the partitioned ``ledger`` that paid agents of ``partition``
     past its ``marks`` (:func:`credit_marks`), in each source's seq order: the credits a crash between a
-    release and its credit left unwritten, which a rebuilt receiver writes (only with balances: a
-    partition without deposits or credits sent nothing). A release is sent when its partition tracks
-    balances, which a ledger decides by its first deposit or credit (see :mod:`ledger.replay`)."""
+    release and its credit left unwritten, which a rebuilt receiver writes. See :func:`all_missing_credits`."""
     count = partition_count(ledger)
     if count is None:
         raise LedgerError(f"{ledger} is not partitioned: it has no credits to miss")
-    missing = []
+    marks_of = [marks if k == partition else {} for k in range(count)]
+    return [event for _, event in all_missing_credits(ledger, marks_of).get(partition, [])]
+
+
+def all_missing_credits(ledger: Path | str, marks_of: list[dict[int, int]]) -> dict[int, list[tuple[int, dict[str, Any]]]]:
+    """For each partition of the partitioned ``ledger``, ``(source partition, release)`` of every release
+    another partition paid to its agents past its marks (``marks_of[k]``, see :func:`credit_marks`), in
+    each source's seq order; one pass over the ledger. Only a partition that tracks balances sends funds,
+    which it decides by its first deposit or credit (before any lock: see :mod:`ledger.replay`)."""
+    count = partition_count(ledger)
+    if count is None:
+        raise LedgerError(f"{ledger} is not partitioned: it has no credits to miss")
+    if len(marks_of) != count:
+        raise LedgerError(f"{len(marks_of)} partitions' marks for a ledger of {count} partitions")
+    missing: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     for source, files in enumerate(families(ledger)):
-        if source == partition:
-            continue
-        mark, tracking = marks.get(source, -1), None
+        tracking = None
         for line in event_lines(files):
             event = line.event
             kind = event["kind"]
             if tracking is None and kind in ("deposit", "credit", "lock", "paper_release"):
                 tracking = kind in ("deposit", "credit")
-            if (kind in ("release", "paper_release") and tracking and event["seq"] > mark
-                    and owner(event["target_agent"], count) == partition):
-                missing.append(event)
+            if kind not in ("release", "paper_release") or not tracking:
+                continue
+            target = owner(event["target_agent"], count)
+            if target != source and event["seq"] > marks_of[target].get(source, -1):
+                missing.setdefault(target, []).append((source, event))
     return missing

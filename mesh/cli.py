@@ -152,6 +152,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.config).scaled(
         agents=args.agents, messages=args.messages, days=args.days, seed=args.seed, shards=args.shards,
         hosts=args.hosts, batch_size=args.batch_size, ledger_fsync=args.fsync, name=args.name,
+        partitioned_ledger=args.partitioned_ledger,
     )
     run_dir = _in_a_job(_out_dir("--out", args.out) / f"{scenario.name}-seed{scenario.seed}")
     simulation = Simulation(scenario, run_dir, overwrite=args.overwrite, progress=_progress(args),
@@ -214,7 +215,8 @@ def _command_line(argv: list[str]) -> str:
     return shlex.join(["tollmesh", *argv])
 
 
-_SCENARIO_FLAGS = ("agents", "messages", "days", "seed", "shards", "hosts", "batch_size", "fsync", "name")
+_SCENARIO_FLAGS = ("agents", "messages", "days", "seed", "shards", "hosts", "batch_size", "fsync", "name",
+                   "partitioned_ledger")
 
 
 def _finish(run: Callable[[], dict], args: argparse.Namespace) -> int:
@@ -269,7 +271,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({
             "ok": result.ok, "not_a_ledger": result.not_a_ledger, "files": [str(p) for p in result.files],
-            "events": result.events, "open_escrows": result.open_escrows,
+            "events": result.events, "partition_events": result.partition_events, "open_escrows": result.open_escrows,
             "problem_count": len(result.problems), "problems": [str(p) for p in result.problems[:shown]],
             "warning_count": len(result.warnings), "warnings": [str(w) for w in result.warnings[:shown]],
         })
@@ -279,6 +281,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         shown = min(shown or 3, 3)  # a few lines, to show what it holds instead
     else:
         print(f"files:         {len(result.files)}  events: {result.events:,}  open escrows: {result.open_escrows:,}")
+        if len(result.partition_events) > 1:
+            print(f"partitions:    {len(result.partition_events)} (events: {', '.join(f'{n:,}' for n in result.partition_events)})")
     _print_bounded("warning", result.warnings, shown)
     _print_bounded("PROBLEM", result.problems, shown)
     if result.not_a_ledger:
@@ -610,6 +614,8 @@ def _simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hosts", type=_positive_int, help="host actors the light agents are spread over")
     p.add_argument("--batch-size", type=_positive_int, help="most calls in one tick's batch")
     p.add_argument("--fsync", choices=["always", "batch", "never"], help="ledger fsync policy (default: batch)")
+    p.add_argument("--partitioned-ledger", action="store_const", const=True,
+                   help="a ledger partition and writer per shard (shard=K/), so no one writer takes every event")
     p.add_argument("--name", help="the run's name (default: the scenario's); output goes to OUT/NAME-seedS/")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/<name>-seed<S>/ (default ./tollmesh-out)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same directory")

@@ -43,6 +43,7 @@ from actors.ledger_writer import LedgerWriterActor
 from actors.placement import cluster_rotation
 from actors.run_files import WriterFiles
 from actors.wire import pack
+from ledger.partitions import create, partition_count
 from ledger.replay import ledger_has_events
 from mesh.calls.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
@@ -171,11 +172,11 @@ class Mesh:
         settings = HostSettings(
             coordinator_name=config.actor_name("coordinator"), namespace=config.namespace,
             handler_timeout_s=config.handler_timeout_s, max_payload_bytes=config.max_payload_bytes,
-            writer_name=config.actor_name("writer"),
+            writer_name=config.writer_name(0),
         )
         groups_path = config.out_dir / "hosts" / f"{name}.pkl"  # on the writer's node, whichever node we are on
         write_groups(groups_path, [(cls, ids, kwargs) for cls, ids, kwargs, _ in groups],
-                     WriterFiles(config.actor_name("writer"), config.namespace))
+                     WriterFiles(config.writer_name(0), config.namespace))
         host = AgentHost.options(name=name, namespace=config.namespace, lifetime=self._lifetime(), **options).remote(
             str(groups_path), settings
         )
@@ -486,6 +487,7 @@ class Mesh:
             raise ConfigError(f"{config.ledger_path} already holds a ledger and restore_from_ledger is False: "
                               "give another out_dir (or none: a fresh one), or set it True to adopt that ledger")
         config.out_dir.mkdir(parents=True, exist_ok=True)
+        _check_ledger_layout(config)
         config.directory_path.unlink(missing_ok=True)  # the agents of an earlier run are gone with its hosts
         config.runtime_caps_path.unlink(missing_ok=True)  # so are the caps it changed: a new mesh has its config's
         (config.out_dir / "x402_verifier.pkl").unlink(missing_ok=True)  # and its verifier: a new mesh is given its own
@@ -493,11 +495,15 @@ class Mesh:
         common = {"namespace": config.namespace, "lifetime": self._lifetime()}
         # the run directory is on this node's disk: the writer and the coordinator, which use it, stay here
         home = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        writer = LedgerWriterActor.options(name=config.actor_name("writer"), scheduling_strategy=home, **common).remote(
-            str(config.ledger_path), parquet_dir=None if config.parquet_dir is None else str(config.parquet_dir),
-            fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
-            rotate_daily=config.ledger_rotate_daily, format_version=config.ledger_format,
-        )
+        writers = [  # one per partition of a partitioned ledger (each shard's events to its own), else one
+            LedgerWriterActor.options(name=config.writer_name(k), scheduling_strategy=home, **common).remote(
+                str(config.writer_ledger(k)),
+                parquet_dir=None if config.writer_parquet_dir(k) is None else str(config.writer_parquet_dir(k)),
+                fsync=config.ledger_fsync.value, max_segment_bytes=config.ledger_max_segment_bytes,
+                rotate_daily=config.ledger_rotate_daily, format_version=config.ledger_format, run_dir=str(config.out_dir),
+            )
+            for k in range(config.writers)
+        ]
         caps_path = self._write_agent_caps()
         shards = [
             BudgetShard.options(name=config.actor_name(f"shard.{i}"), **placed, **common).remote(
@@ -506,24 +512,25 @@ class Mesh:
                     agent_caps_path=caps_path, runtime_caps_path=str(config.runtime_caps_path),
                     track_balances=config.track_balances,
                     escrow_timeout_s=config.escrow_timeout_s, max_settled_records=config.max_settled_records,
-                    ledger_path=str(config.ledger_path),  # a restarted shard rebuilds from its own run's ledger, always
+                    # a restarted shard rebuilds from its own run's ledger (its partition), always
+                    ledger_path=str(config.writer_ledger(config.writer_of(i))), partitioned=config.partitioned_ledger,
                 ),
-                config.actor_name("writer"), config.namespace,
+                config.writer_name(config.writer_of(i)), config.namespace,
             )
             for i, placed in enumerate(cluster_rotation().actor_options(config.shards))  # over the cluster's nodes
         ]
-        writer_stats, *_ = ray.get([writer.stats.remote()] + [shard.ready.remote() for shard in shards])
+        started = ray.get([w.stats.remote() for w in writers] + [shard.ready.remote() for shard in shards])
+        next_seqs = [stats["next_seq"] for stats in started[:len(writers)]]
         slim = config.model_copy(update={"agent_daily_caps_usd": {}})  # the shards read the caps from their file
         coordinator = EscrowCoordinator.options(
             name=config.actor_name("coordinator"), scheduling_strategy=home, **common
-        ).remote(slim, writer_stats["next_seq"])
+        ).remote(slim, next_seqs)
         ray.get(coordinator.agent_count.remote())
-        self._handles.extend([writer, *shards])  # an actor dies with its creator's last handle (unless detached)
+        self._handles.extend([*writers, *shards])  # an actor dies with its creator's last handle (unless detached)
         if restoring:  # never silent: the caps used today and the balances come back with the ledger
-            self.restored = restore_info(config.ledger_path, writer_stats["next_seq"],
-                                         ray.get(coordinator.snapshot.remote()))
+            self.restored = restore_info(config.ledger_path, sum(next_seqs), ray.get(coordinator.snapshot.remote()))
             announce(self.restored, f"mesh {config.name!r}")
-        self._fast = FastPath(config, coordinator, shards, writer)
+        self._fast = FastPath(config, coordinator, shards, writers[0])
         return coordinator
 
     def _write_agent_caps(self) -> Optional[str]:
@@ -540,8 +547,27 @@ class Mesh:
         names = ray.get(self._coordinator.host_names.remote())
         for name in names + [f"{self.config.name}.shard.{i}" for i in range(self.config.shards)]:
             _kill(name, self.config.namespace)
-        for role in ("coordinator", "writer"):
-            _kill(self.config.actor_name(role), self.config.namespace)
+        _kill(self.config.actor_name("coordinator"), self.config.namespace)
+        for k in range(self.config.writers):
+            _kill(self.config.writer_name(k), self.config.namespace)
+
+
+def _check_ledger_layout(config: MeshConfig) -> None:
+    """The run's ledger is of the kind the config says (partitioned by shard or not, and by as many
+    shards), or ConfigError naming both; a partitioned one is created (its manifest and partitions)."""
+    ledger = config.ledger_path
+    count = partition_count(ledger)
+    if config.partitioned_ledger:
+        if count is not None and count != config.shards:
+            raise ConfigError(f"the ledger at {ledger} is partitioned into {count} shards: open it with shards={count} "
+                              "(an agent's account stays in its partition)")
+        if count is None and (ledger.exists() or ledger_has_events(ledger)):
+            raise ConfigError(f"{ledger} is an ordinary ledger: open it with partitioned_ledger=False, "
+                              "or give another out_dir for a partitioned one")
+        create(ledger, config.shards)
+    elif count is not None:
+        raise ConfigError(f"the ledger at {ledger} is partitioned by shard ({count} partitions): "
+                          f"open it with partitioned_ledger=True and shards={count}")
 
 
 def _check_ids(agent_ids: Any) -> list[str]:

@@ -176,6 +176,7 @@ class Scenario(_Model):
     # Ledger
     ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.BATCH, strict=False)
     ledger_parquet: bool = True
+    partitioned_ledger: bool = False  # a ledger partition and writer per shard (MeshConfig.partitioned_ledger)
     # Economy
     groups: list[AgentGroup] = Field(min_length=1, max_length=1_000)
     traffic: list[Traffic] = Field(min_length=1, max_length=1_000)

@@ -28,6 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger.partitions import partition_count
 from ledger.reader import read_table
 from ledger.schema import EventKind
 from ledger.tally import Tally, tally_ledger
@@ -85,7 +86,7 @@ def read_progress(run_dir: Path, scenario: Scenario) -> RunProgress:
     ledger = run_dir / LEDGER_FILE
     report = run_dir / "report.json"
     finished = report.is_file() and not _report_says_interrupted(report)
-    if not ledger.exists():
+    if not ledger.exists() and partition_count(ledger) is None:  # a partitioned ledger has no file of its name
         return RunProgress(next_tick=0, finished=finished)
     table = read_table(ledger, columns=["kind", "task_id", "target_agent", "status", "reason"])
     kinds = table.column("kind").cast("string")

@@ -50,7 +50,7 @@ from mesh.sim_agents import OnwardTarget, SimAgent, SimBehaviour, group_class, p
 from mesh.sim_progress import RunProgress, load_run, read_progress, save_run, tick_starts
 from mesh.sim_report import RunLog, build_report
 
-RUN_MARKERS = ("toll_ledger.jsonl", "report.json", "agents.ndjson", "run.json")
+RUN_MARKERS = ("toll_ledger.jsonl", "toll_ledger.partitions.json", "report.json", "agents.ndjson", "run.json")
 MAX_TICK_ATTEMPTS = 6  # a tick a fault broke is sent again (its task ids make that idempotent) this often
 MESH_BACK_S = 120.0  # how long a restarted actor may take to answer again
 
@@ -192,7 +192,8 @@ class Simulation:
             hosts_per_group=s.hosts, max_batch_messages=s.batch_size, handler_timeout_s=s.handler_timeout_s,
             escrow_timeout_s=s.escrow_timeout_s, agent_daily_caps_usd=caps, track_balances=s.tracks_balances,
             clock="manual", start_s=s.start_s, ledger_fsync=s.ledger_fsync, ledger_parquet=s.ledger_parquet,
-            ledger_rotate_daily=True, restore_from_ledger=self._resumed is not None,  # a resumed run adopts its ledger
+            ledger_rotate_daily=True, partitioned_ledger=s.partitioned_ledger,
+            restore_from_ledger=self._resumed is not None,  # a resumed run adopts its ledger
         )
 
     def _populate(self, mesh: Any) -> None:

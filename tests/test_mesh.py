@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ledger import read_events, replay_file, reconcile, snapshot, verify
+from ledger import read_events, replay_file, replay_partitions, reconcile, snapshot, verify
 from mesh import (
     Agent,
     CallFailedError,
@@ -96,6 +96,8 @@ class InlineCaller(Agent):
 
 def replayed_snapshot(mesh: Mesh, **book_options: Any) -> dict[str, Any]:
     """Replay the mesh's ledger into one in-process book, as ``ledger verify`` does."""
+    if mesh.config.partitioned_ledger:  # a book per partition (each agent's account in one), merged
+        return replay_partitions(mesh.ledger_path).snapshot(0)
     book = EscrowBook(BudgetBook(default_cap_micros=None, **book_options), escrow_timeout_s=None)
     replay_file(book, mesh.ledger_path)
     return snapshot(book, 0)

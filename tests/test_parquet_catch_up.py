@@ -15,6 +15,7 @@ from ledger.catch_up import catch_up, dataset_seqs
 from ledger.export import _plain, compact
 from ledger.jsonl import JsonlWriter
 from ledger.parquet import ParquetLedgerWriter
+from ledger.partitions import partition_count, partition_path
 from ledger.reader import read_events, read_table
 from ledger.writer import LedgerWriter
 from mesh import LedgerError
@@ -32,11 +33,16 @@ def deposits(count: int, first_us: int, rng: random.Random) -> list[dict]:
 
 
 def assert_dataset_is_the_ledger(root: Path) -> None:
-    """The dataset holds every JSONL event once, in seq order, with the same values; no unfinished file is left."""
-    parquet = _plain(read_table(root / "parquet").drop_columns(["day"])).combine_chunks()
-    jsonl = _plain(read_table(root / "toll_ledger.jsonl")).combine_chunks()
-    assert parquet.column("seq").to_pylist() == list(range(jsonl.num_rows))
-    assert parquet.equals(jsonl)
+    """The dataset holds every JSONL event once, in seq order, with the same values; no unfinished file is left
+    (a partitioned ledger: each partition's dataset, ``parquet/shard=K``)."""
+    count = partition_count(root / "toll_ledger.jsonl")
+    pairs = [(root / "parquet", root / "toll_ledger.jsonl")] if count is None else [
+        (root / "parquet" / f"shard={k}", partition_path(root / "toll_ledger.jsonl", k)) for k in range(count)]
+    for dataset, ledger in pairs:
+        jsonl = _plain(read_table(ledger)).combine_chunks()
+        parquet = _plain(read_table(dataset).drop_columns(["day"])).combine_chunks()
+        assert parquet.column("seq").to_pylist() == list(range(jsonl.num_rows))
+        assert parquet.equals(jsonl)
     assert list((root / "parquet").rglob("*.tmp")) == []
 
 

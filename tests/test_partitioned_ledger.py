@@ -310,3 +310,19 @@ def test_create_keeps_its_count_and_readers_refuse_a_partitioned_name_as_one_fil
         tally_ledger(ledger, from_seq=3)
     assert not ledger_has_events(ledger) and read_table(ledger).num_rows == 0
     assert orjson.loads(manifest_path(ledger).read_bytes()) == {"format": "tollmesh.partitioned", "version": 1, "partitions": 3}
+
+
+def test_the_ledger_commands_read_a_partitioned_run(tmp_path, capsys):
+    from mesh.cli import main
+
+    model = ledger_of(tmp_path, partitions=3)
+    model.close()
+    assert main(["ledger", "verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "partitions:    3 (events: 3, 2, 0)" in out and "INTEGRITY: OK" in out
+    assert main(["ledger", "report", str(model.ledger)]) == 0
+    assert "released" in capsys.readouterr().out
+    assert main(["ledger", "export", str(model.ledger), "--format", "csv", "--out", str(tmp_path / "all.csv")]) == 0
+    assert (tmp_path / "all.csv").read_text().count("\n") == 1 + 5  # a header, then every event of every partition
+    assert main(["ledger", "compact", str(model.ledger), "--out", str(tmp_path / "parquet")]) == 0
+    assert sorted(p.name for p in (tmp_path / "parquet").iterdir()) == ["shard=0", "shard=1", "shard=2"]  # one per partition

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
+from ledger.partitions import partition_path
 from mesh.core.clock import END_TIME_S
 from mesh.booth.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
 from mesh.core.money import usd_to_micros
@@ -80,6 +81,8 @@ class MeshConfig(BaseModel):
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
     ledger_format: Optional[int] = Field(default=None, ge=1, le=2)  # a new ledger's format (None: v2); a ledger keeps its own
+    # One ledger partition (and writer) per shard (ledger/partitions.py); single calls then take the coordinator's way
+    partitioned_ledger: bool = False
     restore_from_ledger: bool = True
     # Observability
     metrics_enabled: bool = True
@@ -111,6 +114,29 @@ class MeshConfig(BaseModel):
     @property
     def parquet_dir(self) -> Optional[Path]:
         return self.out_dir / "parquet" if self.ledger_parquet else None
+
+    @property
+    def writers(self) -> int:
+        """How many ledger writers the mesh runs: one per shard if the ledger is partitioned, else one."""
+        return self.shards if self.partitioned_ledger else 1
+
+    def writer_ledger(self, writer: int) -> Path:
+        """The ledger file (family) writer ``writer`` writes: a partition's, or the ledger's own."""
+        return partition_path(self.ledger_path, writer) if self.partitioned_ledger else self.ledger_path
+
+    def writer_parquet_dir(self, writer: int) -> Optional[Path]:
+        """The Parquet dataset writer ``writer`` writes (``parquet/shard=K`` for a partition), or None."""
+        if self.parquet_dir is None or not self.partitioned_ledger:
+            return self.parquet_dir
+        return self.parquet_dir / f"shard={writer}"
+
+    def writer_name(self, writer: int) -> str:
+        """The actor name of writer ``writer`` (``writer``, or ``writer.K`` for partition K)."""
+        return self.actor_name(f"writer.{writer}" if self.partitioned_ledger else "writer")
+
+    def writer_of(self, shard: int) -> int:
+        """Which writer takes shard ``shard``'s events."""
+        return shard if self.partitioned_ledger else 0
 
     @property
     def directory_path(self) -> Path:

@@ -141,6 +141,7 @@ class ColumnarBook:
         self.transfers_in_micros = 0
         self.transfers_out_micros = 0
         self.rebuilt_through_seq = 0  # set by a rebuild: credits of releases before this seq are in the state
+        self.credit_marks: dict[int, int] = {}  # a partition's book: the highest from_seq credited, by source partition
         self._open_from = 0  # no row before this one is locked (where the expiry sweep starts)
 
     @classmethod

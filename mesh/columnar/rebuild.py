@@ -2,7 +2,8 @@
 
 The rules are :mod:`ledger.replay`'s, for one shard of ``shards``: the shard takes the
 events whose source it holds (the target, for a deposit), every ``reset_daily``, and
-credits the releases other shards paid to its agents; balances are tracked from the
+credits the releases other shards paid to its agents (in a partitioned ledger, its
+partition's ``credit`` events, whose marks the book keeps: ``credit_marks``); balances are tracked from the
 ledger's first deposit; nothing is judged again (no cap, no timeout: a lock the ledger
 holds is taken, an ``expire`` applied where it is written); a ledger that contradicts
 itself (a settlement of a toll not locked, a lock of funds not held, a second lock of
@@ -33,7 +34,7 @@ from mesh.columnar.book import ColumnarBook
 from mesh.core.errors import LedgerError
 from mesh.core.sharding import shard_of
 
-_DECIDING = frozenset({"deposit", "lock", "paper_release"})  # the first of these says if balances are tracked
+_DECIDING = frozenset({"deposit", "credit", "lock", "paper_release"})  # the first of these says if balances are tracked
 _STATUS_OF_KIND = {"lock": "escrow_locked", "paper_release": "released", "release": "released", "refund": "refunded",
                    "expire": "refunded", "reject": "failed", "pending": "pending"}
 
@@ -102,6 +103,17 @@ class _Replay:
             return
         if kind == "reset_daily":
             book.reset_usage()
+            return
+        if kind == "credit":  # a partition's: a release another partition paid to its agent (ledger.partitions)
+            if not self._holds(event["target_agent"]):
+                raise LedgerError(f"a credit to {event['target_agent']!r}, an agent of another shard")
+            self._start_balances()
+            agent = self._agent(event["target_agent"])
+            self.a["balance"][agent] += event["amount_micros"]
+            self.a["has_account"][agent] = True
+            book.transfers_in_micros += event["amount_micros"]
+            marks = book.credit_marks
+            marks[event["from_shard"]] = max(marks.get(event["from_shard"], -1), event["from_seq"])
             return
         if kind == "deposit":
             if self._holds(event["target_agent"]):
