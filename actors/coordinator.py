@@ -771,7 +771,12 @@ class EscrowCoordinator:
 
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """One writer summary from several (a partitioned ledger's): counts summed, file lists joined,
-    anything else listed by writer."""
+    errors (``parquet_error``) joined or None, anything else listed by writer.
+
+    >>> merge_summaries([{"events": 2, "parquet_files": ["a"], "parquet_error": None},
+    ...                  {"events": 3, "parquet_files": ["b"], "parquet_error": None}])
+    {'events': 5, 'parquet_files': ['a', 'b'], 'parquet_error': None}
+    """
     if len(summaries) == 1:
         return summaries[0]
     merged: dict[str, Any] = {}
@@ -781,6 +786,9 @@ def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = sum(values)
         elif all(isinstance(v, list) for v in values):
             merged[key] = [item for v in values for item in v]
+        elif all(v is None or isinstance(v, str) for v in values):
+            said = [f"writer {k}: {v}" for k, v in enumerate(values) if v is not None]
+            merged[key] = "; ".join(said) if said else None
         else:
             merged[key] = values
     return merged

@@ -120,7 +120,9 @@ def check_partitioned(mesh) -> None:
     assert stats["events_written"] == len(events)
     assert {k: stats[k] for k in ("locked", "released", "refunded")} == {k: tally.counts[k] for k in ("locked", "released", "refunded")}
     out = mesh.config.out_dir
-    mesh.shutdown()
+    summary = mesh.shutdown()  # the writers' summaries, merged (a restarted writer counts from its restart)
+    assert summary["parquet_error"] is None and summary["events"] <= len(events)
+    assert len(summary["parquet_files"]) >= mesh.config.shards
     result = verify(mesh.ledger_path)
     assert result.ok and result.warnings == [], ([str(p) for p in result.problems[:5]], [str(w) for w in result.warnings[:5]])
     assert {e["shard"] for e in events} == set(range(mesh.config.shards))
