@@ -196,7 +196,10 @@ class OrderedLog:
                     written.append((entry, answer, seq))
                     seq += count
             if self._on_written is not None and written:
-                self._on_written(written)
+                try:
+                    self._on_written(written)
+                except Exception:  # noqa: BLE001 - a bug there must not leave these entries waiting forever
+                    logger.exception("the log's on_written hook failed; what it missed is repaired from the ledger")
             for (entry, _), at in zip(batch, seqs):
                 entry.durable.set_result(at)
         finally:
