@@ -114,16 +114,22 @@ def replay_partitions(path: Path | str) -> PartitionedReplay:
     if count is None:
         raise LedgerError(f"{path} is not partitioned (it has no partition manifest): replay it with replay_file")
     match = CreditMatch()
-    books, next_seqs = [], []
+    books, next_seqs, decided = [], [], set()
     for partition, first in enumerate(partitions(path)):
         book = partition_book(partition, count)
-        lines = event_lines(segments(first))
-        next_seqs.append(_replay_lines(book, lines, lambda event, b=book, k=partition: _apply_paired(b, event, k, count, match)))
+        kinds: set[str] = set()
+
+        def apply(event: dict[str, Any], book: EscrowBook = book, partition: int = partition, kinds: set = kinds) -> None:
+            kinds.add(event["kind"])
+            _apply_paired(book, event, partition, count, match)
+
+        next_seqs.append(_replay_lines(book, event_lines(segments(first)), apply))
         books.append(book)
+        if kinds & _DECIDING_KINDS:  # this partition says whether balances are tracked
+            decided.add(book.budget.track_balances)
     leftover = match.unmatched()
     if leftover:
         raise LedgerError(f"{leftover[0][0]}: {leftover[0][1]}")
-    decided = {book.budget.track_balances for book in books if book.open_count or book.budget.deposits_total_micros}
     if len(decided) > 1:
         raise LedgerError(f"{path}: some partitions track balances and some do not: a ledger of two kinds of booth")
     return PartitionedReplay(books, next_seqs, match.uncredited())

@@ -326,3 +326,15 @@ def test_the_ledger_commands_read_a_partitioned_run(tmp_path, capsys):
     assert (tmp_path / "all.csv").read_text().count("\n") == 1 + 5  # a header, then every event of every partition
     assert main(["ledger", "compact", str(model.ledger), "--out", str(tmp_path / "parquet")]) == 0
     assert sorted(p.name for p in (tmp_path / "parquet").iterdir()) == ["shard=0", "shard=1", "shard=2"]  # one per partition
+
+
+def test_partitions_of_two_kinds_of_booth_are_named(tmp_path):
+    model = PartitionedModel(tmp_path, 2, balances=True)
+    payer, payee = cross_pair(2)
+    model.deposit(payer, 1_000)
+    lock = record_event("lock", TollRecord("t9", payee, payer, 5, status="escrow_locked"), ts_us=model.now_us,
+                        mode="live", shard=1)
+    model.append(1, lock)  # partition 1 locks with no funds: it tracks no balances, partition 0 does
+    assert any("some partitions track balances and some lock without them" in p for p in problems(model))
+    with pytest.raises(LedgerError, match="some partitions track balances and some do not"):
+        replay_partitions(model.ledger)
