@@ -47,14 +47,14 @@ MESH_FIELDS = {
     "count": ["shards", "hosts_per_group", "max_batch_messages", "max_inflight_batches", "max_payload_bytes",
               "max_settled_records", "ledger_max_segment_bytes", "ledger_format"],
     "flag": ["detached", "fast_lane", "track_balances", "ledger_parquet", "ledger_rotate_daily",
-             "restore_from_ledger", "metrics_enabled"],
+             "restore_from_ledger", "metrics_enabled", "partitioned_ledger"],
     "text": ["name", "namespace"],
     "other": ["out_dir", "clock", "ledger_fsync", "agent_daily_caps_usd"],
 }
 SCENARIO_FIELDS = {
     "count": ["seed", "messages", "ticks_per_day", "shards", "hosts", "batch_size"],
     "number": ["days", "handler_timeout_s", "escrow_timeout_s"],
-    "flag": ["ledger_parquet"],
+    "flag": ["ledger_parquet", "partitioned_ledger"],
     "text": ["name"],
     "other": ["start_date", "ledger_fsync", "groups", "traffic"],
 }
