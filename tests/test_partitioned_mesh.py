@@ -164,6 +164,7 @@ def test_calls_as_columns_the_tollbooth_and_a_reset_write_partitions_too(make_me
     check_partitioned(mesh)
 
 
+@pytest.mark.slow
 def test_a_partitioned_ledger_restores_and_refuses_another_layout(make_mesh, tmp_path):
     out = tmp_path / "run"
     mesh = partitioned_mesh(make_mesh, out_dir=out, name="first")
@@ -211,6 +212,7 @@ def test_a_partition_writer_killed_between_calls_is_restarted_and_its_shard_goes
     assert np.all(np.diff([e["seq"] for e in read_events(partition_path(mesh.ledger_path, 1)).events]) == 1)
 
 
+@pytest.mark.slow
 def test_releases_whose_credits_a_crash_lost_are_credited_when_the_mesh_starts_again(make_mesh, tmp_path):
     """The whole mesh died after releases were written and before their credits were: the next
     mesh on that ledger writes the missing credits once (a partition that only receives, cut back
@@ -243,6 +245,7 @@ def test_releases_whose_credits_a_crash_lost_are_credited_when_the_mesh_starts_a
     assert credits and max(credits.values()) == 1
 
 
+@pytest.mark.slow
 def test_a_simulation_on_a_partitioned_ledger_checks_out_and_resumes(ray_session, tmp_path):
     from mesh.scenario import Scenario
     from mesh.sim_progress import read_progress
