@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from ledger.partitions import families, owner, partition_count
 from ledger.reader import event_lines
+from ledger.schema import DECIDING_KINDS, FUNDING_KINDS
 from mesh.core.errors import LedgerError
 
 
@@ -120,17 +121,6 @@ def credit_marks(events: Any) -> dict[int, int]:
     return marks
 
 
-def missing_credits(ledger: Path | str, partition: int, marks: dict[int, int]) -> list[dict[str, Any]]:
-    """The releases of other partitions of the partitioned ``ledger`` that paid agents of ``partition``
-    past its ``marks`` (:func:`credit_marks`), in each source's seq order: the credits a crash between a
-    release and its credit left unwritten, which a rebuilt receiver writes. See :func:`all_missing_credits`."""
-    count = partition_count(ledger)
-    if count is None:
-        raise LedgerError(f"{ledger} is not partitioned: it has no credits to miss")
-    marks_of = [marks if k == partition else {} for k in range(count)]
-    return [event for _, event in all_missing_credits(ledger, marks_of).get(partition, [])]
-
-
 def all_missing_credits(ledger: Path | str, marks_of: list[dict[int, int]]) -> dict[int, list[tuple[int, dict[str, Any]]]]:
     """For each partition of the partitioned ``ledger``, ``(source partition, release)`` of every release
     another partition paid to its agents past its marks (``marks_of[k]``, see :func:`credit_marks`), in
@@ -147,8 +137,8 @@ def all_missing_credits(ledger: Path | str, marks_of: list[dict[int, int]]) -> d
         for line in event_lines(files):
             event = line.event
             kind = event["kind"]
-            if tracking is None and kind in ("deposit", "credit", "lock", "paper_release"):
-                tracking = kind in ("deposit", "credit")
+            if tracking is None and kind in DECIDING_KINDS:
+                tracking = kind in FUNDING_KINDS
             if kind not in ("release", "paper_release") or not tracking:
                 continue
             target = owner(event["target_agent"], count)

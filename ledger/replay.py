@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 from ledger.credits import CreditMatch, EventId, Transfer
 from ledger.files import segments
 from ledger.partitions import owner, partition_count, partitions
-from ledger.schema import EventKind
+from ledger.schema import DECIDING_KINDS, EventKind
 from ledger.reader import RawLine, ReadLines, event_lines, lines_of
 from mesh.core.clock import day_of
 from mesh.core.budget import BudgetBook
@@ -44,7 +44,6 @@ from mesh.core.sharding import shard_of
 
 #: Kinds of event after which a toll's record no longer changes: what a remembered task id is recalled by.
 SETTLING_KINDS = frozenset({"release", "refund", "expire", "paper_release", "reject"})
-_DECIDING_KINDS = frozenset({"deposit", "credit", "lock", "paper_release"})  # the first of these says if balances are tracked
 _REPLAY_ERRORS = (LedgerError, KeyError, ValueError, TypeError, AssertionError)
 
 
@@ -125,7 +124,7 @@ def replay_partitions(path: Path | str) -> PartitionedReplay:
 
         next_seqs.append(_replay_lines(book, event_lines(segments(first)), apply))
         books.append(book)
-        if kinds & _DECIDING_KINDS:  # this partition says whether balances are tracked
+        if kinds & DECIDING_KINDS:  # this partition says whether balances are tracked
             decided.add(book.budget.track_balances)
     leftover = match.unmatched()
     if leftover:
@@ -170,7 +169,7 @@ def _replay_lines(book: EscrowBook, lines: Iterable[RawLine], apply: Callable[[d
     for line in lines:
         event = line.event
         if not decided:
-            decided = event["kind"] in _DECIDING_KINDS
+            decided = event["kind"] in DECIDING_KINDS
         try:
             apply(event)
         except _REPLAY_ERRORS as exc:

@@ -66,6 +66,12 @@ class EventKind(str, Enum):
     CREDIT = "credit"  # a partitioned ledger: a release another partition paid to target_agent, received
 
 
+#: Kinds of which the first in a ledger (a partition) says whether it tracks balances: one that funds an
+#: account (:data:`FUNDING_KINDS`: yes) or a lock (no: a booth with balances locks nothing unfunded).
+DECIDING_KINDS = frozenset({"deposit", "credit", "lock", "paper_release"})
+FUNDING_KINDS = frozenset({"deposit", "credit"})
+
+
 Status = Literal["pending", "escrow_locked", "released", "refunded", "failed"]
 
 

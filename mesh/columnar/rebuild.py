@@ -31,10 +31,10 @@ from mesh.columnar._codes import (
 )
 from mesh.columnar._tasks import ROW_COLUMNS, task_keys
 from mesh.columnar.book import ColumnarBook
+from ledger.schema import DECIDING_KINDS
 from mesh.core.errors import LedgerError
 from mesh.core.sharding import shard_of
 
-_DECIDING = frozenset({"deposit", "credit", "lock", "paper_release"})  # the first of these says if balances are tracked
 _STATUS_OF_KIND = {"lock": "escrow_locked", "paper_release": "released", "release": "released", "refund": "refunded",
                    "expire": "refunded", "reject": "failed", "pending": "pending"}
 
@@ -50,7 +50,7 @@ def rebuild_from_events(book: ColumnarBook, events: Iterable[dict[str, Any]], *,
     tracked_before, book.track_balances = book.track_balances, False  # until the ledger's first deposit
     decided, next_seq = False, 0
     for event in events:
-        decided = decided or event["kind"] in _DECIDING
+        decided = decided or event["kind"] in DECIDING_KINDS
         try:
             replay.apply(event)
         except (LedgerError, KeyError, ValueError, TypeError, AssertionError) as exc:
