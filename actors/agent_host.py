@@ -32,6 +32,7 @@ from ray import cloudpickle
 
 from actors.fast_lane import FastPlan, fast_locked, on_loop
 from actors.gc_tuning import tune_gc
+from actors.malloc_tuning import keep_freed_memory
 from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import pack, unpack
 from mesh.calls.agent import Agent, CallContext
@@ -180,6 +181,7 @@ class AgentHost:
         self._core = HostCore(groups, settings, coordinator)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         tune_gc()
+        keep_freed_memory()
 
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]] | bytes) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(unpack(items))

@@ -38,6 +38,7 @@ import ray
 from actors.agent_host import OK, refund_reason
 from actors.fast_lane import GO_AROUND, FastAnswer, FastPlan, fast_locked, only
 from actors.gc_tuning import tune_gc
+from actors.malloc_tuning import keep_freed_memory
 from actors.run_files import files_from
 from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ColumnsAnswer, ShardAnswer, ShardCore, ShardSpec
 from actors.wire import unpack
@@ -67,6 +68,7 @@ class BudgetShard:
         """``writer_name`` (in ``namespace``): the mesh's ledger writer, through which the shard reads the
         ledger and the caps files on any node (:mod:`actors.run_files`); None reads them from this node's disk."""
         tune_gc()
+        keep_freed_memory()
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
         # A restarted shard must not replay yet: events it made before the crash may still be on their way
         # to the ledger. It reads nothing either (a constructor that raises ends the actor for good): it

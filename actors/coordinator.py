@@ -55,6 +55,7 @@ from actors.call_counts import CallCounts
 from actors.columnar_batch import ColumnarBatch, is_plain
 from actors.directory import AgentDirectory, MeshClock
 from actors.gc_tuning import tune_gc
+from actors.malloc_tuning import keep_freed_memory
 from actors.metrics import MeshMetrics
 from actors.ordered_log import LogEntry, OrderedLog
 from actors.partition_credits import PartitionCredits
@@ -105,6 +106,7 @@ class EscrowCoordinator:
     def __init__(self, config: MeshConfig, first_seqs: Optional[list[int]] = None) -> None:
         """``first_seqs``: each writer's next seq when the mesh started (what it wrote is counted from there)."""
         tune_gc()
+        keep_freed_memory()
         self.config = config
         self._first_seqs = list(first_seqs) if first_seqs is not None else [0] * config.writers
         self._restarted = ray.get_runtime_context().was_current_actor_reconstructed

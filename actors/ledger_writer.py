@@ -36,7 +36,7 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -45,9 +45,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.fast_lane import FastAnswer, FastPlan
 from actors.gc_tuning import tune_gc
+from actors.malloc_tuning import keep_freed_memory
 from actors.run_files import RunDirectory
 from ledger.catch_up import catch_up
-from ledger.jsonl import FsyncPolicy, JsonlWriter, encode_events, split_encoded
+from ledger.jsonl import FsyncPolicy, JsonlWriter, cut_encoded, encode_events
 from ledger.parquet import DEFAULT_ROW_GROUP_EVENTS, EVENT_FIELDS_SCHEMA, ParquetLedgerWriter, fields_from_ipc, numbered_table
 from mesh.core.errors import LedgerError
 from actors.memory import rss_bytes
@@ -62,6 +63,16 @@ MAX_PENDING_APPENDS = 1_000  # Ray runs at most this many appends at once; the r
 logger = logging.getLogger("tollmesh.ledger_writer")
 
 
+class _Append(NamedTuple):
+    """An append waiting for the group commit: its events (``ledger.jsonl.cut_encoded``), how many, its
+    caller's future, its Parquet rows."""
+
+    rests: list[bytes]
+    count: int
+    done: asyncio.Future
+    rows: Optional[list]
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ParquetSink:
     """Writes ledger lines to the day-partitioned Parquet dataset under ``root``.
@@ -71,6 +82,7 @@ class ParquetSink:
     """
 
     def __init__(self, root: str, row_group_events: int = DEFAULT_ROW_GROUP_EVENTS) -> None:
+        keep_freed_memory()
         self._writer = ParquetLedgerWriter(root, row_group_events=row_group_events)
 
     def catch_up(self, jsonl_path: str, through_seq: int) -> int:
@@ -118,6 +130,7 @@ class LedgerWriterActor:
         """``run_dir``: the directory whose files the writer serves to other nodes (:mod:`actors.run_files`);
         None: the ledger's own (a partition's writer is given the run's, above its ``shard=K``)."""
         tune_gc()
+        keep_freed_memory()
         if max_commit_events < 1:
             raise LedgerError(f"max_commit_events={max_commit_events!r}: must be at least 1")
         self._jsonl = JsonlWriter(jsonl_path, fsync, max_segment_bytes=max_segment_bytes, rotate_daily=rotate_daily,
@@ -128,7 +141,7 @@ class LedgerWriterActor:
         self._sink: Optional[ray.actor.ActorHandle] = None
         self._sink_starts = 0
         self._max_commit_events = max_commit_events
-        self._waiting: deque[tuple[list[bytes], asyncio.Future, Optional[list]]] = deque()
+        self._waiting: deque[_Append] = deque()
         self._committer: Optional[asyncio.Task] = None
         self._in_flight: deque[ray.ObjectRef] = deque()
         self._closed = False
@@ -145,7 +158,7 @@ class LedgerWriterActor:
     async def append(self, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Append ``events`` (dicts starting ``"v": 1, "seq": None``); ``(first seq, last seq)`` once durable."""
         _check_batch(events)
-        return await self._enqueue(split_encoded(encode_events(events)))
+        return await self._enqueue(cut_encoded(encode_events(events)))
 
     async def append_encoded(self, lines: bytes, rows: Optional[list[tuple[int, Optional[pa.Table]]]] = None) -> tuple[int, int]:
         """:meth:`append` for events encoded by :func:`ledger.jsonl.encode_events` in the caller's process.
@@ -158,10 +171,10 @@ class LedgerWriterActor:
         """
         if not isinstance(lines, bytes) or not lines:
             raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
-        bodies = split_encoded(lines)
+        rests = cut_encoded(lines)
         if rows is not None:
-            rows = _checked_rows(rows, len(bodies))
-        return await self._enqueue(bodies, rows)
+            rows = _checked_rows(rows, len(rests))
+        return await self._enqueue(rests, rows)
 
     # -- the run directory, for actors on other nodes (actors.run_files) -----------------
 
@@ -195,22 +208,22 @@ class LedgerWriterActor:
         blob = b"".join(answer[1] for answer in (lock, settle) if isinstance(answer, tuple) and answer[2])
         seqs = None
         if blob:
-            bodies = split_encoded(blob)
+            rests = cut_encoded(blob)
             with self._write_lock:
                 if self._closed:
                     raise LedgerError("the ledger writer is closed")
                 first_seq = self._jsonl.next_seq
-                self._buffer_for_parquet(self._jsonl.append_bodies(bodies), len(bodies))
-                self._count_commit(1, len(bodies))
-            seqs = (first_seq, first_seq + len(bodies) - 1)
+                self._buffer_for_parquet(self._jsonl.append_cut(rests), len(rests))
+                self._count_commit(1, len(rests))
+            seqs = (first_seq, first_seq + len(rests) - 1)
             self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._send_to_parquet()))
         return FastAnswer(lock, outcome, settle, seqs)
 
-    async def _enqueue(self, bodies: list[bytes], rows: Optional[list] = None) -> tuple[int, int]:
+    async def _enqueue(self, rests: list[bytes], rows: Optional[list] = None) -> tuple[int, int]:
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((bodies, done, rows))
+        self._waiting.append(_Append(rests, len(rests), done, rows))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
         return await done
@@ -255,35 +268,36 @@ class LedgerWriterActor:
         try:
             while self._waiting:
                 batch = self._take_commit()
-                bodies = [body for chunk, _, _ in batch for body in chunk]
+                rests = batch[0].rests if len(batch) == 1 else [rest for append in batch for rest in append.rests]
+                count = len(rests)
                 try:  # appends arriving during the write and its fsync wait, then go out together
                     with self._write_lock:
                         first_seq = self._jsonl.next_seq
-                        written = self._jsonl.append_bodies(bodies)
-                        self._buffer_for_parquet(written, len(bodies), _runs_of(batch), first_seq)
-                        self._count_commit(len(batch), len(bodies))
+                        written = self._jsonl.append_cut(rests)
+                        self._buffer_for_parquet(written, count, _runs_of(batch), first_seq)
+                        self._count_commit(len(batch), count)
                 except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
-                    for _, done, _ in batch:
-                        done.set_exception(exc)
+                    for append in batch:
+                        append.done.set_exception(exc)
                     continue
                 self._acknowledge(batch, first_seq)
                 await self._send_to_parquet()
         finally:
             self._committer = None
 
-    def _take_commit(self) -> list[tuple[list[bytes], asyncio.Future, Optional[list]]]:
+    def _take_commit(self) -> list[_Append]:
         batch, size = [], 0
-        while self._waiting and (not batch or size + len(self._waiting[0][0]) <= self._max_commit_events):
-            chunk = self._waiting.popleft()
-            batch.append(chunk)
-            size += len(chunk[0])
+        while self._waiting and (not batch or size + self._waiting[0].count <= self._max_commit_events):
+            append = self._waiting.popleft()
+            batch.append(append)
+            size += append.count
         return batch
 
-    def _acknowledge(self, batch: list[tuple[list[bytes], asyncio.Future, Optional[list]]], first_seq: int) -> None:
+    def _acknowledge(self, batch: list[_Append], first_seq: int) -> None:
         seq = first_seq
-        for chunk, done, _ in batch:
-            done.set_result((seq, seq + len(chunk) - 1))
-            seq += len(chunk)
+        for append in batch:
+            append.done.set_result((seq, seq + append.count - 1))
+            seq += append.count
 
     def _count_commit(self, appends: int, events: int) -> None:
         self._stats["appends"] += appends
@@ -374,11 +388,11 @@ def _is_ready(ref: ray.ObjectRef) -> bool:
     return bool(ray.wait([ref], timeout=0)[0])
 
 
-def _runs_of(batch: list[tuple[list[bytes], asyncio.Future, Optional[list]]]) -> Optional[list]:
+def _runs_of(batch: list[_Append]) -> Optional[list]:
     """The commit's runs of ``(event count, fields or None)``, in order; None if none has fields."""
-    if all(rows is None for _, _, rows in batch):
+    if all(append.rows is None for append in batch):
         return None
-    return [run for chunk, _, rows in batch for run in (rows if rows is not None else [(len(chunk), None)])]
+    return [run for append in batch for run in (append.rows if append.rows is not None else [(append.count, None)])]
 
 
 def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> list[bytes | pa.Table]:

@@ -1,6 +1,6 @@
 """One bench run: the booths, the centre mesh and its sweeps, the other meshes; the report as data.
 
-Order: the seed's booth and ours (in process, no Ray), then the centre mesh (``Mesh.call``, the main
+Order: the machine's free memory touched once (:mod:`benchmarks.page_warmup`), the seed's booth and ours (in process, no Ray), then the centre mesh (``Mesh.call``, the main
 ``Mesh.send``, and the sweeps that need no other layout: batch size, contention, failure rate,
 concurrency), then a mesh for each other shard count and agent count, then the seed's booth again
 (its drift over the run, for the noise: ratios use the first). Each point's ratio is to the seed's
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from benchmarks import agents, booth
+from benchmarks.page_warmup import touch_free_memory, warmup_bytes
 from benchmarks.figures import per_item_bytes, ratio
 from benchmarks.plan import Plan
 from benchmarks.record import with_ratio
@@ -37,6 +38,8 @@ def run_bench(plan: Plan, *, log: Callable[[str], None] = lambda line: print(lin
     log = lambda line: say(f"[{time.perf_counter() - started:5.1f} s] {line}")  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="tollmesh-bench-") as tmp:
         root = Path(tmp)
+        log("touching free memory first (this VM charges the first touch of a page) ...")
+        report["page_warmup"] = touch_free_memory(root, warmup_bytes(plan.quick))
         _booths(plan, root, report, log)
         _centre(plan, root, report, log)
         _other_layouts(plan, root, report, log)
@@ -57,7 +60,7 @@ def new_report(plan: Plan) -> Report:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "ray": ray.__version__},
         "plan": plan.as_dict(), "seed": None, "seed_drift": None, "runs": [],
-        "sweeps": {name: [] for name in plan.sweeps}, "memory": {}, "problems": [],
+        "sweeps": {name: [] for name in plan.sweeps}, "memory": {}, "problems": [], "page_warmup": None,
     }
 
 

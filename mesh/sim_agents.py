@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Optional
@@ -34,6 +35,7 @@ from mesh.calls.agent import Agent, CallContext
 from mesh.scenario import AgentGroup, Latency, Pattern
 
 _U64 = float(2**64)
+_FOUR_U64 = struct.Struct("<4Q")  # a 32-byte digest as four little-endian 64-bit draws
 
 
 class SimulatedFailure(RuntimeError):
@@ -82,7 +84,8 @@ class SimAgent(Agent):
         """Four uniform numbers in [0, 1) from the seed and the task id: failure, latency, onward, target."""
         seed = self.behaviour.seed if self.behaviour is not None else 0
         digest = hashlib.blake2b(f"{seed}:{ctx.task_id}".encode(), digest_size=32).digest()
-        return tuple(int.from_bytes(digest[i:i + 8], "little") / _U64 for i in range(0, 32, 8))  # type: ignore[return-value]
+        a, b, c, d = _FOUR_U64.unpack(digest)
+        return a / _U64, b / _U64, c / _U64, d / _U64
 
     def fails(self, u_fail: float) -> bool:
         """Whether a call whose failure draw is ``u_fail`` fails, at the group's ``failure_rate``."""

@@ -84,6 +84,12 @@ def test_encoded_events_are_numbered_chained_and_rotated_like_dicts(tmp_path):
         (b'{"v":1,"seq":null,"ts_us":0,"kind":"deposit"}', "end with a newline"),
         (b'{"seq":null,"v":1,"ts_us":0,"kind":"deposit"}\n', "encoded event 0 must be a JSON object starting with"),
         (b'{"v":1,"seq":null,"ts_us":0}\n{"v":1,"seq":null,"ts_us":0,\n', "encoded event 1"),
+        (b'{"v":1,"seq":null,"ts_us":0}\n{"v":1,"seq":null,"x":{"v":1,"seq":null,"y":0}}\n', "encoded event 1 holds"),
+        (b'{"v":1,"seq":null,"a":{"v":1,"seq":null,"y":0},"b":0}\n{"v":1,"seq":null,"ts_us":0}\n', "encoded event 0 holds"),
+        (b'{"v":1,"seq":null,"ts_us":0}\n{"v":1,"seq":null,\n"ts_us":0}\n', "encoded event 1 must be"),
+        (b'{"v":1,"seq":null,"ts_us":0}\n\n', "encoded event 1 must be"),
+        (b'{"v":1,"seq":null,\n', "encoded event 0 must be"),
+        (b'{"v":1,"seq":null,"ts_us":0}\n{"v":1,"seq":null,}', "end with a newline"),
     ],
 )
 def test_bad_encoded_events_are_refused_and_nothing_is_written(tmp_path, blob, problem):
@@ -114,6 +120,44 @@ def test_a_batch_encodes_as_its_events_one_by_one(events):
     """Including batches the cuts cannot serve: an event without the placeholder beside a list of event-like dicts."""
     one_by_one = b"".join(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE) for event in events)
     assert encode_events(events) == one_by_one
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.builds(lambda ts, extra: {"v": 1, "seq": None, "ts_us": ts, **extra},
+                       st.integers(0, 10**15) | st.sampled_from([0, 86_400_000_000 - 1, 86_400_000_000, 10**17 + 7]),
+                       st.fixed_dictionaries({}, optional={"kind": st.just("lock"), "task_id": text_with_joins,
+                                                           "reason": st.none()})),
+             min_size=1, max_size=40),
+    st.sampled_from([1, 2, 3, 256]),
+    st.sampled_from([1, 2]),
+    st.booleans(),
+)
+def test_encoded_lines_are_written_as_their_events_are(tmp_path_factory, events, batches, format_version, rotate_daily):
+    """``append_encoded`` (the events cut at their placeholders, each numbered as a whole batch, their
+    days read at once) writes byte for byte what ``append`` writes of the same events, in batches of
+    any size, into the same day segments."""
+    from ledger.jsonl import cut_encoded, encode_events, split_encoded
+
+    encoded = encode_events([dict(e) for e in events])
+    assert [b'{"v":1,"seq":null,' + rest[:-1] for rest in cut_encoded(encoded)] == split_encoded(encoded)
+    root = tmp_path_factory.mktemp("cut")
+    writers = [JsonlWriter(root / name / "l.jsonl", fsync="batch", format_version=format_version, rotate_daily=rotate_daily)
+               for name in ("dicts", "bodies", "lines")]
+    by_dicts, by_bodies, by_lines = writers
+    size = max(1, len(events) // batches)
+    for start in range(0, len(events), size):
+        run = events[start:start + size]
+        written = by_lines.append_encoded(encode_events([dict(e) for e in run]))
+        assert written == by_bodies.append_bodies(split_encoded(encode_events([dict(e) for e in run])))
+        assert by_lines.seals == by_bodies.seals
+        assert written == by_dicts.append([dict(e) for e in run])
+    for writer in writers:
+        writer.close()
+    files = {name: sorted(p.name for p in (root / name).glob("l*.jsonl")) for name in ("dicts", "lines")}
+    assert files["dicts"] == files["lines"]
+    for name in files["dicts"]:
+        assert (root / "dicts" / name).read_bytes() == (root / "lines" / name).read_bytes()
 
 
 @pytest.mark.parametrize("bisect_stop_bytes", [1, 300, 1 << 16])
