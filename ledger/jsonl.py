@@ -75,7 +75,6 @@ _TS_FIELD = b'"ts_us":'  # every event's first field after its seq
 _TS_FIELD_BYTES = np.frombuffer(_TS_FIELD, np.uint8)
 _TS_MAX_DIGITS = 18  # a ts_us read at once is below 10^18 (year 33658): int64 sums stay exact
 _TS_WINDOW = len(_TS_FIELD) + _TS_MAX_DIGITS + 1
-_POW10 = 10 ** np.arange(_TS_MAX_DIGITS, dtype=np.int64)
 _TS_ENDS = np.frombuffer(b",}", np.uint8)  # what may follow a ts_us: the next field, or the event's end
 _TAIL_BYTES = 1 << 16  # how far back we first look for the last event when reopening (then 8x as far, and so on)
 
@@ -559,21 +558,28 @@ def _v2_cut_texts(rests: list[bytes], first_seq: int, max_lines: int) -> list[tu
 
 
 def _cut_days(rests: list[bytes]) -> Optional[np.ndarray]:
-    """Each cut event's day (int64), read from its ``ts_us``, which must be its first field, at once for
-    all of them; None if one does not read so (:func:`_body_day` then names it)."""
+    """Each cut event's day (int64), read from its ``ts_us``, which must be its first field, a digit
+    position at a time for all of them; None if one does not read so (:func:`_body_day` then names it)."""
     count = len(rests)
     starts = np.zeros(count, np.int64)
     np.cumsum(np.fromiter(map(len, rests), np.int64, count)[:-1], out=starts[1:])
-    data = np.frombuffer(b"".join(rests) + bytes(_TS_WINDOW), np.uint8)  # padded: every window stays inside
-    window = data[starts[:, None] + np.arange(_TS_WINDOW)]
-    digits = window[:, len(_TS_FIELD):] - np.uint8(ord("0"))  # a non-digit wraps to 10 or more
-    length = np.argmin(digits < 10, axis=1)
-    if not (bool((window[:, :len(_TS_FIELD)] == _TS_FIELD_BYTES).all()) and bool(((length >= 1) & (length <= _TS_MAX_DIGITS)).all())
-            and bool(np.isin(window[np.arange(count), len(_TS_FIELD) + length], _TS_ENDS).all())):
+    data = np.frombuffer(b"".join(rests) + bytes(_TS_WINDOW), np.uint8)  # padded: every position read stays inside
+    window = data[starts[:, None] + np.arange(_TS_WINDOW)].T.copy()  # one pass over the events; a row per position
+    if not bool((window[:len(_TS_FIELD)] == _TS_FIELD_BYTES[:, None]).all()):
         return None
-    place = length[:, None] - 1 - np.arange(digits.shape[1])  # each digit's power of ten (negative: past the end)
-    ts_us = (np.where(place >= 0, digits, 0).astype(np.int64) * _POW10[np.maximum(place, 0)]).sum(axis=1)
-    return ts_us // US_PER_DAY
+    ts_us, ended = np.zeros(count, np.int64), np.zeros(count, bool)
+    for k in range(_TS_MAX_DIGITS + 1):
+        char = window[len(_TS_FIELD) + k]
+        digit = char - np.uint8(ord("0"))  # a non-digit wraps to 10 or more
+        ends_here = (digit >= 10) & ~ended
+        if ends_here.any():
+            if k == 0 or not bool(np.isin(char[ends_here], _TS_ENDS).all()):
+                return None
+            ended |= ends_here
+            if ended.all():
+                return ts_us // US_PER_DAY
+        ts_us = np.where(ended, ts_us, ts_us * 10 + digit)
+    return None  # more digits than _TS_MAX_DIGITS
 
 
 def _day(event: dict[str, Any]) -> int:
