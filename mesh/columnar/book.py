@@ -159,8 +159,13 @@ class ColumnarBook:
 
     def register(self, names: Sequence[str]) -> np.ndarray:
         """The dense index of each name, registering the new ones (int32)."""
-        names = check.ids("names", names)
         index = self._index
+        if isinstance(names, list):  # the hot path: every name registered (so checked) before
+            try:
+                return np.fromiter(map(index.__getitem__, names), np.int32, len(names))
+            except (KeyError, TypeError):
+                pass  # a new or a bad name: checked below
+        names = check.ids("names", names)
         new = [name for name in dict.fromkeys(names) if name not in index]
         if new:
             first = len(self.names)
