@@ -64,11 +64,10 @@ logger = logging.getLogger("tollmesh.ledger_writer")
 
 
 class _Append(NamedTuple):
-    """An append waiting for the group commit: its events (``ledger.jsonl.cut_encoded``), how many, its
-    caller's future, its Parquet rows."""
+    """An append waiting for the group commit: its events (``ledger.jsonl.cut_encoded``), its caller's
+    future, its Parquet rows."""
 
     rests: list[bytes]
-    count: int
     done: asyncio.Future
     rows: Optional[list]
 
@@ -223,7 +222,7 @@ class LedgerWriterActor:
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Append(rests, len(rests), done, rows))
+        self._waiting.append(_Append(rests, done, rows))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
         return await done
@@ -287,17 +286,17 @@ class LedgerWriterActor:
 
     def _take_commit(self) -> list[_Append]:
         batch, size = [], 0
-        while self._waiting and (not batch or size + self._waiting[0].count <= self._max_commit_events):
+        while self._waiting and (not batch or size + len(self._waiting[0].rests) <= self._max_commit_events):
             append = self._waiting.popleft()
             batch.append(append)
-            size += append.count
+            size += len(append.rests)
         return batch
 
     def _acknowledge(self, batch: list[_Append], first_seq: int) -> None:
         seq = first_seq
         for append in batch:
-            append.done.set_result((seq, seq + append.count - 1))
-            seq += append.count
+            append.done.set_result((seq, seq + len(append.rests) - 1))
+            seq += len(append.rests)
 
     def _count_commit(self, appends: int, events: int) -> None:
         self._stats["appends"] += appends
@@ -392,7 +391,7 @@ def _runs_of(batch: list[_Append]) -> Optional[list]:
     """The commit's runs of ``(event count, fields or None)``, in order; None if none has fields."""
     if all(append.rows is None for append in batch):
         return None
-    return [run for append in batch for run in (append.rows if append.rows is not None else [(append.count, None)])]
+    return [run for append in batch for run in (append.rows if append.rows is not None else [(len(append.rests), None)])]
 
 
 def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> list[bytes | pa.Table]:

@@ -73,7 +73,7 @@ _NEWLINE, _CLOSE = ord("\n"), ord("}")
 _INTEGER = re.compile(rb"-?[0-9]+")
 _TS_FIELD = b'"ts_us":'  # every event's first field after its seq
 _TS_FIELD_BYTES = np.frombuffer(_TS_FIELD, np.uint8)
-_TS_MAX_DIGITS = 18  # a ts_us read at once is below 10^18 (year 33658): int64 sums stay exact
+_TS_MAX_DIGITS = 18  # a ts_us read at once is below 10^18 (year 33658), exact in int64
 _TS_WINDOW = len(_TS_FIELD) + _TS_MAX_DIGITS + 1
 _TS_ENDS = np.frombuffer(b",}", np.uint8)  # what may follow a ts_us: the next field, or the event's end
 _TAIL_BYTES = 1 << 16  # how far back we first look for the last event when reopening (then 8x as far, and so on)
@@ -177,8 +177,9 @@ class JsonlWriter:
 
         In v2 a batch of many lines is numbered by putting each event's numbered start before its
         rest (no other bytes object per event); otherwise as :meth:`append_bodies` numbers them."""
-        days = _cut_days(rests) if self.rotate_daily and len(rests) > 1 else None
-        if self.format_version != 2 or len(rests) < 2 or self._batch_max_lines < 2 or (self.rotate_daily and days is None):
+        cut_way = self.format_version == 2 and len(rests) > 1 and self._batch_max_lines > 1
+        days = _cut_days(rests) if cut_way and self.rotate_daily else None
+        if not cut_way or (self.rotate_daily and days is None):
             return self.append_bodies([SEQ_PLACEHOLDER + rest[:-1] for rest in rests])  # names a bad ts_us too
         self.seals = {}
         if days is None:

@@ -160,11 +160,11 @@ class ColumnarBook:
     def register(self, names: Sequence[str]) -> np.ndarray:
         """The dense index of each name, registering the new ones (int32)."""
         index = self._index
-        if isinstance(names, list):  # the hot path: every name registered (so checked) before
+        if isinstance(names, list) and set(map(type, names)) <= {str}:  # the hot path: known names were checked
             try:
                 return np.fromiter(map(index.__getitem__, names), np.int32, len(names))
-            except (KeyError, TypeError):
-                pass  # a new or a bad name: checked below
+            except KeyError:
+                pass  # a new name: checked and registered below
         names = check.ids("names", names)
         new = [name for name in dict.fromkeys(names) if name not in index]
         if new:
