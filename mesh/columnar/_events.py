@@ -150,34 +150,47 @@ def iso_json(seconds: np.ndarray, *, field: str = "") -> pa.Array:
     return pa.array([text(int(s)) for s in unique], pa.string()).take(pa.array(inverse.astype(np.int32)))
 
 
-def encode_jsonl(events: EventColumns, *, task_ids: list[str], nonces: np.ndarray, created_s: np.ndarray,
-                 names_json: pa.Array, mode: Optional[str], shard: Optional[int]) -> bytes:
-    """The events as JSON lines (see the module doc).
+@dataclass(frozen=True)
+class TaskTexts:
+    """What each event takes from its task row, made once for both encodings of a batch: the task id
+    (``""`` for a deposit, which has no task), the nonce as 32 hex characters (a deposit's is
+    meaningless: ``has_task`` says where to leave it out) and ``created_s`` (a deposit's: its own time)."""
 
-    ``task_ids``, ``nonces`` (``(rows, 16)`` uint8) and ``created_s`` are the book's task
-    columns, indexed by ``events.row``; ``names_json`` the agents' names as JSON strings.
-    """
-    n = len(events)
-    if not n:
-        return b""
-    rows = events.row
-    has_task = rows >= 0
-    safe_rows = np.where(has_task, rows, 0)
-    if bool(has_task.all()):
-        task_text = pa.array([task_ids[r] for r in rows.tolist()], pa.string())
-        nonce = hex_strings(nonces[rows])
-        created = created_s[rows]
-    else:
-        task_text = pa.array([task_ids[r] if r >= 0 else "" for r in rows.tolist()], pa.string())
-        nonce = pc.if_else(pa.array(has_task), hex_strings(nonces[safe_rows]) if len(nonces) else "", "")
+    has_task: np.ndarray  # bool
+    every_task: bool  # has_task is all True (the common case: no masking needed)
+    task_id: pa.Array
+    nonce: pa.Array
+    created_s: np.ndarray  # int64 whole seconds
+
+    @staticmethod
+    def of(events: EventColumns, *, task_ids: list[str], nonces: np.ndarray, created_s: np.ndarray) -> TaskTexts:
+        """``task_ids``, ``nonces`` (``(rows, 16)`` uint8) and ``created_s``: the book's task columns,
+        indexed by ``events.row``."""
+        rows = events.row
+        has_task = rows >= 0
+        if bool(has_task.all()):
+            return TaskTexts(has_task, True, pa.array([task_ids[r] for r in rows.tolist()], pa.string()),
+                             hex_strings(nonces[rows]), created_s[rows])
+        safe_rows = np.where(has_task, rows, 0)
+        task_id = pa.array([task_ids[r] if r >= 0 else "" for r in rows.tolist()], pa.string())
+        nonce = hex_strings(nonces[safe_rows]) if len(nonces) else pa.array([""] * len(rows), pa.string())
         created = np.where(has_task, created_s[safe_rows] if len(created_s) else 0, events.ts_us // US_PER_SECOND)
+        return TaskTexts(has_task, False, task_id, nonce, created)
+
+
+def encode_jsonl(events: EventColumns, texts: TaskTexts, *, names_json: pa.Array, mode: Optional[str],
+                 shard: Optional[int]) -> bytes:
+    """The events as JSON lines (see the module doc); ``names_json``: the agents' names as JSON strings."""
+    if not len(events):
+        return b""
+    nonce = texts.nonce if texts.every_task else pc.if_else(pa.array(texts.has_task), texts.nonce, "")
     agents_json = pa.concat_arrays([pa.array(['""'], pa.string()), names_json])  # index 0: the empty name
     mode_field = "" if mode is None else f',"mode":{orjson.dumps(mode).decode()}'
     shard_field = "" if shard is None else f',"shard":{orjson.dumps(shard).decode()}'
     parts = [
         '{"v":1,"seq":null,"ts_us":', pc.cast(pa.array(events.ts_us), pa.string()),
         ',"kind":', _KIND_JSON.take(pa.array(events.kind)),
-        f'{mode_field}{shard_field},"task_id":', json_strings(task_text),
+        f'{mode_field}{shard_field},"task_id":', json_strings(texts.task_id),
         ',"source_agent":', agents_json.take(pa.array(events.source.astype(np.int64) + 1)),
         ',"target_agent":', agents_json.take(pa.array(events.target.astype(np.int64) + 1)),
         ',"amount_usd":', decimal_usd(events.amount),
@@ -185,7 +198,7 @@ def encode_jsonl(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
         ',"amount_tokens":0.0', _STATUS_FIELD_JSON.take(pa.array(events.status)),
         ',"nonce":"', nonce,
         '"', iso_json(events.settled_s, field="settled_at"),
-        ',"created_at":', iso_json(created),
+        ',"created_at":', iso_json(texts.created_s),
         _REASON_FIELD_JSON.take(pa.array(events.reason)),
         '}\n',
     ]
@@ -193,28 +206,26 @@ def encode_jsonl(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
     return _concatenated(lines)
 
 
-def encode_arrow(events: EventColumns, *, task_ids: list[str], nonces: np.ndarray, created_s: np.ndarray,
-                 names: pa.Array, mode: Optional[str], shard: Optional[int]) -> pa.Table:
+def encode_arrow(events: EventColumns, texts: TaskTexts, *, names: pa.Array, mode: Optional[str],
+                 shard: Optional[int]) -> pa.Table:
     """The events' Parquet rows before the writer numbers and seals them
     (:data:`ledger.parquet.EVENT_FIELDS_SCHEMA`): what :func:`ledger.parquet.jsonl_to_table` reads
     from the lines :func:`encode_jsonl` makes of them, with no JSON in between. ``names``: the
-    agents' names by index; the other arguments as :func:`encode_jsonl` takes them."""
+    agents' names by index."""
     n = len(events)
-    rows = events.row
-    has_task = rows >= 0
-    safe_rows = np.where(has_task, rows, 0)
-    no_task = pa.array(~has_task)
-    created = created_s[safe_rows] if len(created_s) else np.zeros(n, np.int64)
-    created = np.where(has_task, created, events.ts_us // US_PER_SECOND)
-    task_text = pa.array([task_ids[r] if r >= 0 else "" for r in rows.tolist()], pa.string())
-    nonce = hex_strings(nonces[safe_rows]) if len(nonces) else pa.array([""] * n, pa.string())
+    if texts.every_task:
+        task_id, nonce = texts.task_id, texts.nonce
+    else:
+        no_task = pa.array(~texts.has_task)
+        task_id = pc.if_else(no_task, pa.scalar(None, pa.string()), texts.task_id)
+        nonce = pc.if_else(no_task, pa.scalar(None, pa.string()), texts.nonce)
     empty_text = pa.nulls(n, pa.string())
     columns = {
         "ts": _timestamps(events.ts_us),
         "kind": _dictionary(_KIND_TEXT.take(pa.array(events.kind))),
         "mode": _dictionary(pa.array([mode], pa.string()).take(pa.array(np.zeros(n, np.int32)))),
         "shard": pa.array(np.full(n, shard, np.int32)) if shard is not None else pa.nulls(n, pa.int32()),
-        "task_id": pc.if_else(no_task, pa.scalar(None, pa.string()), task_text),
+        "task_id": task_id,
         "source_agent": _dictionary(_names_at(names, events.source)),
         "target_agent": _dictionary(_names_at(names, events.target)),
         "amount_micros": pa.array(events.amount, pa.int64()),
@@ -225,8 +236,8 @@ def encode_arrow(events: EventColumns, *, task_ids: list[str], nonces: np.ndarra
         "tx_signature": empty_text,
         "payer_wallet": _dictionary(empty_text),
         "proof_digest": empty_text,
-        "nonce": pc.if_else(no_task, pa.scalar(None, pa.string()), nonce),
-        "created_at": _timestamps(created * US_PER_SECOND),
+        "nonce": nonce,
+        "created_at": _timestamps(texts.created_s * US_PER_SECOND),
         "settled_at": pc.if_else(pa.array(events.settled_s < 0), pa.scalar(None, _UTC_US),
                                  _timestamps(events.settled_s * US_PER_SECOND)),
         "torn_bytes": pa.nulls(n, pa.int64()),

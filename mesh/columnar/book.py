@@ -59,7 +59,7 @@ from mesh.columnar._codes import (
 )
 from mesh.columnar._codes import KIND_NAMES
 from mesh.columnar._codes import PENDING as PENDING_STATE
-from mesh.columnar._events import EventColumns, encode_arrow, encode_jsonl, json_strings
+from mesh.columnar._events import EventColumns, TaskTexts, encode_arrow, encode_jsonl, json_strings
 from mesh.columnar._tasks import TaskTable, task_key, task_keys
 from mesh.core.errors import InvalidAmountError, InvalidArgumentError
 from mesh.core.records import TollRecord
@@ -538,24 +538,26 @@ class ColumnarBook:
 
         Events of rows with tokens or a payment (few: the per-message paths) are encoded one record at a time.
         """
-        t = self.tasks
         if len(events) <= _RECORD_ENCODED_EVENTS or self._has_extras(events.row):
             return self._encode_records(events)
-        return encode_jsonl(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
-                            names_json=self.names_json(), mode=self.mode, shard=self.shard)
+        return encode_jsonl(events, self._task_texts(events), names_json=self.names_json(), mode=self.mode,
+                            shard=self.shard)
 
     def encode_rows(self, events: EventColumns) -> tuple[bytes, Optional[pa.Table]]:
         """The events as JSON lines (:meth:`encode`) and, where they were made as columns, their Parquet
         rows too (:func:`~mesh.columnar._events.encode_arrow`; None where they were made one record
-        at a time: the writer reads those rows from the lines)."""
-        lines = self.encode(events)
+        at a time: the writer reads those rows from the lines). Both take the task rows' texts made once."""
         if len(events) <= _RECORD_ENCODED_EVENTS or self._has_extras(events.row):
-            return lines, None
-        t = self.tasks
+            return self._encode_records(events), None
+        texts = self._task_texts(events)
         if self._names_arrow is None or len(self._names_arrow) != self.agent_count:
             self._names_arrow = pa.array(self.names, pa.string())
-        return lines, encode_arrow(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"),
-                                   names=self._names_arrow, mode=self.mode, shard=self.shard)
+        lines = encode_jsonl(events, texts, names_json=self.names_json(), mode=self.mode, shard=self.shard)
+        return lines, encode_arrow(events, texts, names=self._names_arrow, mode=self.mode, shard=self.shard)
+
+    def _task_texts(self, events: EventColumns) -> TaskTexts:
+        t = self.tasks
+        return TaskTexts.of(events, task_ids=t.task_ids, nonces=t.nonce[: t.count], created_s=t.col("created_s"))
 
     def names_json(self) -> pa.Array:
         """Every agent's name as JSON text, by index (cached until an agent registers)."""
