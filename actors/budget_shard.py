@@ -8,7 +8,10 @@ caller and sends it whole batches: as columns (:meth:`BudgetShard.lock_columns`,
 funds checked atomically, one after another; :meth:`BudgetShard.settle_batch`),
 :meth:`BudgetShard.expire_due`, deposits and credits. Every call answers its events
 (JSON lines encoded here, on the shard's core, for the ledger writer) and the releases
-paid to agents another shard holds (credits to forward).
+paid to agents another shard holds (credits to forward). A columnar call answers in three
+objects (:data:`COLUMNS_RETURNS`): the answer, then its lines and Parquet rows, which the
+coordinator hands to the writer as references it never reads (Ray moves them once, shard to
+writer); a payload of at most :data:`INLINE_PAYLOAD_BYTES` rides in the answer instead.
 
 State lives in memory and is rebuilt from the ledger: a shard that Ray restarts after
 a crash refuses work (:class:`ShardRecoveringError`) until the coordinator, having
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,9 +50,11 @@ from mesh.core.errors import TollmeshError
 from actors.memory import rss_bytes
 from mesh.core.records import record_to_wire
 
-__all__ = ["BudgetShard", "ShardCore", "ShardSpec", "ShardAnswer", "ColumnsAnswer", "ShardRecoveringError",
+__all__ = ["BudgetShard", "with_payload", "ShardCore", "ShardSpec", "ShardAnswer", "ColumnsAnswer", "ShardRecoveringError",
            "LOCK", "INSTANT", "REJECT", "PEND"]
 
+COLUMNS_RETURNS = 3  # (answer, lines or None, Parquet rows or None)
+INLINE_PAYLOAD_BYTES = 64 * 1024  # below Ray's 100 KiB for objects it sends inline: no object store round trip
 FAST_SETTLE_WAIT_S = 10.0  # an ordinary call waits at most this long for the lane's settlement to be written
 
 class ShardRecoveringError(TollmeshError):
@@ -134,13 +140,16 @@ class BudgetShard:
             self._check_fresh()
             return self._mark(_to_wire(self._core.deposit_batch(deposits, now_us, mode)))
 
+    @ray.method(num_returns=COLUMNS_RETURNS)
     def lock_columns(self, task_ids: list[str], sources: list[str], targets: list[str], price_micros: np.ndarray,
                      reject_codes: np.ndarray, now_us: int) -> tuple:
-        """:meth:`ShardCore.lock_columns`; the answer as the ordered log reads it, its mark last."""
+        """:meth:`ShardCore.lock_columns`; the answer as the ordered log reads it, its mark last, and
+        its ledger payload apart (see the module doc)."""
         with self._book():
             self._check_fresh()
             return self._columns(self._core.lock_columns(task_ids, sources, targets, price_micros, reject_codes, now_us))
 
+    @ray.method(num_returns=COLUMNS_RETURNS)
     def settle_columns(self, rows: np.ndarray, ok: np.ndarray, reason_codes: np.ndarray, now_us: int) -> tuple:
         """:meth:`ShardCore.settle_columns`, answered as :meth:`lock_columns`."""
         with self._book():
@@ -283,13 +292,29 @@ class BudgetShard:
         self._ordinary_applied += 1
         return (*answer, (self._core.spec.index, self._epoch, self._ordinary_applied))
 
-    def _columns(self, answer: ColumnsAnswer) -> tuple:
-        """``(answer, lines, event count, _, _, _, mark)``: the ordered log's shape (see :meth:`_mark`)."""
-        return self._mark((answer, answer.lines, answer.event_count, None, None, None))
+    def _columns(self, answer: ColumnsAnswer) -> tuple[tuple, Optional[bytes], Optional[bytes]]:
+        """``(answer, lines, event count, _, _, _, mark)`` (the ordered log's shape, see :meth:`_mark`),
+        and the lines and Parquet rows apart (the answer then holds neither: its lines are None), or
+        None and None where they are small."""
+        lines, rows = answer.lines, answer.parquet_rows
+        if len(lines) + len(rows or b"") <= INLINE_PAYLOAD_BYTES:
+            return self._mark((answer, lines, answer.event_count, None, None, None)), None, None
+        slim = dataclasses.replace(answer, lines=b"", parquet_rows=None)
+        return self._mark((slim, None, answer.event_count, None, None, None)), lines, rows
 
     def _check_fresh(self) -> None:
         if self._stale:
             raise ShardRecoveringError(f"budget shard {self._core.spec.index} restarted and waits for its rebuild")
+
+
+async def with_payload(answer: ray.ObjectRef, lines: ray.ObjectRef, rows: ray.ObjectRef) -> tuple:
+    """A columnar call's answer (the three refs of :meth:`BudgetShard.lock_columns`) as the ordered log
+    reads it, with its lines and Parquet rows as the refs the writer reads where they came apart: only
+    the answer is read here."""
+    head = await answer
+    if head[1] is not None:
+        return head
+    return (dataclasses.replace(head[0], lines=lines, parquet_rows=rows), lines, *head[2:])
 
 
 def _to_wire(answer: ShardAnswer) -> ShardAnswer:

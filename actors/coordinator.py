@@ -50,7 +50,7 @@ import numpy as np
 import orjson
 import ray
 
-from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer
+from actors.budget_shard import INSTANT, LOCK, PEND, REJECT, ShardAnswer, with_payload
 from actors.call_counts import CallCounts
 from actors.columnar_batch import ColumnarBatch, is_plain
 from actors.directory import AgentDirectory, MeshClock
@@ -247,7 +247,7 @@ class EscrowCoordinator:
         for attempt in range(MAX_SHARD_ATTEMPTS):
             await self._wait_recovered(shard)
             call = getattr(self._shards[shard], method)
-            ref = call.remote(*ops) if columns else call.remote(pack(ops), self._clock.now_us(), "live")
+            ref = with_payload(*call.remote(*ops)) if columns else call.remote(pack(ops), self._clock.now_us(), "live")
             entry = self._log_of(shard).push(ref)
             try:
                 answer = await entry.answer

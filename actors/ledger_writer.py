@@ -36,7 +36,7 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Awaitable, NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -151,6 +151,7 @@ class LedgerWriterActor:
         self._sink_starts = 0
         self._max_commit_events = max_commit_events
         self._waiting: deque[_Append] = deque()
+        self._last_turn: Optional[asyncio.Future] = None  # set once the latest append arrived is queued (see _in_turn)
         self._committer: Optional[asyncio.Task] = None
         self._in_flight: deque[ray.ObjectRef] = deque()
         self._closed = False
@@ -169,22 +170,20 @@ class LedgerWriterActor:
         _check_batch(events)
         return await self._enqueue(cut_encoded(encode_events(events)))
 
-    async def append_encoded(self, lines: bytes, rows: Optional[list[tuple[int, Optional[pa.Table]]]] = None) -> tuple[int, int]:
+    async def append_encoded(self, lines: bytes | list, rows: Optional[list[tuple[int, Any]]] = None) -> tuple[int, int]:
         """:meth:`append` for events encoded by :func:`ledger.jsonl.encode_events` in the caller's process.
 
         The faster way in: encoding bytes on the producer's core costs ~1 us an event,
         sending dicts to an actor ~5 us (pickling them there and back). ``rows``: the events'
         Parquet rows where their producer made them as columns, ``(event count, fields)`` per run of
         the lines in order (fields of :data:`ledger.parquet.EVENT_FIELDS_SCHEMA`, or None: read the
-        run's rows from its lines), so the sink need not parse them.
+        run's rows from its lines), so the sink need not parse them. ``lines`` may be a list of
+        parts, bytes or ObjectRefs of bytes, as fields may be ObjectRefs: the writer reads them
+        (Ray moves them from their producer, not through the caller), in the order appends arrive.
         """
-        if not isinstance(lines, bytes) or not lines:
-            raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
-        rests = cut_encoded(lines)
-        if rows is not None:
-            rows = _checked_rows(rows, len(rests))
-        return await self._enqueue(rests, rows)
-
+        if isinstance(lines, list):
+            return await self._in_turn(self._fetched(lines, rows))
+        return await self._enqueue(*_checked_append(lines, rows))
     # -- the run directory, for actors on other nodes (actors.run_files) -----------------
 
     def run_file_segments(self, ledger: str) -> list[str]:
@@ -229,13 +228,52 @@ class LedgerWriterActor:
         return FastAnswer(lock, outcome, settle, seqs)
 
     async def _enqueue(self, rests: list[bytes], rows: Optional[list] = None) -> tuple[int, int]:
+        if self._last_turn is not None and not self._last_turn.done():  # an append before it is still being read
+            return await self._in_turn(_ready(rests, rows))
+        return await self._place(rests, rows)
+
+    async def _in_turn(self, prepared: Awaitable[tuple[list[bytes], Optional[list]]]) -> tuple[int, int]:
+        """Queue an append whose events are still being read in the order the appends arrived: it waits
+        for the append before it to be queued (or to fail) first."""
+        before, turn = self._last_turn, asyncio.get_running_loop().create_future()
+        self._last_turn = turn
+        try:
+            try:
+                rests, rows = await prepared
+            finally:
+                if before is not None:
+                    await before
+            done = self._place(rests, rows)
+        finally:
+            turn.set_result(None)
+        return await done
+
+    async def _fetched(self, parts: list, rows: Optional[list]) -> tuple[list[bytes], Optional[list]]:
+        """The events of ``parts`` and ``rows`` with their ObjectRefs read, checked as :meth:`append_encoded` checks."""
+        refs = [part for part in parts if isinstance(part, ray.ObjectRef)]
+        if rows is not None and isinstance(rows, list):
+            refs += [run[1] for run in rows if isinstance(run, tuple) and len(run) == 2 and isinstance(run[1], ray.ObjectRef)]
+        try:
+            values = dict(zip(refs, await asyncio.gather(*refs)))
+        except Exception as exc:  # noqa: BLE001 - a part lost with its node, or its producer's error: nothing is written
+            raise LedgerError(f"lines: a part could not be read ({type(exc).__name__}: {exc})") from None
+        parts = [values[part] if isinstance(part, ray.ObjectRef) else part for part in parts]
+        if not all(isinstance(part, bytes) for part in parts):
+            raise LedgerError("lines: expected parts of bytes (or ObjectRefs of bytes)")
+        if rows is not None and isinstance(rows, list):
+            rows = [(run[0], values[run[1]]) if isinstance(run, tuple) and len(run) == 2 and isinstance(run[1], ray.ObjectRef)
+                    else run for run in rows]
+        return _checked_append(b"".join(parts), rows)
+
+    def _place(self, rests: list[bytes], rows: Optional[list]) -> asyncio.Future:
+        """Queue an append for the group commit; the future of its ``(first seq, last seq)``."""
         if self._closed:
             raise LedgerError("the ledger writer is closed")
         done = asyncio.get_running_loop().create_future()
         self._waiting.append(_Append(rests, done, rows))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
-        return await done
+        return done
 
     async def close(self) -> dict[str, Any]:
         """Commit what waits, write out the Parquet files and close; return the counters and files."""
@@ -420,6 +458,18 @@ def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> 
             pieces.append(lines[begin:int(ends[start + count - 1])])
         start += count
     return pieces
+
+
+async def _ready(rests: list[bytes], rows: Optional[list]) -> tuple[list[bytes], Optional[list]]:
+    return rests, rows
+
+
+def _checked_append(lines: Any, rows: Any) -> tuple[list[bytes], Optional[list]]:
+    """The events of :meth:`LedgerWriterActor.append_encoded` cut and checked, with their checked rows."""
+    if not isinstance(lines, bytes) or not lines:
+        raise LedgerError(f"lines={type(lines).__name__}: expected non-empty bytes of encoded events")
+    rests = cut_encoded(lines)
+    return rests, None if rows is None else _checked_rows(rows, len(rests))
 
 
 def _checked_rows(rows: Any, events: int) -> list[tuple[int, Optional[pa.Table]]]:

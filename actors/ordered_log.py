@@ -16,7 +16,8 @@ then writes nothing more: every entry fails the same way until :meth:`OrderedLog
 which the coordinator calls once it has rebuilt the shards from the ledger.
 
 An answer made as columns (``answer[0].parquet_rows``, see :class:`actors.shard_core.ColumnsAnswer`)
-sends its Parquet rows with its lines, so the writer's sink does not parse them again.
+sends its Parquet rows with its lines, so the writer's sink does not parse them again; where its
+lines and rows are refs (a large payload), the log passes them on unread.
 """
 
 from __future__ import annotations
@@ -140,15 +141,20 @@ class OrderedLog:
                 self._fail(batch, self.lost)
                 continue
             written = [answer for _, answer in batch if answer is not None and answer[2]]
-            blob = b"".join(answer[1] for answer in written)
-            rows = [(answer[2], getattr(answer[0], "parquet_rows", None)) for answer in written]
-            if any(fields is not None for _, fields in rows):
-                pending = self._append(blob, rows)  # a columnar answer's Parquet rows go with its lines
-            else:
-                pending = self._append(blob) if blob else None  # sent now, so appends reach the writer in order
+            pending = self._send(written) if written else None  # sent now, so appends reach the writer in order
             task = asyncio.get_running_loop().create_task(self._write(batch, pending))
             self._appends.add(task)
             task.add_done_callback(self._appends.discard)
+
+    def _send(self, written: list[tuple]) -> Awaitable[tuple[int, int]]:
+        """Append the answers' lines: one bytes, or a list of them where some are refs the writer reads
+        (see :func:`actors.budget_shard.with_payload`); a columnar answer's Parquet rows go with them."""
+        parts = [answer[1] for answer in written]
+        lines = b"".join(parts) if all(isinstance(part, bytes) for part in parts) else parts
+        rows = [(answer[2], getattr(answer[0], "parquet_rows", None)) for answer in written]
+        if any(fields is not None for _, fields in rows):
+            return self._append(lines, rows)
+        return self._append(lines)
 
     def _take_ready(self) -> list[tuple[LogEntry, Optional[tuple]]]:
         """The ready entries at the head, up to the append size."""

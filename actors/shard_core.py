@@ -98,13 +98,13 @@ class ColumnsAnswer:
     status: np.ndarray
     reason: np.ndarray
     repeat: np.ndarray
-    lines: bytes
+    lines: Any  # bytes; on the coordinator, the ObjectRef of them where they travelled apart (actors.budget_shard)
     event_count: int
     credit_agents: list[str]
     credit_micros: np.ndarray
     credit_events: np.ndarray
     tally: dict[str, int]  # "locked", "locked_micros", "released", ..., "rejected:<reason>", "refunded:<reason>"
-    parquet_rows: Optional[bytes] = None  # the events' Parquet fields made as columns, an Arrow IPC stream (None: from the lines)
+    parquet_rows: Any = None  # the events' Parquet fields made as columns, an Arrow IPC stream (None: from the lines; or a ref, as lines)
     credit_details: Optional[list[tuple[str, str]]] = None  # a partitioned shard's: each credit's (task id, source agent)
 
     def credits(self) -> list[tuple]:

@@ -128,3 +128,55 @@ def test_bad_runs_of_rows_are_refused_naming_the_problem(ray_session, tmp_path):
 def test_numbered_table_refuses_fields_of_another_schema():
     with pytest.raises(LedgerError, match="do not match the event schema"):
         numbered_table(pa.table({"seq": [1]}), 0, {})
+
+
+def test_parts_read_from_refs_are_written_in_the_order_their_appends_arrived(ray_session, tmp_path):
+    """Lines and rows may come as ObjectRefs the caller passes on unread (a shard's large payload): the
+    writer reads them itself, and an append whose parts are still on their way keeps its place ahead
+    of the appends sent after it."""
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    def later(value, delay_s: float):
+        import time
+
+        time.sleep(delay_s)
+        return value
+
+    book = _book(caps=False, balances=False)
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(tmp_path / "parquet"))
+    a, a_rows = _columns_run(book, 300, START_US, 0)
+    b, b_rows = _columns_run(book, 200, START_US + 1, 1_000)
+    c, _ = _columns_run(book, 50, START_US + 2, 2_000)
+    slow = writer.append_encoded.remote([later.remote(a, 1.0), ray.put(b)],
+                                        [(300, later.remote(fields_to_ipc(a_rows), 1.2)), (200, ray.put(fields_to_ipc(b_rows)))])
+    fast = writer.append_encoded.remote(c)  # sent after, read at once: written after
+    assert ray.get([slow, fast]) == [(0, 499), (500, 549)]
+    summary = ray.get(writer.close.remote())
+    assert summary["parquet_error"] is None and summary["events"] == 550
+    assert_dataset_is_the_ledger(tmp_path)
+
+
+def test_a_part_that_cannot_be_read_fails_its_append_and_writes_nothing(ray_session, tmp_path):
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    def broken():
+        raise RuntimeError("the producer died")
+
+    book = _book(caps=False, balances=False)
+    writer = LedgerWriterActor.remote(str(tmp_path / "toll_ledger.jsonl"), parquet_dir=str(tmp_path / "parquet"))
+    a, a_rows = _columns_run(book, 30, START_US, 0)
+    with pytest.raises(LedgerError, match="a part could not be read"):
+        ray.get(writer.append_encoded.remote([ray.put(a), broken.remote()]))
+    with pytest.raises(LedgerError, match="a part could not be read"):
+        ray.get(writer.append_encoded.remote([a], [(30, broken.remote())]))
+    with pytest.raises(LedgerError, match="expected parts of bytes"):
+        ray.get(writer.append_encoded.remote([ray.put("text, not bytes")]))
+    with pytest.raises(LedgerError, match="expected non-empty bytes"):
+        ray.get(writer.append_encoded.remote([]))
+    with pytest.raises(LedgerError, match="not an Arrow IPC stream"):
+        ray.get(writer.append_encoded.remote([a], [(30, ray.put(b"not arrow"))]))
+    assert ray.get(writer.append_encoded.remote([ray.put(a)], [(30, ray.put(fields_to_ipc(a_rows)))])) == (0, 29)
+    ray.get(writer.close.remote())
+    assert_dataset_is_the_ledger(tmp_path)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ledger import replay_file, reconcile, snapshot, verify
+from ledger.replay import replay_partitions
 from mesh import Agent, CallColumns, InvalidArgumentError, InvalidTypeError, Message
 from mesh.core.budget import BudgetBook
 from mesh.core.errors import InvalidIdError
@@ -86,6 +87,38 @@ def test_send_columns_ends_every_call_as_send_does(make_mesh, seed, track):
         keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
         replayed = snapshot(book, 0)
         assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
+
+
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_large_batches_travel_from_shard_to_writer_and_both_ledgers_hold_them(make_mesh, partitioned):
+    """A batch whose events pass 64 KiB a shard reaches the writer as references the coordinator never
+    reads (``actors.budget_shard.with_payload``): JSONL and Parquet still hold every event once, in
+    order, and the ledger replays to the live state."""
+    from test_parquet_catch_up import assert_dataset_is_the_ledger
+
+    mesh = make_mesh(shards=2, track_balances=True, partitioned_ledger=partitioned, max_batch_messages=5_000)
+    mesh.add_agents(Priced, TARGETS[:2])
+    mesh.deposit_many({s: "100" for s in SOURCES})
+    n = 3_000
+    for round_ in range(2):
+        targets, payloads = [TARGETS[i % 3] for i in range(n)], ["boom" if i % 50 == 7 else round_ for i in range(n)]
+        done = mesh.send_columns([SOURCES[i % 6] for i in range(n)], targets, payloads)
+        expected = [("failed", "unknown_agent") if t == "nobody" else ("refunded", "handler_error") if p == "boom"
+                    else ("released", None) for t, p in zip(targets, payloads)]
+        assert list(zip(done.statuses(), done.reasons())) == expected
+    live = mesh.snapshot()
+    mesh.shutdown()
+    result = verify(mesh.ledger_path)
+    assert result.ok, result.problems
+    assert_dataset_is_the_ledger(mesh.config.out_dir)
+    keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
+    if partitioned:
+        replayed = replay_partitions(mesh.ledger_path).snapshot(0)
+    else:
+        book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=True), escrow_timeout_s=None)
+        replay_file(book, mesh.ledger_path)
+        replayed = snapshot(book, 0)
+    assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
 
 
 def test_counts_are_those_of_send_counted(make_mesh):
