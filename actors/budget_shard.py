@@ -27,9 +27,9 @@ flushed every event already handed to it, calls :meth:`BudgetShard.rebuild`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-import dataclasses
 import time
 import uuid
 from collections.abc import Iterator

@@ -184,6 +184,7 @@ class LedgerWriterActor:
         if isinstance(lines, list):
             return await self._in_turn(self._fetched(lines, rows))
         return await self._enqueue(*_checked_append(lines, rows))
+
     # -- the run directory, for actors on other nodes (actors.run_files) -----------------
 
     def run_file_segments(self, ledger: str) -> list[str]:
@@ -250,9 +251,8 @@ class LedgerWriterActor:
 
     async def _fetched(self, parts: list, rows: Optional[list]) -> tuple[list[bytes], Optional[list]]:
         """The events of ``parts`` and ``rows`` with their ObjectRefs read, checked as :meth:`append_encoded` checks."""
-        refs = [part for part in parts if isinstance(part, ray.ObjectRef)]
-        if rows is not None and isinstance(rows, list):
-            refs += [run[1] for run in rows if isinstance(run, tuple) and len(run) == 2 and isinstance(run[1], ray.ObjectRef)]
+        runs = rows if isinstance(rows, list) else []
+        refs = [part for part in parts if isinstance(part, ray.ObjectRef)] + [run[1] for run in runs if _run_of_ref(run)]
         try:
             values = dict(zip(refs, await asyncio.gather(*refs)))
         except Exception as exc:  # noqa: BLE001 - a part lost with its node, or its producer's error: nothing is written
@@ -260,9 +260,8 @@ class LedgerWriterActor:
         parts = [values[part] if isinstance(part, ray.ObjectRef) else part for part in parts]
         if not all(isinstance(part, bytes) for part in parts):
             raise LedgerError("lines: expected parts of bytes (or ObjectRefs of bytes)")
-        if rows is not None and isinstance(rows, list):
-            rows = [(run[0], values[run[1]]) if isinstance(run, tuple) and len(run) == 2 and isinstance(run[1], ray.ObjectRef)
-                    else run for run in rows]
+        if runs:
+            rows = [(run[0], values[run[1]]) if _run_of_ref(run) else run for run in runs]
         return _checked_append(b"".join(parts), rows)
 
     def _place(self, rests: list[bytes], rows: Optional[list]) -> asyncio.Future:
@@ -458,6 +457,11 @@ def _pieces(lines: bytes, runs: list, first_seq: int, seals: dict[int, str]) -> 
             pieces.append(lines[begin:int(ends[start + count - 1])])
         start += count
     return pieces
+
+
+def _run_of_ref(run: Any) -> bool:
+    """A run of ``rows`` whose fields are an ObjectRef still to read."""
+    return isinstance(run, tuple) and len(run) == 2 and isinstance(run[1], ray.ObjectRef)
 
 
 async def _ready(rests: list[bytes], rows: Optional[list]) -> tuple[list[bytes], Optional[list]]:

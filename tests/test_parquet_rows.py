@@ -11,6 +11,8 @@ kinds of run writes a dataset equal to its JSONL; bad runs are refused, naming t
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -138,8 +140,6 @@ def test_parts_read_from_refs_are_written_in_the_order_their_appends_arrived(ray
 
     @ray.remote(num_cpus=0)
     def later(value, delay_s: float):
-        import time
-
         time.sleep(delay_s)
         return value
 
@@ -148,9 +148,11 @@ def test_parts_read_from_refs_are_written_in_the_order_their_appends_arrived(ray
     a, a_rows = _columns_run(book, 300, START_US, 0)
     b, b_rows = _columns_run(book, 200, START_US + 1, 1_000)
     c, _ = _columns_run(book, 50, START_US + 2, 2_000)
-    slow = writer.append_encoded.remote([later.remote(a, 1.0), ray.put(b)],
-                                        [(300, later.remote(fields_to_ipc(a_rows), 1.2)), (200, ray.put(fields_to_ipc(b_rows)))])
-    fast = writer.append_encoded.remote(c)  # sent after, read at once: written after
+    ray.get(writer.stats.remote())  # ready: Ray may start a new actor's first calls in any order
+    slow = writer.append_encoded.remote([later.remote(a, 2.0), ray.put(b)],
+                                        [(300, later.remote(fields_to_ipc(a_rows), 2.2)), (200, ray.put(fields_to_ipc(b_rows)))])
+    time.sleep(0.5)  # slow has arrived (an async actor's calls start in the order they arrive, not always as sent)
+    fast = writer.append_encoded.remote(c)  # arrives after, read at once: written after
     assert ray.get([slow, fast]) == [(0, 499), (500, 549)]
     summary = ray.get(writer.close.remote())
     assert summary["parquet_error"] is None and summary["events"] == 550
