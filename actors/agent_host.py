@@ -36,6 +36,7 @@ from actors.malloc_tuning import keep_freed_memory
 from actors.run_files import LocalFiles, RunFiles, files_from
 from actors.wire import pack, unpack
 from mesh.calls.agent import Agent, CallContext
+from mesh.calls.coded import CodedNames
 from actors.coalesce import Coalescer
 from actors.memory import rss_bytes
 from mesh.core.records import Reason
@@ -186,11 +187,12 @@ class AgentHost:
     async def handle_batch(self, items: list[tuple[str, str, str, Any, str]] | bytes) -> list[tuple[int, Any]]:
         return await self._core.handle_batch(unpack(items))
 
-    async def handle_columns(self, task_ids: list[str], agent_ids: list[str], methods: list[str], payloads: list[Any],
-                             sources: list[str]) -> np.ndarray:
+    async def handle_columns(self, task_ids: list[str], agent_ids: CodedNames, methods: CodedNames, payloads: list[Any],
+                             sources: CodedNames) -> np.ndarray:
         """:meth:`handle_batch` of calls given as columns; only each call's outcome code comes back
         (int8: :data:`OK`, :data:`ERROR`, :data:`TIMEOUT`), not the handlers' values (the bulk path)."""
-        answers = await self._core.handle_batch(list(zip(task_ids, agent_ids, methods, payloads, sources)))
+        answers = await self._core.handle_batch(list(zip(task_ids, agent_ids.decoded(), methods.decoded(), payloads,
+                                                         sources.decoded())))
         return np.fromiter((code for code, _ in answers), np.int8, len(answers))
 
     async def bind_loop(self) -> None:

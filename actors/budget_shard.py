@@ -46,6 +46,7 @@ from actors.malloc_tuning import keep_freed_memory
 from actors.run_files import files_from
 from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ColumnsAnswer, ShardAnswer, ShardCore, ShardSpec
 from actors.wire import unpack
+from mesh.calls.coded import CodedNames
 from mesh.core.errors import TollmeshError
 from actors.memory import rss_bytes
 from mesh.core.records import record_to_wire
@@ -141,7 +142,7 @@ class BudgetShard:
             return self._mark(_to_wire(self._core.deposit_batch(deposits, now_us, mode)))
 
     @ray.method(num_returns=COLUMNS_RETURNS)
-    def lock_columns(self, task_ids: list[str], sources: list[str], targets: list[str], price_micros: np.ndarray,
+    def lock_columns(self, task_ids: list[str], sources: CodedNames, targets: CodedNames, price_micros: np.ndarray,
                      reject_codes: np.ndarray, now_us: int) -> tuple:
         """:meth:`ShardCore.lock_columns`; the answer as the ordered log reads it, its mark last, and
         its ledger payload apart (see the module doc)."""

@@ -31,6 +31,7 @@ from actors.agent_host import OK, TIMEOUT
 from actors.ordered_log import LogEntry
 from actors.shard_core import ColumnsAnswer
 from mesh.calls.agent import WireMessage
+from mesh.calls.coded import CodedNames
 from mesh.calls.columns import FAULT_NAMES
 from mesh.columnar import FAILED, LOCKED, REASON_CODE, REASON_NAMES, STATUS_NAMES
 from mesh.core.records import Reason
@@ -58,8 +59,8 @@ def is_plain(messages: list[WireMessage]) -> bool:
 class ColumnarBatch:
     """The columns of one batch and what became of them (see the module doc)."""
 
-    def __init__(self, coordinator: EscrowCoordinator, task_ids: list[str], sources: list[str], targets: list[str],
-                 methods: list[str], payloads: list[Any], problems: list[Optional[str]]) -> None:
+    def __init__(self, coordinator: EscrowCoordinator, task_ids: list[str], sources: CodedNames, targets: CodedNames,
+                 methods: CodedNames, payloads: list[Any], problems: dict[int, str]) -> None:
         self.c = coordinator
         self.task_ids, self.sources, self.targets, self.methods, self.payloads = task_ids, sources, targets, methods, payloads
         n = len(task_ids)
@@ -75,7 +76,9 @@ class ColumnarBatch:
     def of_wire(cls, coordinator: EscrowCoordinator, messages: list[WireMessage]) -> ColumnarBatch:
         """A batch of :func:`mesh.calls.agent.to_wire` messages (their payment fields are empty: :func:`is_plain`)."""
         task_ids, sources, targets, methods, payloads, _, _, problems = (list(column) for column in zip(*messages))
-        return cls(coordinator, task_ids, sources, targets, methods, payloads, problems)
+        return cls(coordinator, task_ids, CodedNames.encode("sources", sources), CodedNames.encode("targets", targets),
+                   CodedNames.encode("methods", methods), payloads,
+                   {i: problem for i, problem in enumerate(problems) if problem is not None})
 
     async def run(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run the batch; per call its status and reason codes (:mod:`mesh.columnar`) and fault code (:data:`mesh.calls.columns.FAULT_NAMES`)."""
@@ -128,9 +131,9 @@ class ColumnarBatch:
         stuck past the handler timeout (it is restarted), all ``-1`` (agent unavailable) if it died."""
         c, take = self.c, indices.tolist()
         host = c._directory.hosts[host_index]
-        ref = host.handle_columns.remote([self.task_ids[i] for i in take], [self.targets[i] for i in take],
-                                         [self.methods[i] for i in take], [self.payloads[i] for i in take],
-                                         [self.sources[i] for i in take])
+        ref = host.handle_columns.remote([self.task_ids[i] for i in take], self.targets.take(indices),
+                                         self.methods.take(indices), [self.payloads[i] for i in take],
+                                         self.sources.take(indices))
         timeout_s = c.config.handler_timeout_s
         try:
             return await asyncio.wait_for(_awaited(ref), timeout_s * 1.5 + 1.0)
@@ -227,37 +230,32 @@ class ColumnarBatch:
         return (None, None) if answer is None else (answer[0], entry)
 
     def _lock_args(self, indices: np.ndarray) -> tuple:
-        take = indices.tolist()
-        return ([self.task_ids[i] for i in take], [self.sources[i] for i in take], [self.targets[i] for i in take],
+        return ([self.task_ids[i] for i in indices.tolist()], self.sources.take(indices), self.targets.take(indices),
                 self.prices[indices], self.rejects[indices], self.c._clock.now_us())
 
-    def _price(self, problems: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each message's price, refusal code (0: none) and host index (-1: none), from the directory."""
-        agents = self.c._directory.agents
-        seen: dict[tuple[str, str], int] = {}  # (target, method) -> its place in `known`
-        known: list[tuple[int, int, int]] = []  # (host, price, refusal code)
-        for target, method in zip(self.targets, self.methods):
-            if (target, method) not in seen:
-                entry = agents.get(target)
-                price = None if entry is None else entry[1].price_micros(method)
-                seen[(target, method)] = len(known)
-                known.append((-1 if entry is None else entry[0], price or 0,
-                              _UNKNOWN_AGENT if entry is None else _UNKNOWN_METHOD if price is None else 0))
-        at = np.fromiter(map(seen.__getitem__, zip(self.targets, self.methods)), np.int64, self.n)
-        table = np.array(known, np.int64).reshape(-1, 3)
-        hosts, prices, rejects = table[at, 0], table[at, 1], table[at, 2].astype(np.int8)
-        if any(p is not None for p in problems):
-            for i, problem in enumerate(problems):
-                if problem is not None:
-                    rejects[i] = REASON_CODE[problem]
+    def _price(self, problems: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each message's price, refusal code (0: none) and host index (-1: none), from the directory:
+        looked up once per distinct (target, method)."""
+        agents, targets, methods = self.c._directory.agents, self.targets, self.methods
+        pairs = targets.codes.astype(np.int64) * len(methods.names) + methods.codes
+        distinct, at = np.unique(pairs, return_inverse=True)
+        known = []  # (host, price, refusal code) of each distinct pair
+        for pair in distinct.tolist():
+            entry = agents.get(targets.names[pair // len(methods.names)])
+            price = None if entry is None else entry[1].price_micros(methods.names[pair % len(methods.names)])
+            known.append((-1 if entry is None else entry[0], price or 0,
+                          _UNKNOWN_AGENT if entry is None else _UNKNOWN_METHOD if price is None else 0))
+        table = np.array(known, np.int64).reshape(-1, 3)[at.ravel()]
+        hosts, prices, rejects = table[:, 0], table[:, 1], table[:, 2].astype(np.int8)
+        for i, problem in problems.items():
+            rejects[i] = REASON_CODE[problem]
         return prices, rejects, hosts
 
     def _group_by_shard(self) -> dict[int, np.ndarray]:
         shards = self.c.config.shards
         if shards == 1:
             return {0: np.arange(self.n)}
-        of = {s: shard_of(s, shards) for s in set(self.sources)}
-        shard = np.fromiter((of[s] for s in self.sources), np.int32, self.n)
+        shard = self.sources.of_names(lambda name: shard_of(name, shards), np.int32)
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
         return {s: order[bounds[s]:bounds[s + 1]] for s in range(shards) if bounds[s + 1] > bounds[s]}

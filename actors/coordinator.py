@@ -67,6 +67,7 @@ from ledger.reader import last_ts_us
 from ledger.replay import merge_snapshots
 from ledger.tally import tally_ledger
 from mesh.calls.agent import PriceTable, WireMessage
+from mesh.calls.coded import CodedNames
 from mesh.calls.columns import CallColumns
 from mesh.core.clock import US_PER_SECOND
 from mesh.core.errors import InvalidArgumentError, TollmeshError
@@ -171,18 +172,20 @@ class EscrowCoordinator:
             counts[record[_STATUS] if reason is None else f"{record[_STATUS]}:{reason}"] += 1
         return dict(counts)
 
-    async def submit_columns(self, task_ids: list[str], sources: list[str], targets: list[str], methods: list[str],
-                             payloads: list[Any], problems: list[Optional[str]]) -> tuple:
-        """Run calls given as columns (checked by :meth:`mesh.Mesh.send_columns`, no x402 payment),
-        in batches of up to ``max_batch_messages``; per call its status, reason and fault codes (int8 arrays)."""
+    async def submit_columns(self, task_ids: list[str], sources: CodedNames, targets: CodedNames, methods: CodedNames,
+                             payloads: list[Any], problems: list[tuple[int, str]]) -> tuple:
+        """Run one part of a :meth:`mesh.Mesh.send_columns` (checked there: :func:`mesh.calls.columns.checked_parts`;
+        no x402 payment) in batches of up to ``max_batch_messages``; per call its status, reason and fault
+        codes (int8 arrays). ``problems``: ``(index, reason)`` of the calls refused before they are locked."""
         await self._ready()
-        size = self.config.max_batch_messages
+        size, n = self.config.max_batch_messages, len(task_ids)
+        if n <= size:
+            return await self._run_columns(ColumnarBatch(self, task_ids, sources, targets, methods, payloads, dict(problems)))
+        cuts = [slice(i, i + size) for i in range(0, n, size)]
         parts = await asyncio.gather(*(self._run_columns(ColumnarBatch(
-            self, task_ids[i:i + size], sources[i:i + size], targets[i:i + size], methods[i:i + size],
-            payloads[i:i + size], problems[i:i + size])) for i in range(0, len(task_ids), size)))
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(np.concatenate(column) for column in zip(*parts)) if parts else tuple(np.zeros(0, np.int8) for _ in range(3))
+            self, task_ids[cut], sources.take(cut), targets.take(cut), methods.take(cut), payloads[cut],
+            {i - cut.start: why for i, why in problems if cut.start <= i < cut.stop})) for cut in cuts))
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     async def _run_columns(self, batch: ColumnarBatch) -> tuple:
         """One batch of plain calls as columns (:mod:`actors.columnar_batch`), within the driver bound."""

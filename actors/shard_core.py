@@ -34,6 +34,7 @@ from actors.run_files import LocalFiles, RunFiles
 from ledger.events import credit_event
 from ledger.jsonl import encode_events
 from ledger.parquet import fields_to_ipc
+from mesh.calls.coded import CodedNames
 from mesh.columnar import REASON_CODE, ColumnarBook, EventColumns
 from mesh.columnar.rebuild import rebuild_from_ledger
 from mesh.core.escrow import DEFAULT_MAX_SETTLED_RECORDS
@@ -196,13 +197,13 @@ class ShardCore:
 
     # -- columns (the batched hot path) -------------------------------------------
 
-    def lock_columns(self, task_ids: list[str], sources: list[str], targets: list[str], price_micros: np.ndarray,
+    def lock_columns(self, task_ids: list[str], sources: CodedNames, targets: CodedNames, price_micros: np.ndarray,
                      reject_codes: np.ndarray, now_us: int) -> ColumnsAnswer:
         """Lock (or refuse, where ``reject_codes`` is not 0) each message, in order, as :meth:`lock_batch`
-        does for plain locks; the answer holds no record."""
+        does for plain locks; the answer holds no record. The book registers each distinct name once."""
         book = self._begin("live")
-        answer = book.lock(task_ids, book.register(sources), book.register(targets), price_micros, now_us,
-                           reject_reasons=reject_codes)
+        answer = book.lock(task_ids, book.register(sources.names)[sources.codes], book.register(targets.names)[targets.codes],
+                           price_micros, now_us, reject_reasons=reject_codes)
         return self._columns_answer(answer.rows, answer.status, answer.reason, answer.repeat, answer.events)
 
     def settle_columns(self, rows: np.ndarray, ok: np.ndarray, reason_codes: np.ndarray, now_us: int) -> ColumnsAnswer:

@@ -49,7 +49,7 @@ from mesh.calls.agent import (
     DEFAULT_METHOD, Agent, CallResult, Message, check_id, in_order, price_table, result_from_wire, to_wire,
     wire_or_refusal,
 )
-from mesh.calls.columns import CallColumns, check_columns
+from mesh.calls.columns import CallColumns, checked_parts
 from mesh.core.clock import check_seconds
 from actors.coalesce import Coalescer
 from mesh.booth.config import TollboothConfig
@@ -278,26 +278,23 @@ class Mesh:
         >>> done.statuses(), dict(done.counts())                                          # doctest: +SKIP
         (['released', 'released'], {'released': 2})
         """
-        sources, targets, payloads, methods, task_ids, problems = check_columns(
-            sources, targets, payloads, methods, task_ids, self.config.max_payload_bytes)
-        if task_ids is None:
-            prefix, numbers = self._task_prefix, self._task_numbers
-            task_ids = [f"{prefix}-{next(numbers)}" for _ in sources]
         size = self.config.max_batch_messages if max_batch_messages is None else max_batch_messages
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
+        prefix, numbers = self._task_prefix, self._task_numbers
+        parts = checked_parts(sources, targets, payloads, methods, task_ids, self.config.max_payload_bytes, size,
+                              lambda n: [f"{prefix}-{next(numbers)}" for _ in range(n)])
         refs, pending = [], []
-        for start in range(0, len(task_ids), size):
-            part = slice(start, start + size)
-            refs.append(self._coordinator.submit_columns.remote(
-                task_ids[part], sources[part], targets[part], methods[part], payloads[part], problems[part]))
+        for part in parts:
+            refs.append(self._coordinator.submit_columns.remote(*part.wire()))
             pending.append(refs[-1])
             if len(pending) >= self.config.max_inflight_batches:
                 _, pending = ray.wait(pending, num_returns=1)
-        parts = ray.get(refs)
-        if not parts:
+        answers = ray.get(refs)
+        if not answers:
             return CallColumns([], *(np.zeros(0, np.int8) for _ in range(3)))
-        return CallColumns(task_ids, *(np.concatenate(column) for column in zip(*parts)))
+        return CallColumns([task_id for part in parts for task_id in part.task_ids],
+                           *(np.concatenate(column) for column in zip(*answers)))
 
     async def asend(self, messages: list[Message], *, max_batch_messages: Optional[int] = None) -> list[CallResult]:
         """:meth:`send` for async code."""

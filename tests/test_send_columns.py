@@ -164,6 +164,28 @@ def test_bad_columns_are_refused_before_anything_is_sent(make_mesh, kwargs, erro
     assert mesh.stats()["locked"] + mesh.stats()["rejected"] == 0
 
 
+@pytest.mark.parametrize("column", ["sources", "targets", "methods"])
+def test_a_bad_value_in_a_later_batch_is_named_by_its_place_in_the_column_and_nothing_is_sent(make_mesh, column):
+    mesh = _mesh(make_mesh, track=False)
+    args = {"sources": ["payer-0"] * 6, "targets": ["svc-0"] * 6, "methods": ["handle"] * 6}
+    args[column] = args[column][:5] + (["_hidden"] if column == "methods" else ["bad\nid"])
+    with pytest.raises((InvalidArgumentError, InvalidIdError), match=rf"{column}\[5\]"):
+        mesh.send_columns(payloads=list("abcdef"), max_batch_messages=2, **args)
+    assert mesh.stats()["locked"] + mesh.stats()["rejected"] == 0
+
+
+def test_a_send_batch_larger_than_the_meshs_is_run_in_the_meshs_batches_with_its_problems_in_place(make_mesh):
+    mesh = _mesh(make_mesh, track=False, batch=50)
+    payloads = ["x" * 500 if i in (10, 70, 110) else "ok" for i in range(120)]
+    done = mesh.send_columns([SOURCES[i % 6] for i in range(120)], ["svc-0", "svc-1", "nobody"] * 40, payloads,
+                             methods=["handle", "big"] * 60, max_batch_messages=120)
+    reasons = done.reasons()
+    assert [i for i, r in enumerate(reasons) if r == "payload_too_large"] == [10, 70, 110]
+    assert all(reasons[i] == "unknown_agent" for i in range(120) if i % 3 == 2 and i not in (10, 70, 110))
+    assert set(reasons[i] for i in range(120) if i % 3 != 2 and i not in (10, 70, 110)) <= {None, "over_daily_cap"}
+    assert done.counts()["released"] > 0 and verify(mesh.ledger_path).ok
+
+
 def test_an_oversized_payload_fails_alone(make_mesh):
     mesh = _mesh(make_mesh, track=False)
     done = mesh.send_columns(["payer-0", "payer-1"], ["svc-0", "svc-1"], ["x" * 500, "ok"])

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from actors.shard_core import INSTANT, LOCK, PEND, REJECT, ShardCore, ShardSpec
 from ledger import verify
 from ledger.jsonl import JsonlWriter
+from mesh.calls.coded import CodedNames
 from mesh.columnar import REASON_CODE
 from mesh.core.sharding import shard_of
 from record_shard import RecordShardCore
@@ -132,7 +133,8 @@ def test_the_columnar_entry_points_lock_and_settle_as_the_record_ones(tmp_path):
     spec = ShardSpec(index=0, shards=1, default_cap_micros=12, track_balances=False)
     columns, records = ShardCore(spec), ShardCore(spec)
     ids, sources, targets, prices = ["t1", "t2", "t3", "t1"], ["a", "a", "a", "a"], ["b"] * 4, [5, 5, 5, 5]
-    locked = columns.lock_columns(ids, sources, targets, np.array(prices, np.int64), np.zeros(4, np.int8), START_US)
+    locked = columns.lock_columns(ids, CodedNames.encode("sources", sources), CodedNames.encode("targets", targets),
+                                  np.array(prices, np.int64), np.zeros(4, np.int8), START_US)
     answer = records.lock_batch([(LOCK, t, s, d, p, 0.0, None, None, None) for t, s, d, p in zip(ids, sources, targets, prices)],
                                 START_US, "live")
     assert locked.lines == answer[1] and locked.event_count == answer[2] == 3

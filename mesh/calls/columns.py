@@ -1,6 +1,6 @@
 """Calls as columns: the bulk form of ``Mesh.send``, for simulations and bulk senders.
 
-:func:`check_columns` checks what :meth:`mesh.Mesh.send_columns` is given (the same rules as
+:func:`checked_parts` checks what :meth:`mesh.Mesh.send_columns` is given (the same rules as
 one :class:`~mesh.calls.agent.Message`, column by column: ids, methods, payload sizes) and
 :class:`CallColumns` is what comes back: per call its task id, status and reason, as
 arrays, with no record built. A call whose payload is too large is recorded FAILED
@@ -18,13 +18,14 @@ with an error naming the column and the index, before anything is sent.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from mesh.calls.agent import payload_bytes
+from mesh.calls.coded import CodedNames
 from mesh.columnar import REASON_NAMES, STATUS_NAMES
 from mesh.core.errors import InvalidArgumentError, InvalidTypeError
 from mesh.core.ids import check_id, is_id
@@ -70,11 +71,35 @@ class CallColumns:
         return counts
 
 
-def check_columns(sources: Sequence[str], targets: Sequence[str], payloads: Optional[Sequence[Any]],
+@dataclass(frozen=True)
+class ColumnsPart:
+    """One batch of a ``send_columns``, checked, as the coordinator takes it: agents and methods as
+    :class:`~mesh.calls.coded.CodedNames`, and each call's problem by its index in the part (a call
+    with a problem is recorded FAILED with it)."""
+
+    task_ids: list[str]
+    sources: CodedNames
+    targets: CodedNames
+    methods: CodedNames
+    payloads: list[Any]
+    problems: dict[int, str]
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def wire(self) -> tuple:
+        """The arguments of ``EscrowCoordinator.submit_columns``: the lists stay lists (Ray packs them
+        with msgpack, three times faster than pickling them inside an object), problems as pairs."""
+        return self.task_ids, self.sources, self.targets, self.methods, self.payloads, list(self.problems.items())
+
+
+def checked_parts(sources: Sequence[str], targets: Sequence[str], payloads: Optional[Sequence[Any]],
                   methods: str | Sequence[str], task_ids: Optional[Sequence[str]], max_payload_bytes: int,
-                  ) -> tuple[list[str], list[str], list[Any], list[str], Optional[list[str]], list[Optional[str]]]:
-    """The columns as lists, each checked (see the module doc); the last: each call's problem (None: none)."""
-    sources, targets = _id_column("sources", sources), _id_column("targets", targets)
+                  part_size: int, new_task_ids: Callable[[int], list[str]]) -> list[ColumnsPart]:
+    """The columns checked (see the module doc) and cut into parts of up to ``part_size`` calls; a bad
+    value refuses them all, named by its index in the whole column. Without ``task_ids``, the calls
+    get ``new_task_ids(count)``."""
+    sources, targets = _list_column("sources", sources), _list_column("targets", targets)
     n = len(sources)
     _same_length("targets", targets, n)
     if payloads is None:
@@ -84,7 +109,6 @@ def check_columns(sources: Sequence[str], targets: Sequence[str], payloads: Opti
     _same_length("payloads", payloads, n)
     if isinstance(methods, str):
         _check_method("method", methods)
-        methods = [methods] * n
     elif isinstance(methods, (list, tuple)):
         _same_length("methods", methods, n)
         methods = list(methods)
@@ -92,17 +116,38 @@ def check_columns(sources: Sequence[str], targets: Sequence[str], payloads: Opti
             _check_method(f"methods[{methods.index(method)}]", method)
     else:
         raise InvalidTypeError("methods", methods, "a method name or a list of them")
-    if task_ids is not None:
+    if task_ids is None:
+        task_ids = new_task_ids(n)
+    else:
         task_ids = _id_column("task_ids", task_ids)
         _same_length("task_ids", task_ids, n)
         if len(set(task_ids)) != n:
             raise InvalidArgumentError("task_ids", "repeated", "must be distinct within one send")
-    problems: list[Optional[str]] = [None] * n
     payloads = list(payloads)
+    problems: dict[int, dict[int, str]] = defaultdict(dict)  # part -> index in it -> problem
     for index, payload in enumerate(payloads):
         if payload is not None and payload_bytes(payload) > max_payload_bytes:
-            payloads[index], problems[index] = None, "payload_too_large"
-    return sources, targets, payloads, methods, task_ids, problems
+            payloads[index] = None
+            problems[index // part_size][index % part_size] = "payload_too_large"
+    parts = []
+    for first in range(0, n, part_size):
+        at = slice(first, first + part_size)
+        parts.append(ColumnsPart(
+            task_ids[at], CodedNames.encode("sources", sources[at], first_index=first),
+            CodedNames.encode("targets", targets[at], first_index=first),
+            CodedNames.repeated(methods, len(task_ids[at])) if isinstance(methods, str)
+            else CodedNames.encode("methods", methods[at], first_index=first),
+            payloads[at], problems.get(first // part_size, {})))
+    return parts
+
+
+def _list_column(field: str, values: Any) -> list:
+    """A column as a list (its values are checked where it is encoded)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "UO":
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise InvalidTypeError(field, values, "a list of ids (str)")
+    return list(values)
 
 
 def _id_column(field: str, values: Any) -> list[str]:
