@@ -36,10 +36,10 @@ _REASON_FIELD = [f',"reason":{text}' if text != "null" else "" for text in REASO
 _STATUS_FIELD = [f',"status":{text}' if text != "null" else "" for text in STATUS_JSON]
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'  # what JSON escapes in a string (orjson escapes nothing else)
 _KIND_JSON = pa.array(KIND_JSON, pa.string())
 _STATUS_FIELD_JSON = pa.array(_STATUS_FIELD, pa.string())
-_REASON_FIELD_JSON = pa.array(_REASON_FIELD, pa.string())
+_REASON_END_JSON = pa.array([field + "}\n" for field in _REASON_FIELD], pa.string())  # the line's last field
+_FEW_AMOUNTS = 256  # at most this many distinct (amount, status) in a batch (or 1/16 of it): a table of them
 _KIND_TEXT, _STATUS_TEXT = pa.array(KIND_NAMES, pa.string()), pa.array(STATUS_NAMES, pa.string())
 _REASON_TEXT = pa.array(REASON_NAMES, pa.string())
 _UTC_US = pa.timestamp("us", tz="UTC")
@@ -114,10 +114,19 @@ _EMPTY = EventColumns(*(_read_only_empty(dtype) for dtype in _DTYPES))
 
 def json_strings(texts: pa.Array) -> pa.Array:
     """Each string as its JSON text, quotes included (orjson's escaping, only where a string needs it)."""
-    needs = pc.match_substring_regex(texts, _NEEDS_ESCAPE)
-    if not pc.any(needs).as_py():
+    if not _needs_escape(texts):
         return pc.binary_join_element_wise('"', texts, '"', "")
     return pa.array([orjson.dumps(text).decode() for text in texts.to_pylist()], pa.string())
+
+
+def _needs_escape(texts: pa.Array) -> bool:
+    """Whether any string holds a byte JSON escapes (a quote, a backslash, a control character)."""
+    _, offsets, data = texts.buffers()
+    if data is None:
+        return False
+    ends = np.frombuffer(offsets, np.int32, count=len(texts) + 1, offset=texts.offset * 4)
+    used = np.frombuffer(data, np.uint8)[int(ends[0]):int(ends[-1])]
+    return bool(((used < 0x20) | (used == 0x22) | (used == 0x5C)).any())
 
 
 def hex_strings(digests: np.ndarray) -> pa.Array:
@@ -137,17 +146,59 @@ def decimal_usd(micros: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(whole, ".", fraction, "")
 
 
-def iso_json(seconds: np.ndarray, *, field: str = "") -> pa.Array:
+def iso_json(seconds: np.ndarray, *, field: str = "") -> pa.Array | str:
     """``"YYYY-MM-DDTHH:MM:SS+00:00"`` (quoted) for each whole second, ``null`` where it is -1; with
-    ``field``, the whole ``,"field":"..."`` and nothing where it is -1 (a null field left out)."""
+    ``field``, the whole ``,"field":"..."`` and nothing where it is -1 (a null field left out). One
+    time for the whole batch (the common case) is answered as one str."""
     def text(second: int) -> str:
         if field:
             return "" if second < 0 else f',"{field}":"{iso_utc(second * US_PER_SECOND, "seconds")}"'
         return "null" if second < 0 else f'"{iso_utc(second * US_PER_SECOND, "seconds")}"'
-    if len(seconds) and seconds.min() == seconds.max():  # the common case: one time for the whole batch
-        return pa.array([text(int(seconds[0]))], pa.string()).take(pa.array(np.zeros(len(seconds), np.int32)))
+    if len(seconds) and seconds.min() == seconds.max():
+        return text(int(seconds[0]))
     unique, inverse = np.unique(seconds, return_inverse=True)
-    return pa.array([text(int(s)) for s in unique], pa.string()).take(pa.array(inverse.astype(np.int32)))
+    return pa.array([text(int(s)) for s in unique], pa.string()).take(pa.array(inverse.astype(np.int32).ravel()))
+
+
+class _Line:
+    """The parts of a batch's lines, joined once: constant text and columns of text (one value per
+    line). Arrow's element-wise join costs about the same per part and line however short the part,
+    so parts are folded: a column with one value for the whole batch becomes text, adjacent text is
+    merged, and text after a column taken from a small table (kinds, agents, prices) goes into the
+    table's values."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.parts = n, [""]  # each a str, a column, or [table, codes] (taken when joined)
+
+    def text(self, text: str) -> None:
+        last = self.parts[-1]
+        if isinstance(last, str):
+            self.parts[-1] = last + text
+        elif isinstance(last, list):
+            last[0] = pc.binary_join_element_wise(last[0], text, "")
+        else:
+            self.parts.append(text)
+
+    def column(self, values: pa.Array | str) -> None:
+        if isinstance(values, str):
+            self.text(values)
+        else:
+            self.parts.append(values)
+
+    def coded(self, table: pa.Array, codes: np.ndarray) -> None:
+        """``table[codes[i]]`` on line i."""
+        if len(codes) and codes.min() == codes.max():
+            self.text(table[int(codes[0])].as_py())
+        elif len(table) <= self.n:
+            self.parts.append([table, codes])
+        else:
+            self.parts.append(table.take(pa.array(codes)))
+
+    def joined(self) -> bytes:
+        parts = [part[0].take(pa.array(part[1])) if isinstance(part, list) else part for part in self.parts]
+        if all(isinstance(part, str) for part in parts):
+            return "".join(parts).encode() * self.n
+        return _concatenated(pc.binary_join_element_wise(*parts, ""))
 
 
 @dataclass(frozen=True)
@@ -169,7 +220,7 @@ class TaskTexts:
         rows = events.row
         has_task = rows >= 0
         if bool(has_task.all()):
-            return TaskTexts(has_task, True, pa.array([task_ids[r] for r in rows.tolist()], pa.string()),
+            return TaskTexts(has_task, True, pa.array(_at_rows(task_ids, rows), pa.string()),
                              hex_strings(nonces[rows]), created_s[rows])
         safe_rows = np.where(has_task, rows, 0)
         task_id = pa.array([task_ids[r] if r >= 0 else "" for r in rows.tolist()], pa.string())
@@ -178,32 +229,69 @@ class TaskTexts:
         return TaskTexts(has_task, False, task_id, nonce, created)
 
 
+def _at_rows(values: list, rows: np.ndarray) -> list:
+    """``values[r]`` for each row: a slice where the rows run one after another (a batch's new tasks)."""
+    n = len(rows)
+    if n and int(rows[-1]) - int(rows[0]) == n - 1 and bool((np.diff(rows) == 1).all()):
+        return values[int(rows[0]):int(rows[0]) + n]
+    return [values[r] for r in rows.tolist()]
+
+
 def encode_jsonl(events: EventColumns, texts: TaskTexts, *, names_json: pa.Array, mode: Optional[str],
                  shard: Optional[int]) -> bytes:
     """The events as JSON lines (see the module doc); ``names_json``: the agents' names as JSON strings."""
-    if not len(events):
+    n = len(events)
+    if not n:
         return b""
     nonce = texts.nonce if texts.every_task else pc.if_else(pa.array(texts.has_task), texts.nonce, "")
     agents_json = pa.concat_arrays([pa.array(['""'], pa.string()), names_json])  # index 0: the empty name
-    mode_field = "" if mode is None else f',"mode":{orjson.dumps(mode).decode()}'
-    shard_field = "" if shard is None else f',"shard":{orjson.dumps(shard).decode()}'
-    parts = [
-        '{"v":1,"seq":null,"ts_us":', pc.cast(pa.array(events.ts_us), pa.string()),
-        ',"kind":', _KIND_JSON.take(pa.array(events.kind)),
-        f'{mode_field}{shard_field},"task_id":', json_strings(texts.task_id),
-        ',"source_agent":', agents_json.take(pa.array(events.source.astype(np.int64) + 1)),
-        ',"target_agent":', agents_json.take(pa.array(events.target.astype(np.int64) + 1)),
-        ',"amount_usd":', decimal_usd(events.amount),
-        ',"amount_micros":', pc.cast(pa.array(events.amount), pa.string()),
-        ',"amount_tokens":0.0', _STATUS_FIELD_JSON.take(pa.array(events.status)),
-        ',"nonce":"', nonce,
-        '"', iso_json(events.settled_s, field="settled_at"),
-        ',"created_at":', iso_json(texts.created_s),
-        _REASON_FIELD_JSON.take(pa.array(events.reason)),
-        '}\n',
-    ]
-    lines = pc.binary_join_element_wise(*parts, "")
-    return _concatenated(lines)
+    line = _Line(n)
+    line.text('{"v":1,"seq":null,"ts_us":')
+    line.column(str(int(events.ts_us[0])) if events.ts_us.min() == events.ts_us.max()
+                else pc.cast(pa.array(events.ts_us), pa.string()))
+    line.text(',"kind":')
+    line.coded(_KIND_JSON, events.kind)
+    line.text(("" if mode is None else f',"mode":{orjson.dumps(mode).decode()}')
+              + ("" if shard is None else f',"shard":{orjson.dumps(shard).decode()}') + ',"task_id":')
+    if _needs_escape(texts.task_id):
+        line.column(json_strings(texts.task_id))
+    else:  # the quotes go in the text around it
+        line.text('"')
+        line.column(texts.task_id)
+        line.text('"')
+    line.text(',"source_agent":')
+    line.coded(agents_json, events.source.astype(np.int64) + 1)
+    line.text(',"target_agent":')
+    line.coded(agents_json, events.target.astype(np.int64) + 1)
+    _amount_and_status(line, events.amount, events.status)
+    line.text(',"nonce":"')
+    line.column(nonce)
+    line.text('"')
+    line.column(iso_json(events.settled_s, field="settled_at"))
+    line.text(',"created_at":')
+    line.column(iso_json(texts.created_s))
+    line.coded(_REASON_END_JSON, events.reason)
+    return line.joined()
+
+
+def _amount_and_status(line: _Line, micros: np.ndarray, status: np.ndarray) -> None:
+    """``,"amount_usd":..,"amount_micros":..,"amount_tokens":0.0,"status":..``: as one column made once per
+    distinct (amount, status) when a batch has few (its calls' prices), else field by field."""
+    pairs = pa.array(micros * len(STATUS_NAMES) + status).dictionary_encode()
+    distinct = pairs.dictionary.to_numpy()
+    if len(distinct) <= max(_FEW_AMOUNTS, len(micros) // 16):
+        amounts, statuses = np.divmod(distinct, len(STATUS_NAMES))
+        table = pa.array([f',"amount_usd":{m // US_PER_SECOND}.{m % US_PER_SECOND:06d},"amount_micros":{m}'
+                          f',"amount_tokens":0.0{_STATUS_FIELD[s]}' for m, s in zip(amounts.tolist(), statuses.tolist())],
+                         pa.string())
+        line.coded(table, pairs.indices.to_numpy())
+        return
+    line.text(',"amount_usd":')
+    line.column(decimal_usd(micros))
+    line.text(',"amount_micros":')
+    line.column(pc.cast(pa.array(micros), pa.string()))
+    line.text(',"amount_tokens":0.0')
+    line.coded(_STATUS_FIELD_JSON, status)
 
 
 def encode_arrow(events: EventColumns, texts: TaskTexts, *, names: pa.Array, mode: Optional[str],
