@@ -14,6 +14,7 @@ columnar book rebuilt from it.
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import orjson
@@ -25,7 +26,7 @@ from actors.budget_shard import LOCK, REJECT, ShardSpec
 from record_shard import RecordShardCore as ShardCore
 from ledger import verify
 from ledger.jsonl import JsonlWriter
-from mesh.columnar import REASON_CODE, ColumnarBook
+from mesh.columnar import REASON_CODE, ColumnarBook, EventColumns, _events
 from mesh.core.errors import InvalidAmountError, InvalidArgumentError, InvalidColumnError, InvalidIdError, InvalidTypeError
 from mesh.core.sharding import shard_of
 
@@ -308,3 +309,36 @@ def test_names_must_be_ids():
         book.register(["ok", 5])
     with pytest.raises(InvalidTypeError, match="cap_micros"):
         book.set_cap("ok", 1.5)
+
+
+@given(prices=st.lists(st.one_of(st.integers(0, 10**12), st.sampled_from([0, 4_000, 9_000])), min_size=17, max_size=120),
+       data=st.data())
+def test_a_batchs_lines_are_the_records_lines_whichever_way_its_parts_are_folded(prices, data):
+    """Batches past the one-record-at-a-time size (odd names and ids to escape, one or many times and
+    amounts, rows that run on or not): the columnar lines decode to the record path's, field by field, and
+    are the same bytes whether amounts are made per distinct (amount, status) or field by field."""
+    book = ColumnarBook(track_balances=False, shard=0, shards=SHARDS)
+    names = book.register(AGENTS + ['we"ird', "back\\slash", "ünï"])
+    n = len(prices)
+    ids = [f"t-{i}" if data.draw(st.booleans(), label="plain id") else f'q"{i}\\x' for i in range(n)]
+    pick = st.lists(st.sampled_from(names.tolist()), min_size=n, max_size=n)
+    source, target = (np.array(data.draw(pick, label=side), np.int32) for side in ("sources", "targets"))
+    locked = book.lock(ids, source, target, np.array(prices, np.int64), START_US)
+    ok = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n), label="ok"))
+    order = np.array(data.draw(st.permutations(range(n)), label="settle order"))
+    settled = book.settle_rows(locked.rows[order], ok, np.where(ok, 0, REASON_CODE["handler_error"]).astype(np.int8),
+                               START_US + 7_000_001)
+    for events in (locked.events, settled.events, EventColumns.concat([locked.events, settled.events])):
+        if len(events) <= 16:
+            continue
+        records = [orjson.loads(line) for line in book._encode_records(events).splitlines()]
+        folded = []
+        for few in (0, 10**9):
+            with mock.patch.object(_events, "_FEW_AMOUNTS", few):
+                folded.append(book.encode(events))
+        assert folded[0] == folded[1]
+        lines = [orjson.loads(line) for line in folded[0].splitlines()]
+        assert lines == records
+        for a, b in zip(lines, records):
+            assert {k: type(v) for k, v in a.items()} == {k: type(v) for k, v in b.items()}
+
