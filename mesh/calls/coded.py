@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from mesh.columnar._checks import describe
-from mesh.core.errors import InvalidArgumentError, InvalidColumnError
+from mesh.core.errors import InvalidArgumentError, InvalidColumnError, InvalidTypeError
 from mesh.core.ids import check_id, is_id
 
 
@@ -49,18 +49,16 @@ class CodedNames:
     @staticmethod
     def encode(field: str, values: Sequence[str], *, first_index: int = 0) -> CodedNames:
         """``values`` (ids: :mod:`mesh.core.ids`) encoded in order of first appearance; a bad one is named
-        as ``field[first_index + its index]``. Costs one hash per value in C (pyarrow), and one id check
-        per distinct name."""
+        as ``field[first_index + its index]``. Costs a type check and a hash per value in C (pyarrow),
+        and one id check per distinct name."""
         if not isinstance(values, (list, tuple)):
             raise InvalidColumnError(field, describe(values), "a list or tuple of ids (str)")
+        if set(map(type, values)) - {str}:  # Arrow would take bytes (or a str subclass) as text
+            _refuse(field, values, first_index)
         try:
             encoded = pa.array(values, pa.string()).dictionary_encode()
-        except (pa.ArrowException, TypeError):  # not all str: the first that is not is named below
-            encoded = None
-        if encoded is None or encoded.null_count:
-            for index, value in enumerate(values):
-                check_id(f"{field}[{first_index + index}]", value)
-            raise InvalidColumnError(field, describe(values), "a list of ids (str)")
+        except (pa.ArrowException, ValueError):  # a lone surrogate, which UTF-8 cannot hold
+            _refuse(field, values, first_index)
         names = encoded.dictionary.to_pylist()
         if not all(map(is_id, names)):
             for name in names:
@@ -80,14 +78,6 @@ class CodedNames:
         """The values at ``at`` (indices or a slice), with the same names."""
         return CodedNames(self.names, np.ascontiguousarray(self.codes[at]))
 
-    def compacted(self) -> CodedNames:
-        """The same values with only the names they use (what a part of a large column sends)."""
-        used, codes = np.unique(self.codes, return_inverse=True)
-        if len(used) == len(self.names):
-            return self
-        names = self.names
-        return CodedNames([names[i] for i in used.tolist()], codes.astype(np.int32).ravel())
-
     def decoded(self) -> list[str]:
         """The values as a list of str."""
         names = self.names
@@ -97,3 +87,12 @@ class CodedNames:
         """``lookup(name)`` for each value, called once per distinct name: a numpy array of ``dtype``."""
         per_name = np.fromiter(map(lookup, self.names), dtype, len(self.names))
         return per_name[self.codes]
+
+
+def _refuse(field: str, values: Sequence[Any], first_index: int) -> None:
+    """Raise the error that names the first value of ``values`` that is not an id."""
+    for index, value in enumerate(values):
+        if type(value) is not str:
+            raise InvalidTypeError(f"{field}[{first_index + index}]", value, "a str")
+        check_id(f"{field}[{first_index + index}]", value)
+    raise InvalidColumnError(field, "a list", "a list of ids (str)")

@@ -84,9 +84,6 @@ class ColumnsPart:
     payloads: list[Any]
     problems: dict[int, str]
 
-    def __len__(self) -> int:
-        return len(self.task_ids)
-
     def wire(self) -> tuple:
         """The arguments of ``EscrowCoordinator.submit_columns``: the lists stay lists (Ray packs them
         with msgpack, three times faster than pickling them inside an object), problems as pairs."""
