@@ -219,7 +219,8 @@ class BudgetShard:
         op = (LOCK, plan.task_id, plan.source, plan.target, plan.price_micros, 0.0, None, None, None)
         with self._lock:
             self._check_fresh()
-            if self._ordinary_durable < self._ordinary_applied or self._core.book.expiry_due(plan.now_us):
+            if (self._ordinary_durable < self._ordinary_applied or self._core.book.expiry_due(plan.now_us)
+                    or self._credits_elsewhere(plan)):
                 return GO_AROUND
             return _to_wire(self._core.lock_batch([op], plan.now_us, "live"))
 
@@ -240,11 +241,14 @@ class BudgetShard:
             self._settle_written.clear()  # ordinary calls wait until the writer has it (see _book)
             return answer
 
-    def fast_settled(self, plan: FastPlan, answer: FastAnswer) -> int:
+    def fast_settled(self, plan: FastPlan, *answers: Optional[FastAnswer]) -> int:
         """The fast lane's last stage, once the writer has the call's events on disk: the caller's
         shard lets ordinary calls in again; the target's shard credits the release the caller's shard
-        paid it (with balances, on another shard). The amount credited."""
-        index = self._core.spec.index
+        paid it (with balances, on another shard of one ledger). The amount credited.
+
+        ``answers``: every writer's (one of them wrote the call).
+        """
+        index, answer = self._core.spec.index, only(answers)
         if plan.shard == index:
             self._settle_written.set()
         settle = answer.settle
@@ -255,6 +259,12 @@ class BudgetShard:
         with self._lock:
             self._check_fresh()
             return self._core.credit(credits)
+
+    def _credits_elsewhere(self, plan: FastPlan) -> bool:
+        """Whether the plan's release would be a credit event of another partition (which the
+        coordinator writes, in this partition's seq order: see :mod:`actors.partition_credits`)."""
+        spec = self._core.spec
+        return spec.partitioned and spec.track_balances and plan.target_shard != plan.shard
 
     @contextmanager
     def _book(self) -> Iterator[None]:

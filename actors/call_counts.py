@@ -15,7 +15,7 @@ tally of events), from fast-lane calls, or again from the ledger after a restart
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Optional
+from typing import Any, Optional
 
 from actors.budget_shard import ShardAnswer
 from actors.metrics import MeshMetrics
@@ -108,12 +108,12 @@ class CallCounts:
         self.amounts["released"] += released_micros
         self.metrics.count_settled(released, released_micros, reasons)
 
-    def fast_calls(self, calls: list[tuple[tuple, Optional[tuple], int]]) -> None:
-        """Count calls the fast lane ran: ``(lock record, settled record or None, events written)`` each."""
+    def fast_calls(self, calls: list[tuple[tuple, Optional[tuple], Any]]) -> None:
+        """Count calls the fast lane ran: ``(lock record, settled record or None, _)`` each."""
         locked: list[tuple[int, tuple]] = []
         rejected: Tally = Tally()
         settled: list[tuple] = []
-        for lock, settle, _events in calls:
+        for lock, settle, _ in calls:
             if lock[_STATUS] == _LOCKED:
                 locked.append((0, lock))
             elif lock[_STATUS] == _FAILED:

@@ -92,8 +92,7 @@ VERIFIER_FILE = "x402_verifier.pkl"  # the verifier set_verifier was given, for 
 RECOVERY_PAUSE_S = 0.2  # between rounds of a recovery that met a dead writer
 # Records travel as plain tuples (mesh.core.records.record_to_wire); the coordinator reads them by index.
 _STATUS, _REASON = 5, 11
-_LOCKED, _RELEASED = SettlementStatus.ESCROW_LOCKED.value, SettlementStatus.RELEASED.value
-_REFUNDED, _FAILED = SettlementStatus.REFUNDED.value, SettlementStatus.FAILED.value
+_LOCKED = SettlementStatus.ESCROW_LOCKED.value
 
 
 class ShardUnavailableError(TollmeshError):
@@ -467,9 +466,12 @@ class EscrowCoordinator:
 
     # -- the fast lane (actors.fast_lane): the owning driver runs single calls past this actor --
 
-    def count_fast_calls(self, calls: list[tuple[tuple, Optional[tuple], int]]) -> None:
-        """Count calls the fast lane ran: ``(lock record, settled record or None, events written)`` each."""
-        self._count.fast_calls(calls)
+    def count_fast_calls(self, calls: list[tuple[tuple, Optional[tuple], Optional[tuple[int, int]]]]) -> None:
+        """Count calls the fast lane ran: ``(lock record, settled record or None, where its events begin)``
+        each, that as ``(writer, first seq)`` or None. A call whose events lie before a :meth:`_recount`'s
+        boundary was counted by it (its count reached us after the recount read the ledger)."""
+        counted_from = self._counted_from
+        self._count.fast_calls([call for call in calls if call[2] is None or call[2][1] >= counted_from[call[2][0]]])
 
 
     async def recover_fast_call(self, task_id: str, source: str) -> Optional[tuple]:
@@ -478,17 +480,13 @@ class EscrowCoordinator:
         settlement was not; the call's record as the ledger has it (None: nothing was written)."""
         await self._ready()
         await self._rebuild(list(range(self.config.shards)))
+        # what the broken run wrote was never counted, and lane counts on their way may be of calls a
+        # recount since has counted: the ledger says (and the lane's counts before it are skipped)
+        await self._recount()
         shard = shard_of(source, self.config.shards)
         record = await self._shards[shard].get.remote(task_id)
         if record is None:
             return None
-        # What the broken lane run wrote, it never counted (its task id was new: a repeat writes nothing).
-        if record[_STATUS] == _FAILED:
-            self._count.locks([], Tally([record[_REASON]]))
-        else:
-            self._count.locks([(0, record)], Tally())
-            if record[_STATUS] in (_RELEASED, _REFUNDED):
-                self._count.settled([record])
         if record[_STATUS] == _LOCKED:
             record = (await self._one(shard, "settle_batch", [(task_id, False, Reason.AGENT_UNAVAILABLE.value)], "live"))[0]
         return record

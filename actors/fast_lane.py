@@ -9,7 +9,14 @@ shard and host is a stage and each acts only on the calls that are its own (the
 others answer None at once):
 
     plan -> shard.fast_lock (each shard) -> host.fast_deliver (each host)
-         -> shard.fast_settle (each shard) -> writer.fast_append -> shard.fast_settled (each shard)
+         -> shard.fast_settle (each shard) -> writer.fast_append (each writer)
+         -> shard.fast_settled (each shard)
+
+A partitioned ledger has a writer per shard, and the caller's shard's writer writes the call.
+Its calls that would pay another partition's agent (with balances) take the coordinator's
+way: the release is credited there by a ``credit`` event of that partition
+(:mod:`actors.partition_credits`), in the order of the source partition's releases, which
+the lane does not keep.
 
 The :class:`~mesh.Mesh` that owns the actors compiles it (only the process that compiles a
 graph may run it) and sends it a call only when the call is plain: a known target and
@@ -32,7 +39,7 @@ but never written is dropped there) and refund the call if its lock was written 
 settlement was not; a call of which nothing was written goes the coordinator's way. Actors
 take no part in a graph once it is torn down; ``teardown`` waits for their stages to end.
 
->>> lane = FastLane(shards, hosts, writer, handler_timeout_s=30.0)                        # doctest: +SKIP
+>>> lane = FastLane(shards, hosts, [writer], handler_timeout_s=30.0)                        # doctest: +SKIP
 >>> lock, outcome, settle, seqs = lane.run(plan)                                         # doctest: +SKIP
 """
 
@@ -87,25 +94,29 @@ class FastLaneBrokenError(RuntimeError):
 class FastLane:
     """A compiled graph over a mesh's shards, hosts and writer; see the module doc."""
 
-    def __init__(self, shards: list[Any], hosts: list[Any], writer: Any, *, handler_timeout_s: float) -> None:
+    def __init__(self, shards: list[Any], hosts: list[Any], writers: list[Any], *, handler_timeout_s: float) -> None:
+        """``writers``: the ledger's one writer, or a partitioned ledger's, one per shard in shard order."""
         from ray.dag import InputNode, MultiOutputNode
 
         # the host stage waits for its handler up to its timeout: the run waits a little longer
         self.timeout_s = handler_timeout_s * 1.5 + 5.0
-        ray.get([h.bind_loop.remote() for h in hosts] + [writer.bind_loop.remote()])
+        ray.get([h.bind_loop.remote() for h in hosts] + [w.bind_loop.remote() for w in writers])
+        partitioned = len(writers) > 1
         with InputNode() as plan:
             locks = [shard.fast_lock.bind(plan) for shard in shards]
             outcomes = [host.fast_deliver.bind(index, plan, *locks) for index, host in enumerate(hosts)]
             settles = [shard.fast_settle.bind(plan, *locks, *outcomes) for shard in shards]
-            answer = writer.fast_append.bind(plan, len(shards), *locks, *outcomes, *settles)
+            answers = [writer.fast_append.bind(plan, k if partitioned else None, len(shards), *locks, *outcomes, *settles)
+                       for k, writer in enumerate(writers)]
             # the caller's shard lets ordinary calls in again; the target's credits the release
-            graph = MultiOutputNode([answer, *(shard.fast_settled.bind(plan, answer) for shard in shards)])
+            graph = MultiOutputNode([*answers, *(shard.fast_settled.bind(plan, *answers) for shard in shards)])
         self._graph = graph.experimental_compile(_submit_timeout=self.timeout_s)
+        self._writers = len(writers)
 
     def run(self, plan: FastPlan) -> FastAnswer:
         """Run one call's lifecycle; raises :class:`FastLaneBrokenError` if any stage failed."""
         try:
-            return ray.get(self._graph.execute(plan), timeout=self.timeout_s)[0]
+            return only(ray.get(self._graph.execute(plan), timeout=self.timeout_s)[:self._writers])
         except Exception as exc:  # noqa: BLE001 - any failure: the caller recovers from the ledger
             raise FastLaneBrokenError(f"{type(exc).__name__}: {exc}"[:1_000]) from exc
 

@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -82,7 +82,8 @@ def mesh_session(root: Path, layout: Layout, *, cores: int, hot_tags: tuple[str,
             partitioned_ledger=layout.partitioned_ledger,
         )
         mesh = Mesh(config)
-        session = MeshSession(mesh, agents.agent_ids(layout.agents), layout)
+        # the records name the ledger's kind the mesh chose
+        session = MeshSession(mesh, agents.agent_ids(layout.agents), replace(layout, partitioned_ledger=config.partitioned_ledger))
         try:
             mesh.add_agents(Echo, session.ids)
             session.setup_s = round(time.perf_counter() - started, 2)

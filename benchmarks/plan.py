@@ -41,7 +41,8 @@ class Layout:
     agents: int = 1_000
     batch: int = 20_000  # messages one Mesh.send carries (and the coordinator's max_batch_messages)
     inflight: int = 4  # Mesh.send calls the driver has in flight (and max_inflight_batches)
-    partitioned_ledger: bool = False  # a ledger partition and writer per shard (MeshConfig.partitioned_ledger)
+    # a ledger partition and writer per shard; None: as the mesh decides (partitioned when shards > 1)
+    partitioned_ledger: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=_int_in(10, 10_000_000), help="messages of the main Mesh.send run")
     p.add_argument("--point-messages", type=_int_in(10, 10_000_000), help="messages of every other sweep point")
     p.add_argument("--inflight", type=_int_in(1, 256), default=4, help="Mesh.send calls in flight (default 4)")
-    p.add_argument("--partitioned-ledger", action="store_true",
-                   help="every mesh writes its ledger as a partition and a writer per shard (MeshConfig.partitioned_ledger)")
+    ledger_kind = p.add_mutually_exclusive_group()
+    ledger_kind.add_argument("--partitioned-ledger", action="store_const", const=True, dest="partitioned_ledger",
+                             help="every mesh writes its ledger as a partition and a writer per shard, even with one "
+                                  "shard (MeshConfig.partitioned_ledger; the default with two shards or more)")
+    ledger_kind.add_argument("--one-ledger", action="store_const", const=False, dest="partitioned_ledger",
+                             help="every mesh writes one ledger through one writer, however many shards")
     p.add_argument("--cores", type=_int_in(1, 1_024), default=os.cpu_count() or 1,
                    help="CPUs each bench Ray is given (default: this machine's)")
     p.add_argument("--address", metavar="ADDRESS",

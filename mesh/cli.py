@@ -614,8 +614,12 @@ def _simulate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hosts", type=_positive_int, help="host actors the light agents are spread over")
     p.add_argument("--batch-size", type=_positive_int, help="most calls in one tick's batch")
     p.add_argument("--fsync", choices=["always", "batch", "never"], help="ledger fsync policy (default: batch)")
-    p.add_argument("--partitioned-ledger", action="store_const", const=True,
-                   help="a ledger partition and writer per shard (shard=K/), so no one writer takes every event")
+    ledger_kind = p.add_mutually_exclusive_group()
+    ledger_kind.add_argument("--partitioned-ledger", action="store_const", const=True, dest="partitioned_ledger",
+                             help="a ledger partition and writer per shard (shard=K/), so no one writer takes every "
+                                  "event (the default with two shards or more)")
+    ledger_kind.add_argument("--one-ledger", action="store_const", const=False, dest="partitioned_ledger",
+                             help="one ledger and one writer for every shard's events")
     p.add_argument("--name", help="the run's name (default: the scenario's); output goes to OUT/NAME-seedS/")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="runs go to OUT/<name>-seed<S>/ (default ./tollmesh-out)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the same directory")

@@ -12,8 +12,8 @@ the core in a loop), so an open lane costs its actors CPU even when idle (~12% o
 calls that find it closed go the coordinator's way, and once ``OPEN_AFTER_CALLS`` of them
 came one after another within ``fast_lane_idle_s`` it is compiled in the background
 (~0.5 s; a burst of concurrent calls counts as one); it closes after
-``fast_lane_idle_s`` without a call, when hosts are added, and when it breaks (then it stays
-closed ``RETRY_AFTER_S``).
+``fast_lane_idle_s`` without a call, when a bulk send of ``PARK_AT_MESSAGES`` or more begins,
+when hosts are added, and when it breaks (then it stays closed ``RETRY_AFTER_S``).
 :meth:`FastPath.open` compiles it now, for callers that want the first calls fast.
 """
 
@@ -46,6 +46,7 @@ logger = logging.getLogger("tollmesh.fast_path")
 
 RETRY_AFTER_S = 10.0
 MAX_RETRY_AFTER_S = 600.0  # a graph that will not compile (a cluster where it cannot) is tried ever less often
+PARK_AT_MESSAGES = 1_000  # a send of this many messages parks the lane (Mesh.send, Mesh.send_columns)
 OPEN_AFTER_CALLS = 8  # single calls within fast_lane_idle_s that open the lane (a few calls are not worth it)
 SEQUENTIAL_GAP_S = 0.002  # a call through the coordinator takes ~10 ms: calls closer than this came together
 COUNTS_EVERY_CALLS = 1_000  # the lane's outcomes reach the coordinator's counters in batches of at most
@@ -57,9 +58,9 @@ _STATUS, _REASON = 5, 11
 class FastPath:
     """See the module doc. Thread-safe: one call at a time takes the lane, the others go around it."""
 
-    def __init__(self, config: MeshConfig, coordinator: Any, shards: list[Any], writer: Any) -> None:
+    def __init__(self, config: MeshConfig, coordinator: Any, shards: list[Any], writers: list[Any]) -> None:
         self._config = config
-        self._coordinator, self._shards, self._writer = coordinator, shards, writer
+        self._coordinator, self._shards, self._writers = coordinator, shards, writers
         self._hosts: list[Any] = []
         self._agents: dict[str, tuple[int, PriceTable]] = {}  # agent id -> (host index, prices)
         self._lane: Optional[FastLane] = None
@@ -80,9 +81,10 @@ class FastPath:
         self._counts_sent_at = time.monotonic()
         timeout_s = config.escrow_timeout_s
         # the lane's own lock must never expire under it: its events are written when it settles
-        # (a partitioned ledger has a writer per shard: the lane's one writer stage is not built for it yet)
-        self.enabled = (config.fast_lane and config.clock == "system" and not config.partitioned_ledger
+        self.enabled = (config.fast_lane and config.clock == "system"
                         and (timeout_s is None or timeout_s > config.handler_timeout_s * 1.5 + 10.0))
+        # a release to another partition's agent is a credit there, which the coordinator writes
+        self._credits_across = config.partitioned_ledger and config.track_balances
 
     def add_host(self, host: Any, groups: list[tuple[list[str], PriceTable]]) -> None:
         """A host this driver started, with its agents (the lane is compiled again on its next use)."""
@@ -114,10 +116,14 @@ class FastPath:
             self._note_call_around()
             self._busy.release()
             return None
-        self._last_used = time.monotonic()
         shards = self._config.shards
-        return FastPlan(task_id, source, target, method, payload, price_micros, shard_of(source, shards),
-                        shard_of(target, shards), entry[0], time.time_ns() // 1_000)
+        shard, target_shard = shard_of(source, shards), shard_of(target, shards)
+        if self._credits_across and shard != target_shard:
+            self._busy.release()
+            return None
+        self._last_used = time.monotonic()
+        return FastPlan(task_id, source, target, method, payload, price_micros, shard, target_shard, entry[0],
+                        time.time_ns() // 1_000)
 
     def run_reserved(self, plan: FastPlan) -> Optional[tuple]:
         """Run a call :meth:`reserve` took the lane for, and give the lane back; as :meth:`call`."""
@@ -128,7 +134,7 @@ class FastPath:
                 return self._recover(plan, exc)
             if answer.outcome is not None and answer.outcome[0] == STUCK:
                 self._restart_host(plan.host)
-            return self._result(answer)
+            return self._result(plan, answer)
         finally:
             self._busy.release()
 
@@ -150,6 +156,16 @@ class FastPath:
                 break
             opening.join(max(0.0, deadline - time.monotonic()))  # a compile of older hosts ends, then ours
         return self._lane is not None
+
+    def park(self) -> None:
+        """Close the lane now, unless a call is in it (a bulk send begins: the lane's stages spin while
+        they wait, which takes CPU from the batches); single calls open it again as they do after idling."""
+        if self._lane is not None and self._busy.acquire(blocking=False):
+            try:
+                self._close_lane()
+                self._calls_around = []
+            finally:
+                self._busy.release()
 
     def close(self) -> None:
         """Close the lane for good (the mesh shuts down, or the process exits)."""
@@ -189,7 +205,7 @@ class FastPath:
         try:
             generation, hosts = self._generation, list(self._hosts)
             try:
-                lane = FastLane(self._shards, hosts, self._writer, handler_timeout_s=self._config.handler_timeout_s)
+                lane = FastLane(self._shards, hosts, self._writers, handler_timeout_s=self._config.handler_timeout_s)
             except Exception as exc:  # noqa: BLE001 - no lane: calls take the coordinator's way
                 self._compile_failures += 1
                 wait_s = min(MAX_RETRY_AFTER_S, RETRY_AFTER_S * 2 ** (self._compile_failures - 1))
@@ -219,26 +235,27 @@ class FastPath:
                 finally:
                     self._busy.release()
 
-    def _result(self, answer: FastAnswer) -> Optional[tuple]:
+    def _result(self, plan: FastPlan, answer: FastAnswer) -> Optional[tuple]:
         if answer.lock == GO_AROUND:  # nothing ran, nothing was written: the call goes the coordinator's way
             self.went_around += 1
             return None
         lock = answer.lock[0][0]
         if answer.lock[4]:  # a task id already seen: nothing ran, nothing was written
             return (lock, lock[_STATUS] == _RELEASED, None, "task_id already seen: not run again")
-        events = answer.seqs[1] - answer.seqs[0] + 1 if answer.seqs is not None else 0
+        # where its events begin: (writer, first seq), or None when nothing was written
+        written = None if answer.seqs is None else (self._config.writer_of(plan.shard), answer.seqs[0])
         if not fast_locked(answer.lock):
-            self._count(lock, None, events)
+            self._count(lock, None, written)
             return (lock, False, None, f"refused: {lock[_REASON]}")
         record = answer.settle[0][0]
-        self._count(lock, record, events)
+        self._count(lock, record, written)
         code, value = answer.outcome
         if record[_STATUS] == _RELEASED:
             return (record, True, value, None)
         return (record, False, None, value if code != OK else f"refunded: {record[_REASON]}")
 
-    def _count(self, lock: tuple, settled: Optional[tuple], events: int) -> None:
-        self._counts.append((lock, settled, events))
+    def _count(self, lock: tuple, settled: Optional[tuple], written: Optional[tuple[int, int]]) -> None:
+        self._counts.append((lock, settled, written))
         if len(self._counts) >= COUNTS_EVERY_CALLS or time.monotonic() - self._counts_sent_at >= COUNTS_EVERY_S:
             self._send_counts()
 

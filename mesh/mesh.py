@@ -54,7 +54,7 @@ from mesh.core.clock import check_seconds
 from actors.coalesce import Coalescer
 from mesh.booth.config import TollboothConfig
 from mesh.core.errors import ConfigError, InvalidArgumentError, InvalidTypeError, TollmeshError
-from mesh.fast_path import FastPath
+from mesh.fast_path import PARK_AT_MESSAGES, FastPath
 from actors.run_files import write_whole
 from mesh.calls.mesh_config import MeshConfig
 from mesh.core.money import UsdLike, usd_to_micros
@@ -284,6 +284,7 @@ class Mesh:
         prefix, numbers = self._task_prefix, self._task_numbers
         parts = checked_parts(sources, targets, payloads, methods, task_ids, self.config.max_payload_bytes, size,
                               lambda n: [f"{prefix}-{next(numbers)}" for _ in range(n)])
+        self._park_lane_for(len(sources))
         refs, pending = [], []
         for part in parts:
             refs.append(self._coordinator.submit_columns.remote(*part.wire()))
@@ -313,6 +314,7 @@ class Mesh:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidArgumentError("max_batch_messages", size, "must be an int of at least 1")
         wire, refused = self._checked_wire(messages)  # every message checked before any is sent
+        self._park_lane_for(len(wire))
         refs, pending = [], []
         for start in range(0, len(wire), size):
             submit = self._coordinator.submit_counted if counted else self._coordinator.submit
@@ -322,6 +324,11 @@ class Mesh:
             if wait and len(pending) >= self.config.max_inflight_batches:
                 _, pending = ray.wait(pending, num_returns=1)
         return refs, refused
+
+    def _park_lane_for(self, messages: int) -> None:
+        """A bulk send parks the fast lane (see :mod:`mesh.fast_path`)."""
+        if self._fast is not None and messages >= PARK_AT_MESSAGES:
+            self._fast.park()
 
     def _coalescer(self) -> Coalescer:
         """This event loop's coalescer: concurrent ``acall`` s go out as one coordinator call."""
@@ -527,7 +534,7 @@ class Mesh:
         if restoring:  # never silent: the caps used today and the balances come back with the ledger
             self.restored = restore_info(config.ledger_path, sum(next_seqs), ray.get(coordinator.snapshot.remote()))
             announce(self.restored, f"mesh {config.name!r}")
-        self._fast = FastPath(config, coordinator, shards, writers[0])
+        self._fast = FastPath(config, coordinator, shards, writers)
         return coordinator
 
     def _write_agent_caps(self) -> Optional[str]:

@@ -176,7 +176,8 @@ class Scenario(_Model):
     # Ledger
     ledger_fsync: FsyncPolicy = Field(default=FsyncPolicy.BATCH, strict=False)
     ledger_parquet: bool = True
-    partitioned_ledger: bool = False  # a ledger partition and writer per shard (MeshConfig.partitioned_ledger)
+    # a ledger partition and writer per shard, or one for all; None: partitioned when shards > 1 (MeshConfig.partitioned_ledger)
+    partitioned_ledger: Optional[bool] = None
     # Economy
     groups: list[AgentGroup] = Field(min_length=1, max_length=1_000)
     traffic: list[Traffic] = Field(min_length=1, max_length=1_000)

@@ -58,7 +58,7 @@ def main(out_dir: Path, audit_dir: Path) -> None:
         mesh = Mesh(mesh_config(out_dir))
         mesh.add_agents(Echo, AGENTS)
         mesh.deposit_many({agent: "0.05" for agent in AGENTS})
-        roles = [f"shard.{i}" for i in range(4)] + ["writer", "coordinator"]
+        roles = [f"shard.{i}" for i in range(4)] + [mesh.config.writer_role(k) for k in range(mesh.config.writers)] + ["coordinator"]
         before = {role: node_of(mesh.actor(role)) for role in roles}
         hosts = [ray.get_actor(name, namespace="tollmesh-cluster") for name in ray.get(mesh.actor("coordinator").host_names.remote())]
         hosts_before = [node_of(host) for host in hosts]

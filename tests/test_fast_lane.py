@@ -37,8 +37,9 @@ def script(mesh) -> list[tuple]:
     return [(r.status.value, r.reason, r.value, r.record.amount_micros, r.ok) for r in calls]
 
 
-def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh):
-    options = {"agent_daily_caps_usd": {"alice": "0.004"}, "handler_timeout_s": 0.5}
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_single_calls_end_as_they_do_through_the_coordinator(make_mesh, partitioned):
+    options = {"agent_daily_caps_usd": {"alice": "0.004"}, "handler_timeout_s": 0.5, "partitioned_ledger": partitioned}
     fast = make_mesh(**options)
     outcomes = script(fast)
     slow = make_mesh(fast_lane=False, **options)
@@ -124,10 +125,10 @@ def test_a_shard_locks_in_the_lane_only_once_its_other_events_are_on_disk(ray_se
     ray.kill(shard)
 
 
-def balanced_mesh(make_mesh):
+def balanced_mesh(make_mesh, partitioned: bool = False):
     # the fast lane needs escrows to outlive its own wait (handler timeout x 1.5 + 10 s)
     mesh = make_mesh(shards=3, track_balances=True, max_daily_toll_per_agent=CAP_MICROS / 1e6, handler_timeout_s=1.0,
-                     escrow_timeout_s=12.0, sweep_interval_s=0.2, max_batch_messages=50)
+                     escrow_timeout_s=12.0, sweep_interval_s=0.2, max_batch_messages=50, partitioned_ledger=partitioned)
     mesh.add_agents(Echo, AGENTS, hosts=2)
     mesh.add_agents(Relay, ["relay"])
     mesh.deposit_many({agent: "0.05" for agent in AGENTS + ["relay"]})
@@ -143,9 +144,9 @@ def random_call(rng: random.Random, n: int) -> tuple[str, str, object]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2])
-def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_mesh, seed):
-    mesh = balanced_mesh(make_mesh)
+@pytest.mark.parametrize(("seed", "partitioned"), [(1, False), (2, False), (3, True)])
+def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_mesh, seed, partitioned):
+    mesh = balanced_mesh(make_mesh, partitioned)
     rng = random.Random(seed)
     batch_results: list = []
 
@@ -161,7 +162,9 @@ def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_me
     thread.join(timeout=300)
     assert not thread.is_alive()
     stats = mesh.stats()
-    assert stats["fast_lane_calls"] > 100  # most single calls found the lane free
+    # most single calls found the lane free; in a partitioned ledger those paying another partition's agent
+    # (about two in three) took the coordinator's way
+    assert stats["fast_lane_calls"] > (50 if partitioned else 100)
     assert {r.status.value for r in single + batch_results} >= {"released", "refunded", "failed"}  # caps were hit
     check_after_faults(mesh, single + batch_results)  # replay = live, conservation, caps in ledger order, verify
     rows = 0
@@ -173,9 +176,10 @@ def test_fast_calls_mixed_with_batches_keep_caps_balances_and_the_ledger(make_me
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("roles", [["shard.0", "shard.1", "shard.2"], ["writer"]])
-def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles):
-    mesh = balanced_mesh(make_mesh)
+@pytest.mark.parametrize(("roles", "partitioned"), [(["shard.0", "shard.1", "shard.2"], False), (["writer"], False),
+                                                    (["shard.1", "writer.0", "writer.1", "writer.2"], True)])
+def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles, partitioned):
+    mesh = balanced_mesh(make_mesh, partitioned)
     rng = random.Random(len(roles))
     acknowledged: list = []
     done = threading.Event()
@@ -195,8 +199,34 @@ def test_killing_actors_under_fast_calls_loses_nothing(make_mesh, roles):
         ray.kill(mesh.actor(rng.choice(roles)), no_restart=False)
     thread.join(timeout=300)
     assert not thread.is_alive(), "the caller is stuck"
-    assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] >= 50
+    assert sum(r.ok for r in acknowledged) > 100 and mesh.stats()["fast_lane_calls"] >= (10 if partitioned else 50)
     check_after_faults(mesh, acknowledged)
+
+
+def test_a_partitioned_lane_writes_each_call_in_its_callers_partition_and_leaves_credits_to_the_coordinator(make_mesh):
+    from mesh.core.sharding import shard_of
+
+    mesh = make_mesh(shards=2, track_balances=True, partitioned_ledger=True)
+    agents = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    mesh.add_agents(Echo, agents)
+    mesh.deposit_many({agent: "1" for agent in agents})
+    assert mesh.open_fast_lane()
+    pairs = [(s, t) for s in agents for t in agents if s != t]
+    results = [mesh.call(s, t, n) for n, (s, t) in enumerate(pairs)]
+    assert all(r.ok for r in results)
+    across = sum(shard_of(s, 2) != shard_of(t, 2) for s, t in pairs)
+    assert 0 < across < len(pairs)
+    stats = mesh.stats()
+    # the calls within a partition took the lane (or went around it, their shard's last events on their way
+    # to disk); those paying another partition's agent took the coordinator's way
+    assert stats["fast_lane_calls"] + stats["fast_lane_went_around"] == len(pairs) - across
+    assert stats["fast_lane_calls"] >= (len(pairs) - across) // 2
+    events = read_events(mesh.ledger_path).events
+    assert all(e["shard"] == shard_of(e["source_agent"], 2) for e in events if e["kind"] in ("lock", "release"))
+    assert sum(e["kind"] == "credit" for e in events) == across
+    assert_replay_matches(mesh, mesh.snapshot(), track_balances=True)
+    mesh.shutdown()
+    assert verify(mesh.ledger_path).ok
 
 
 def test_the_lane_opens_in_the_background_and_parks_when_idle(make_mesh):
@@ -213,6 +243,30 @@ def test_the_lane_opens_in_the_background_and_parks_when_idle(make_mesh):
     mesh.add_agents(Echo, ["echo2"])  # a new host: the lane opens again with it
     assert mesh.open_fast_lane() and mesh.call("alice", "echo2", 4).value == 4
     assert mesh.stats()["fast_lane_calls"] == before + 1
+    assert_replay_matches(mesh, mesh.snapshot())
+
+
+def test_a_bulk_send_parks_the_lane(make_mesh):
+    from mesh.fast_path import PARK_AT_MESSAGES
+
+    mesh = make_mesh()
+    mesh.add_agents(Echo, ["echo"])
+
+    def lane_calls() -> int:  # calls that took the lane, or found it open and went around
+        stats = mesh.stats()
+        return stats["fast_lane_calls"] + stats["fast_lane_went_around"]
+
+    assert mesh.open_fast_lane() and mesh.call("alice", "echo", 1).ok and lane_calls() == 1
+    small = PARK_AT_MESSAGES - 1
+    assert mesh.send_columns(["bob"] * small, ["echo"] * small, list(range(small))).counts()["released"] == small
+    assert len(mesh.send([Message("bob", "echo", n) for n in range(small)])) == small
+    assert mesh.call("alice", "echo", 2).ok and lane_calls() == 2  # smaller sends leave it open
+    bulk = PARK_AT_MESSAGES
+    assert mesh.send_columns(["bob"] * bulk, ["echo"] * bulk, list(range(bulk))).counts()["released"] == bulk
+    assert mesh.call("alice", "echo", 3).ok and lane_calls() == 2  # parked: the coordinator's way
+    assert mesh.open_fast_lane() and mesh.call("alice", "echo", 4).ok and lane_calls() == 3
+    assert all(r.ok for r in mesh.send([Message("bob", "echo", n) for n in range(bulk)]))
+    assert mesh.call("alice", "echo", 5).ok and lane_calls() == 3
     assert_replay_matches(mesh, mesh.snapshot())
 
 
@@ -264,5 +318,6 @@ def test_a_detached_mesh_outlives_the_driver_that_opened_its_lane(ray_session, t
         assert mesh.call("bob", "echo", "still here").value == "still here"  # the coordinator's way: not the owner
         assert mesh.stats()["fast_lane_calls"] == 10
     finally:  # a detached mesh is stopped by name
-        for actor in [*hosts, f"{name}.shard.0", f"{name}.shard.1", f"{name}.writer", f"{name}.coordinator"]:
+        writers = [mesh.config.writer_name(k) for k in range(mesh.config.writers)]  # a partition's each (2 shards)
+        for actor in [*hosts, f"{name}.shard.0", f"{name}.shard.1", *writers, f"{name}.coordinator"]:
             ray.kill(ray.get_actor(actor, namespace="tollmesh-tests"), no_restart=True)

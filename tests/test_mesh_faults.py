@@ -101,6 +101,11 @@ def check_after_faults(mesh, acknowledged: list, *, ledger_started_empty: bool =
     assert_dataset_is_the_ledger(mesh.config.out_dir)  # a dead writer's unwritten rows were caught up
 
 
+def writer_roles(mesh) -> list[str]:
+    """The mesh's ledger writers, as ``mesh.actor`` names them (one per partition of a partitioned ledger)."""
+    return [mesh.config.writer_role(k) for k in range(mesh.config.writers)]
+
+
 def funded_mesh(make_mesh, **options):
     mesh = make_mesh(shards=3, track_balances=True, max_daily_toll_per_agent=CAP_MICROS / 1e6,
                      escrow_timeout_s=2.0, sweep_interval_s=0.2, max_batch_messages=50, **options)
@@ -133,7 +138,7 @@ def test_a_mesh_that_restores_nothing_still_rebuilds_a_crashed_shard_from_its_ow
 @pytest.mark.slow
 def test_killing_the_ledger_writer_mid_run_loses_nothing(make_mesh):
     mesh = funded_mesh(make_mesh)
-    acknowledged = run_with_kills(mesh, ["writer"], seed=3, kills=2)
+    acknowledged = run_with_kills(mesh, writer_roles(mesh), seed=3, kills=2)
     check_after_faults(mesh, acknowledged)
 
 
@@ -154,7 +159,7 @@ def test_killing_the_writer_among_shards_and_hosts_loses_nothing(make_mesh):
     """Restarted shards rebuild, and restarted hosts read their agents, through the writer
     (``actors.run_files``): kill it among them, so a rebuild or a restart may meet a dead writer."""
     mesh = funded_mesh(make_mesh)
-    acknowledged = run_with_kills(mesh, ["writer", "shard.0", "shard.2", "host"], seed=9, kills=5)
+    acknowledged = run_with_kills(mesh, [*writer_roles(mesh), "shard.0", "shard.2", "host"], seed=9, kills=5)
     mesh.deposit("late-payer", "1")
     after = [mesh.call("late-payer", agent, n) for n, agent in enumerate(AGENTS)]  # every agent, on every host
     assert all(r.ok for r in after), [r.error for r in after if not r.ok][:3]

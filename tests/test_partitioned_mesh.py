@@ -159,7 +159,7 @@ def test_calls_as_columns_the_tollbooth_and_a_reset_write_partitions_too(make_me
     booth.reset_daily()
     resets = [e for e in read_events(mesh.ledger_path).events if e["kind"] == "reset_daily"]
     assert sorted(e["shard"] for e in resets) == [0, 1, 2]
-    result = mesh.call(AGENTS[3], AGENTS[4], "one")  # no fast lane for a partitioned ledger yet: the coordinator's way
+    result = mesh.call(AGENTS[3], AGENTS[4], "one")  # one call, the lane not open: the coordinator's way
     assert result.ok
     check_partitioned(mesh)
 
@@ -176,14 +176,20 @@ def test_a_partitioned_ledger_restores_and_refuses_another_layout(make_mesh, tmp
     assert reconcile(again.snapshot(), before) == []
     again.shutdown()
     with pytest.raises(ConfigError, match="partitioned by shard .3 partitions.: open it with partitioned_ledger=True and shards=3"):
-        make_mesh(out_dir=out, name="third", shards=3, track_balances=True)
+        make_mesh(out_dir=out, name="third", shards=3, track_balances=True, partitioned_ledger=False)
     with pytest.raises(ConfigError, match="partitioned into 3 shards: open it with shards=3"):
-        make_mesh(out_dir=out, name="fourth", shards=2, track_balances=True, partitioned_ledger=True)
-    plain = make_mesh(out_dir=tmp_path / "plain", name="fifth", track_balances=True)
+        make_mesh(out_dir=out, name="fourth", shards=2, track_balances=True)  # the kind on disk, not its count
+    unsaid = make_mesh(out_dir=out, name="fourth-b", shards=3, track_balances=True)  # no kind given: the ledger's own
+    assert unsaid.config.partitioned_ledger and reconcile(unsaid.snapshot(), before) == []
+    unsaid.shutdown()
+    plain = make_mesh(out_dir=tmp_path / "plain", name="fifth", track_balances=True, partitioned_ledger=False)
     plain.deposit("a", "1")
     plain.shutdown()
     with pytest.raises(ConfigError, match="is an ordinary ledger: open it with partitioned_ledger=False"):
         make_mesh(out_dir=tmp_path / "plain", name="sixth", track_balances=True, partitioned_ledger=True)
+    ordinary = make_mesh(out_dir=tmp_path / "plain", name="seventh", track_balances=True, shards=3)
+    assert not ordinary.config.partitioned_ledger and ordinary.snapshot()["balances_micros"] == {"a": 1_000_000}
+    ordinary.shutdown()
     assert replay_partitions(out).snapshot(0)["balances_micros"] == before["balances_micros"]
     assert read_table(out / "parquet").num_rows == read_table(out).num_rows
 

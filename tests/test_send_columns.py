@@ -13,13 +13,11 @@ import random
 
 import numpy as np
 import pytest
+from test_mesh import replayed_snapshot
 
-from ledger import replay_file, reconcile, snapshot, verify
-from ledger.replay import replay_partitions
+from ledger import reconcile, verify
 from mesh import Agent, CallColumns, InvalidArgumentError, InvalidTypeError, Message
-from mesh.core.budget import BudgetBook
 from mesh.core.errors import InvalidIdError
-from mesh.core.escrow import EscrowBook
 
 
 class Priced(Agent):
@@ -82,10 +80,8 @@ def test_send_columns_ends_every_call_as_send_does(make_mesh, seed, track):
         mesh.shutdown()
         result = verify(mesh.ledger_path)
         assert result.ok, result.problems
-        book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=track), escrow_timeout_s=None)
-        replay_file(book, mesh.ledger_path)
         keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
-        replayed = snapshot(book, 0)
+        replayed = replayed_snapshot(mesh, track_balances=track)
         assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
 
 
@@ -112,12 +108,7 @@ def test_large_batches_travel_from_shard_to_writer_and_both_ledgers_hold_them(ma
     assert result.ok, result.problems
     assert_dataset_is_the_ledger(mesh.config.out_dir)
     keys = ("balances_micros", "locked_total_micros", "deposits_total_micros", "open_escrows")
-    if partitioned:
-        replayed = replay_partitions(mesh.ledger_path).snapshot(0)
-    else:
-        book = EscrowBook(BudgetBook(default_cap_micros=None, track_balances=True), escrow_timeout_s=None)
-        replay_file(book, mesh.ledger_path)
-        replayed = snapshot(book, 0)
+    replayed = replayed_snapshot(mesh, track_balances=True)
     assert reconcile({k: replayed[k] for k in keys}, {k: live[k] for k in keys}) == []
 
 

@@ -10,6 +10,11 @@ mesh.core.errors.ConfigError: invalid MeshConfig: shards=0: Input should be grea
 Traceback (most recent call last):
 ...
 mesh.core.errors.ConfigError: invalid MeshConfig: shards=2.0: Input should be a valid integer
+
+A new ledger is partitioned by shard when there are two shards or more (a restored one keeps its kind):
+
+>>> MeshConfig(shards=2).partitioned_ledger, MeshConfig(shards=1).partitioned_ledger, MeshConfig(shards=2, partitioned_ledger=False).writers
+(True, False, 1)
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ledger.jsonl import FsyncPolicy
-from ledger.partitions import partition_path
+from ledger.partitions import partition_count, partition_path
+from ledger.replay import ledger_has_events
 from mesh.core.clock import END_TIME_S
 from mesh.booth.config import MIN_DURATION_S, AgentIdKey, UsdField, config_error
 from mesh.core.money import usd_to_micros
@@ -81,8 +87,9 @@ class MeshConfig(BaseModel):
     ledger_max_segment_bytes: Optional[int] = Field(default=None, ge=1)
     ledger_rotate_daily: bool = False
     ledger_format: Optional[int] = Field(default=None, ge=1, le=2)  # a new ledger's format (None: v2); a ledger keeps its own
-    # One ledger partition (and writer) per shard (ledger/partitions.py); single calls then take the coordinator's way
-    partitioned_ledger: bool = False
+    # One ledger partition (and writer) per shard (ledger/partitions.py), or one ledger and writer for all;
+    # None: as the ledger in out_dir is, and a new one partitioned when there are two shards or more
+    partitioned_ledger: Optional[bool] = None
     restore_from_ledger: bool = True
     # Observability
     metrics_enabled: bool = True
@@ -100,6 +107,21 @@ class MeshConfig(BaseModel):
             name = data.get("name", "tollmesh")
             data = {**data, "out_dir": fresh_out_dir(name if isinstance(name, str) else "tollmesh")}
         return data
+
+    @model_validator(mode="after")
+    def _ledger_kind(self) -> MeshConfig:
+        """``partitioned_ledger=None``: the kind of the ledger in ``out_dir``, or for a new one, partitioned
+        when there are two shards or more (so that no one writer takes every event)."""
+        if self.partitioned_ledger is None:
+            ledger = self.ledger_path
+            if partition_count(ledger) is not None:
+                partitioned = True
+            elif ledger_has_events(ledger) or ledger.exists():
+                partitioned = False
+            else:
+                partitioned = self.shards > 1
+            object.__setattr__(self, "partitioned_ledger", partitioned)  # frozen, and resolved once, here
+        return self
 
     @field_validator("out_dir")
     @classmethod
@@ -130,9 +152,13 @@ class MeshConfig(BaseModel):
             return self.parquet_dir
         return self.parquet_dir / f"shard={writer}"
 
+    def writer_role(self, writer: int) -> str:
+        """The role of writer ``writer`` (``writer``, or ``writer.K`` for partition K), as :meth:`Mesh.actor` takes it."""
+        return f"writer.{writer}" if self.partitioned_ledger else "writer"
+
     def writer_name(self, writer: int) -> str:
-        """The actor name of writer ``writer`` (``writer``, or ``writer.K`` for partition K)."""
-        return self.actor_name(f"writer.{writer}" if self.partitioned_ledger else "writer")
+        """The actor name of writer ``writer``."""
+        return self.actor_name(self.writer_role(writer))
 
     def writer_of(self, shard: int) -> int:
         """Which writer takes shard ``shard``'s events."""
